@@ -1,0 +1,95 @@
+"""The edge's view in Redis: which devices are denied, which keys are valid, and the channel that
+announces every change.
+
+Layout (all keys under ``gk:``):
+
+- ``gk:blocked`` / ``gk:disabled``: sets of ``"<tenant> <device>"`` members (neither a tenant nor a
+  device id may contain a space, so the member splits unambiguously);
+- ``gk:keys``: hash from a key's hex digest to ``"<tenant> <kind> <device or -> <expires epoch or ->"``;
+- ``gk:events``: pub/sub channel; each message is one :class:`EdgeEvent` encoded by :func:`encode`.
+
+Postgres is the truth; this module only mirrors it. Writers (the store) change the set and then
+publish; readers (the proxy's mirror) subscribe first, then load, so no change falls between.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = [
+    "BLOCKED_SET",
+    "CHANNEL",
+    "DISABLED_SET",
+    "KEYS_HASH",
+    "EdgeEvent",
+    "KeyGrant",
+    "decode",
+    "encode",
+    "member",
+    "split_member",
+]
+
+BLOCKED_SET = "gk:blocked"
+DISABLED_SET = "gk:disabled"
+KEYS_HASH = "gk:keys"
+CHANNEL = "gk:events"
+
+EventKind = Literal["block", "unblock", "disable", "enable", "revoke", "resync"]
+_KINDS: frozenset[str] = frozenset({"block", "unblock", "disable", "enable", "revoke", "resync"})
+
+
+def member(tenant_id: str, device_id: str) -> str:
+    return f"{tenant_id} {device_id}"
+
+
+def split_member(value: str) -> tuple[str, str]:
+    tenant_id, _, device_id = value.partition(" ")
+    return tenant_id, device_id
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeEvent:
+    """One change of the edge view. ``subject`` is a member for devices, a hex digest for keys."""
+
+    kind: EventKind
+    subject: str = ""
+
+
+def encode(event: EdgeEvent) -> str:
+    return f"{event.kind} {event.subject}" if event.subject else event.kind
+
+
+def decode(message: str) -> EdgeEvent | None:
+    """Parse a channel message; None for anything this version does not understand."""
+    kind, _, subject = message.partition(" ")
+    if kind not in _KINDS:
+        return None
+    return EdgeEvent(kind, subject)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class KeyGrant:
+    """What a valid secret grants at the edge: a tenant, and a device for device keys."""
+
+    tenant_id: str
+    kind: Literal["device", "pat"]
+    device_id: str | None
+    expires_at: float | None  # epoch seconds
+
+    def encode(self) -> str:
+        expires = "-" if self.expires_at is None else f"{self.expires_at:.3f}"
+        return f"{self.tenant_id} {self.kind} {self.device_id or '-'} {expires}"
+
+    @classmethod
+    def decode(cls, value: str) -> KeyGrant | None:
+        parts = value.split(" ")
+        if len(parts) != 4 or parts[1] not in ("device", "pat"):
+            return None
+        tenant_id, kind, device_id, expires = parts
+        return cls(
+            tenant_id,
+            kind,  # type: ignore[arg-type]
+            None if device_id == "-" else device_id,
+            None if expires == "-" else float(expires),
+        )

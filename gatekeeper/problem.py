@@ -1,0 +1,37 @@
+"""RFC 9457 problem details, the one error format of the proxy and the admin API."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+__all__ = ["PROBLEM_CONTENT_TYPE", "problem_body", "problem_response"]
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+_TYPE_BASE = "https://gatekeeper.dev/problems/"
+
+
+def problem_body(status: int, title: str, detail: str | None = None, *,
+                 type_: str | None = None, **extra: Any) -> bytes:
+    """The encoded problem document; ``type_`` is a slug under the project's problem base."""
+    doc: dict[str, Any] = {
+        "type": _TYPE_BASE + (type_ or title.lower().replace(" ", "-")),
+        "title": title,
+        "status": status,
+        "detail": detail or title,
+    }
+    doc.update(extra)
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def problem_response(status: int, title: str, detail: str | None = None, *,
+                     type_: str | None = None, headers: dict[str, str] | None = None,
+                     **extra: Any) -> web.Response:
+    return web.Response(
+        status=status,
+        body=problem_body(status, title, detail, type_=type_, **extra),
+        content_type=PROBLEM_CONTENT_TYPE,
+        headers=headers,
+    )
