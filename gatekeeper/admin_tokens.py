@@ -1,0 +1,64 @@
+"""Admin API bearer tokens for the embedded default: a local signing secret and a minting helper.
+
+``gatekeeper up`` keeps a random HS256 secret in ``<data-dir>/jwt-secret`` so that
+``gatekeeper token`` (a separate process) can sign tokens the running admin API accepts.
+Production uses an identity provider's JWKS instead and never calls :func:`mint_token`.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+import uuid
+from pathlib import Path
+
+import jwt
+
+from gatekeeper.settings import Settings, SettingsError
+
+__all__ = ["SECRET_FILE", "load_or_create_local_secret", "mint_token"]
+
+SECRET_FILE = "jwt-secret"
+
+
+def load_or_create_local_secret(data_dir: Path) -> str:
+    """The secret in ``data_dir/jwt-secret``, created (mode 0600) on first use."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / SECRET_FILE
+    try:
+        # O_EXCL: two processes starting at once agree on the first one's secret.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        secret = path.read_text(encoding="ascii").strip()
+        if not secret:
+            raise SettingsError(f"{path} is empty; delete it to create a new secret") from None
+        return secret
+    secret = secrets.token_urlsafe(48)
+    with os.fdopen(fd, "w", encoding="ascii") as fh:
+        fh.write(secret + "\n")
+    return secret
+
+
+def mint_token(
+    settings: Settings, tenant_id: str, scopes: list[str], subject: str = "cli",
+    ttl_seconds: int = 3600,
+) -> str:
+    """An HS256 admin token for ``tenant_id`` with ``scopes``, signed with ``settings.jwt_secret``."""
+    if not settings.jwt_secret:
+        raise SettingsError("jwt_secret is not set; cannot sign an admin token")
+    if ttl_seconds <= 0:
+        raise ValueError("ttl_seconds must be positive")
+    now = int(time.time())
+    claims = {
+        "iss": settings.jwt_issuer,
+        "aud": settings.jwt_audience,
+        "sub": subject,
+        "iat": now,
+        "nbf": now,
+        "exp": now + ttl_seconds,
+        "jti": uuid.uuid4().hex,
+        settings.tenant_claim: tenant_id,
+        "scope": " ".join(scopes),
+    }
+    return jwt.encode(claims, settings.jwt_secret, algorithm="HS256")

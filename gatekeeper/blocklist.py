@@ -1,0 +1,150 @@
+"""The in-process mirror of the Redis blocked and disabled sets.
+
+The proxy asks :meth:`BlocklistMirror.denial` once per request: two set look-ups, no I/O. One
+background task (:meth:`BlocklistMirror.run`) keeps the sets fresh: it subscribes to the change
+channel *first*, then loads both sets with SSCAN, then applies each message as it arrives; every
+``resync_seconds`` and after every reconnect it reloads in full. While Redis is unreachable the
+last loaded sets keep serving and the mirror reports itself stale.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from gatekeeper import edgeview, metrics
+from gatekeeper.edgeview import EdgeEvent
+
+__all__ = ["BLOCKED", "DISABLED", "BlocklistMirror"]
+
+_log = logging.getLogger(__name__)
+
+BLOCKED = "blocked"
+DISABLED = "disabled"
+
+DeviceKey = tuple[str, str]
+
+
+def _key(member: str) -> DeviceKey:
+    return edgeview.split_member(member)
+
+
+class BlocklistMirror:
+    """Blocked and disabled devices of every tenant, as this process last heard from Redis."""
+
+    __slots__ = ("_blocked", "_disabled", "_on_key_event", "_on_resync", "_redis",
+                 "_resync_seconds", "loaded", "stale", "synced_at", "changed")
+
+    def __init__(self, redis: aioredis.Redis, *, resync_seconds: float,
+                 on_key_event: Callable[[EdgeEvent], None] | None = None,
+                 on_resync: Callable[[], None] | None = None) -> None:
+        self._redis = redis
+        self._resync_seconds = resync_seconds
+        self._on_key_event = on_key_event
+        self._on_resync = on_resync
+        self._blocked: set[DeviceKey] = set()
+        self._disabled: set[DeviceKey] = set()
+        self.loaded = False
+        self.stale = False
+        self.synced_at = 0.0
+        # Set after every applied change; tests and the propagation benchmark wait on it.
+        self.changed = asyncio.Event()
+
+    def denial(self, key: DeviceKey) -> str | None:
+        """Why this device is denied (``blocked`` wins over ``disabled``), or None."""
+        if key in self._blocked:
+            return BLOCKED
+        if key in self._disabled:
+            return DISABLED
+        return None
+
+    def __len__(self) -> int:
+        return len(self._blocked)
+
+    async def _load(self) -> None:
+        blocked = {_key(m) async for m in self._redis.sscan_iter(edgeview.BLOCKED_SET, count=5000)}
+        disabled = {_key(m) async for m in self._redis.sscan_iter(edgeview.DISABLED_SET,
+                                                                   count=5000)}
+        # Swap whole sets: a request never sees a half-loaded mirror.
+        self._blocked, self._disabled = blocked, disabled
+        self.loaded = True
+        self._mark_synced()
+        if self._on_resync is not None:
+            self._on_resync()
+        metrics.BLOCKED_DEVICES.set(len(blocked))
+        _log.info("blocklist mirror loaded: %d blocked, %d disabled", len(blocked), len(disabled))
+
+    def _mark_synced(self) -> None:
+        self.synced_at = time.time()
+        self.stale = False
+        metrics.BLOCKLIST_LAST_SYNC.set(self.synced_at)
+        metrics.BLOCKLIST_STALE.set(0)
+        metrics.STORE_UP.labels("redis").set(1)
+
+    def apply(self, event: EdgeEvent) -> None:
+        kind = event.kind
+        if kind == "block":
+            self._blocked.add(_key(event.subject))
+        elif kind == "unblock":
+            self._blocked.discard(_key(event.subject))
+        elif kind == "disable":
+            self._disabled.add(_key(event.subject))
+        elif kind == "enable":
+            self._disabled.discard(_key(event.subject))
+        elif kind == "revoke" and self._on_key_event is not None:
+            self._on_key_event(event)
+        metrics.BLOCKED_DEVICES.set(len(self._blocked))
+        self.changed.set()
+
+    async def run(self) -> None:
+        """Keep the mirror fresh until cancelled; reconnect with backoff on any Redis failure."""
+        backoff = 0.1
+        while True:
+            try:
+                await self._follow()
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                if self.loaded and not self.stale:
+                    _log.warning("blocklist: Redis unreachable (%s); serving the last mirror", exc)
+                self.stale = True
+                metrics.BLOCKLIST_STALE.set(1 if self.loaded else 0)
+                metrics.STORE_UP.labels("redis").set(0)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+            else:
+                backoff = 0.1
+
+    async def _follow(self) -> None:
+        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(edgeview.CHANNEL)
+            await self._load()
+            next_resync = time.monotonic() + self._resync_seconds
+            while True:
+                message = await pubsub.get_message(timeout=1.0)
+                if message is not None and message.get("type") == "message":
+                    event = edgeview.decode(message["data"])
+                    if event is None:
+                        continue
+                    if event.kind == "resync":
+                        await self._load()
+                    else:
+                        self.apply(event)
+                    continue
+                now = time.monotonic()
+                if now >= next_resync:
+                    await self._load()
+                    next_resync = now + self._resync_seconds
+                else:
+                    # A live subscription is as good as a sync: nothing was missed meanwhile.
+                    self._mark_synced()
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()

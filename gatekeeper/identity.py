@@ -1,0 +1,118 @@
+"""Who is calling: the tenant and the device, read from a request's path and headers.
+
+Built once per worker from the settings (:class:`IdentityReader`) and called once per request, so
+everything that can be computed ahead (header names, the tenant rule) is.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from gatekeeper.settings import Settings
+
+__all__ = [
+    "ATTRIBUTE_FIELDS",
+    "MAX_DEVICE_ID_LEN",
+    "MAX_VALUE_LEN",
+    "Attributes",
+    "Identity",
+    "IdentityError",
+    "IdentityReader",
+    "valid_device_id",
+    "valid_tenant_id",
+]
+
+MAX_DEVICE_ID_LEN = 128
+MAX_VALUE_LEN = 256
+
+# The six tracked attributes, in the order of :data:`Attributes`, under their Device field names.
+ATTRIBUTE_FIELDS = ("application", "applicationVersion", "os", "osVersion", "manufacturer",
+                    "model")
+Attributes = tuple[str | None, str | None, str | None, str | None, str | None, str | None]
+
+_TENANT_RE = re.compile(r"[A-Za-z0-9._~-]{1,64}")
+
+
+class IdentityError(ValueError):
+    """The request names a device or tenant in a way the edge refuses (answered with 400)."""
+
+    def __init__(self, field: str, detail: str) -> None:
+        super().__init__(detail)
+        self.field = field
+        self.detail = detail
+
+
+def valid_device_id(value: str) -> bool:
+    """1-128 printable ASCII characters, no space."""
+    return (0 < len(value) <= MAX_DEVICE_ID_LEN and value.isascii() and value.isprintable()
+            and " " not in value)
+
+
+def valid_tenant_id(value: str) -> bool:
+    return _TENANT_RE.fullmatch(value) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    tenant_id: str
+    device_id: str | None
+    attributes: Attributes
+
+
+class IdentityReader:
+    """Reads :class:`Identity` from a request path and its headers, by the configured rules."""
+
+    __slots__ = ("_attribute_headers", "_default_tenant", "_device_header", "_source",
+                 "_tenant_header")
+
+    def __init__(self, settings: Settings) -> None:
+        self._device_header = settings.header_device_id
+        self._attribute_headers = (
+            settings.header_app_name, settings.header_app_version, settings.header_os_name,
+            settings.header_os_version, settings.header_manufacturer, settings.header_model,
+        )
+        self._source = settings.tenant_source
+        self._tenant_header = settings.tenant_header
+        self._default_tenant = settings.default_tenant
+
+    def tenant(self, raw_path: str, headers: Mapping[str, str]) -> str:
+        if self._source == "path":
+            if not raw_path.startswith("/api/"):
+                return self._default_tenant
+            end = len(raw_path)
+            for stop in ("/", "?"):
+                found = raw_path.find(stop, 5)
+                if found != -1 and found < end:
+                    end = found
+            tenant = raw_path[5:end]
+        elif self._source == "header":
+            tenant = headers.get(self._tenant_header, "")
+        else:
+            return self._default_tenant
+        if not tenant:
+            return self._default_tenant
+        if not valid_tenant_id(tenant):
+            raise IdentityError("tenant", "the tenant id must be 1-64 characters of A-Z a-z 0-9 . _ ~ -")
+        return tenant
+
+    def read(self, raw_path: str, headers: Mapping[str, str]) -> Identity:
+        """The caller's identity; raises :class:`IdentityError` for values the edge refuses."""
+        tenant = self.tenant(raw_path, headers)
+        device_id = headers.get(self._device_header)
+        if device_id is None:
+            return Identity(tenant, None, (None, None, None, None, None, None))
+        if not valid_device_id(device_id):
+            raise IdentityError(
+                self._device_header,
+                f"{self._device_header} must be 1-{MAX_DEVICE_ID_LEN} printable ASCII characters"
+                " without spaces",
+            )
+        values = [headers.get(name) or None for name in self._attribute_headers]
+        for name, value in zip(self._attribute_headers, values, strict=True):
+            if value is not None and (len(value) > MAX_VALUE_LEN or not value.isprintable()):
+                raise IdentityError(
+                    name, f"{name} must be at most {MAX_VALUE_LEN} printable characters")
+        attributes: Attributes = (values[0], values[1], values[2], values[3], values[4], values[5])
+        return Identity(tenant, device_id, attributes)

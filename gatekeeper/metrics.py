@@ -1,0 +1,137 @@
+"""The proxy's Prometheus metrics, on a registry of their own.
+
+With several worker processes, ``PROMETHEUS_MULTIPROC_DIR`` is set before this module is imported
+(the supervisor does it), every worker writes its values to files there, and the supervisor's
+``/metrics`` sums them. Gauges say how workers combine: ``max`` for the mirror size, ``min`` for
+the last sync time (the stalest worker is the one to page about), ``sum`` for pending activity.
+
+Labels never carry a device id, a key or free-form text; the only label is a fixed outcome.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+
+__all__ = [
+    "ACTIVITY_DROPPED",
+    "ACTIVITY_FLUSHED",
+    "ACTIVITY_FLUSH_DURATION",
+    "ACTIVITY_FLUSH_ERRORS",
+    "ACTIVITY_PENDING",
+    "BLOCKED_DEVICES",
+    "BLOCKLIST_LAST_SYNC",
+    "BLOCKLIST_STALE",
+    "OUTCOMES",
+    "READY",
+    "REGISTRY",
+    "REQUESTS",
+    "REQUEST_DURATION",
+    "STORE_UP",
+    "UPSTREAM_DURATION",
+    "exposition",
+    "multiprocess_dir",
+]
+
+OUTCOMES = (
+    "forwarded", "blocked", "disabled", "unauthorized", "invalid", "upstream_error",
+    "upstream_timeout", "unavailable", "too_large",
+)
+
+_LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+REQUESTS = Counter(
+    "gatekeeper_requests_total", "Requests at the edge, by outcome.", ["outcome"],
+    registry=REGISTRY,
+)
+REQUEST_DURATION = Histogram(
+    "gatekeeper_request_duration_seconds",
+    "Time from request headers received to response headers sent by the proxy.",
+    buckets=_LATENCY_BUCKETS, registry=REGISTRY,
+)
+UPSTREAM_DURATION = Histogram(
+    "gatekeeper_upstream_duration_seconds",
+    "Time from sending a request upstream to receiving its response headers.",
+    buckets=_LATENCY_BUCKETS, registry=REGISTRY,
+)
+BLOCKED_DEVICES = Gauge(
+    "gatekeeper_blocked_devices", "Devices in the in-process blocked mirror.",
+    registry=REGISTRY, multiprocess_mode="max",
+)
+BLOCKLIST_LAST_SYNC = Gauge(
+    "gatekeeper_blocklist_last_sync_timestamp_seconds",
+    "When the mirror was last known to match Redis (full load or live subscription).",
+    registry=REGISTRY, multiprocess_mode="min",
+)
+BLOCKLIST_STALE = Gauge(
+    "gatekeeper_blocklist_stale",
+    "1 while Redis is unreachable and the proxy serves from its last mirror.",
+    registry=REGISTRY, multiprocess_mode="max",
+)
+ACTIVITY_PENDING = Gauge(
+    "gatekeeper_activity_pending", "Devices with activity waiting to be flushed.",
+    registry=REGISTRY, multiprocess_mode="sum",
+)
+ACTIVITY_FLUSHED = Counter(
+    "gatekeeper_activity_flushed", "Device activity records written to Postgres.",
+    registry=REGISTRY,
+)
+ACTIVITY_DROPPED = Counter(
+    "gatekeeper_activity_dropped", "Device activity records dropped because the buffer was full.",
+    registry=REGISTRY,
+)
+ACTIVITY_FLUSH_ERRORS = Counter(
+    "gatekeeper_activity_flush_errors", "Failed flushes of activity to Postgres.",
+    registry=REGISTRY,
+)
+ACTIVITY_FLUSH_DURATION = Histogram(
+    "gatekeeper_activity_flush_duration_seconds", "Duration of one successful activity flush.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+    registry=REGISTRY,
+)
+READY = Gauge(
+    "gatekeeper_ready", "1 when the proxy is ready to serve (mirror loaded, not draining).",
+    registry=REGISTRY, multiprocess_mode="min",
+)
+STORE_UP = Gauge(
+    "gatekeeper_store_up", "1 when the last contact with the store succeeded.", ["store"],
+    registry=REGISTRY, multiprocess_mode="min",
+)
+
+if multiprocess_dir() is None:
+    ProcessCollector(registry=REGISTRY)
+
+# Pre-bound children: the hot path must not look labels up per request.
+for _outcome in OUTCOMES:
+    REQUESTS.labels(_outcome)
+for _store in ("postgres", "redis"):
+    STORE_UP.labels(_store)
+
+
+def exposition() -> bytes:
+    """The text exposition: this process's registry, or every worker's sum in multiprocess mode."""
+    directory = multiprocess_dir()
+    if directory is None:
+        return generate_latest(REGISTRY)
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=directory)
+    ProcessCollector(registry=registry)
+    return generate_latest(registry)

@@ -1,0 +1,183 @@
+"""Device activity: coalesced in memory per request, written to Postgres in set-based batches.
+
+:meth:`ActivityRecorder.record` runs on the proxy's hot path: a dict look-up and a few stores, no
+I/O. A background task (:meth:`ActivityRecorder.run`) flushes every ``flush_interval`` or as soon as
+``flush_max_devices`` devices are pending. A device seen 1,000 times between flushes is one row.
+Attribute changes seen in between are kept in order, each with the time its request was seen, so
+history is exact. When Postgres fails, the taken batch is merged back and retried with backoff;
+the buffer is bounded, and a device that does not fit is dropped and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+import asyncpg
+
+from gatekeeper import metrics
+from gatekeeper.activity_sql import merge_attributes, write_batch
+from gatekeeper.identity import Attributes
+
+__all__ = ["ActivityRecorder", "PendingDevice"]
+
+_log = logging.getLogger(__name__)
+
+DeviceKey = tuple[str, str]
+
+
+class PendingDevice:
+    """What one device did since the last flush."""
+
+    __slots__ = ("attributes", "changes", "first_seen", "last_active", "last_upload")
+
+    def __init__(self, attributes: Attributes, seen: float, upload: bool) -> None:
+        self.attributes = attributes
+        # (seen at, attributes) for the first sighting in this batch and each change after it.
+        self.changes: list[tuple[float, Attributes]] = [(seen, attributes)]
+        self.first_seen = seen
+        self.last_active = seen
+        self.last_upload = seen if upload else None
+
+    def absorb(self, newer: PendingDevice) -> None:
+        """Merge activity recorded after this entry (used when a failed batch goes back)."""
+        self.last_active = max(self.last_active, newer.last_active)
+        if newer.last_upload is not None:
+            self.last_upload = max(self.last_upload or 0.0, newer.last_upload)
+        self.changes.extend(newer.changes)
+        self.attributes = newer.attributes
+
+
+class ActivityRecorder:
+    __slots__ = ("_flush_max", "_interval", "_max_pending", "_pending", "_pool", "_retry_max",
+                 "_wake", "dropped", "flushed_rows", "key_uses", "last_flush_ok")
+
+    def __init__(self, pool: asyncpg.Pool, *, flush_interval: float, flush_max_devices: int,
+                 max_pending: int, retry_max_seconds: float) -> None:
+        self._pool = pool
+        self._interval = flush_interval
+        self._flush_max = flush_max_devices
+        self._max_pending = max_pending
+        self._retry_max = retry_max_seconds
+        self._pending: dict[DeviceKey, PendingDevice] = {}
+        self._wake = asyncio.Event()
+        # digest hex -> last use, for personal access tokens' and keys' lastUsedAt.
+        self.key_uses: dict[str, float] = {}
+        self.dropped = 0
+        self.flushed_rows = 0
+        self.last_flush_ok = True
+
+    def record(self, key: DeviceKey, attributes: Attributes, is_post: bool) -> None:
+        """Note one request of a device. Hot path: keep it allocation-light."""
+        now = time.time()
+        entry = self._pending.get(key)
+        if entry is None:
+            pending = self._pending
+            if len(pending) >= self._max_pending:
+                self.dropped += 1
+                metrics.ACTIVITY_DROPPED.inc()
+                return
+            pending[key] = PendingDevice(attributes, now, is_post)
+            if len(pending) >= self._flush_max:
+                self._wake.set()
+            return
+        entry.last_active = now
+        if is_post:
+            entry.last_upload = now
+        if attributes != entry.attributes:
+            merged = merge_attributes(attributes, entry.attributes)
+            if merged != entry.attributes:
+                entry.attributes = merged
+                entry.changes.append((now, merged))
+
+    def note_key_use(self, digest: str) -> None:
+        self.key_uses[digest] = time.time()
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def _take(self) -> dict[DeviceKey, PendingDevice]:
+        if len(self._pending) <= self._flush_max:
+            batch, self._pending = self._pending, {}
+            return batch
+        batch = {}
+        for key in list(self._pending)[: self._flush_max]:
+            batch[key] = self._pending.pop(key)
+        return batch
+
+    def _put_back(self, batch: dict[DeviceKey, PendingDevice]) -> None:
+        """Return a failed batch: older than whatever arrived meanwhile, so it goes first."""
+        newer = self._pending
+        self._pending = batch
+        for key, entry in newer.items():
+            old = batch.get(key)
+            if old is None:
+                if len(batch) < self._max_pending:
+                    batch[key] = entry
+                else:
+                    self.dropped += 1
+                    metrics.ACTIVITY_DROPPED.inc()
+            else:
+                old.absorb(entry)
+
+    async def flush_once(self) -> int:
+        """Write one batch; returns devices written. Raises on a database error (batch kept)."""
+        batch = self._take()
+        uses, self.key_uses = self.key_uses, {}
+        metrics.ACTIVITY_PENDING.set(len(self._pending))
+        if not batch and not uses:
+            return 0
+        started = time.perf_counter()
+        try:
+            await write_batch(self._pool, batch, uses)
+        except BaseException:
+            self._put_back(batch)
+            for digest, used in uses.items():
+                self.key_uses.setdefault(digest, used)
+            metrics.ACTIVITY_PENDING.set(len(self._pending))
+            raise
+        metrics.ACTIVITY_FLUSH_DURATION.observe(time.perf_counter() - started)
+        metrics.ACTIVITY_FLUSHED.inc(len(batch))
+        self.flushed_rows += len(batch)
+        return len(batch)
+
+    async def run(self) -> None:
+        """Flush until cancelled; back off while Postgres fails."""
+        backoff = self._interval
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), backoff)
+            self._wake.clear()
+            try:
+                while await self.flush_once() >= self._flush_max:
+                    pass  # a full batch: more may be waiting, go again at once
+            except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError, TimeoutError) as exc:
+                metrics.ACTIVITY_FLUSH_ERRORS.inc()
+                metrics.STORE_UP.labels("postgres").set(0)
+                if self.last_flush_ok:
+                    _log.warning("activity flush failed (%s); keeping %d devices and retrying",
+                                 exc, self.pending)
+                self.last_flush_ok = False
+                backoff = min(max(backoff * 2, 0.1), self._retry_max)
+                continue
+            if not self.last_flush_ok:
+                _log.info("activity flush recovered")
+            self.last_flush_ok = True
+            metrics.STORE_UP.labels("postgres").set(1)
+            backoff = self._interval
+
+    async def drain(self, deadline: float) -> bool:
+        """Flush everything before shutdown, retrying until ``deadline`` (monotonic)."""
+        while self._pending or self.key_uses:
+            try:
+                await self.flush_once()
+            except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError, TimeoutError) as exc:
+                if time.monotonic() >= deadline:
+                    _log.error("shutdown: %d devices could not be flushed: %s", self.pending, exc)
+                    metrics.ACTIVITY_DROPPED.inc(self.pending)
+                    return False
+                await asyncio.sleep(0.2)
+        return True
