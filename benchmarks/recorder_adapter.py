@@ -1,0 +1,58 @@
+"""Driving ``gatekeeper.recorder`` directly, for the write-behind flush rate.
+
+Kept apart from :mod:`benchmarks.writebehind` because it is the one place that knows the
+recorder's interface: when that interface changes, only this file changes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import time
+from typing import Any
+
+__all__ = ["flush_rate", "unavailable"]
+
+_BATCH = 5_000  # devices per flush: the recorder's default flush_max_devices
+
+
+def unavailable() -> str | None:
+    """None when the recorder can be driven, else why not."""
+    if importlib.util.find_spec("gatekeeper.recorder") is None:
+        return "gatekeeper.recorder not available yet"
+    module = importlib.import_module("gatekeeper.recorder")
+    if not hasattr(module, "ActivityRecorder"):
+        return "gatekeeper.recorder has no ActivityRecorder"
+    return None
+
+
+async def flush_rate(dsn: str, seconds: float) -> dict[str, Any]:
+    """Record batches of distinct new devices and flush each; devices flushed per second."""
+    from gatekeeper.connections import open_pg_pool
+    from gatekeeper.settings import Settings
+
+    module: Any = importlib.import_module("gatekeeper.recorder")
+    pool = await open_pg_pool(dsn, min_size=1, max_size=4)
+    try:
+        recorder = module.ActivityRecorder(pool, Settings(flush_max_devices=_BATCH))
+        flushed = 0
+        batch = 0
+        started = time.perf_counter()
+        deadline = started + seconds
+        while time.perf_counter() < deadline:
+            now = time.time()
+            for i in range(_BATCH):
+                recorder.record("bench-wb", f"wb-{batch:05d}-{i:05d}", _attributes(i), now,
+                                False)
+            await recorder.flush()
+            flushed += _BATCH
+            batch += 1
+        elapsed = time.perf_counter() - started
+    finally:
+        await pool.close()
+    return {"devices_per_s": round(flushed / elapsed, 1), "devices_flushed": flushed,
+            "flushes": batch, "devices_per_flush": _BATCH, "history": True}
+
+
+def _attributes(i: int) -> tuple[str, ...]:
+    return ("bench-app", f"1.{i % 7}.0", "Linux", "6.1", "Bench", "B-1")
