@@ -44,7 +44,7 @@ def mint_token(
     settings: Settings, tenant_id: str, scopes: list[str], subject: str = "cli",
     ttl_seconds: int = 3600,
 ) -> str:
-    """An HS256 admin token for ``tenant_id`` with ``scopes``, signed with ``settings.jwt_secret``."""
+    """An HS256 admin token for ``tenant_id`` with ``scopes``, signed with the local secret."""
     if not settings.jwt_secret:
         raise SettingsError("jwt_secret is not set; cannot sign an admin token")
     if ttl_seconds <= 0:

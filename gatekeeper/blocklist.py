@@ -38,8 +38,18 @@ def _key(member: str) -> DeviceKey:
 class BlocklistMirror:
     """Blocked and disabled devices of every tenant, as this process last heard from Redis."""
 
-    __slots__ = ("_blocked", "_disabled", "_on_key_event", "_on_resync", "_redis",
-                 "_resync_seconds", "loaded", "stale", "synced_at", "changed")
+    __slots__ = (
+        "_blocked",
+        "_disabled",
+        "_on_key_event",
+        "_on_resync",
+        "_redis",
+        "_resync_seconds",
+        "changed",
+        "loaded",
+        "stale",
+        "synced_at",
+    )
 
     def __init__(self, redis: aioredis.Redis, *, resync_seconds: float,
                  on_key_event: Callable[[EdgeEvent], None] | None = None,
@@ -147,4 +157,4 @@ class BlocklistMirror:
                     self._mark_synced()
         finally:
             with contextlib.suppress(Exception):
-                await pubsub.aclose()
+                await pubsub.aclose()  # type: ignore[no-untyped-call]

@@ -1,8 +1,8 @@
 """Device API keys and personal access tokens: generation, digests, constant-time checks.
 
-A secret is ``<prefix>_<43 url-safe characters>`` (256 bits). Only its digest is stored: HMAC-SHA-256
-with the configured pepper, or plain SHA-256 without one. Look-ups go by digest, so the secret
-itself never reaches Postgres, Redis, logs or metrics.
+A secret is ``<prefix>_<43 url-safe characters>`` (256 bits). Only its digest is stored:
+HMAC-SHA-256 with the configured pepper, or plain SHA-256 without one. Look-ups go by digest, so
+the secret itself never reaches Postgres, Redis, logs or metrics.
 """
 
 from __future__ import annotations

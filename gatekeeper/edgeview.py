@@ -5,7 +5,8 @@ Layout (all keys under ``gk:``):
 
 - ``gk:blocked`` / ``gk:disabled``: sets of ``"<tenant> <device>"`` members (neither a tenant nor a
   device id may contain a space, so the member splits unambiguously);
-- ``gk:keys``: hash from a key's hex digest to ``"<tenant> <kind> <device or -> <expires epoch or ->"``;
+- ``gk:keys``: hash from a key's hex digest to
+  ``"<tenant> <kind> <device or -> <expires epoch or ->"``;
 - ``gk:events``: pub/sub channel; each message is one :class:`EdgeEvent` encoded by :func:`encode`.
 
 Postgres is the truth; this module only mirrors it. Writers (the store) change the set and then

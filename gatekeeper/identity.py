@@ -94,7 +94,8 @@ class IdentityReader:
         if not tenant:
             return self._default_tenant
         if not valid_tenant_id(tenant):
-            raise IdentityError("tenant", "the tenant id must be 1-64 characters of A-Z a-z 0-9 . _ ~ -")
+            raise IdentityError(
+                "tenant", "the tenant id must be 1-64 characters of A-Z a-z 0-9 . _ ~ -")
         return tenant
 
     def read(self, raw_path: str, headers: Mapping[str, str]) -> Identity:

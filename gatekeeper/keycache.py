@@ -44,7 +44,7 @@ class KeyCache:
             if grant is not None or now - cached_at < _NEGATIVE_TTL:
                 return self._live(grant)
         raw = await self._redis.hget(edgeview.KEYS_HASH, digest)
-        grant = KeyGrant.decode(raw) if raw else None
+        grant = KeyGrant.decode(raw if isinstance(raw, str) else raw.decode()) if raw else None
         self._entries[digest] = (grant, now)
         if len(self._entries) > self._max:
             self._entries.popitem(last=False)

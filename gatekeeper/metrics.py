@@ -1,9 +1,10 @@
 """The proxy's Prometheus metrics, on a registry of their own.
 
 With several worker processes, ``PROMETHEUS_MULTIPROC_DIR`` is set before this module is imported
-(the supervisor does it), every worker writes its values to files there, and the supervisor's
-``/metrics`` sums them. Gauges say how workers combine: ``max`` for the mirror size, ``min`` for
-the last sync time (the stalest worker is the one to page about), ``sum`` for pending activity.
+(the supervisor does it), every worker writes its values to files there, and the
+supervisor's ``/metrics`` sums them. Gauges say how live workers combine: ``max`` for the
+mirror size, ``min`` for the last sync time (the stalest worker is the one to page about),
+``sum`` for pending activity.
 
 Labels never carry a device id, a key or free-form text; the only label is a fixed outcome.
 """
@@ -74,21 +75,21 @@ UPSTREAM_DURATION = Histogram(
 )
 BLOCKED_DEVICES = Gauge(
     "gatekeeper_blocked_devices", "Devices in the in-process blocked mirror.",
-    registry=REGISTRY, multiprocess_mode="max",
+    registry=REGISTRY, multiprocess_mode="livemax",
 )
 BLOCKLIST_LAST_SYNC = Gauge(
     "gatekeeper_blocklist_last_sync_timestamp_seconds",
     "When the mirror was last known to match Redis (full load or live subscription).",
-    registry=REGISTRY, multiprocess_mode="min",
+    registry=REGISTRY, multiprocess_mode="livemin",
 )
 BLOCKLIST_STALE = Gauge(
     "gatekeeper_blocklist_stale",
     "1 while Redis is unreachable and the proxy serves from its last mirror.",
-    registry=REGISTRY, multiprocess_mode="max",
+    registry=REGISTRY, multiprocess_mode="livemax",
 )
 ACTIVITY_PENDING = Gauge(
     "gatekeeper_activity_pending", "Devices with activity waiting to be flushed.",
-    registry=REGISTRY, multiprocess_mode="sum",
+    registry=REGISTRY, multiprocess_mode="livesum",
 )
 ACTIVITY_FLUSHED = Counter(
     "gatekeeper_activity_flushed", "Device activity records written to Postgres.",
@@ -109,11 +110,11 @@ ACTIVITY_FLUSH_DURATION = Histogram(
 )
 READY = Gauge(
     "gatekeeper_ready", "1 when the proxy is ready to serve (mirror loaded, not draining).",
-    registry=REGISTRY, multiprocess_mode="min",
+    registry=REGISTRY, multiprocess_mode="livemin",
 )
 STORE_UP = Gauge(
     "gatekeeper_store_up", "1 when the last contact with the store succeeded.", ["store"],
-    registry=REGISTRY, multiprocess_mode="min",
+    registry=REGISTRY, multiprocess_mode="livemin",
 )
 
 if multiprocess_dir() is None:
@@ -132,6 +133,6 @@ def exposition() -> bytes:
     if directory is None:
         return generate_latest(REGISTRY)
     registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=directory)
+    MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
     ProcessCollector(registry=registry)
     return generate_latest(registry)

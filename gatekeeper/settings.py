@@ -148,6 +148,11 @@ class Settings:
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
+    def to_mapping(self) -> dict[str, Any]:
+        """Plain values (secrets included): for handing settings to worker processes only."""
+        return {name: (str(v) if isinstance(v := getattr(self, name), Path) else v)
+                for name in self.field_names()}
+
     @classmethod
     def field_names(cls) -> list[str]:
         return [f.name for f in fields(cls) if not f.name.startswith("_")]

@@ -61,9 +61,24 @@ class UpstreamResponse:
 
 class _Connection(asyncio.Protocol):
     __slots__ = (
-        "_body", "_body_done", "_body_size", "_drain", "_head", "_head_request", "_headers",
-        "_paused", "_parser", "_pool", "_read_timeout", "_response", "_status", "_timer",
-        "_waiter", "closed", "reusable", "transport",
+        "_body",
+        "_body_done",
+        "_body_size",
+        "_drain",
+        "_head",
+        "_head_request",
+        "_headers",
+        "_parser",
+        "_paused",
+        "_pool",
+        "_read_timeout",
+        "_response",
+        "_status",
+        "_timer",
+        "_waiter",
+        "closed",
+        "reusable",
+        "transport",
     )
 
     def __init__(self, pool: UpstreamPool) -> None:
@@ -292,8 +307,8 @@ class UpstreamPool:
             return await self._connect(), False
         waiter: asyncio.Future[_Connection | None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
-        conn = await waiter
-        return (conn, True) if conn is not None else (await self._connect(), False)
+        handed = await waiter
+        return (handed, True) if handed is not None else (await self._connect(), False)
 
     async def _connect(self) -> _Connection:
         self._open += 1

@@ -1,0 +1,213 @@
+"""The ``gatekeeper`` command: up, proxy, admin, migrate, reconcile, token, demo-upstream."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from gatekeeper.runtime import run
+from gatekeeper.settings import Settings, SettingsError
+
+__all__ = ["main"]
+
+_log = logging.getLogger("gatekeeper")
+
+
+class Service(Protocol):
+    """A server the command starts and stops (the admin API is one, found by entry point)."""
+
+    port: int
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="TOML settings file")
+    parser.add_argument("--database-url", dest="database_url")
+    parser.add_argument("--redis-url", dest="redis_url")
+    parser.add_argument("--data-dir", dest="data_dir")
+    parser.add_argument("--host")
+    parser.add_argument("--log-level", dest="log_level")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gatekeeper", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run the whole stack on this machine (embedded stores)")
+    _common(up)
+    for name in ("proxy-port", "admin-port", "metrics-port"):
+        up.add_argument(f"--{name}", dest=name.replace("-", "_"), type=int)
+    up.add_argument("--upstream")
+    up.add_argument("--demo-upstream", action="store_true",
+                    help="start a built-in echo upstream and proxy to it")
+    up.add_argument("--auth-mode", dest="auth_mode", choices=["passthrough", "enforce"])
+
+    proxy = sub.add_parser("proxy", help="run the edge proxy (production)")
+    _common(proxy)
+    proxy.add_argument("--workers", "-w", type=int)
+    proxy.add_argument("--proxy-port", dest="proxy_port", type=int)
+    proxy.add_argument("--metrics-port", dest="metrics_port", type=int)
+    proxy.add_argument("--upstream")
+    proxy.add_argument("--auth-mode", dest="auth_mode", choices=["passthrough", "enforce"])
+
+    admin = sub.add_parser("admin", help="run the admin API (production)")
+    _common(admin)
+    admin.add_argument("--admin-port", dest="admin_port", type=int)
+
+    for name, text in (("migrate", "apply database migrations"),
+                       ("reconcile", "rebuild the Redis edge view from Postgres")):
+        _common(sub.add_parser(name, help=text))
+
+    token = sub.add_parser("token", help="print a signed admin token")
+    _common(token)
+    token.add_argument("--tenant", required=True)
+    token.add_argument("--scope", action="append", default=[],
+                       help="repeatable; default: all admin scopes")
+    token.add_argument("--subject", default="cli")
+    token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
+
+    demo = sub.add_parser("demo-upstream", help="run the built-in echo upstream")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8000)
+    return parser
+
+
+ADMIN_SCOPES = ("Device.Read", "Device.Write", "Token.Read", "Token.Write")
+
+_NOT_SETTINGS = {"command", "config", "tenant", "scope", "subject", "ttl", "demo_upstream",
+                 "port"}
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    flags = {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS}
+    return Settings.load(flags, config_file=args.config)
+
+
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+def admin_service(settings: Settings) -> Service:
+    """The admin API, found through the ``gatekeeper.services`` entry point (the core never
+    imports ``admin_api``)."""
+    (found,) = entry_points(group="gatekeeper.services", name="admin")
+    service: Service = found.load()(settings)
+    return service
+
+
+def _require_stores(settings: Settings) -> None:
+    if not settings.database_url or not settings.redis_url:
+        raise SettingsError("set GATEKEEPER_DATABASE_URL and GATEKEEPER_REDIS_URL (or the flags);"
+                            " only `gatekeeper up` starts embedded stores")
+
+
+async def _proxy(settings: Settings) -> None:
+    _require_stores(settings)
+    from gatekeeper.edge import EdgeServer
+    from gatekeeper.supervisor import Supervisor
+
+    server: Supervisor | EdgeServer
+    server = Supervisor(settings) if settings.workers > 1 else EdgeServer(settings)
+    await server.start()
+    await _until_signalled()
+    await server.stop()
+
+
+async def _admin(settings: Settings) -> None:
+    _require_stores(settings)
+    service = admin_service(settings)
+    await service.start()
+    await _until_signalled()
+    await service.stop()
+
+
+async def _migrate(settings: Settings) -> None:
+    _require_stores(settings)
+    from gatekeeper.migrate import migrate
+
+    applied = await migrate(settings.database_url or "")
+    print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none pending'}")
+
+
+async def _reconcile(settings: Settings) -> None:
+    _require_stores(settings)
+    from gatekeeper.connections import open_pg_pool, open_redis
+    from gatekeeper.store import reconcile
+
+    pool = await open_pg_pool(settings.database_url or "")
+    redis = open_redis(settings.redis_url or "")
+    try:
+        counts = await reconcile(pool, redis)
+    finally:
+        await pool.close()
+        await redis.aclose()
+    print("edge view rebuilt: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+
+
+async def _demo_upstream(host: str, port: int) -> None:
+    from gatekeeper.demo_upstream import create_demo_upstream
+
+    runner = web.AppRunner(create_demo_upstream(), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    print(f"demo upstream on http://{host}:{port}", flush=True)
+    await _until_signalled()
+    await runner.cleanup()
+
+
+def _token(args: argparse.Namespace, settings: Settings) -> None:
+    from gatekeeper.admin_tokens import load_or_create_local_secret, mint_token
+
+    if settings.jwt_secret is None:
+        settings = settings.replace(jwt_secret=load_or_create_local_secret(settings.data_dir))
+    print(mint_token(settings, args.tenant, args.scope or list(ADMIN_SCOPES),
+                     subject=args.subject, ttl_seconds=args.ttl))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "demo-upstream":
+            run(_demo_upstream(args.host, args.port))
+            return 0
+        settings = _settings(args)
+        logging.basicConfig(level=settings.log_level,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        if args.command == "token":
+            _token(args, settings)
+            return 0
+        commands: dict[str, Callable[[Settings], Awaitable[Any]]] = {
+            "proxy": _proxy, "admin": _admin, "migrate": _migrate, "reconcile": _reconcile,
+        }
+        if args.command == "up":
+            from gatekeeper.stack import run_stack
+
+            run(run_stack(settings, demo_upstream=args.demo_upstream,
+                          until=_until_signalled, admin=admin_service))
+        else:
+            run(commands[args.command](settings))  # type: ignore[arg-type]
+    except SettingsError as exc:
+        print(f"gatekeeper: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""``gatekeeper proxy --workers N``: N worker processes on one port (SO_REUSEPORT) and one ops port.
+
+The supervisor owns the metrics port: its ``/metrics`` sums every worker (prometheus-client's
+multiprocess mode), its ``/readyz`` is ready when every worker is alive and ready. A worker that
+dies is replaced; SIGTERM is passed on to every worker, which drains and flushes before exiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+from gatekeeper.embedded import free_port
+from gatekeeper.ops import create_ops_app
+from gatekeeper.settings import Settings
+
+__all__ = ["Supervisor"]
+
+_log = logging.getLogger(__name__)
+
+
+class Supervisor:
+    def __init__(self, settings: Settings) -> None:
+        if settings.proxy_port == 0:
+            settings = settings.replace(proxy_port=free_port(settings.host))
+        self.settings = settings
+        self._dir = Path(tempfile.mkdtemp(prefix="gatekeeper-metrics-"))
+        self._settings_file = self._dir / "settings.json"
+        self._workers: list[subprocess.Popen[bytes]] = []
+        self._runner: web.AppRunner | None = None
+        self._stopping = False
+        self._monitor: asyncio.Task[None] | None = None
+        self.metrics_port = settings.metrics_port
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(self._dir / "metrics"))
+        return subprocess.Popen([sys.executable, "-m", "gatekeeper.worker",
+                                 str(self._settings_file)], env=env)
+
+    def readiness(self) -> dict[str, bool]:
+        alive = bool(self._workers) and all(w.poll() is None for w in self._workers)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=str(self._dir / "metrics"))  # type: ignore[no-untyped-call]
+        ready_values = [s.value for m in registry.collect() if m.name == "gatekeeper_ready"
+                        for s in m.samples]
+        workers_ready = len(ready_values) > 0 and min(ready_values) >= 1
+        return {"ready": alive and workers_ready and not self._stopping,
+                "workers_alive": alive, "workers_ready": workers_ready}
+
+    async def start(self) -> None:
+        (self._dir / "metrics").mkdir()
+        self._settings_file.write_text(json.dumps(self.settings.to_mapping()))
+        self._settings_file.chmod(0o600)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(self._dir / "metrics")
+        self._workers = [self._spawn() for _ in range(self.settings.workers)]
+        self._runner = web.AppRunner(create_ops_app(self.readiness), access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self.settings.host, self.settings.metrics_port).start()
+        self.metrics_port = self._runner.addresses[0][1]
+        self._monitor = asyncio.create_task(self._replace_dead_workers())
+        _log.info("supervisor: %d workers on %s:%d, metrics on :%d", self.settings.workers,
+                  self.settings.host, self.settings.proxy_port, self.metrics_port)
+
+    async def _replace_dead_workers(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(0.5)
+            for i, worker in enumerate(self._workers):
+                if worker.poll() is not None and not self._stopping:
+                    _log.error("worker %d exited with %s; starting another", worker.pid,
+                               worker.returncode)
+                    mark_process_dead(  # type: ignore[no-untyped-call]
+                        worker.pid, str(self._dir / "metrics"))
+                    self._workers[i] = self._spawn()
+
+    async def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.readiness()["ready"]:
+            if time.monotonic() > deadline:
+                raise TimeoutError("workers not ready in time")
+            await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._monitor is not None:
+            self._monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._monitor
+        for worker in self._workers:
+            if worker.poll() is None:
+                worker.terminate()
+        deadline = time.monotonic() + self.settings.shutdown_drain_seconds + 5
+        for worker in self._workers:
+            while worker.poll() is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        shutil.rmtree(self._dir, ignore_errors=True)

@@ -1,0 +1,43 @@
+"""Entry point of one proxy worker process started by the supervisor (``gatekeeper proxy -w N``).
+
+Run as ``python -m gatekeeper.worker SETTINGS_JSON``; the supervisor has already set
+``PROMETHEUS_MULTIPROC_DIR`` in this process's environment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from gatekeeper.edge import EdgeServer
+from gatekeeper.runtime import run
+from gatekeeper.settings import Settings
+
+__all__ = ["main"]
+
+
+async def _serve(settings: Settings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    edge = EdgeServer(settings, serve_ops=False, reuse_port=True)
+    await edge.start()
+    await stop.wait()
+    await edge.stop()
+
+
+def main() -> None:
+    settings = Settings.from_mapping(json.loads(Path(sys.argv[1]).read_text()))
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s worker[%(process)d] %(levelname)s %(name)s: %(message)s")
+    run(_serve(settings))
+
+
+if __name__ == "__main__":
+    main()
