@@ -1,0 +1,74 @@
+"""The admin API application: routes, middlewares and the resources handlers share."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Final
+
+import asyncpg
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from admin_api import connections, devices, listing, openapi, ops, tokens
+from admin_api.audit import list_audit
+from admin_api.auth import VERIFIER, TokenVerifier
+from admin_api.context import PG_POOL, REDIS, SETTINGS
+from admin_api.edgesync import EDGE_SYNC, EdgeSync
+from admin_api.errors import problem_middleware
+from admin_api.metrics import METRICS, AdminMetrics, metrics_handler, metrics_middleware
+from gatekeeper.settings import Settings
+
+__all__ = ["MAX_BODY_BYTES", "create_app"]
+
+# Admin bodies are small JSON documents; anything larger is refused with 413 before parsing.
+MAX_BODY_BYTES: Final = 64 * 1024
+
+_DEV = "/api/{tenantId}/devices/{deviceId}"
+
+
+def _routes() -> list[web.RouteDef]:
+    return [
+        web.get("/api/{tenantId}/devices", listing.list_devices),
+        web.post("/api/{tenantId}/devices", devices.create_device),
+        web.get(_DEV, devices.get_device),
+        web.put(_DEV, devices.update_device),
+        web.delete(_DEV, devices.delete_device),
+        web.post(_DEV + "/block", devices.block_device),
+        web.post(_DEV + "/unblock", devices.unblock_device),
+        web.get(_DEV + "/history", devices.device_history),
+        web.post(_DEV + "/connect", connections.connect_device),
+        web.post(_DEV + "/connections/reset", connections.reset_connection),
+        web.post("/api/{tenantId}/tokens", tokens.create_token),
+        web.get("/api/{tenantId}/tokens", tokens.list_tokens),
+        web.delete("/api/{tenantId}/tokens/{tokenId}", tokens.revoke_token),
+        web.get("/api/{tenantId}/audit", list_audit),
+        web.get("/openapi.json", openapi.openapi_json),
+        web.get("/docs", openapi.docs_page),
+        web.get("/metrics", metrics_handler),
+        web.get("/healthz", ops.healthz),
+        web.get("/readyz", ops.readyz),
+    ]
+
+
+async def _edge_sync_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The background reconciler that repairs the edge view after a failed Redis write."""
+    edge = app[EDGE_SYNC]
+    edge.start()
+    yield
+    await edge.close()
+
+
+def create_app(settings: Settings, pool: asyncpg.Pool, redis: aioredis.Redis) -> web.Application:
+    """The admin application. ``pool`` and ``redis`` belong to the caller, who closes them."""
+    app = web.Application(middlewares=[metrics_middleware, problem_middleware],
+                          client_max_size=MAX_BODY_BYTES)
+    metrics = AdminMetrics()
+    app[SETTINGS] = settings
+    app[PG_POOL] = pool
+    app[REDIS] = redis
+    app[METRICS] = metrics
+    app[VERIFIER] = TokenVerifier(settings)
+    app[EDGE_SYNC] = EdgeSync(pool, redis, metrics)
+    app.cleanup_ctx.append(_edge_sync_ctx)
+    app.add_routes(_routes())
+    return app

@@ -1,0 +1,19 @@
+"""Typed application keys for the resources every admin handler shares.
+
+Keys for objects defined in a module of their own (the token verifier, the metrics, the edge
+sync) live next to those objects, so this module imports nothing from ``admin_api``.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from gatekeeper.settings import Settings
+
+__all__ = ["PG_POOL", "REDIS", "SETTINGS"]
+
+SETTINGS = web.AppKey("settings", Settings)
+PG_POOL = web.AppKey("pg_pool", asyncpg.Pool)
+REDIS = web.AppKey("redis", aioredis.Redis)

@@ -1,0 +1,121 @@
+"""Admin API errors: one exception that carries an RFC 9457 problem, and the middleware that
+turns it (and every other failure) into ``application/problem+json``.
+
+Handlers raise :class:`Problem`; they never build error responses themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypedDict
+
+from aiohttp import web
+
+from gatekeeper.problem import problem_response
+
+__all__ = [
+    "FieldError",
+    "Problem",
+    "bad_request",
+    "conflict",
+    "not_found",
+    "problem_middleware",
+    "unprocessable",
+]
+
+_log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_TITLES = {
+    400: "Bad request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    406: "Not acceptable",
+    409: "Conflict",
+    413: "Payload too large",
+    415: "Unsupported media type",
+    422: "Unprocessable content",
+    500: "Internal server error",
+    503: "Service unavailable",
+}
+
+
+class FieldError(TypedDict):
+    """One bad input: where it is (``settings.logoUrl``, ``query.limit``) and what is wrong."""
+
+    field: str
+    message: str
+
+
+class Problem(Exception):
+    """An error response. ``detail`` is shown to the client: never put secrets in it."""
+
+    def __init__(self, status: int, detail: str | None = None, *, title: str | None = None,
+                 type_: str | None = None, errors: list[FieldError] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail or title or _TITLES.get(status, "Error"))
+        self.status = status
+        self.title = title or _TITLES.get(status, "Error")
+        self.detail = detail
+        self.type_ = type_
+        self.errors = errors
+        self.headers = headers
+
+    def response(self) -> web.Response:
+        extra: dict[str, Any] = {}
+        if self.errors is not None:
+            extra["errors"] = self.errors
+        return problem_response(self.status, self.title, self.detail, type_=self.type_,
+                                headers=self.headers, **extra)
+
+
+def bad_request(detail: str, errors: list[FieldError] | None = None) -> Problem:
+    return Problem(400, detail, type_="bad-request", errors=errors)
+
+
+def unprocessable(errors: list[FieldError]) -> Problem:
+    fields = ", ".join(e["field"] for e in errors)
+    return Problem(422, f"Invalid values: {fields}", title="Validation failed",
+                   type_="validation", errors=errors)
+
+
+def not_found(detail: str) -> Problem:
+    return Problem(404, detail, type_="not-found")
+
+
+def conflict(detail: str) -> Problem:
+    return Problem(409, detail, type_="conflict")
+
+
+def _from_http_exception(exc: web.HTTPException) -> web.Response:
+    headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
+    detail = exc.reason if exc.status != 413 else "The request body is too large"
+    return Problem(exc.status, detail, headers=headers or None).response()
+
+
+@web.middleware
+async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn :class:`Problem`, aiohttp's HTTP errors and anything unexpected into problems.
+
+    The catch-all answers 500 without any detail of the failure; the traceback goes to the log.
+    """
+    try:
+        return await handler(request)
+    except Problem as exc:
+        return exc.response()
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _from_http_exception(exc)
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        _log.exception("unexpected error in %s %s", request.method,
+                       request.match_info.route.resource.canonical
+                       if request.match_info.route.resource else "(unmatched)")
+        return Problem(500, "An unexpected error occurred", type_="internal").response()

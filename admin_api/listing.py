@@ -1,0 +1,191 @@
+"""The device list: search, blocked filter, keyset pagination, JSON or streamed CSV.
+
+Order (deterministic, documented in docs/decisions.md): ``lastActivityAt`` descending, devices
+never active (NULL) last, ties broken by ``deviceId`` descending. The cursor is the last row's
+``(lastActivityAt, deviceId)``. Each page is one or two index range scans on
+``(tenant_id, last_activity_at DESC NULLS LAST, device_id DESC)``: first the active devices
+after the cursor, then, if the page is not full, the never-active ones.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+import asyncpg
+from aiohttp import web
+
+from admin_api.auth import DEVICE_READ, authorize
+from admin_api.context import PG_POOL
+from admin_api.errors import FieldError, bad_request
+from admin_api.paging import next_link
+from admin_api.serialize import (
+    DEVICE_FIELDS,
+    decode_cursor,
+    device_json,
+    encode_cursor,
+    from_micros,
+    micros,
+)
+from admin_api.validation import MAX_LIMIT, check_query, parse_limit, text_param
+
+__all__ = ["DeviceQuery", "fetch_page", "list_devices", "page_cursor"]
+
+_BLOCKED_FILTERS: Final = {"all": "", "hide": " AND NOT is_blocked", "only": " AND is_blocked"}
+_CSV_BATCH: Final = MAX_LIMIT
+# Cells a spreadsheet would run as a formula get a leading apostrophe (CSV injection).
+_FORMULA_START: Final = ("=", "+", "-", "@", "\t", "\r")
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceQuery:
+    tenant_id: str
+    q: str | None = None
+    blocked: str = "all"
+
+
+def _like_pattern(q: str) -> str:
+    escaped = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def _filters(query: DeviceQuery, args: list[Any]) -> str:
+    where = "tenant_id = $1" + _BLOCKED_FILTERS[query.blocked]
+    if query.q:
+        args.append(_like_pattern(query.q))
+        n = len(args)
+        where += f" AND (name ILIKE ${n} OR device_id ILIKE ${n})"
+    return where
+
+
+async def fetch_page(pool: asyncpg.Pool, query: DeviceQuery,
+                     after: tuple[datetime | None, str] | None,
+                     limit: int) -> list[asyncpg.Record]:
+    """Up to ``limit`` devices after the position ``after`` (exclusive), in list order."""
+    rows: list[asyncpg.Record] = []
+    if after is None or after[0] is not None:
+        args: list[Any] = [query.tenant_id]
+        where = _filters(query, args) + " AND last_activity_at IS NOT NULL"
+        if after is not None:
+            args += [after[0], after[1]]
+            where += f" AND (last_activity_at, device_id) < (${len(args) - 1}, ${len(args)})"
+        args.append(limit)
+        rows += await pool.fetch(
+            f"SELECT * FROM devices WHERE {where}"
+            f" ORDER BY last_activity_at DESC, device_id DESC LIMIT ${len(args)}", *args)
+    if len(rows) < limit:
+        args = [query.tenant_id]
+        where = _filters(query, args) + " AND last_activity_at IS NULL"
+        if after is not None and after[0] is None:
+            args.append(after[1])
+            where += f" AND device_id < ${len(args)}"
+        args.append(limit - len(rows))
+        rows += await pool.fetch(
+            f"SELECT * FROM devices WHERE {where}"
+            f" ORDER BY device_id DESC LIMIT ${len(args)}", *args)
+    return rows
+
+
+def page_cursor(row: asyncpg.Record) -> str:
+    """The cursor that continues after ``row``."""
+    at: datetime | None = row["last_activity_at"]
+    return encode_cursor(None if at is None else micros(at), row["device_id"])
+
+
+def _after(request: web.Request) -> tuple[datetime | None, str] | None:
+    raw = request.query.get("cursor")
+    if raw is None:
+        return None
+    at_micros, device_id = decode_cursor(raw, (int, type(None)), str)
+    return (None if at_micros is None else from_micros(at_micros)), device_id
+
+
+def _query(request: web.Request, tenant_id: str) -> DeviceQuery:
+    blocked = request.query.get("blocked", "all")
+    if blocked not in _BLOCKED_FILTERS:
+        raise bad_request("Invalid query parameters", [FieldError(
+            field="query.blocked", message="must be one of: all, hide, only")])
+    return DeviceQuery(tenant_id, text_param(request, "q") or None, blocked)
+
+
+def _wants_csv(request: web.Request) -> bool:
+    """CSV when the client ranks text/csv above application/json (JSON by default)."""
+    best: tuple[float, str] = (0.0, "application/json")
+    for item in request.headers.get("Accept", "").split(","):
+        media, *params = (p.strip() for p in item.split(";"))
+        quality = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        if media.lower() == "text/csv" and quality > best[0]:
+            best = (quality, "text/csv")
+        elif media.lower() in ("application/json", "application/*", "*/*") and quality > best[0]:
+            best = (quality, "application/json")
+    return best[1] == "text/csv"
+
+
+async def list_devices(request: web.Request) -> web.StreamResponse:
+    principal = await authorize(request, DEVICE_READ)
+    check_query(request, ("q", "blocked", "limit", "cursor"))
+    query = _query(request, principal.tenant_id)
+    after = _after(request)
+    limit = parse_limit(request)
+    pool = request.app[PG_POOL]
+    if _wants_csv(request) and "limit" not in request.query:
+        return await _stream_csv(request, pool, query, after)
+    rows = await fetch_page(pool, query, after, limit + 1)
+    headers: dict[str, str] = {}
+    if len(rows) > limit:
+        rows = rows[:limit]
+        headers["Link"] = next_link(request, page_cursor(rows[-1]))
+    if _wants_csv(request):
+        return web.Response(body=_csv_chunk(rows, header=True), headers=headers,
+                            content_type="text/csv", charset="utf-8")
+    return web.json_response([device_json(r) for r in rows], headers=headers)
+
+
+def _csv_cell(value: Any) -> Any:
+    if isinstance(value, dict):
+        return json.dumps(value, separators=(",", ":"))
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
+def _csv_chunk(rows: list[asyncpg.Record], *, header: bool) -> bytes:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    if header:
+        writer.writerow(DEVICE_FIELDS)
+    for row in rows:
+        device = device_json(row)
+        writer.writerow([_csv_cell(device[f]) for f in DEVICE_FIELDS])
+    return out.getvalue().encode("utf-8")
+
+
+async def _stream_csv(request: web.Request, pool: asyncpg.Pool, query: DeviceQuery,
+                      after: tuple[datetime | None, str] | None) -> web.StreamResponse:
+    """Every matching device from ``after`` on, one keyset page at a time (no long transaction,
+    no whole-list buffering)."""
+    response = web.StreamResponse(headers={
+        "Content-Type": "text/csv; charset=utf-8",
+        "Content-Disposition": 'attachment; filename="devices.csv"',
+    })
+    rows = await fetch_page(pool, query, after, _CSV_BATCH)
+    await response.prepare(request)
+    await response.write(_csv_chunk(rows, header=True))
+    while len(rows) == _CSV_BATCH:
+        last = rows[-1]
+        position = (last["last_activity_at"], last["device_id"])
+        rows = await fetch_page(pool, query, position, _CSV_BATCH)
+        await response.write(_csv_chunk(rows, header=False))
+    await response.write_eof()
+    return response

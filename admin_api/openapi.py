@@ -1,0 +1,240 @@
+"""The OpenAPI 3.1 document of the admin API and a self-contained browsable page of it.
+
+The document is built from the table :data:`OPERATIONS` and the schemas of
+:mod:`admin_api.schemas`; a test checks that it names exactly the routes the app serves.
+``/docs`` renders the same document as plain HTML on the server (no script, no CDN), so it
+works offline and behind strict content security policies.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from aiohttp import web
+
+from admin_api.auth import DEVICE_READ, DEVICE_WRITE, TOKEN_READ, TOKEN_WRITE
+from admin_api.schemas import REQUEST_SCHEMAS, RESPONSE_SCHEMAS
+from admin_api.validation import DEFAULT_LIMIT, MAX_LIMIT
+
+__all__ = ["OPERATIONS", "Operation", "build_document", "docs_page", "openapi_json"]
+
+_ERRORS: Final = {
+    400: "Malformed JSON or query parameters",
+    401: "Missing or invalid credentials",
+    403: "Wrong tenant, missing scope, or (connect) a blocked or disabled device",
+    404: "Unknown resource",
+    409: "Conflict with the resource's state",
+    413: "Request body too large",
+    415: "Request body is not application/json",
+    422: "Well-formed but invalid values; `errors` names each bad field",
+    500: "Unexpected error (no details are disclosed)",
+    503: "A store or the identity provider is unavailable",
+}
+_AUTH_ERRORS: Final = (401, 403)
+_BODY_ERRORS: Final = (400, 413, 415, 422)
+
+
+@dataclass(frozen=True)
+class Operation:
+    method: str
+    path: str
+    summary: str
+    tag: str
+    scope: str | None = None  # None: no bearer token (ops routes, device connect)
+    params: tuple[str, ...] = ()
+    body: str | None = None
+    body_required: bool = True
+    status: int = 200
+    result: str | None = None  # a component schema name, or None for no body
+    media: str = "application/json"
+    errors: tuple[int, ...] = ()
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+_DEV = "/api/{tenantId}/devices/{deviceId}"
+_LINK = {"Link": 'RFC 8288 link to the next page: `<url>; rel="next"`, absent on the last page'}
+
+OPERATIONS: Final[tuple[Operation, ...]] = (
+    Operation("get", "/api/{tenantId}/devices", "List devices (most recently active first; "
+              "never-active last; ties by deviceId descending). `Accept: text/csv` streams CSV: "
+              "the whole list, or one page when `limit` is given.", "devices", DEVICE_READ,
+              ("tenantId", "q", "blocked", "limit", "cursor"), result="DeviceList",
+              errors=(400,), headers=_LINK),
+    Operation("post", "/api/{tenantId}/devices", "Create a device (deviceId optional; generated "
+              "when absent)", "devices", DEVICE_WRITE, ("tenantId",), body="CreateDevice",
+              status=201, result="Device", errors=(*_BODY_ERRORS, 409),
+              headers={"Location": "URL of the new device"}),
+    Operation("get", _DEV, "Read a device", "devices", DEVICE_READ, ("tenantId", "deviceId"),
+              result="Device", errors=(404,)),
+    Operation("put", _DEV, "Update name, description and/or isEnabled (fields not given are "
+              "kept)", "devices", DEVICE_WRITE, ("tenantId", "deviceId"), body="UpdateDevice",
+              result="Device", errors=(*_BODY_ERRORS, 404)),
+    Operation("delete", _DEV, "Delete a device and revoke its API keys", "devices", DEVICE_WRITE,
+              ("tenantId", "deviceId"), status=204, errors=(404, 409)),
+    Operation("post", _DEV + "/block", "Block a device (idempotent)", "devices", DEVICE_WRITE,
+              ("tenantId", "deviceId"), body="BlockRequest", body_required=False,
+              result="Device", errors=(*_BODY_ERRORS, 404)),
+    Operation("post", _DEV + "/unblock", "Unblock a device (idempotent)", "devices",
+              DEVICE_WRITE, ("tenantId", "deviceId"), result="Device",
+              errors=(*_BODY_ERRORS, 404)),
+    Operation("get", _DEV + "/history", "Attribute changes, newest first", "devices",
+              DEVICE_READ, ("tenantId", "deviceId", "limit", "cursor"), result="HistoryList",
+              errors=(400, 404), headers=_LINK),
+    Operation("post", _DEV + "/connect", "A device connects with its API key and gets its "
+              "settings", "connections", None, ("tenantId", "deviceId", "X-Api-Key"),
+              result="ConnectResult", errors=(*_BODY_ERRORS, 401, 403)),
+    Operation("post", _DEV + "/connections/reset", "Issue a new API key; old keys are revoked "
+              "now or after graceSeconds", "connections", DEVICE_WRITE,
+              ("tenantId", "deviceId"), body="ResetRequest", body_required=False,
+              result="ConnectionReset", errors=(*_BODY_ERRORS, 404, 503)),
+    Operation("post", "/api/{tenantId}/tokens", "Create a personal access token (the secret is "
+              "shown only in this response)", "tokens", TOKEN_WRITE, ("tenantId",),
+              body="CreateToken", status=201, result="CreatedToken",
+              errors=(*_BODY_ERRORS, 503), headers={"Location": "URL of the new token"}),
+    Operation("get", "/api/{tenantId}/tokens", "List personal access tokens (no secrets)",
+              "tokens", TOKEN_READ, ("tenantId",), result="TokenList", errors=(400,)),
+    Operation("delete", "/api/{tenantId}/tokens/{tokenId}", "Revoke a personal access token "
+              "(idempotent)", "tokens", TOKEN_WRITE, ("tenantId", "tokenId"), status=204,
+              errors=(404,)),
+    Operation("get", "/api/{tenantId}/audit", "Audit log, newest first", "audit", DEVICE_READ,
+              ("tenantId", "limit", "cursor"), result="AuditList", errors=(400,),
+              headers=_LINK),
+    Operation("get", "/openapi.json", "This document", "meta", result="OpenApiDocument"),
+    Operation("get", "/docs", "A browsable page of this document", "meta", media="text/html"),
+    Operation("get", "/metrics", "Prometheus metrics", "ops", media="text/plain"),
+    Operation("get", "/healthz", "Liveness", "ops", result="Health"),
+    Operation("get", "/readyz", "Readiness: Postgres and Redis reachable", "ops",
+              result="Health", errors=(503,)),
+)
+
+_PARAMETERS: Final[dict[str, dict[str, Any]]] = {
+    "tenantId": {"in": "path", "required": True, "schema": {"type": "string"},
+                 "description": "Must equal the token's tenant claim"},
+    "deviceId": {"in": "path", "required": True,
+                 "schema": {"type": "string", "pattern": r"^[\x21-\x7e]{1,128}$"}},
+    "tokenId": {"in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}},
+    "q": {"in": "query", "schema": {"type": "string", "maxLength": 200},
+          "description": "Case-insensitive substring of name or deviceId"},
+    "blocked": {"in": "query", "schema": {"type": "string", "enum": ["all", "hide", "only"],
+                                          "default": "all"}},
+    "limit": {"in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT,
+                                        "default": DEFAULT_LIMIT}},
+    "cursor": {"in": "query", "schema": {"type": "string"},
+               "description": "Opaque; taken from the previous page's Link header"},
+    "X-Api-Key": {"in": "header", "required": True, "schema": {"type": "string"},
+                  "description": "The device's API key"},
+}
+
+_EXTRA_SCHEMAS: Final[dict[str, Any]] = {
+    "HistoryList": {"type": "array", "items": {"$ref": "#/components/schemas/HistoryRecord"}},
+    "TokenList": {"type": "array", "items": {"$ref": "#/components/schemas/Token"}},
+    "AuditList": {"type": "array", "items": {"$ref": "#/components/schemas/AuditEntry"}},
+    "Health": {"type": "object", "properties": {"status": {"type": "string"},
+                                                "checks": {"type": "object"}}},
+    "OpenApiDocument": {"type": "object"},
+}
+
+
+def _operation(op: Operation) -> dict[str, Any]:
+    success: dict[str, Any] = {"description": "Success"}
+    if op.result is not None or op.media != "application/json":
+        schema = ({"$ref": f"#/components/schemas/{op.result}"} if op.result
+                  else {"type": "string"})
+        success["content"] = {op.media: {"schema": schema}}
+        if op.path == "/api/{tenantId}/devices" and op.method == "get":
+            success["content"]["text/csv"] = {"schema": {"type": "string"}}
+    if op.headers:
+        success["headers"] = {name: {"description": text, "schema": {"type": "string"}}
+                              for name, text in op.headers.items()}
+    responses: dict[str, Any] = {str(op.status): success}
+    errors = sorted({*op.errors, *(_AUTH_ERRORS if op.scope else ()), 500})
+    for status in errors:
+        responses[str(status)] = {"$ref": f"#/components/responses/Error{status}"}
+    doc: dict[str, Any] = {
+        "operationId": f"{op.method}_{op.path}".replace("/", "_").replace("{", "")
+                       .replace("}", "").replace("-", "_").replace(".", "_"),
+        "summary": op.summary,
+        "tags": [op.tag],
+        "parameters": [{"name": name, **_PARAMETERS[name]} for name in op.params],
+        "responses": responses,
+        "security": [{"bearerAuth": [op.scope]}] if op.scope else (
+            [{"apiKey": []}] if "X-Api-Key" in op.params else []),
+    }
+    if op.body is not None:
+        doc["requestBody"] = {"required": op.body_required, "content": {"application/json": {
+            "schema": {"$ref": f"#/components/schemas/{op.body}"}}}}
+    return doc
+
+
+def build_document() -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    for op in OPERATIONS:
+        paths.setdefault(op.path, {})[op.method] = _operation(op)
+    problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Gatekeeper admin API", "version": "1.0.0",
+                 "description": "Devices, connections, personal access tokens and audit log of "
+                                "one tenant. Errors are RFC 9457 problem documents."},
+        "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
+        "paths": paths,
+        "components": {
+            "schemas": {**REQUEST_SCHEMAS, **RESPONSE_SCHEMAS, **_EXTRA_SCHEMAS},
+            "responses": {f"Error{status}": {"description": text, "content": problem}
+                          for status, text in _ERRORS.items()},
+            "securitySchemes": {
+                "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                               "description": "Scopes: Device.Read, Device.Write, Token.Read, "
+                                              "Token.Write (claim `scope` or `scp`)"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-Api-Key"},
+            },
+        },
+    }
+
+
+_DOCUMENT_BYTES: Final = json.dumps(build_document(), indent=2).encode()
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    return web.Response(body=_DOCUMENT_BYTES, content_type="application/json")
+
+
+def _render_page() -> str:
+    doc = build_document()
+    esc = html.escape
+    rows = []
+    for path, methods in doc["paths"].items():
+        for method, op in methods.items():
+            scope = ", ".join(s for req in op["security"] for v in req.values() for s in v)
+            params = ", ".join(f"{p['name']} ({p['in']})" for p in op["parameters"])
+            body = op.get("requestBody", {}).get("content", {}).get("application/json", {})
+            body_ref = body.get("schema", {}).get("$ref", "").rsplit("/", 1)[-1]
+            rows.append(
+                f"<tr><td><b>{esc(method.upper())}</b></td><td><code>{esc(path)}</code></td>"
+                f"<td>{esc(op['summary'])}</td><td>{esc(scope or '-')}</td>"
+                f"<td>{esc(params or '-')}</td><td>{esc(body_ref or '-')}</td>"
+                f"<td>{esc(', '.join(op['responses']))}</td></tr>")
+    schemas = "".join(
+        f"<h3 id='{esc(name)}'>{esc(name)}</h3><pre>{esc(json.dumps(schema, indent=2))}</pre>"
+        for name, schema in doc["components"]["schemas"].items())
+    return (
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+        "<title>Gatekeeper admin API</title><style>body{font-family:sans-serif;margin:2em}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px;"
+        "vertical-align:top}pre{background:#f6f6f6;padding:8px}</style></head><body>"
+        f"<h1>{esc(doc['info']['title'])} {esc(doc['info']['version'])}</h1>"
+        f"<p>{esc(doc['info']['description'])} Machine-readable: "
+        "<a href='/openapi.json'>/openapi.json</a> (OpenAPI 3.1).</p>"
+        "<table><tr><th>Method</th><th>Path</th><th>What</th><th>Scope</th><th>Parameters</th>"
+        "<th>Body</th><th>Responses</th></tr>" + "".join(rows) + "</table>"
+        "<h2>Schemas</h2>" + schemas + "</body></html>")
+
+
+_PAGE: Final = _render_page()
+
+
+async def docs_page(request: web.Request) -> web.Response:
+    return web.Response(text=_PAGE, content_type="text/html")

@@ -1,0 +1,49 @@
+"""Operations endpoints of the admin port: liveness, readiness (both stores reachable), metrics."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Final
+
+import asyncpg
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from admin_api.context import PG_POOL, REDIS
+from admin_api.errors import Problem
+
+__all__ = ["healthz", "readyz"]
+
+_PROBE_TIMEOUT: Final = 2.0
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """The process is alive and its event loop answers."""
+    return web.json_response({"status": "ok"})
+
+
+async def _postgres_ok(request: web.Request) -> bool:
+    try:
+        async with asyncio.timeout(_PROBE_TIMEOUT):
+            return bool(await request.app[PG_POOL].fetchval("SELECT true"))
+    except (TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+        return False
+
+
+async def _redis_ok(request: web.Request) -> bool:
+    try:
+        async with asyncio.timeout(_PROBE_TIMEOUT):
+            return bool(await request.app[REDIS].ping())
+    except (TimeoutError, RedisError, OSError):
+        return False
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready when Postgres and Redis both answer; 503 naming the failing store otherwise."""
+    postgres, redis = await asyncio.gather(_postgres_ok(request), _redis_ok(request))
+    checks = {"postgres": "ok" if postgres else "unreachable",
+              "redis": "ok" if redis else "unreachable"}
+    if postgres and redis:
+        return web.json_response({"status": "ready", "checks": checks})
+    failing = ", ".join(name for name, state in checks.items() if state != "ok")
+    raise Problem(503, f"Not ready: {failing} unreachable", type_="not-ready")

@@ -1,0 +1,93 @@
+"""The admin API as a service the ``gatekeeper`` command runs: own stores, own port, clean stop.
+
+Used as ``gatekeeper.services`` entry point ``admin``::
+
+    service = AdminService(settings)
+    await service.start()      # opens Postgres and Redis, reconciles the edge view, listens
+    print(service.port)
+    await service.stop()       # stops accepting, finishes in-flight requests, closes stores
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Final
+
+import asyncpg
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from admin_api.app import create_app
+from admin_api.edgesync import EDGE_SYNC
+from gatekeeper.connections import open_pg_pool, open_redis
+from gatekeeper.settings import Settings, SettingsError, mask_url
+
+__all__ = ["AdminService"]
+
+_log = logging.getLogger(__name__)
+_SHUTDOWN_TIMEOUT: Final = 10.0
+
+
+class AdminService:
+    """Owns the admin API's stores, application and listening socket."""
+
+    def __init__(self, settings: Settings) -> None:
+        if not settings.database_url or not settings.redis_url:
+            raise SettingsError("the admin API needs database_url and redis_url")
+        self._settings = settings
+        self._pool: asyncpg.Pool | None = None
+        self._redis: aioredis.Redis | None = None
+        self._runner: web.AppRunner | None = None
+        self._port: int | None = None
+
+    def __repr__(self) -> str:
+        return f"AdminService(port={self._port}, database={mask_url(self._settings.database_url)})"
+
+    @property
+    def port(self) -> int:
+        """The bound port (the real one when ``admin_port`` is 0)."""
+        if self._port is None:
+            raise RuntimeError("AdminService is not started")
+        return self._port
+
+    async def start(self) -> None:
+        settings = self._settings
+        assert settings.database_url is not None and settings.redis_url is not None
+        try:
+            self._pool = await open_pg_pool(settings.database_url)
+            self._redis = open_redis(settings.redis_url)
+            app = create_app(settings, self._pool, self._redis)
+            self._runner = web.AppRunner(app, shutdown_timeout=_SHUTDOWN_TIMEOUT,
+                                         access_log=_log.getChild("access"))
+            await self._runner.setup()
+            # Rebuild the edge view from the truth before serving; if Redis is down the service
+            # still starts (not ready) and the background reconciler keeps trying.
+            if not await app[EDGE_SYNC].reconcile_now():
+                app[EDGE_SYNC].failed(RuntimeError("reconcile at start failed"))
+            site = web.TCPSite(self._runner, settings.host, settings.admin_port)
+            await site.start()
+        except BaseException:
+            await self.stop()
+            raise
+        self._port = _bound_port(self._runner)
+        _log.info("admin API listening on http://%s:%d", settings.host, self._port)
+
+    async def stop(self) -> None:
+        """Graceful: stop accepting, let in-flight requests finish, then close the stores."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+        self._port = None
+
+
+def _bound_port(runner: web.AppRunner) -> int:
+    for address in runner.addresses:
+        if isinstance(address, tuple):
+            return int(address[1])
+    raise RuntimeError("the admin API is not listening on a TCP port")
