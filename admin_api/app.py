@@ -58,8 +58,10 @@ async def _edge_sync_ctx(app: web.Application) -> AsyncIterator[None]:
     await edge.close()
 
 
-def create_app(settings: Settings, pool: asyncpg.Pool, redis: aioredis.Redis) -> web.Application:
-    """The admin application. ``pool`` and ``redis`` belong to the caller, who closes them."""
+def create_app(settings: Settings, pool: asyncpg.Pool, redis: aioredis.Redis, *,
+               verifier: TokenVerifier | None = None) -> web.Application:
+    """The admin application. ``pool`` and ``redis`` belong to the caller, who closes them;
+    ``verifier`` replaces the one built from ``settings`` (tests)."""
     app = web.Application(middlewares=[metrics_middleware, problem_middleware],
                           client_max_size=MAX_BODY_BYTES)
     metrics = AdminMetrics()
@@ -67,7 +69,7 @@ def create_app(settings: Settings, pool: asyncpg.Pool, redis: aioredis.Redis) ->
     app[PG_POOL] = pool
     app[REDIS] = redis
     app[METRICS] = metrics
-    app[VERIFIER] = TokenVerifier(settings)
+    app[VERIFIER] = verifier or TokenVerifier(settings)
     app[EDGE_SYNC] = EdgeSync(pool, redis, metrics)
     app.cleanup_ctx.append(_edge_sync_ctx)
     app.add_routes(_routes())

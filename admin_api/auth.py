@@ -43,6 +43,9 @@ _HMAC_ALGORITHMS: Final = ["HS256", "HS384", "HS512"]
 _JWKS_ALGORITHMS: Final = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
                            "ES256", "ES384", "ES512", "EdDSA"]
 _LEEWAY_SECONDS: Final = 30
+# A token with an unknown kid refetches the JWKS at most this often, so forged kids cannot turn
+# the admin API into a load generator against the identity provider.
+JWKS_REFRESH_COOLDOWN_SECONDS: Final = 10.0
 _MAX_TOKEN_LENGTH: Final = 16_384
 
 
@@ -65,7 +68,8 @@ def _unauthorized(detail: str, *, invalid: bool = True) -> Problem:
 class TokenVerifier:
     """Verifies admin bearer tokens against the configured key sources."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *,
+                 jwks_cooldown: float = JWKS_REFRESH_COOLDOWN_SECONDS) -> None:
         self._secret = settings.jwt_secret
         self._issuer = settings.jwt_issuer
         self._audience = settings.jwt_audience
@@ -73,7 +77,7 @@ class TokenVerifier:
         self._jwks: jwt.PyJWKClient | None = None
         if settings.jwks_url:
             self._jwks = jwt.PyJWKClient(settings.jwks_url, cache_keys=True, lifespan=300,
-                                         timeout=5)
+                                         timeout=5, cooldown_duration=jwks_cooldown)
         if self._secret is None and self._jwks is None:
             _log.warning("neither jwt_secret nor jwks_url is set: every admin token is refused")
 
