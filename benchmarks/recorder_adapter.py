@@ -27,32 +27,38 @@ def unavailable() -> str | None:
 
 
 async def flush_rate(dsn: str, seconds: float) -> dict[str, Any]:
-    """Record batches of distinct new devices and flush each; devices flushed per second."""
+    """Record batches of distinct new devices and flush each; devices flushed per second.
+
+    The wall time covers recording and flushing, as in the proxy (where recording is spread
+    over requests instead); ``flush_s`` is the part spent in the flushes alone.
+    """
     from gatekeeper.connections import open_pg_pool
-    from gatekeeper.settings import Settings
 
     module: Any = importlib.import_module("gatekeeper.recorder")
     pool = await open_pg_pool(dsn, min_size=1, max_size=4)
     try:
-        recorder = module.ActivityRecorder(pool, Settings(flush_max_devices=_BATCH))
+        recorder = module.ActivityRecorder(
+            pool, flush_interval=0.25, flush_max_devices=_BATCH, max_pending=4 * _BATCH,
+            retry_max_seconds=1.0)
         flushed = 0
         batch = 0
+        flush_s = 0.0
         started = time.perf_counter()
         deadline = started + seconds
         while time.perf_counter() < deadline:
-            now = time.time()
             for i in range(_BATCH):
-                recorder.record("bench-wb", f"wb-{batch:05d}-{i:05d}", _attributes(i), now,
-                                False)
-            await recorder.flush()
-            flushed += _BATCH
+                recorder.record(("bench-wb", f"wb-{batch:05d}-{i:05d}"), _attributes(i), False)
+            flush_started = time.perf_counter()
+            flushed += await recorder.flush_once()
+            flush_s += time.perf_counter() - flush_started
             batch += 1
         elapsed = time.perf_counter() - started
     finally:
         await pool.close()
     return {"devices_per_s": round(flushed / elapsed, 1), "devices_flushed": flushed,
-            "flushes": batch, "devices_per_flush": _BATCH, "history": True}
+            "flushes": batch, "devices_per_flush": _BATCH, "flush_s": round(flush_s, 3),
+            "history": "first sighting of every device writes a history record"}
 
 
-def _attributes(i: int) -> tuple[str, ...]:
+def _attributes(i: int) -> tuple[str | None, ...]:
     return ("bench-app", f"1.{i % 7}.0", "Linux", "6.1", "Bench", "B-1")

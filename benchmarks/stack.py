@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import os
+import shlex
 import subprocess
 import sys
 from collections.abc import Iterable
@@ -30,6 +32,11 @@ def blocked_ids(devices: int) -> list[str]:
 
 
 def _gatekeeper_command() -> list[str] | None:
+    """How to run ``gatekeeper``: $BENCH_GATEKEEPER_CMD (to benchmark another build), else
+    ``python -m gatekeeper``, else the console script beside this interpreter."""
+    override = os.environ.get("BENCH_GATEKEEPER_CMD")
+    if override:
+        return shlex.split(override)
     if importlib.util.find_spec("gatekeeper.__main__") is not None:
         return [sys.executable, "-m", "gatekeeper"]
     script = Path(sys.executable).parent / "gatekeeper"
