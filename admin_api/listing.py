@@ -2,9 +2,9 @@
 
 Order (deterministic, documented in docs/decisions.md): ``lastActivityAt`` descending, devices
 never active (NULL) last, ties broken by ``deviceId`` descending. The cursor is the last row's
-``(lastActivityAt, deviceId)``. Each page is one or two index range scans on
-``(tenant_id, last_activity_at DESC NULLS LAST, device_id DESC)``: first the active devices
-after the cursor, then, if the page is not full, the never-active ones.
+``(lastActivityAt, deviceId)``. Each page is one index range scan on
+``(tenant_id, COALESCE(last_activity_at, '-infinity') DESC, device_id DESC)`` (or its partial
+twin for ``blocked=only``), or a trigram bitmap scan for a selective ``q``.
 """
 
 from __future__ import annotations
@@ -33,10 +33,15 @@ from admin_api.serialize import (
 )
 from admin_api.validation import MAX_LIMIT, check_query, parse_limit, text_param
 
-__all__ = ["DeviceQuery", "fetch_page", "list_devices", "page_cursor"]
+__all__ = ["ORDER", "SORT_KEY", "DeviceQuery", "fetch_page", "list_devices", "page_cursor",
+           "where_clause"]
 
 _BLOCKED_FILTERS: Final = {"all": "", "hide": " AND NOT is_blocked", "only": " AND is_blocked"}
 _CSV_BATCH: Final = MAX_LIMIT
+# Exactly the order of the devices_by_activity index (0002), so pages are index range scans.
+# Never-active devices (NULL) sort as -infinity: last, and still reachable by a row comparison.
+SORT_KEY: Final = "COALESCE(last_activity_at, '-infinity'::timestamptz)"
+ORDER: Final = f"{SORT_KEY} DESC, device_id DESC"
 # Cells a spreadsheet would run as a formula get a leading apostrophe (CSV injection).
 _FORMULA_START: Final = ("=", "+", "-", "@", "\t", "\r")
 
@@ -53,7 +58,8 @@ def _like_pattern(q: str) -> str:
     return f"%{escaped}%"
 
 
-def _filters(query: DeviceQuery, args: list[Any]) -> str:
+def where_clause(query: DeviceQuery, args: list[Any]) -> str:
+    """The list's WHERE clause for ``query``, appending its parameters to ``args``."""
     where = "tenant_id = $1" + _BLOCKED_FILTERS[query.blocked]
     if query.q:
         args.append(_like_pattern(query.q))
@@ -65,28 +71,23 @@ def _filters(query: DeviceQuery, args: list[Any]) -> str:
 async def fetch_page(pool: asyncpg.Pool, query: DeviceQuery,
                      after: tuple[datetime | None, str] | None,
                      limit: int) -> list[asyncpg.Record]:
-    """Up to ``limit`` devices after the position ``after`` (exclusive), in list order."""
-    rows: list[asyncpg.Record] = []
-    if after is None or after[0] is not None:
-        args: list[Any] = [query.tenant_id]
-        where = _filters(query, args) + " AND last_activity_at IS NOT NULL"
-        if after is not None:
-            args += [after[0], after[1]]
-            where += f" AND (last_activity_at, device_id) < (${len(args) - 1}, ${len(args)})"
-        args.append(limit)
-        rows += await pool.fetch(
-            f"SELECT * FROM devices WHERE {where}"
-            f" ORDER BY last_activity_at DESC, device_id DESC LIMIT ${len(args)}", *args)
-    if len(rows) < limit:
-        args = [query.tenant_id]
-        where = _filters(query, args) + " AND last_activity_at IS NULL"
-        if after is not None and after[0] is None:
-            args.append(after[1])
-            where += f" AND device_id < ${len(args)}"
-        args.append(limit - len(rows))
-        rows += await pool.fetch(
-            f"SELECT * FROM devices WHERE {where}"
-            f" ORDER BY device_id DESC LIMIT ${len(args)}", *args)
+    """Up to ``limit`` devices after the position ``after`` (exclusive), in list order.
+
+    One statement: the sort key maps "never active" to -infinity, so the keyset condition is a
+    plain row comparison the index answers as a range. It runs with a custom plan forced: a
+    prepared statement's generic plan cannot see the ``q`` pattern and would pick a full scan
+    where the trigram index finds a rare term in milliseconds."""
+    args: list[Any] = [query.tenant_id]
+    where = where_clause(query, args)
+    if after is not None:
+        args += [after[0], after[1]]
+        where += (f" AND ({SORT_KEY}, device_id)"
+                  f" < (COALESCE(${len(args) - 1}::timestamptz, '-infinity'), ${len(args)})")
+    args.append(limit)
+    async with pool.acquire() as conn, conn.transaction(readonly=True):
+        await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+        rows: list[asyncpg.Record] = await conn.fetch(
+            f"SELECT * FROM devices WHERE {where} ORDER BY {ORDER} LIMIT ${len(args)}", *args)
     return rows
 
 
