@@ -59,8 +59,8 @@ class EdgeServer:
                      if s.auth_mode == "enforce" else None)
         self.mirror = BlocklistMirror(
             self.redis, resync_seconds=s.blocklist_resync_seconds,
-            on_key_event=self.keys.on_event if self.keys else None,
-            on_resync=self.keys.clear if self.keys else None,
+            on_key_event=self.keys.on_event if self.keys is not None else None,
+            on_resync=self.keys.clear if self.keys is not None else None,
         )
         self.recorder = ActivityRecorder(
             self._pool, flush_interval=s.flush_interval_seconds,

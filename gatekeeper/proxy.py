@@ -86,6 +86,11 @@ class EdgeHandler:
         except HTTPException as exc:  # aiohttp's own signals (rare): answer as problems
             _INVALID.inc()
             response = _problem(exc.status, exc.reason, exc.text or exc.reason)
+        except Exception:
+            # A bug, not a client's fault: answer a problem document, keep the worker alive.
+            _log.exception("unexpected error in the proxy")
+            _UPSTREAM_ERROR.inc()
+            response = _problem(502, "Bad gateway", "The proxy failed to handle this request.")
         metrics.REQUEST_DURATION.observe(time.perf_counter() - started)
         if self.draining:
             response.force_close()

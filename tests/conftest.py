@@ -9,17 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
+from aiohttp import web
 
 from gatekeeper.connections import open_pg_pool, open_redis
+from gatekeeper.demo_upstream import create_demo_upstream
+from gatekeeper.edge import EdgeServer
 from gatekeeper.embedded import EmbeddedPostgres, EmbeddedRedis
 from gatekeeper.migrate import migrate
+from gatekeeper.settings import Settings
 
 
 @dataclass
@@ -82,3 +88,81 @@ async def redis_client(stores: Stores) -> AsyncIterator[aioredis.Redis]:
     client = open_redis(stores.redis_url)
     yield client
     await client.aclose()
+
+
+# --- the proxy -------------------------------------------------------------------------------
+
+EdgeFactory = Callable[..., Awaitable[EdgeServer]]
+
+
+@pytest.fixture
+async def echo_upstream() -> AsyncIterator[str]:
+    """The built-in echo upstream on a real socket; yields its base URL."""
+    runner = web.AppRunner(create_demo_upstream(), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    await runner.cleanup()
+
+
+def edge_settings(stores: Stores, upstream: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": stores.pg_url, "redis_url": stores.redis_url, "upstream": upstream,
+        "proxy_port": 0, "metrics_port": 0, "flush_interval_seconds": 0.05,
+        "shutdown_drain_seconds": 5.0,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+async def edge_factory(stores: Stores, echo_upstream: str) -> AsyncIterator[EdgeFactory]:
+    """Starts proxies (ready before returned) against the shared stores; stops them after."""
+    started: list[EdgeServer] = []
+
+    async def start(*, stores_: Stores | None = None, wait: bool = True,
+                    **overrides: Any) -> EdgeServer:
+        overrides.setdefault("upstream", echo_upstream)
+        server = EdgeServer(edge_settings(stores_ or stores, **overrides))
+        await server.start()
+        started.append(server)
+        if wait:
+            await server.wait_ready()
+        return server
+
+    yield start
+    for server in reversed(started):
+        if not server.draining:
+            await server.stop()
+
+
+async def _get_text(url: str) -> str:
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        assert response.status == 200
+        return await response.text()
+
+
+@pytest.fixture
+async def proxy_metrics_text(edge_factory: EdgeFactory, tenant: str) -> str:
+    """What a running proxy's /metrics exposes, after one forwarded request."""
+    edge = await edge_factory()
+    async with aiohttp.ClientSession() as session, session.get(
+            f"http://127.0.0.1:{edge.proxy_port}/api/{tenant}/x",
+            headers={"X-Device-Id": "metrics-probe"}) as response:
+        assert response.status == 200
+    return await _get_text(f"http://127.0.0.1:{edge.metrics_port}/metrics")
+
+
+@pytest.fixture
+async def admin_metrics_text(stores: Stores, tmp_path: Path) -> AsyncIterator[str]:
+    """What a running admin API's /metrics exposes."""
+    from admin_api.service import AdminService
+
+    service = AdminService(Settings(database_url=stores.pg_url, redis_url=stores.redis_url,
+                                    admin_port=0, jwt_secret="metrics-test-secret",
+                                    data_dir=tmp_path))
+    await service.start()
+    try:
+        yield await _get_text(f"http://127.0.0.1:{service.port}/metrics")
+    finally:
+        await service.stop()

@@ -24,13 +24,6 @@ from gatekeeper.settings import Settings
 
 PEPPER = "edge-test-pepper"
 
-# gatekeeper/edge.py wires the key cache to the revocation events with `if self.keys`, and an
-# empty KeyCache is falsy (it has __len__), so the proxy never hears of a revocation and keeps
-# its cached grant. Remove this marker once edge.py tests `self.keys is not None`.
-EDGE_REVOCATION_BUG = pytest.mark.xfail(
-    reason="edge.py: on_key_event not wired when the KeyCache is empty (falsy)", strict=False)
-
-
 @pytest.fixture
 async def upstream() -> AsyncIterator[str]:
     async def answer(request: web.Request) -> web.Response:
@@ -113,7 +106,6 @@ async def test_block_through_api_is_denied_by_the_proxy(api: Api, edge: EdgeServ
     assert await _eventually(disabled, seconds=1.0)
 
 
-@EDGE_REVOCATION_BUG
 @pytest.mark.parametrize("edge", ["enforce"], indirect=True)
 async def test_delete_revokes_the_key_at_the_edge(api: Api, edge: EdgeServer) -> None:
     await api.create_device("edge-del")
@@ -130,7 +122,6 @@ async def test_delete_revokes_the_key_at_the_edge(api: Api, edge: EdgeServer) ->
     assert await _eventually(refused, seconds=1.0)
 
 
-@EDGE_REVOCATION_BUG
 @pytest.mark.parametrize("edge", ["enforce"], indirect=True)
 async def test_revoked_pat_is_refused_at_the_edge(api: Api, edge: EdgeServer) -> None:
     created = await (await api.call("POST", api.path("/tokens"), json={"name": "ci"})).json()

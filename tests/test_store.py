@@ -30,7 +30,7 @@ async def test_block_writes_postgres_then_redis_and_publishes(
             messages.append(msg["data"])
             break
     assert messages == [f"block {tenant} dev-1"]
-    await pubsub.aclose()
+    await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     again = await store.set_blocked(pg_pool, redis_client, tenant, "dev-1", True)
     assert again is not None and again["blocked_at"] == row["blocked_at"]  # idempotent
@@ -56,7 +56,9 @@ async def test_keys_issue_and_revoke(
     digest = digest_secret(issued.secret)
     stored = await pg_pool.fetchval("SELECT digest FROM api_keys WHERE key_id = $1", issued.key_id)
     assert stored == digest  # only the digest is stored
-    grant = KeyGrant.decode(await redis_client.hget(edgeview.KEYS_HASH, digest.hex()))
+    raw = await redis_client.hget(edgeview.KEYS_HASH, digest.hex())
+    assert isinstance(raw, str)
+    grant = KeyGrant.decode(raw)
     assert grant == KeyGrant(tenant, "device", "dev-2", None)
     assert await store.revoke_device_keys(pg_pool, redis_client, tenant, "dev-2") == 1
     assert await redis_client.hget(edgeview.KEYS_HASH, digest.hex()) is None

@@ -1,0 +1,32 @@
+# One entry point for developers and CI alike.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install lint format typecheck test bench bench-quick up
+
+install:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+
+lint:
+	$(BIN)/ruff check .
+
+format:
+	$(BIN)/ruff format .
+
+typecheck:
+	$(BIN)/mypy
+
+test:
+	$(BIN)/pytest
+
+bench:
+	$(BIN)/python -m benchmarks proxy
+
+bench-quick:
+	$(BIN)/python -m benchmarks proxy --quick
+
+up:
+	$(BIN)/gatekeeper up --demo-upstream
