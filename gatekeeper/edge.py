@@ -16,10 +16,14 @@ from urllib.parse import urlsplit
 
 import asyncpg
 from aiohttp import web
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gatekeeper import metrics
 from gatekeeper.blocklist import BlocklistMirror
 from gatekeeper.connections import open_pg_pool, open_redis
+from gatekeeper.httpserver import HttpServer
 from gatekeeper.keycache import KeyCache
 from gatekeeper.ops import create_ops_app
 from gatekeeper.proxy import EdgeHandler
@@ -30,6 +34,7 @@ from gatekeeper.upstream import UpstreamPool
 __all__ = ["EdgeServer"]
 
 _log = logging.getLogger(__name__)
+_REJECTED = metrics.HotCounter(metrics.REQUESTS.labels("invalid"))
 
 
 class EdgeServer:
@@ -41,7 +46,7 @@ class EdgeServer:
         self._serve_ops = serve_ops
         self._reuse_port = reuse_port
         self._tasks: list[asyncio.Task[None]] = []
-        self._server: web.Server | None = None
+        self._server: HttpServer | None = None
         self._listener: asyncio.Server | None = None
         self._ops_runner: web.AppRunner | None = None
         self._pool: asyncpg.Pool | None = None
@@ -53,6 +58,10 @@ class EdgeServer:
         s = self.settings
         assert s.database_url and s.redis_url and s.upstream
         self.redis = open_redis(s.redis_url)
+        # One immediate retry on a broken connection: after a Redis restart or a dropped idle
+        # connection, the pooled connection fails once and is replaced, instead of failing a
+        # request (a key look-up would answer 503). Timeouts are not retried: they would double.
+        self.redis.set_retry(Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)))
         # min_size=0: the proxy starts (and serves) even while Postgres is down.
         self._pool = await open_pg_pool(s.database_url, min_size=0, max_size=4)
         self.keys = (KeyCache(self.redis, max_entries=s.key_cache_size, pepper=s.key_pepper)
@@ -74,12 +83,12 @@ class EdgeServer:
             read_timeout=s.upstream_read_timeout,
         )
         self.handler = EdgeHandler(s, mirror=self.mirror, recorder=self.recorder,
-                                   upstream=self.upstream, upstream_url=s.upstream,
-                                   keys=self.keys)
+                                   upstream=self.upstream, keys=self.keys)
         self._tasks = [asyncio.create_task(self.mirror.run(), name="blocklist-mirror"),
                        asyncio.create_task(self.recorder.run(), name="activity-recorder"),
                        asyncio.create_task(self._update_gauges(), name="gauges")]
-        self._server = web.Server(self.handler, access_log=None)
+        self._server = HttpServer(self.handler, on_rejected=_REJECTED.inc)
+        self._server.start()
         loop = asyncio.get_running_loop()
         self._listener = await loop.create_server(
             self._server, s.host, s.proxy_port, reuse_port=self._reuse_port or None,
@@ -100,6 +109,7 @@ class EdgeServer:
         while True:
             metrics.READY.set(1 if self.readiness()["ready"] else 0)
             metrics.ACTIVITY_PENDING.set(self.recorder.pending)
+            metrics.flush_hot_metrics()
             await asyncio.sleep(0.5)
 
     def readiness(self) -> dict[str, bool]:
@@ -122,7 +132,6 @@ class EdgeServer:
     async def stop(self) -> None:
         """Graceful drain; see the module docstring for the order."""
         self.draining = True
-        self.handler.draining = True
         metrics.READY.set(0)
         if self._listener is not None:
             self._listener.close()
@@ -137,6 +146,7 @@ class EdgeServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.recorder.drain(time.monotonic() + self.settings.shutdown_drain_seconds)
+        metrics.flush_hot_metrics()
         await self.upstream.close()
         if self._ops_runner is not None:
             await self._ops_runner.cleanup()

@@ -7,12 +7,10 @@ Proxy-Authorization) are dropped in both directions; ``X-Forwarded-*`` and ``X-R
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterable
+import itertools
+import secrets
 
-from multidict import CIMultiDict
-
-__all__ = ["HOP_BY_HOP", "RequestHeadBuilder", "request_id", "response_headers"]
+__all__ = ["HOP_BY_HOP", "RequestHeadBuilder", "RequestIds", "response_head"]
 
 HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
@@ -23,24 +21,29 @@ _REWRITTEN = frozenset({
     b"host", b"content-length", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
     b"x-request-id",
 })
+_DROPPED = HOP_BY_HOP | _REWRITTEN
+_FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
 _RESPONSE_DROPPED = HOP_BY_HOP | {b"content-length"}
 _MAX_REQUEST_ID = 200
 
 
-def request_id(value: str | None) -> str:
-    """The client's X-Request-Id when it is sane, else a fresh one."""
-    if (value and len(value) <= _MAX_REQUEST_ID and value.isascii() and value.isprintable()
-            and " " not in value):
-        return value
-    return uuid.uuid4().hex
+class RequestIds:
+    """X-Request-Id values: the client's when sane, else a fresh one.
 
+    Fresh ids are a random per-process prefix and a counter (32 hex characters): unique across
+    workers and restarts like a UUID, without a system call per request."""
 
-def _connection_tokens(raw_headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
-    tokens: set[bytes] = set()
-    for name, value in raw_headers:
-        if name.lower() == b"connection":
-            tokens.update(t.strip().lower() for t in value.split(b","))
-    return frozenset(tokens)
+    __slots__ = ("_counter", "_prefix")
+
+    def __init__(self) -> None:
+        self._prefix = secrets.token_hex(8)
+        self._counter = itertools.count(1)
+
+    def __call__(self, given: bytes | None) -> bytes:
+        if (given and len(given) <= _MAX_REQUEST_ID and given.isascii()
+                and all(33 <= c <= 126 for c in given)):
+            return given
+        return b"%s%016x" % (self._prefix.encode(), next(self._counter))
 
 
 class RequestHeadBuilder:
@@ -52,38 +55,28 @@ class RequestHeadBuilder:
         self._host = upstream_host.encode("ascii")
         self._trust_forwarded = trust_forwarded
 
-    def build(self, method: str, raw_path: str, raw_headers: Iterable[tuple[bytes, bytes]], *,
-              client_ip: str, scheme: str, host: str | None, req_id: str,
-              content_length: int | None, chunked: bool) -> bytes:
-        raw = tuple(raw_headers)
-        named = _connection_tokens(raw) if any(n.lower() == b"connection" for n, _ in raw) else None
+    def build(self, method: str, raw_path: str, raw: list[tuple[bytes, bytes]],
+              connection: bytes | None, *, client_ip: str, scheme: bytes, host: bytes | None,
+              req_id: bytes, content_length: int | None, chunked: bool,
+              upgrade: bool = False) -> bytes:
+        named = _named_by_connection(connection) if connection is not None else frozenset()
         out = [f"{method} {raw_path} HTTP/1.1\r\n".encode("latin-1"), b"Host: ", self._host,
                b"\r\n"]
-        forwarded_for: bytes | None = None
-        forwarded_proto: bytes | None = None
-        forwarded_host: bytes | None = None
+        forwarded: dict[bytes, bytes] = {}
         for name, value in raw:
             lname = name.lower()
-            if lname in HOP_BY_HOP or lname in _REWRITTEN or (named and lname in named):
-                if self._trust_forwarded:
-                    if lname == b"x-forwarded-for":
-                        forwarded_for = value if forwarded_for is None else (
-                            forwarded_for + b", " + value)
-                    elif lname == b"x-forwarded-proto":
-                        forwarded_proto = value
-                    elif lname == b"x-forwarded-host":
-                        forwarded_host = value
+            if lname in _DROPPED or (named and lname in named):
+                if lname in _FORWARDED and self._trust_forwarded:
+                    forwarded[lname] = (forwarded[lname] + b", " + value
+                                        if lname in forwarded else value)
                 continue
             out += (name, b": ", value, b"\r\n")
-        ip = client_ip.encode("latin-1")
-        out += (b"X-Forwarded-For: ", ip if forwarded_for is None else forwarded_for + b", " + ip,
-                b"\r\nX-Forwarded-Proto: ", forwarded_proto or scheme.encode("latin-1"),
-                b"\r\n")
-        if forwarded_host is None and host:
-            forwarded_host = host.encode("latin-1")
-        if forwarded_host:
-            out += (b"X-Forwarded-Host: ", forwarded_host, b"\r\n")
-        out += (b"X-Request-Id: ", req_id.encode("latin-1"), b"\r\n")
+        out += self._forwarded_headers(forwarded, client_ip, scheme, host)
+        out += (b"X-Request-Id: ", req_id, b"\r\n")
+        if upgrade:
+            # The one case where hop-by-hop headers cross: the upgrade itself (RFC 9110 §7.8).
+            out.append(b"Connection: Upgrade\r\n")
+            out += [b"Upgrade: %s\r\n" % v for n, v in raw if n.lower() == b"upgrade"]
         if chunked:
             out.append(b"Transfer-Encoding: chunked\r\n")
         elif content_length is not None:
@@ -91,16 +84,50 @@ class RequestHeadBuilder:
         out.append(b"\r\n")
         return b"".join(out)
 
+    @staticmethod
+    def _forwarded_headers(trusted: dict[bytes, bytes], client_ip: str, scheme: bytes,
+                           host: bytes | None) -> list[bytes]:
+        """X-Forwarded-For/-Proto/-Host: this hop appended to trusted values, else fresh."""
+        ip = client_ip.encode("latin-1")
+        chain = trusted.get(b"x-forwarded-for")
+        out = [b"X-Forwarded-For: ", ip if chain is None else chain + b", " + ip,
+               b"\r\nX-Forwarded-Proto: ", trusted.get(b"x-forwarded-proto", scheme), b"\r\n"]
+        forwarded_host = trusted.get(b"x-forwarded-host", host)
+        if forwarded_host:
+            out += (b"X-Forwarded-Host: ", forwarded_host, b"\r\n")
+        return out
 
-def response_headers(raw: list[tuple[bytes, bytes]], req_id: str) -> CIMultiDict[str]:
-    """The upstream's response headers, minus hop-by-hop ones, for the client."""
-    named = _connection_tokens(raw)
-    headers: CIMultiDict[str] = CIMultiDict()
+
+def _named_by_connection(value: bytes) -> frozenset[bytes]:
+    """Headers a Connection header names, beyond the standard hop-by-hop ones."""
+    return frozenset(t.strip().lower() for t in value.split(b",")) - HOP_BY_HOP
+
+
+def response_head(status: int, reason: bytes, raw: list[tuple[bytes, bytes]], req_id: bytes, *,
+                  framing: bytes, keep_alive: bool) -> bytes:
+    """The response head for the client: the upstream's status and headers minus hop-by-hop
+    ones (and its framing, replaced by ``framing``), plus X-Request-Id."""
+    kept: list[tuple[bytes, bytes, bytes]] = []
+    named: frozenset[bytes] = frozenset()
     for name, value in raw:
         lname = name.lower()
-        if lname in _RESPONSE_DROPPED or lname in named:
+        if lname in _RESPONSE_DROPPED:
+            if lname == b"connection":
+                named |= _named_by_connection(value)
             continue
-        headers.add(name.decode("latin-1"), value.decode("latin-1"))
-    if "X-Request-Id" not in headers:
-        headers["X-Request-Id"] = req_id
-    return headers
+        kept.append((lname, name, value))
+    out = [b"HTTP/1.1 %d %s\r\n" % (status, reason or b"Unknown")]
+    has_request_id = False
+    for lname, name, value in kept:
+        if named and lname in named:
+            continue
+        if lname == b"x-request-id":
+            has_request_id = True
+        out += (name, b": ", value, b"\r\n")
+    if not has_request_id:
+        out += (b"X-Request-Id: ", req_id, b"\r\n")
+    out.append(framing)
+    if not keep_alive:
+        out.append(b"Connection: close\r\n")
+    out.append(b"\r\n")
+    return b"".join(out)

@@ -62,58 +62,70 @@ class Identity:
 
 
 class IdentityReader:
-    """Reads :class:`Identity` from a request path and its headers, by the configured rules."""
+    """Reads :class:`Identity` from a request's raw path and its header look-up table (lower-case
+    header names to raw values, as the proxy's server builds it)."""
 
-    __slots__ = ("_attribute_headers", "_default_tenant", "_device_header", "_source",
-                 "_tenant_header")
+    __slots__ = ("_attribute_headers", "_default_tenant", "_device_header", "_device_key",
+                 "_known_tenants", "_source", "_tenant_key")
 
     def __init__(self, settings: Settings) -> None:
         self._device_header = settings.header_device_id
-        self._attribute_headers = (
-            settings.header_app_name, settings.header_app_version, settings.header_os_name,
-            settings.header_os_version, settings.header_manufacturer, settings.header_model,
-        )
+        self._device_key = settings.header_device_id.lower().encode("latin-1")
+        self._attribute_headers = tuple(
+            (name, name.lower().encode("latin-1")) for name in (
+                settings.header_app_name, settings.header_app_version, settings.header_os_name,
+                settings.header_os_version, settings.header_manufacturer, settings.header_model))
         self._source = settings.tenant_source
-        self._tenant_header = settings.tenant_header
+        self._tenant_key = settings.tenant_header.lower().encode("latin-1")
         self._default_tenant = settings.default_tenant
+        # Tenants already validated: a handful of strings seen over and over.
+        self._known_tenants: set[str] = set()
 
-    def tenant(self, raw_path: str, headers: Mapping[str, str]) -> str:
+    def tenant(self, raw_path: str, headers: Mapping[bytes, bytes]) -> str:
         if self._source == "path":
             if not raw_path.startswith("/api/"):
                 return self._default_tenant
-            end = len(raw_path)
-            for stop in ("/", "?"):
-                found = raw_path.find(stop, 5)
-                if found != -1 and found < end:
-                    end = found
-            tenant = raw_path[5:end]
+            tenant = raw_path[5:].partition("/")[0].partition("?")[0]
         elif self._source == "header":
-            tenant = headers.get(self._tenant_header, "")
+            tenant = headers.get(self._tenant_key, b"").decode("latin-1")
         else:
             return self._default_tenant
         if not tenant:
             return self._default_tenant
-        if not valid_tenant_id(tenant):
-            raise IdentityError(
-                "tenant", "the tenant id must be 1-64 characters of A-Z a-z 0-9 . _ ~ -")
+        if tenant not in self._known_tenants:
+            if not valid_tenant_id(tenant):
+                raise IdentityError(
+                    "tenant", "the tenant id must be 1-64 characters of A-Z a-z 0-9 . _ ~ -")
+            if len(self._known_tenants) < 10_000:
+                self._known_tenants.add(tenant)
         return tenant
 
-    def read(self, raw_path: str, headers: Mapping[str, str]) -> Identity:
+    def read(self, raw_path: str, headers: Mapping[bytes, bytes]) -> Identity:
         """The caller's identity; raises :class:`IdentityError` for values the edge refuses."""
         tenant = self.tenant(raw_path, headers)
-        device_id = headers.get(self._device_header)
-        if device_id is None:
+        raw_id = headers.get(self._device_key)
+        if raw_id is None:
             return Identity(tenant, None, (None, None, None, None, None, None))
+        device_id = raw_id.decode("latin-1")
         if not valid_device_id(device_id):
             raise IdentityError(
                 self._device_header,
                 f"{self._device_header} must be 1-{MAX_DEVICE_ID_LEN} printable ASCII characters"
                 " without spaces",
             )
-        values = [headers.get(name) or None for name in self._attribute_headers]
-        for name, value in zip(self._attribute_headers, values, strict=True):
-            if value is not None and (len(value) > MAX_VALUE_LEN or not value.isprintable()):
+        values: list[str | None] = []
+        for name, key in self._attribute_headers:
+            raw = headers.get(key)
+            if not raw:
+                values.append(None)
+                continue
+            try:
+                value = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                value = ""
+            if not value or len(value) > MAX_VALUE_LEN or not value.isprintable():
                 raise IdentityError(
-                    name, f"{name} must be at most {MAX_VALUE_LEN} printable characters")
+                    name, f"{name} must be at most {MAX_VALUE_LEN} printable UTF-8 characters")
+            values.append(value)
         attributes: Attributes = (values[0], values[1], values[2], values[3], values[4], values[5])
         return Identity(tenant, device_id, attributes)

@@ -12,6 +12,7 @@ Labels never carry a device id, a key or free-form text; the only label is a fix
 from __future__ import annotations
 
 import os
+from bisect import bisect_left
 
 from prometheus_client import (
     CollectorRegistry,
@@ -39,7 +40,10 @@ __all__ = [
     "REQUEST_DURATION",
     "STORE_UP",
     "UPSTREAM_DURATION",
+    "HotCounter",
+    "HotHistogram",
     "exposition",
+    "flush_hot_metrics",
     "multiprocess_dir",
 ]
 
@@ -127,8 +131,67 @@ for _store in ("postgres", "redis"):
     STORE_UP.labels(_store)
 
 
+class HotCounter:
+    """A counter for the per-request path: a plain integer, added to its Prometheus counter by
+    :func:`flush_hot_metrics` (once a second and before each scrape), so a request pays no lock
+    and, in multiprocess mode, no mmap write."""
+
+    __slots__ = ("_target", "count")
+
+    def __init__(self, target: Counter) -> None:
+        self._target = target
+        self.count = 0
+        _HOT.append(self)
+
+    def inc(self) -> None:
+        self.count += 1
+
+    def flush(self) -> None:
+        if self.count:
+            count, self.count = self.count, 0
+            self._target.inc(count)
+
+
+class HotHistogram:
+    """A histogram for the per-request path, flushed like :class:`HotCounter`."""
+
+    __slots__ = ("_bounds", "_counts", "_sum", "_target")
+
+    def __init__(self, target: Histogram) -> None:
+        self._target = target
+        self._bounds: list[float] = list(target._upper_bounds)
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+        _HOT.append(self)
+
+    def observe(self, value: float) -> None:
+        self._counts[bisect_left(self._bounds, value)] += 1
+        self._sum += value
+
+    def flush(self) -> None:
+        counts, self._counts = self._counts, [0] * len(self._bounds)
+        total, self._sum = self._sum, 0.0
+        if not any(counts):
+            return
+        # The same per-bucket values Histogram.observe increments, added in bulk.
+        buckets = self._target._buckets
+        for i, count in enumerate(counts):
+            if count:
+                buckets[i].inc(count)
+        self._target._sum.inc(total)
+
+
+_HOT: list[HotCounter | HotHistogram] = []
+
+
+def flush_hot_metrics() -> None:
+    for metric in _HOT:
+        metric.flush()
+
+
 def exposition() -> bytes:
     """The text exposition: this process's registry, or every worker's sum in multiprocess mode."""
+    flush_hot_metrics()
     directory = multiprocess_dir()
     if directory is None:
         return generate_latest(REGISTRY)

@@ -2,60 +2,75 @@
 
 Everything a request needs is built once per worker in :class:`EdgeHandler`; a request does no
 I/O but the upstream exchange (and, in enforce mode, one Redis read the first time a key is seen).
+Responses are written as bytes: the upstream's status line and headers pass through without being
+decoded, and denials are pre-encoded.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
 
-from aiohttp import web
-from aiohttp.web_exceptions import HTTPException
-from multidict import CIMultiDict
 from redis.exceptions import RedisError
 
 from gatekeeper import metrics
 from gatekeeper.blocklist import BLOCKED, BlocklistMirror
-from gatekeeper.forward import RequestHeadBuilder, request_id, response_headers
+from gatekeeper.forward import RequestHeadBuilder, RequestIds, response_head
+from gatekeeper.httpserver import ClientConnection, Request, simple_response
 from gatekeeper.identity import IdentityError, IdentityReader
 from gatekeeper.keycache import KeyCache
 from gatekeeper.problem import PROBLEM_CONTENT_TYPE, problem_body
 from gatekeeper.recorder import ActivityRecorder
 from gatekeeper.settings import Settings
+from gatekeeper.tunnel import UpstreamUnreachable, tunnel
 from gatekeeper.upstream import UpstreamError, UpstreamPool, UpstreamResponse, UpstreamTimeout
-from gatekeeper.websocket import proxy_websocket
 
 __all__ = ["EdgeHandler"]
 
 _log = logging.getLogger(__name__)
 
-_CHUNK = 64 * 1024
 _R = metrics.REQUESTS
-_FORWARDED = _R.labels("forwarded")
-_BLOCKED = _R.labels("blocked")
-_DISABLED = _R.labels("disabled")
-_UNAUTHORIZED = _R.labels("unauthorized")
-_INVALID = _R.labels("invalid")
-_UPSTREAM_ERROR = _R.labels("upstream_error")
-_UPSTREAM_TIMEOUT = _R.labels("upstream_timeout")
-_UNAVAILABLE = _R.labels("unavailable")
-_TOO_LARGE = _R.labels("too_large")
+_FORWARDED = metrics.HotCounter(_R.labels("forwarded"))
+_BLOCKED = metrics.HotCounter(_R.labels("blocked"))
+_DISABLED = metrics.HotCounter(_R.labels("disabled"))
+_UNAUTHORIZED = metrics.HotCounter(_R.labels("unauthorized"))
+_INVALID = metrics.HotCounter(_R.labels("invalid"))
+_UPSTREAM_ERROR = metrics.HotCounter(_R.labels("upstream_error"))
+_UPSTREAM_TIMEOUT = metrics.HotCounter(_R.labels("upstream_timeout"))
+_UNAVAILABLE = metrics.HotCounter(_R.labels("unavailable"))
+_TOO_LARGE = metrics.HotCounter(_R.labels("too_large"))
+_REQUEST_DURATION = metrics.HotHistogram(metrics.REQUEST_DURATION)
+_UPSTREAM_DURATION = metrics.HotHistogram(metrics.UPSTREAM_DURATION)
+_PROBLEM = PROBLEM_CONTENT_TYPE.encode()
+_BEARER = b"bearer "
+_NO_BODY_STATUSES = frozenset({204, 304})
 
 
-def _problem(status: int, title: str, detail: str, **headers: str) -> web.Response:
-    return web.Response(status=status, body=problem_body(status, title, detail),
-                        headers={"Content-Type": PROBLEM_CONTENT_TYPE, **headers})
+def _problem(conn: ClientConnection, request: Request, status: int, title: str, detail: str,
+             extra: bytes = b"", *, close: bool = False) -> None:
+    conn.write(simple_response(status, title, problem_body(status, title, detail), _PROBLEM,
+                               extra, close=close or not request.keep_alive,
+                               date=conn.date_header))
+    if close:
+        request.keep_alive = False
 
 
-# Denials are answered from pre-encoded bodies: the hot path for a blocked device is a set
-# look-up and one write.
-_BODY_BLOCKED = problem_body(403, "Device blocked", "This device is blocked.",
-                             type_="device-blocked")
-_BODY_DISABLED = problem_body(403, "Device disabled", "This device is disabled.",
-                              type_="device-disabled")
-_DENY_HEADERS = {"Content-Type": PROBLEM_CONTENT_TYPE}
+# Denials are pre-encoded (status line, then the Date, then the rest): the hot path for a
+# blocked device is a set look-up and one write. Keyed by keep-alive.
+_STATUS_LINE = b"HTTP/1.1 403 Forbidden\r\n"
+
+
+def _denial(title: str, slug: str, keep_alive: bool) -> bytes:
+    whole = simple_response(403, "Forbidden",
+                            problem_body(403, title, f"This device is {title.split()[1]}.",
+                                         type_=slug), _PROBLEM, close=not keep_alive)
+    return whole.removeprefix(_STATUS_LINE)
+
+
+_BLOCKED_RESPONSES = {ka: _denial("Device blocked", "device-blocked", ka) for ka in (True, False)}
+_DISABLED_RESPONSES = {ka: _denial("Device disabled", "device-disabled", ka)
+                       for ka in (True, False)}
 
 
 class _BodyTooLarge(Exception):
@@ -63,50 +78,43 @@ class _BodyTooLarge(Exception):
 
 
 class EdgeHandler:
-    """The request handler of one proxy worker (for aiohttp's low-level ``web.Server``)."""
+    """The request handler of one proxy worker (for :class:`gatekeeper.httpserver.HttpServer`)."""
 
     def __init__(self, settings: Settings, *, mirror: BlocklistMirror, recorder: ActivityRecorder,
-                 upstream: UpstreamPool, upstream_url: str, keys: KeyCache | None) -> None:
+                 upstream: UpstreamPool, keys: KeyCache | None) -> None:
         self._identity = IdentityReader(settings)
         self._mirror = mirror
         self._recorder = recorder
         self._upstream = upstream
-        self._upstream_url = upstream_url.rstrip("/")
         self._keys = keys
         self._fail_open = settings.fail_open
         self._max_body = settings.max_body_bytes
+        self._connect_timeout = settings.upstream_connect_timeout
         host = upstream.host if upstream.port == 80 else f"{upstream.host}:{upstream.port}"
         self._heads = RequestHeadBuilder(host, trust_forwarded=settings.trust_forwarded_headers)
-        self.draining = False
+        self._request_ids = RequestIds()
 
-    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def __call__(self, request: Request, conn: ClientConnection) -> None:
         started = time.perf_counter()
         try:
-            response = await self._handle(request)
-        except HTTPException as exc:  # aiohttp's own signals (rare): answer as problems
-            _INVALID.inc()
-            response = _problem(exc.status, exc.reason, exc.text or exc.reason)
-        except Exception:
-            # A bug, not a client's fault: answer a problem document, keep the worker alive.
-            _log.exception("unexpected error in the proxy")
-            _UPSTREAM_ERROR.inc()
-            response = _problem(502, "Bad gateway", "The proxy failed to handle this request.")
-        metrics.REQUEST_DURATION.observe(time.perf_counter() - started)
-        if self.draining:
-            response.force_close()
-        return response
+            await self._handle(request, conn)
+        except (ConnectionError, OSError):
+            conn.close()  # the client went away; nothing to answer
+        _REQUEST_DURATION.observe(time.perf_counter() - started)
 
-    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        headers = request.headers
+    async def _handle(self, request: Request, conn: ClientConnection) -> None:
+        lookup = request.lookup
         try:
-            identity = self._identity.read(request.raw_path, headers)
+            identity = self._identity.read(request.raw_path, lookup)
         except IdentityError as exc:
             _INVALID.inc()
-            return _problem(400, "Invalid device identification", exc.detail)
+            _problem(conn, request, 400, "Invalid device identification", exc.detail)
+            return
         if not self._mirror.loaded and not self._fail_open:
             _UNAVAILABLE.inc()
-            return _problem(503, "Service unavailable", "The blocklist is not loaded yet.",
-                            **{"Retry-After": "1"})
+            _problem(conn, request, 503, "Service unavailable", "The blocklist is not loaded yet.",
+                     b"Retry-After: 1\r\n")
+            return
         device_id = identity.device_id
         if device_id is not None:
             key = (identity.tenant_id, device_id)
@@ -116,55 +124,75 @@ class EdgeHandler:
             if denial is not None:
                 if denial == BLOCKED:
                     _BLOCKED.inc()
-                    return web.Response(status=403, body=_BODY_BLOCKED, headers=_DENY_HEADERS)
-                _DISABLED.inc()
-                return web.Response(status=403, body=_BODY_DISABLED, headers=_DENY_HEADERS)
-        if self._keys is not None:
-            refusal = await self._authorize(request, identity.tenant_id, device_id)
-            if refusal is not None:
-                return refusal
+                    rest = _BLOCKED_RESPONSES[request.keep_alive]
+                else:
+                    _DISABLED.inc()
+                    rest = _DISABLED_RESPONSES[request.keep_alive]
+                conn.write(_STATUS_LINE + conn.date_header + rest)
+                return
+        if self._keys is not None and not await self._authorized(
+                request, conn, identity.tenant_id, device_id):
+            return
         length = request.content_length
         if length is not None and length > self._max_body:
             _TOO_LARGE.inc()
-            return _problem(413, "Request body too large",
-                            f"The body limit is {self._max_body} bytes.", Connection="close")
-        if headers.get("Upgrade", "").lower() == "websocket":
-            return await proxy_websocket(request, self._upstream_url, _FORWARDED.inc)
-        return await self._forward(request, length)
+            _problem(conn, request, 413, "Request body too large",
+                     f"The body limit is {self._max_body} bytes.", close=True)
+            return
+        if request.upgrade:
+            await self._upgrade(request, conn)
+            return
+        await self._forward(request, conn)
 
-    async def _authorize(self, request: web.BaseRequest, tenant_id: str,
-                         device_id: str | None) -> web.Response | None:
+    async def _authorized(self, request: Request, conn: ClientConnection, tenant_id: str,
+                          device_id: str | None) -> bool:
         assert self._keys is not None
-        secret = request.headers.get("X-Api-Key")
+        secret = request.lookup.get(b"x-api-key")
         if secret is None:
-            auth = request.headers.get("Authorization", "")
-            if auth[:7].lower() == "bearer ":
+            auth = request.lookup.get(b"authorization", b"")
+            if auth[:7].lower() == _BEARER:
                 secret = auth[7:].strip()
         if not secret:
             _UNAUTHORIZED.inc()
-            return _problem(401, "Unauthorized", "An API key or personal access token is required.",
-                            **{"WWW-Authenticate": "Bearer"})
-        digest = self._keys.digest(secret)
+            _problem(conn, request, 401, "Unauthorized",
+                     "An API key or personal access token is required.",
+                     b"WWW-Authenticate: Bearer\r\n")
+            return False
+        digest = self._keys.digest(secret.decode("latin-1"))
         try:
             grant = await self._keys.grant(digest)
         except (RedisError, OSError):
             _UNAVAILABLE.inc()
-            return _problem(503, "Service unavailable", "Keys cannot be checked right now.",
-                            **{"Retry-After": "1"})
+            _problem(conn, request, 503, "Service unavailable", "Keys cannot be checked right now.",
+                     b"Retry-After: 1\r\n")
+            return False
         if (grant is None or grant.tenant_id != tenant_id
                 or (grant.device_id is not None and device_id is not None
                     and grant.device_id != device_id)):
             _UNAUTHORIZED.inc()
-            return _problem(401, "Unauthorized", "The key is not valid for this request.",
-                            **{"WWW-Authenticate": "Bearer"})
+            _problem(conn, request, 401, "Unauthorized", "The key is not valid for this request.",
+                     b"WWW-Authenticate: Bearer\r\n")
+            return False
         self._recorder.note_key_use(digest)
-        return None
+        return True
 
-    async def _request_body(self, request: web.BaseRequest) -> AsyncIterator[bytes]:
+    def _head(self, request: Request, conn: ClientConnection, req_id: bytes,
+              upgrade: bool = False) -> bytes:
+        lookup = request.lookup
+        has_body = request.body is not None
+        return self._heads.build(
+            request.method, request.raw_path, request.headers, lookup.get(b"connection"),
+            client_ip=conn.client_ip, scheme=b"http", host=lookup.get(b"host"), req_id=req_id,
+            content_length=request.content_length if has_body else None,
+            chunked=has_body and request.chunked, upgrade=upgrade,
+        )
+
+    async def _request_body(self, request: Request) -> AsyncIterator[bytes]:
+        assert request.body is not None
         total = 0
         limit = self._max_body
-        chunked = request.content_length is None
-        async for chunk in request.content.iter_chunked(_CHUNK):
+        chunked = request.chunked
+        async for chunk in request.body.chunks():
             total += len(chunk)
             if total > limit:
                 raise _BodyTooLarge
@@ -172,69 +200,85 @@ class EdgeHandler:
         if chunked:
             yield b"0\r\n\r\n"
 
-    async def _forward(self, request: web.BaseRequest, length: int | None) -> web.StreamResponse:
-        headers = request.headers
-        req_id = request_id(headers.get("X-Request-Id"))
-        has_body = request.body_exists
-        chunked = has_body and length is None
-        head = self._heads.build(
-            request.method, request.raw_path, request.raw_headers,
-            client_ip=request.remote or "", scheme=request.scheme, host=headers.get("Host"),
-            req_id=req_id, content_length=length if has_body else None, chunked=chunked,
-        )
-        body = self._request_body(request) if has_body else None
+    async def _forward(self, request: Request, conn: ClientConnection) -> None:
+        req_id = self._request_ids(request.lookup.get(b"x-request-id"))
+        head = self._head(request, conn, req_id)
+        body = self._request_body(request) if request.body is not None else None
+        is_head = request.method == "HEAD"
         sent = time.perf_counter()
         try:
-            upstream = await self._upstream.send(head, body, head_request=request.method == "HEAD")
+            upstream = await self._upstream.send(head, body, head_request=is_head)
         except _BodyTooLarge:
             _TOO_LARGE.inc()
-            return _problem(413, "Request body too large",
-                            f"The body limit is {self._max_body} bytes.", Connection="close")
+            _problem(conn, request, 413, "Request body too large",
+                     f"The body limit is {self._max_body} bytes.", close=True)
+            return
         except UpstreamTimeout:
             _UPSTREAM_TIMEOUT.inc()
-            return _problem(504, "Upstream timed out", "The upstream did not answer in time.")
+            _problem(conn, request, 504, "Upstream timed out",
+                     "The upstream did not answer in time.")
+            return
         except UpstreamError as exc:
             _UPSTREAM_ERROR.inc()
             _log.debug("upstream error: %s", exc)
-            return _problem(502, "Bad gateway", "The upstream could not be reached.")
-        metrics.UPSTREAM_DURATION.observe(time.perf_counter() - sent)
+            _problem(conn, request, 502, "Bad gateway", "The upstream could not be reached.")
+            return
+        _UPSTREAM_DURATION.observe(time.perf_counter() - sent)
         _FORWARDED.inc()
-        out_headers = response_headers(upstream.headers, req_id)
+        status = upstream.status
+        if is_head or status in _NO_BODY_STATUSES:
+            # No body, whatever the upstream's Content-Length says: pass that header through.
+            upstream.release()
+            conn.write(response_head(status, upstream.reason, upstream.headers, req_id,
+                                     framing=_length_header(upstream.headers),
+                                     keep_alive=request.keep_alive))
+            return
         whole = upstream.body_if_complete()
         if whole is not None:
             upstream.release()
-            return web.Response(status=upstream.status, body=whole, headers=out_headers)
-        return await self._stream_response(request, upstream, out_headers)
+            conn.write(response_head(status, upstream.reason, upstream.headers, req_id,
+                                     framing=b"Content-Length: %d\r\n" % len(whole),
+                                     keep_alive=request.keep_alive) + whole)
+            return
+        await self._stream_response(request, conn, upstream, req_id)
 
-    async def _stream_response(self, request: web.BaseRequest, upstream: UpstreamResponse,
-                               out_headers: CIMultiDict[str]) -> web.StreamResponse:
-        response = web.StreamResponse(status=upstream.status, headers=out_headers)
-        length = _content_length(upstream.headers)
-        if length is not None:
-            response.content_length = length
-        elif request.version >= (1, 1):
-            response.enable_chunked_encoding()
+    async def _stream_response(self, request: Request, conn: ClientConnection,
+                               upstream: UpstreamResponse, req_id: bytes) -> None:
+        length = _length_header(upstream.headers)
+        chunked = not length and request.version == "1.1"
+        if not length and not chunked:
+            request.keep_alive = False  # an HTTP/1.0 client: the end of the body is the close
+        framing = length or (b"Transfer-Encoding: chunked\r\n" if chunked else b"")
+        conn.write(response_head(upstream.status, upstream.reason, upstream.headers, req_id,
+                                 framing=framing, keep_alive=request.keep_alive))
         try:
-            await response.prepare(request)
             async for chunk in upstream.iter_body():
-                await response.write(chunk)
-            await response.write_eof()
-        except (UpstreamError, ConnectionError, asyncio.CancelledError) as exc:
+                conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+                await conn.drain()
+            if chunked:
+                conn.write(b"0\r\n\r\n")
+        except UpstreamError as exc:
             # The head is already sent: the only honest signal left is to cut the connection.
             _log.debug("streaming aborted: %r", exc)
-            response.force_close()
-            if isinstance(exc, asyncio.CancelledError):
-                raise
+            conn.close()
         finally:
             upstream.release()
-        return response
+
+    async def _upgrade(self, request: Request, conn: ClientConnection) -> None:
+        req_id = self._request_ids(request.lookup.get(b"x-request-id"))
+        head = self._head(request, conn, req_id, upgrade=True)
+        try:
+            _FORWARDED.inc()
+            await tunnel(conn, self._upstream.host, self._upstream.port, head,
+                         self._connect_timeout)
+        except UpstreamUnreachable:
+            _UPSTREAM_ERROR.inc()
+            _problem(conn, request, 502, "Bad gateway", "The upstream could not be reached.",
+                     close=True)
 
 
-def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+def _length_header(headers: list[tuple[bytes, bytes]]) -> bytes:
     for name, value in headers:
         if name.lower() == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
+            return b"Content-Length: " + value + b"\r\n"
+    return b""

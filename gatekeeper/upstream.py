@@ -38,11 +38,13 @@ class UpstreamTimeout(UpstreamError):
 class UpstreamResponse:
     """A response whose head has arrived; the body is read with :meth:`iter_body`."""
 
-    __slots__ = ("_conn", "complete", "headers", "keep_alive", "status")
+    __slots__ = ("_conn", "complete", "headers", "keep_alive", "reason", "status")
 
-    def __init__(self, conn: _Connection, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+    def __init__(self, conn: _Connection, status: int, reason: bytes,
+                 headers: list[tuple[bytes, bytes]]) -> None:
         self._conn = conn
         self.status = status
+        self.reason = reason
         self.headers = headers
         self.complete = False
         self.keep_alive = False
@@ -65,6 +67,7 @@ class _Connection(asyncio.Protocol):
         "_body",
         "_body_done",
         "_body_size",
+        "_deadline",
         "_drain",
         "_head",
         "_head_request",
@@ -73,9 +76,9 @@ class _Connection(asyncio.Protocol):
         "_paused",
         "_pool",
         "_read_timeout",
+        "_reason",
         "_response",
         "_status",
-        "_timer",
         "_waiter",
         "closed",
         "reusable",
@@ -89,6 +92,7 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self._parser = httptools.HttpResponseParser(self)
         self._headers: list[tuple[bytes, bytes]] = []
+        self._reason = b""
         self._status = 0
         self._head: asyncio.Future[UpstreamResponse] | None = None
         self._response: UpstreamResponse | None = None
@@ -98,7 +102,9 @@ class _Connection(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self._drain: asyncio.Future[None] | None = None
         self._paused = False
-        self._timer: asyncio.TimerHandle | None = None
+        # When the upstream must have sent something by (loop time; 0: not waiting). The pool's
+        # watchdog checks it: one sweep for all connections is cheaper than a timer per request.
+        self._deadline = 0.0
         self._head_request = False
         self.reusable = True
 
@@ -142,8 +148,8 @@ class _Connection(asyncio.Protocol):
             drain.set_result(None)
 
     # httptools callbacks
-    def on_status(self, status: bytes) -> None:
-        self._status = self._parser.get_status_code()
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
@@ -154,8 +160,9 @@ class _Connection(asyncio.Protocol):
         if self._status < 200:
             # 1xx interim responses (100 Continue, 103 Early Hints) are not forwarded; wait on.
             self._headers = []
+            self._reason = b""
             return
-        response = UpstreamResponse(self, self._status, self._headers)
+        response = UpstreamResponse(self, self._status, self._reason, self._headers)
         self._response = response
         if self._head_request:
             # A response to HEAD has no body, but the parser cannot be told so: end the
@@ -198,18 +205,20 @@ class _Connection(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_exception(exc)
 
-    def _on_timeout(self) -> None:
-        self._timer = None
+    def on_timeout(self) -> None:
+        self._deadline = 0.0
         self._fail(UpstreamTimeout("upstream read timed out"))
         self._close()
 
     def _arm_timer(self) -> None:
-        self._timer = asyncio.get_running_loop().call_later(self._read_timeout, self._on_timeout)
+        self._deadline = self._pool.now() + self._read_timeout
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._deadline = 0.0
+
+    @property
+    def overdue_at(self) -> float:
+        return self._deadline
 
     def _close(self) -> None:
         self.closed = True
@@ -218,6 +227,7 @@ class _Connection(asyncio.Protocol):
 
     def _reset(self) -> None:
         self._headers = []
+        self._reason = b""
         self._status = 0
         self._head = None
         self._response = None
@@ -294,6 +304,8 @@ class UpstreamPool:
         self._connect_timeout = connect_timeout
         self._max = max_connections
         self._idle: list[_Connection] = []
+        self._all: set[_Connection] = set()
+        self._watchdog: asyncio.Task[None] | None = None
         self._open = 0
         self._waiters: collections.deque[asyncio.Future[_Connection | None]] = collections.deque()
         self._closing = False
@@ -311,9 +323,25 @@ class UpstreamPool:
         handed = await waiter
         return (handed, True) if handed is not None else (await self._connect(), False)
 
+    def now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    async def _watch(self) -> None:
+        """Time out connections whose upstream went quiet (granularity: a tenth of the timeout,
+        at most 250 ms)."""
+        period = min(0.25, self.read_timeout / 10)
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(period)
+            now = loop.time()
+            for conn in [c for c in self._all if 0.0 < c.overdue_at <= now]:
+                conn.on_timeout()
+
     async def _connect(self) -> _Connection:
         self._open += 1
         loop = asyncio.get_running_loop()
+        if self._watchdog is None:
+            self._watchdog = loop.create_task(self._watch())
         try:
             async with asyncio.timeout(self._connect_timeout):
                 _, protocol = await loop.create_connection(
@@ -326,6 +354,7 @@ class UpstreamPool:
             self._open -= 1
             self._hand_over(None)
             raise UpstreamConnectError(f"cannot connect to upstream: {exc}") from exc
+        self._all.add(protocol)
         return protocol
 
     def _hand_over(self, conn: _Connection | None) -> bool:
@@ -346,6 +375,7 @@ class UpstreamPool:
     def forget(self, conn: _Connection) -> None:
         """A connection closed: free its slot for a waiter."""
         self._open -= 1
+        self._all.discard(conn)
         if conn in self._idle:
             self._idle.remove(conn)
         elif self._waiters:
@@ -396,6 +426,8 @@ class UpstreamPool:
 
     async def close(self) -> None:
         self._closing = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         for conn in self._idle:
             conn._close()
         self._idle.clear()

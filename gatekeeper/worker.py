@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -20,6 +21,13 @@ from gatekeeper.settings import Settings
 __all__ = ["main"]
 
 
+async def _orphaned(parent: int) -> None:
+    """Returns when the supervisor is gone (killed without passing SIGTERM on): a worker must
+    not outlive it and keep the port."""
+    while os.getppid() == parent:
+        await asyncio.sleep(1.0)
+
+
 async def _serve(settings: Settings) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -27,7 +35,11 @@ async def _serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     edge = EdgeServer(settings, serve_ops=False, reuse_port=True)
     await edge.start()
-    await stop.wait()
+    watch = asyncio.create_task(_orphaned(os.getppid()))
+    signalled = asyncio.create_task(stop.wait())
+    await asyncio.wait([watch, signalled], return_when=asyncio.FIRST_COMPLETED)
+    watch.cancel()
+    signalled.cancel()
     await edge.stop()
 
 

@@ -1,0 +1,385 @@
+"""The proxy's listening side: a small HTTP/1.1 server on asyncio protocols, parsed by httptools.
+
+Why not aiohttp's server here: per request it builds a request object, a case-insensitive header
+multidict, a response object and a writer, which cost more than the rest of a proxied request.
+The proxy needs less: the raw request line and headers as bytes, a body stream with
+back-pressure, and a way to write bytes back. Parsing is llhttp's (via httptools); this module only
+frames connections: keep-alive, pipelining (answered in order), limits, timeouts, draining, and
+handing an upgraded connection (WebSocket) over as a raw byte stream.
+
+The admin API and the ops endpoints keep using aiohttp's full server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from email.utils import formatdate
+from typing import cast
+
+import httptools
+
+from gatekeeper.problem import problem_body
+
+__all__ = ["ClientConnection", "HttpServer", "Request", "RequestBody", "simple_response"]
+
+_log = logging.getLogger(__name__)
+
+MAX_HEADERS = 100
+MAX_HEADER_BYTES = 32 * 1024  # request line + headers, as nginx's large_client_header_buffers
+KEEPALIVE_SECONDS = 75.0  # nginx's keepalive_timeout
+HEADER_SECONDS = 30.0  # time allowed to send a whole request head (slowloris guard)
+_HIGH_WATER = 256 * 1024
+_LOW_WATER = 64 * 1024
+
+Handler = Callable[["Request", "ClientConnection"], Awaitable[None]]
+
+
+def simple_response(status: int, reason: str, body: bytes, content_type: bytes,
+                    extra: bytes = b"", *, close: bool = False, date: bytes = b"") -> bytes:
+    """A complete response with a fixed body (denials, errors)."""
+    return b"".join((
+        b"HTTP/1.1 %d %s\r\n" % (status, reason.encode()), date,
+        b"Server: gatekeeper\r\nContent-Type: ", content_type, b"\r\nContent-Length: %d\r\n"
+        % len(body), extra, b"Connection: close\r\n" if close else b"", b"\r\n", body))
+
+
+class RequestBody:
+    """A request body as it arrives, with back-pressure on the client connection."""
+
+    __slots__ = ("_chunks", "_conn", "_done", "_size", "_waiter", "received")
+
+    def __init__(self, conn: ClientConnection) -> None:
+        self._conn = conn
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._size = 0
+        self._done = False
+        self._waiter: asyncio.Future[None] | None = None
+        self.received = 0
+
+    def _feed(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
+        self._size += len(chunk)
+        self.received += len(chunk)
+        if self._size > _HIGH_WATER:
+            self._conn._pause_reading()
+        self._wake()
+
+    def _finish(self) -> None:
+        self._done = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    @property
+    def complete(self) -> bool:
+        return self._done and not self._chunks
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        while True:
+            while self._chunks:
+                chunk = self._chunks.popleft()
+                self._size -= len(chunk)
+                if self._size < _LOW_WATER:
+                    self._conn._resume_reading()
+                yield chunk
+            if self._done:
+                return
+            if self._conn.closed:
+                raise ConnectionResetError("client went away mid-body")
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+
+class Request:
+    """One request head. ``headers`` keeps the raw pairs in order; ``lookup`` maps a lower-case
+    name to its last value."""
+
+    __slots__ = ("body", "chunked", "content_length", "headers", "keep_alive", "lookup", "method",
+                 "raw_path", "upgrade", "version")
+
+    def __init__(self, method: str, raw_path: str, version: str,
+                 headers: list[tuple[bytes, bytes]], lookup: dict[bytes, bytes],
+                 keep_alive: bool, upgrade: bool) -> None:
+        self.method = method
+        self.raw_path = raw_path
+        self.version = version
+        self.headers = headers
+        self.lookup = lookup
+        self.keep_alive = keep_alive
+        self.upgrade = upgrade
+        self.body: RequestBody | None = None
+        length = lookup.get(b"content-length")
+        self.content_length = int(length) if length is not None else None
+        self.chunked = b"transfer-encoding" in lookup
+
+
+class ClientConnection(asyncio.Protocol):
+    """One client connection: parses requests, runs the handler for each in order."""
+
+    __slots__ = (
+        "_drain", "_handler", "_head_bytes", "_headers", "_lookup", "_parser", "_parsing",
+        "_paused", "_queue", "_running", "_server", "_tunnel", "_upgrade_buffer", "_url",
+        "busy_since", "client_ip", "closed", "idle_since", "transport",
+    )
+
+    def __init__(self, server: HttpServer) -> None:
+        self._server = server
+        self._handler = server.handler
+        self._parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.client_ip = ""
+        self.closed = False
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._lookup: dict[bytes, bytes] = {}
+        self._head_bytes = 0
+        self._parsing: Request | None = None
+        self._queue: collections.deque[Request] = collections.deque()
+        self._running: asyncio.Task[None] | None = None
+        self._paused = False
+        self._drain: asyncio.Future[None] | None = None
+        self._tunnel: Callable[[bytes | None], None] | None = None
+        self._upgrade_buffer = b""
+        self.idle_since = time.monotonic()
+        self.busy_since = 0.0  # when the current request head began (0: none in progress)
+
+    # --- asyncio.Protocol -------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self.client_ip = peer[0] if peer else ""
+        self._server.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._server.connections.discard(self)
+        if self._tunnel is not None:
+            self._tunnel(None)
+        if self._parsing is not None and self._parsing.body is not None:
+            self._parsing.body._wake()
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_exception(ConnectionResetError("client went away"))
+
+    def data_received(self, data: bytes) -> None:
+        if self._tunnel is not None:
+            self._tunnel(data)
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            offset = upgrade.args[0] if upgrade.args else len(data)
+            self._upgrade_leftover(data[offset:])
+        except httptools.HttpParserError as exc:
+            self._reject(400, "Bad request", f"Malformed HTTP request: {exc}")
+        except _HeadTooLarge as exc:
+            self._reject(431, "Request header fields too large", str(exc))
+
+    def pause_writing(self) -> None:
+        if self._drain is None:
+            self._drain = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        drain, self._drain = self._drain, None
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+
+    # --- httptools callbacks ----------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._lookup = {}
+        self._head_bytes = 0
+        self.busy_since = time.monotonic()
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._head_bytes += len(url)
+        if self._head_bytes > MAX_HEADER_BYTES:
+            raise _HeadTooLarge("the request line is too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > MAX_HEADER_BYTES:
+            raise _HeadTooLarge(f"request headers exceed {MAX_HEADER_BYTES} bytes")
+        if len(self._headers) >= MAX_HEADERS:
+            raise _HeadTooLarge(f"more than {MAX_HEADERS} request headers")
+        self._headers.append((name, value))
+        self._lookup[name.lower()] = value
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        request = Request(
+            parser.get_method().decode("ascii", "replace"), self._url.decode("latin-1"),
+            parser.get_http_version(), self._headers, self._lookup,
+            parser.should_keep_alive() and not self._server.draining, parser.should_upgrade(),
+        )
+        if request.chunked or (request.content_length or 0) > 0:
+            request.body = RequestBody(self)
+        self._parsing = request
+        self.busy_since = 0.0
+        if self._running is None:
+            self._start(request)
+        else:
+            # Pipelined: answer in order. Stop reading until the queue is worked off.
+            self._queue.append(request)
+            self._pause_reading()
+
+    def on_body(self, body: bytes) -> None:
+        request = self._parsing
+        if request is not None and request.body is not None:
+            request.body._feed(body)
+
+    def on_message_complete(self) -> None:
+        request = self._parsing
+        if request is not None and request.body is not None:
+            request.body._finish()
+
+    # --- running handlers -------------------------------------------------------------------
+    def _start(self, request: Request) -> None:
+        self._running = asyncio.get_running_loop().create_task(self._run(request))
+
+    async def _run(self, request: Request) -> None:
+        try:
+            await self._handler(request, self)
+        except Exception:
+            _log.exception("unhandled error in the proxy handler")
+            self.close()
+        self._running = None
+        if self.closed or self._tunnel is not None:
+            return
+        if request.upgrade:
+            self.close()  # a refused upgrade: the parser is past the point of HTTP framing
+            return
+        if not request.keep_alive or (request.body is not None and not request.body.complete):
+            # The client asked to close, or part of its body was never read: the parser can't be
+            # trusted to find the next request, so close rather than guess.
+            self.close()
+            return
+        self.idle_since = time.monotonic()
+        if self._queue:
+            self._start(self._queue.popleft())
+            if not self._queue:
+                self._resume_reading()
+        elif self._server.draining:
+            self.close()
+
+    # --- writing ----------------------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.write(data)
+
+    async def drain(self) -> None:
+        if self._drain is not None:
+            await self._drain
+
+    def close(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.closed = True
+            self.transport.close()
+
+    @property
+    def date_header(self) -> bytes:
+        return self._server.date_header
+
+    # --- flow control and errors ------------------------------------------------------------
+    def _pause_reading(self) -> None:
+        if not self._paused and self.transport is not None and not self.closed:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._paused and self.transport is not None and not self.closed and not self._queue:
+            self._paused = False
+            self.transport.resume_reading()
+
+    def _reject(self, status: int, title: str, detail: str) -> None:
+        self._server.on_rejected()
+        if self._running is None:
+            body = problem_body(status, title, detail)
+            self.write(simple_response(status, title, body, b"application/problem+json",
+                                       close=True, date=self._server.date_header))
+        self.close()
+
+    # --- upgrades ---------------------------------------------------------------------------
+    def take_over(self, sink: Callable[[bytes | None], None]) -> bytes:
+        """Route every further byte from the client to ``sink`` (None when the client closes);
+        returns what had already arrived past the upgrade request's head."""
+        self._tunnel = sink
+        leftover, self._upgrade_buffer = self._upgrade_buffer, b""
+        self._resume_reading()
+        return leftover
+
+    def _upgrade_leftover(self, data: bytes) -> None:
+        # Bytes after an upgrade request's head belong to the new protocol: keep them for the
+        # tunnel, and read nothing more until the handler has set it up (or refused).
+        self._upgrade_buffer = data
+        self._pause_reading()
+
+
+class _HeadTooLarge(Exception):
+    pass
+
+
+class HttpServer:
+    """Owns the listening socket's connections: their handler, the shared Date header, the
+    timeout sweep, and draining."""
+
+    def __init__(self, handler: Handler, *, on_rejected: Callable[[], None] = lambda: None,
+                 keepalive_seconds: float = KEEPALIVE_SECONDS,
+                 header_seconds: float = HEADER_SECONDS) -> None:
+        self.handler = handler
+        self.on_rejected = on_rejected
+        self.connections: set[ClientConnection] = set()
+        self.draining = False
+        self.date_header = b""
+        self._keepalive = keepalive_seconds
+        self._header_timeout = header_seconds
+        self._sweeper: asyncio.Task[None] | None = None
+        self._refresh_date()
+
+    def __call__(self) -> ClientConnection:
+        return ClientConnection(self)
+
+    def _refresh_date(self) -> None:
+        self.date_header = b"Date: %s\r\n" % formatdate(usegmt=True).encode()
+
+    def start(self) -> None:
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self._refresh_date()
+            now = time.monotonic()
+            for conn in list(self.connections):
+                if conn._running is not None:
+                    continue
+                if conn.busy_since and now - conn.busy_since > self._header_timeout:
+                    conn._reject(408, "Request timeout", "The request head took too long.")
+                elif not conn.busy_since and now - conn.idle_since > self._keepalive:
+                    conn.close()
+
+    async def shutdown(self, timeout: float) -> None:
+        """Close idle connections now, let busy ones finish their request, then close all."""
+        self.draining = True
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for conn in list(self.connections):
+                if conn._running is None and not conn._queue and not conn.busy_since:
+                    conn.close()
+            if not self.connections:
+                break
+            await asyncio.sleep(0.02)
+        for conn in list(self.connections):
+            conn.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
