@@ -7,6 +7,7 @@ Proxy-Authorization) are dropped in both directions; ``X-Forwarded-*`` and ``X-R
 
 from __future__ import annotations
 
+import functools
 import itertools
 import secrets
 
@@ -25,6 +26,7 @@ _DROPPED = HOP_BY_HOP | _REWRITTEN
 _FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
 _RESPONSE_DROPPED = HOP_BY_HOP | {b"content-length"}
 _MAX_REQUEST_ID = 200
+_VISIBLE = bytes(range(33, 127))  # a request id must be visible ASCII, no space
 
 
 class RequestIds:
@@ -36,14 +38,16 @@ class RequestIds:
     __slots__ = ("_counter", "_prefix")
 
     def __init__(self) -> None:
-        self._prefix = secrets.token_hex(8)
+        self._prefix = secrets.token_hex(8).encode()
         self._counter = itertools.count(1)
 
     def __call__(self, given: bytes | None) -> bytes:
-        if (given and len(given) <= _MAX_REQUEST_ID and given.isascii()
-                and all(33 <= c <= 126 for c in given)):
+        if given is None:
+            return b"%s%016x" % (self._prefix, next(self._counter))
+        if (len(given) <= _MAX_REQUEST_ID and given.isascii()
+                and given.translate(None, _VISIBLE) == b""):
             return given
-        return b"%s%016x" % (self._prefix.encode(), next(self._counter))
+        return b"%s%016x" % (self._prefix, next(self._counter))
 
 
 class RequestHeadBuilder:
@@ -98,8 +102,10 @@ class RequestHeadBuilder:
         return out
 
 
+@functools.lru_cache(maxsize=256)
 def _named_by_connection(value: bytes) -> frozenset[bytes]:
-    """Headers a Connection header names, beyond the standard hop-by-hop ones."""
+    """Headers a Connection header names, beyond the standard hop-by-hop ones (cached: the
+    same few values, ``keep-alive`` above all, come back on every response)."""
     return frozenset(t.strip().lower() for t in value.split(b",")) - HOP_BY_HOP
 
 

@@ -179,9 +179,12 @@ class ClientConnection(asyncio.Protocol):
             offset = upgrade.args[0] if upgrade.args else len(data)
             self._upgrade_leftover(data[offset:])
         except httptools.HttpParserError as exc:
-            self._reject(400, "Bad request", f"Malformed HTTP request: {exc}")
-        except _HeadTooLarge as exc:
-            self._reject(431, "Request header fields too large", str(exc))
+            # httptools wraps exceptions raised in callbacks; ours says the head is too large.
+            cause = exc.__context__
+            if isinstance(cause, _HeadTooLarge):
+                self._reject(431, "Request header fields too large", str(cause))
+            else:
+                self._reject(400, "Bad request", f"Malformed HTTP request: {exc}")
 
     def pause_writing(self) -> None:
         if self._drain is None:
