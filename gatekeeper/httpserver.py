@@ -16,9 +16,9 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from email.utils import formatdate
-from typing import cast
+from typing import Any, cast
 
 import httptools
 
@@ -35,7 +35,9 @@ HEADER_SECONDS = 30.0  # time allowed to send a whole request head (slowloris gu
 _HIGH_WATER = 256 * 1024
 _LOW_WATER = 64 * 1024
 
-Handler = Callable[["Request", "ClientConnection"], Awaitable[None]]
+Handler = Callable[["Request", "ClientConnection"], None]
+"""Starts answering a request; must end, now or later, with ``conn.request_done(request)``
+(directly, or by handing the rest to ``conn.spawn``)."""
 
 
 def simple_response(status: int, reason: str, body: bytes, content_type: bytes,
@@ -126,9 +128,25 @@ class ClientConnection(asyncio.Protocol):
     """One client connection: parses requests, runs the handler for each in order."""
 
     __slots__ = (
-        "_drain", "_handler", "_head_bytes", "_headers", "_lookup", "_parser", "_parsing",
-        "_paused", "_queue", "_running", "_server", "_tunnel", "_upgrade_buffer", "_url",
-        "busy_since", "client_ip", "closed", "idle_since", "transport",
+        "_busy",
+        "_drain",
+        "_handler",
+        "_head_bytes",
+        "_headers",
+        "_lookup",
+        "_parser",
+        "_parsing",
+        "_paused",
+        "_queue",
+        "_server",
+        "_tunnel",
+        "_upgrade_buffer",
+        "_url",
+        "busy_since",
+        "client_ip",
+        "closed",
+        "idle_since",
+        "transport",
     )
 
     def __init__(self, server: HttpServer) -> None:
@@ -144,7 +162,7 @@ class ClientConnection(asyncio.Protocol):
         self._head_bytes = 0
         self._parsing: Request | None = None
         self._queue: collections.deque[Request] = collections.deque()
-        self._running: asyncio.Task[None] | None = None
+        self._busy = False  # a request is being answered (by a callback chain or a task)
         self._paused = False
         self._drain: asyncio.Future[None] | None = None
         self._tunnel: Callable[[bytes | None], None] | None = None
@@ -219,6 +237,8 @@ class ClientConnection(asyncio.Protocol):
         self._lookup[name.lower()] = value
 
     def on_headers_complete(self) -> None:
+        if self.closed:
+            return
         parser = self._parser
         request = Request(
             parser.get_method().decode("ascii", "replace"), self._url.decode("latin-1"),
@@ -229,7 +249,7 @@ class ClientConnection(asyncio.Protocol):
             request.body = RequestBody(self)
         self._parsing = request
         self.busy_since = 0.0
-        if self._running is None:
+        if not self._busy:
             self._start(request)
         else:
             # Pipelined: answer in order. Stop reading until the queue is worked off.
@@ -248,15 +268,34 @@ class ClientConnection(asyncio.Protocol):
 
     # --- running handlers -------------------------------------------------------------------
     def _start(self, request: Request) -> None:
-        self._running = asyncio.get_running_loop().create_task(self._run(request))
-
-    async def _run(self, request: Request) -> None:
+        self._busy = True
         try:
-            await self._handler(request, self)
+            self._handler(request, self)
         except Exception:
             _log.exception("unhandled error in the proxy handler")
             self.close()
-        self._running = None
+            self.request_done(request)
+
+    def spawn(self, request: Request, work: Coroutine[Any, Any, None]) -> None:
+        """Finish ``request`` in a task (for handlers that must wait); ends with request_done."""
+        task = asyncio.get_running_loop().create_task(self._finish_in_task(request, work))
+        self._server.tasks.add(task)
+        task.add_done_callback(self._server.tasks.discard)
+
+    async def _finish_in_task(self, request: Request,
+                              work: Coroutine[Any, Any, None]) -> None:
+        try:
+            await work
+        except Exception:
+            _log.exception("unhandled error in the proxy handler")
+            self.close()
+        self.request_done(request)
+
+    def request_done(self, request: Request) -> None:
+        """The handler has answered ``request``: go on with the connection's next request."""
+        if not self._busy:
+            return
+        self._busy = False
         if self.closed or self._tunnel is not None:
             return
         if request.upgrade:
@@ -306,7 +345,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _reject(self, status: int, title: str, detail: str) -> None:
         self._server.on_rejected()
-        if self._running is None:
+        if not self._busy:
             body = problem_body(status, title, detail)
             self.write(simple_response(status, title, body, b"application/problem+json",
                                        close=True, date=self._server.date_header))
@@ -342,6 +381,7 @@ class HttpServer:
         self.handler = handler
         self.on_rejected = on_rejected
         self.connections: set[ClientConnection] = set()
+        self.tasks: set[asyncio.Task[None]] = set()  # handlers that had to wait
         self.draining = False
         self.date_header = b""
         self._keepalive = keepalive_seconds
@@ -364,7 +404,7 @@ class HttpServer:
             self._refresh_date()
             now = time.monotonic()
             for conn in list(self.connections):
-                if conn._running is not None:
+                if conn._busy:
                     continue
                 if conn.busy_since and now - conn.busy_since > self._header_timeout:
                     conn._reject(408, "Request timeout", "The request head took too long.")
@@ -377,7 +417,7 @@ class HttpServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for conn in list(self.connections):
-                if conn._running is None and not conn._queue and not conn.busy_since:
+                if not conn._busy and not conn._queue and not conn.busy_since:
                     conn.close()
             if not self.connections:
                 break

@@ -93,28 +93,91 @@ class EdgeHandler:
         host = upstream.host if upstream.port == 80 else f"{upstream.host}:{upstream.port}"
         self._heads = RequestHeadBuilder(host, trust_forwarded=settings.trust_forwarded_headers)
         self._request_ids = RequestIds()
+        self._device_key = settings.header_device_id.lower().encode("latin-1")
 
-    async def __call__(self, request: Request, conn: ClientConnection) -> None:
+    def __call__(self, request: Request, conn: ClientConnection) -> None:
+        """Answer ``request``. The common case (a body-less request, an idle upstream connection)
+        runs on protocol callbacks alone; anything that must wait continues in a task."""
         started = time.perf_counter()
+        if not self._admit(request, conn):
+            self._done(request, conn, started)
+            return
+        if self._keys is not None or request.body is not None or request.upgrade:
+            conn.spawn(request, self._slow_path(request, conn, started))
+            return
+        upstream = self._upstream.idle_connection()
+        if upstream is None:
+            conn.spawn(request, self._slow_path(request, conn, started))
+            return
+        req_id = self._request_ids(request.lookup.get(b"x-request-id"))
+        sent = time.perf_counter()
+
+        def answered(response: UpstreamResponse | None, error: Exception | None) -> None:
+            try:
+                if response is None:
+                    if isinstance(error, UpstreamTimeout):
+                        self._upstream_failed(request, conn, error)
+                    else:
+                        # A kept-alive connection that died before answering: the request was
+                        # never acted on, so the task path sends it again on another one.
+                        conn.spawn(request, self._forward_from(request, conn, req_id, started))
+                        return
+                elif self._respond(request, conn, response, req_id, sent):
+                    conn.spawn(request, self._stream_response(request, conn, response, req_id))
+                    return
+            except Exception:
+                _log.exception("unexpected error answering a request")
+                conn.close()
+            self._done(request, conn, started)
+
+        upstream.send_nowait(self._head(request, conn, req_id), request.method == "HEAD",
+                             answered)
+
+    def _done(self, request: Request, conn: ClientConnection, started: float) -> None:
+        _REQUEST_DURATION.observe(time.perf_counter() - started)
+        conn.request_done(request)
+
+    async def _slow_path(self, request: Request, conn: ClientConnection, started: float) -> None:
         try:
-            await self._handle(request, conn)
+            if self._keys is not None and not await self._authorized(
+                    request, conn, self._identity.tenant(request.raw_path, request.lookup),
+                    self._device_id(request)):
+                return
+            if request.upgrade:
+                await self._upgrade(request, conn)
+                return
+            req_id = self._request_ids(request.lookup.get(b"x-request-id"))
+            await self._forward(request, conn, req_id)
         except (ConnectionError, OSError):
             conn.close()  # the client went away; nothing to answer
-        _REQUEST_DURATION.observe(time.perf_counter() - started)
+        finally:
+            _REQUEST_DURATION.observe(time.perf_counter() - started)
 
-    async def _handle(self, request: Request, conn: ClientConnection) -> None:
+    async def _forward_from(self, request: Request, conn: ClientConnection, req_id: bytes,
+                            started: float) -> None:
+        try:
+            await self._forward(request, conn, req_id)
+        finally:
+            _REQUEST_DURATION.observe(time.perf_counter() - started)
+
+    def _device_id(self, request: Request) -> str | None:
+        raw = request.lookup.get(self._device_key)
+        return None if raw is None else raw.decode("latin-1")
+
+    def _admit(self, request: Request, conn: ClientConnection) -> bool:
+        """Identity, denial, activity and size checks; answers and returns False to refuse."""
         lookup = request.lookup
         try:
             identity = self._identity.read(request.raw_path, lookup)
         except IdentityError as exc:
             _INVALID.inc()
             _problem(conn, request, 400, "Invalid device identification", exc.detail)
-            return
+            return False
         if not self._mirror.loaded and not self._fail_open:
             _UNAVAILABLE.inc()
             _problem(conn, request, 503, "Service unavailable", "The blocklist is not loaded yet.",
                      b"Retry-After: 1\r\n")
-            return
+            return False
         device_id = identity.device_id
         if device_id is not None:
             key = (identity.tenant_id, device_id)
@@ -129,20 +192,14 @@ class EdgeHandler:
                     _DISABLED.inc()
                     rest = _DISABLED_RESPONSES[request.keep_alive]
                 conn.write(_STATUS_LINE + conn.date_header + rest)
-                return
-        if self._keys is not None and not await self._authorized(
-                request, conn, identity.tenant_id, device_id):
-            return
+                return False
         length = request.content_length
         if length is not None and length > self._max_body:
             _TOO_LARGE.inc()
             _problem(conn, request, 413, "Request body too large",
                      f"The body limit is {self._max_body} bytes.", close=True)
-            return
-        if request.upgrade:
-            await self._upgrade(request, conn)
-            return
-        await self._forward(request, conn)
+            return False
+        return True
 
     async def _authorized(self, request: Request, conn: ClientConnection, tenant_id: str,
                           device_id: str | None) -> bool:
@@ -200,47 +257,56 @@ class EdgeHandler:
         if chunked:
             yield b"0\r\n\r\n"
 
-    async def _forward(self, request: Request, conn: ClientConnection) -> None:
-        req_id = self._request_ids(request.lookup.get(b"x-request-id"))
+    async def _forward(self, request: Request, conn: ClientConnection, req_id: bytes) -> None:
         head = self._head(request, conn, req_id)
         body = self._request_body(request) if request.body is not None else None
-        is_head = request.method == "HEAD"
         sent = time.perf_counter()
         try:
-            upstream = await self._upstream.send(head, body, head_request=is_head)
+            upstream = await self._upstream.send(head, body,
+                                                 head_request=request.method == "HEAD")
         except _BodyTooLarge:
             _TOO_LARGE.inc()
             _problem(conn, request, 413, "Request body too large",
                      f"The body limit is {self._max_body} bytes.", close=True)
             return
-        except UpstreamTimeout:
+        except UpstreamError as exc:
+            self._upstream_failed(request, conn, exc)
+            return
+        if self._respond(request, conn, upstream, req_id, sent):
+            await self._stream_response(request, conn, upstream, req_id)
+
+    def _upstream_failed(self, request: Request, conn: ClientConnection,
+                         error: Exception | None) -> None:
+        if isinstance(error, UpstreamTimeout):
             _UPSTREAM_TIMEOUT.inc()
             _problem(conn, request, 504, "Upstream timed out",
                      "The upstream did not answer in time.")
-            return
-        except UpstreamError as exc:
+        else:
             _UPSTREAM_ERROR.inc()
-            _log.debug("upstream error: %s", exc)
+            _log.debug("upstream error: %s", error)
             _problem(conn, request, 502, "Bad gateway", "The upstream could not be reached.")
-            return
+
+    def _respond(self, request: Request, conn: ClientConnection, upstream: UpstreamResponse,
+                 req_id: bytes, sent: float) -> bool:
+        """Answer from a response whose head is in; True if its body must still be streamed."""
         _UPSTREAM_DURATION.observe(time.perf_counter() - sent)
         _FORWARDED.inc()
         status = upstream.status
-        if is_head or status in _NO_BODY_STATUSES:
+        if request.method == "HEAD" or status in _NO_BODY_STATUSES:
             # No body, whatever the upstream's Content-Length says: pass that header through.
             upstream.release()
             conn.write(response_head(status, upstream.reason, upstream.headers, req_id,
                                      framing=_length_header(upstream.headers),
                                      keep_alive=request.keep_alive))
-            return
+            return False
         whole = upstream.body_if_complete()
         if whole is not None:
             upstream.release()
             conn.write(response_head(status, upstream.reason, upstream.headers, req_id,
                                      framing=b"Content-Length: %d\r\n" % len(whole),
                                      keep_alive=request.keep_alive) + whole)
-            return
-        await self._stream_response(request, conn, upstream, req_id)
+            return False
+        return True
 
     async def _stream_response(self, request: Request, conn: ClientConnection,
                                upstream: UpstreamResponse, req_id: bytes) -> None:

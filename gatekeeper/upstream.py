@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import cast
 
 import httptools
@@ -21,6 +22,9 @@ __all__ = ["UpstreamConnectError", "UpstreamError", "UpstreamPool", "UpstreamRes
 
 _HIGH_WATER = 256 * 1024
 _LOW_WATER = 64 * 1024
+
+
+ResponseCallback = Callable[["UpstreamResponse | None", "Exception | None"], None]
 
 
 class UpstreamError(Exception):
@@ -67,6 +71,7 @@ class _Connection(asyncio.Protocol):
         "_body",
         "_body_done",
         "_body_size",
+        "_callback",
         "_deadline",
         "_drain",
         "_head",
@@ -105,6 +110,7 @@ class _Connection(asyncio.Protocol):
         # When the upstream must have sent something by (loop time; 0: not waiting). The pool's
         # watchdog checks it: one sweep for all connections is cheaper than a timer per request.
         self._deadline = 0.0
+        self._callback: ResponseCallback | None = None
         self._head_request = False
         self.reusable = True
 
@@ -119,6 +125,13 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(UpstreamError(f"malformed response from upstream: {exc}"))
             self._close()
+            return
+        callback = self._callback
+        if callback is not None and self._response is not None:
+            # Callback mode (the proxy's fast path): answer once per read, when the head is in;
+            # by then a small response is usually complete too.
+            self._callback = None
+            callback(self._response, None)
 
     def eof_received(self) -> bool | None:
         # A response delimited by the end of the connection ends here.
@@ -197,6 +210,11 @@ class _Connection(asyncio.Protocol):
             waiter.set_result(None)
 
     def _fail(self, exc: Exception) -> None:
+        callback = self._callback
+        if callback is not None:
+            self._callback = None
+            callback(None, exc)
+            return
         head = self._head
         if head is not None and not head.done():
             head.set_exception(exc)
@@ -235,6 +253,7 @@ class _Connection(asyncio.Protocol):
         self._body_size = 0
         self._body_done = False
         self._waiter = None
+        self._callback = None
         self._head_request = False
 
     async def drain(self) -> None:
@@ -244,6 +263,14 @@ class _Connection(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         assert self.transport is not None
         self.transport.write(data)
+
+    def send_nowait(self, head: bytes, head_request: bool, callback: ResponseCallback) -> None:
+        """Send a body-less request; ``callback`` gets the response (head in, body possibly
+        complete) or the error, from within this protocol's callbacks."""
+        self._head_request = head_request
+        self._callback = callback
+        self._arm_timer()
+        self.write(head)
 
     def expect_response(self, head_request: bool) -> asyncio.Future[UpstreamResponse]:
         self._head_request = head_request
@@ -310,6 +337,14 @@ class UpstreamPool:
         self._waiters: collections.deque[asyncio.Future[_Connection | None]] = collections.deque()
         self._closing = False
 
+    def idle_connection(self) -> _Connection | None:
+        """An idle keep-alive connection, without waiting (None if there is none)."""
+        while self._idle:
+            conn = self._idle.pop()
+            if not conn.closed:
+                return conn
+        return None
+
     async def _acquire(self) -> tuple[_Connection, bool]:
         """A connection, and whether it was reused (and so may have been closed meanwhile)."""
         while self._idle:
@@ -323,17 +358,15 @@ class UpstreamPool:
         handed = await waiter
         return (handed, True) if handed is not None else (await self._connect(), False)
 
-    def now(self) -> float:
-        return asyncio.get_running_loop().time()
+    now = staticmethod(time.monotonic)
 
     async def _watch(self) -> None:
         """Time out connections whose upstream went quiet (granularity: a tenth of the timeout,
         at most 250 ms)."""
         period = min(0.25, self.read_timeout / 10)
-        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(period)
-            now = loop.time()
+            now = time.monotonic()
             for conn in [c for c in self._all if 0.0 < c.overdue_at <= now]:
                 conn.on_timeout()
 
