@@ -195,8 +195,9 @@ async def test_redis_failure_after_commit_succeeds_and_reconciles(
                             "gatekeeper_admin_reconcile_total", {"outcome": "ok"}):
                         break
                     await asyncio.sleep(0.02)
-                assert metrics.registry.get_sample_value(
-                    "gatekeeper_admin_reconcile_total", {"outcome": "ok"}) == 1.0
+                # At least one reconcile succeeded (a retry scheduled meanwhile may add another).
+                assert (metrics.registry.get_sample_value(
+                    "gatekeeper_admin_reconcile_total", {"outcome": "ok"}) or 0) >= 1.0
     finally:
         await dead_redis.aclose()
 
