@@ -190,7 +190,7 @@ async def test_redis_failure_after_commit_succeeds_and_reconciles(
                         break
                     await asyncio.sleep(0.1)
                 assert await redis_client.sismember(edgeview.BLOCKED_SET, member)
-                for _ in range(50):  # the counter moves just after the publish
+                for _ in range(250):  # the counter moves just after the publish
                     if metrics.registry.get_sample_value(
                             "gatekeeper_admin_reconcile_total", {"outcome": "ok"}):
                         break
