@@ -1,20 +1,28 @@
-"""The SQL of one activity flush: lock, compare, upsert, and history, in one transaction.
+"""The SQL of one activity flush, in one transaction: new devices first, then known ones.
 
-Rows are locked in key order (``ORDER BY … FOR UPDATE``) and the batch is inserted in the same
-order, so several workers or nodes flushing overlapping devices queue instead of deadlocking.
-Timestamps only move forward (``GREATEST``), so a late flush never rewinds a device.
+1. Every device of the batch is inserted, in key order, with ``ON CONFLICT DO NOTHING``; the same
+   statement writes the history of the devices it did insert (their first sighting and any change
+   seen after it in this batch) and returns which devices already existed. For a batch of new
+   devices that is the whole flush: one round trip, nothing locked beyond the new rows.
+2. The devices that already existed are locked in key order (``ORDER BY … FOR UPDATE``), compared
+   with what is stored, and upserted; their history records are written.
+
+Both phases take their row locks in key order, and phase 1 only waits for other inserters of the
+same new keys, so several workers or nodes flushing overlapping devices queue instead of
+deadlocking. Timestamps only move forward (``GREATEST``), so a late flush never rewinds a device,
+and an attribute sighting older than the stored one is never applied (``attributes_seen_at``).
+Times travel as epoch seconds (``float8``) and become ``timestamptz`` in SQL; history documents
+and changed-field lists are built in SQL too, so Python only lays out parallel arrays.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
-from datetime import UTC, datetime
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import asyncpg
 
-from gatekeeper.identity import ATTRIBUTE_FIELDS, Attributes
+from gatekeeper.identity import Attributes
 
 if TYPE_CHECKING:
     from gatekeeper.recorder import PendingDevice
@@ -22,23 +30,85 @@ if TYPE_CHECKING:
 __all__ = ["merge_attributes", "write_batch"]
 
 DeviceKey = tuple[str, str]
+_Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+
+
+def _arrays(types: Sequence[str], first: int) -> str:
+    """``$n::type[]`` parameters for ``unnest``, numbered from ``first``."""
+    return ", ".join(f"${first + i}::{kind}[]" for i, kind in enumerate(types))
+
+
+# A device row: tenant, device, the six attributes, attributes seen at, first seen, last active,
+# last upload (times as epoch seconds).
+_DEVICE_TYPES = ("text",) * 8 + ("float8",) * 4
+# A history record: tenant, device, seen at, is-first-sighting, the six previous attributes, the
+# six current attributes.
+_HISTORY_TYPES = ("text", "text", "float8", "bool") + ("text",) * 12
+_DEVICE_ARGS = _arrays(_DEVICE_TYPES, 1)
+
+_HISTORY_ROWS = """
+SELECT h.t, h.d, to_timestamp(h.r),
+       array_remove(ARRAY[
+           CASE WHEN h.pa IS DISTINCT FROM h.ca THEN 'application' END,
+           CASE WHEN h.pv IS DISTINCT FROM h.cv THEN 'applicationVersion' END,
+           CASE WHEN h.po IS DISTINCT FROM h.co THEN 'os' END,
+           CASE WHEN h.pov IS DISTINCT FROM h.cov THEN 'osVersion' END,
+           CASE WHEN h.pm IS DISTINCT FROM h.cm THEN 'manufacturer' END,
+           CASE WHEN h.pmo IS DISTINCT FROM h.cmo THEN 'model' END], NULL),
+       CASE WHEN h.first THEN NULL ELSE jsonb_build_object(
+           'application', h.pa, 'applicationVersion', h.pv, 'os', h.po, 'osVersion', h.pov,
+           'manufacturer', h.pm, 'model', h.pmo) END,
+       jsonb_build_object(
+           'application', h.ca, 'applicationVersion', h.cv, 'os', h.co, 'osVersion', h.cov,
+           'manufacturer', h.cm, 'model', h.cmo)
+FROM unnest({args}) AS h(t, d, r, first, pa, pv, po, pov, pm, pmo, ca, cv, co, cov, cm, cmo)
+"""
+
+# Phase 1. The keys come sorted; ORDER BY ordinality keeps the insert (and its locks) in that order.
+_INSERT_NEW = f"""
+WITH input AS (
+    SELECT * FROM unnest({_DEVICE_ARGS}) WITH ORDINALITY
+        AS x(t, d, a, v, o, ov, m, mo, seen, first_seen, last_active, last_upload, i)
+), inserted AS (
+    INSERT INTO devices (tenant_id, device_id, application, application_version, os, os_version,
+                         manufacturer, model, attributes_seen_at, first_seen_at, last_active_at,
+                         last_data_upload_at)
+    SELECT t, d, a, v, o, ov, m, mo, to_timestamp(seen), to_timestamp(first_seen),
+           to_timestamp(last_active), to_timestamp(last_upload)
+    FROM input ORDER BY i
+    ON CONFLICT (tenant_id, device_id) DO NOTHING
+    RETURNING tenant_id, device_id
+), history AS (
+    INSERT INTO device_history (tenant_id, device_id, recorded_at, changed_fields, previous,
+                                current)
+    SELECT rows.* FROM ({_HISTORY_ROWS.format(args=_arrays(_HISTORY_TYPES, 13))}) AS rows
+    JOIN inserted ON inserted.tenant_id = rows.t AND inserted.device_id = rows.d
+)
+SELECT i - 1 FROM input
+WHERE NOT EXISTS (SELECT FROM inserted WHERE inserted.tenant_id = input.t
+                                         AND inserted.device_id = input.d)
+ORDER BY i
+"""
 
 _LOCK_CURRENT = """
 SELECT d.tenant_id, d.device_id, d.application, d.application_version, d.os, d.os_version,
-       d.manufacturer, d.model, d.attributes_seen_at
+       d.manufacturer, d.model, extract(epoch FROM d.attributes_seen_at)::float8
 FROM devices d
 JOIN unnest($1::text[], $2::text[]) AS k(tenant_id, device_id) USING (tenant_id, device_id)
 ORDER BY d.tenant_id, d.device_id
 FOR UPDATE OF d
 """
 
-_UPSERT = """
+# Phase 2. An upsert rather than an update: a device deleted since phase 1 comes back, as any
+# device that calls again does.
+_UPSERT = f"""
 INSERT INTO devices AS d (tenant_id, device_id, application, application_version, os, os_version,
                           manufacturer, model, attributes_seen_at, first_seen_at, last_active_at,
                           last_data_upload_at)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                     $7::text[], $8::text[], $9::timestamptz[], $10::timestamptz[],
-                     $11::timestamptz[], $12::timestamptz[])
+SELECT t, d, a, v, o, ov, m, mo, to_timestamp(seen), to_timestamp(first_seen),
+       to_timestamp(last_active), to_timestamp(last_upload)
+FROM unnest({_DEVICE_ARGS})
+    AS x(t, d, a, v, o, ov, m, mo, seen, first_seen, last_active, last_upload)
 ON CONFLICT (tenant_id, device_id) DO UPDATE SET
     application = CASE WHEN EXCLUDED.attributes_seen_at IS NULL THEN d.application
                        ELSE EXCLUDED.application END,
@@ -56,26 +126,18 @@ ON CONFLICT (tenant_id, device_id) DO UPDATE SET
     last_data_upload_at = GREATEST(d.last_data_upload_at, EXCLUDED.last_data_upload_at)
 """
 
-_HISTORY = """
+_HISTORY = f"""
 INSERT INTO device_history (tenant_id, device_id, recorded_at, changed_fields, previous, current)
-SELECT t, d, r, string_to_array(c, ','), p::jsonb, n::jsonb
-FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::text[])
-     AS x(t, d, r, c, p, n)
+{_HISTORY_ROWS.format(args=_arrays(_HISTORY_TYPES, 1))}
 """
 
 _KEY_USES = """
-UPDATE api_keys SET last_used_at = GREATEST(api_keys.last_used_at, x.used)
-FROM unnest($1::bytea[], $2::timestamptz[]) AS x(digest, used)
+UPDATE api_keys SET last_used_at = GREATEST(api_keys.last_used_at, to_timestamp(x.used))
+FROM unnest($1::bytea[], $2::float8[]) AS x(digest, used)
 WHERE api_keys.digest = x.digest
 """
 
-
-def _ts(epoch: float | None) -> datetime | None:
-    return None if epoch is None else datetime.fromtimestamp(epoch, UTC)
-
-
-def _doc(attributes: Attributes) -> str:
-    return json.dumps(dict(zip(ATTRIBUTE_FIELDS, attributes, strict=True)))
+_NO_ATTRIBUTES: Attributes = (None, None, None, None, None, None)
 
 
 def merge_attributes(new: Attributes, old: Attributes) -> Attributes:
@@ -84,56 +146,85 @@ def merge_attributes(new: Attributes, old: Attributes) -> Attributes:
             new[4] or old[4], new[5] or old[5])
 
 
-class _Columns:
-    """Parallel arrays for the set-based statements."""
+class _History:
+    """History records as the 16 parallel arrays of ``_HISTORY_ROWS``."""
 
-    def __init__(self, width: int) -> None:
-        self.columns: list[list[object]] = [[] for _ in range(width)]
+    __slots__ = ("columns",)
 
-    def add(self, *values: object) -> None:
-        for column, value in zip(self.columns, values, strict=True):
+    def __init__(self) -> None:
+        self.columns: list[list[object]] = [[] for _ in range(16)]
+
+    def add(self, key: DeviceKey, seen: float, previous: Attributes | None,
+            current: Attributes) -> None:
+        c = self.columns
+        c[0].append(key[0])
+        c[1].append(key[1])
+        c[2].append(seen)
+        c[3].append(previous is None)
+        for column, value in zip(c[4:10], previous or _NO_ATTRIBUTES, strict=True):
+            column.append(value)
+        for column, value in zip(c[10:], current, strict=True):
             column.append(value)
 
-
-def _plan(batch: Mapping[DeviceKey, PendingDevice],
-          current: Mapping[DeviceKey, asyncpg.Record]) -> tuple[_Columns, _Columns]:
-    """Decide each device's new attributes and the history records that lead there."""
-    rows, history = _Columns(12), _Columns(6)
-    for key in sorted(batch):
-        entry = batch[key]
-        old = current.get(key)
-        seen_before = old["attributes_seen_at"].timestamp() if old and old[8] else None
-        state: Attributes | None = (
-            (old[2], old[3], old[4], old[5], old[6], old[7]) if seen_before is not None and old
-            else None)
+    def add_from(self, key: DeviceKey, entry: PendingDevice, state: Attributes | None,
+                 stored_seen: float | None) -> tuple[Attributes | None, float | None]:
+        """Records for ``entry``'s sightings on top of ``state``; returns the final state."""
         applied_at: float | None = None
         for seen, attributes in entry.changes:
-            if seen_before is not None and seen < seen_before:
+            if stored_seen is not None and seen < stored_seen:
                 continue  # another worker already wrote a newer sighting
             merged = attributes if state is None else merge_attributes(attributes, state)
             if state is None or merged != state:
-                changed = [name for name, before, after in zip(
-                    ATTRIBUTE_FIELDS, state or (None,) * 6, merged, strict=True) if before != after]
-                history.add(key[0], key[1], _ts(seen), ",".join(changed),
-                            None if state is None else _doc(state), _doc(merged))
+                self.add(key, seen, state, merged)
             state, applied_at = merged, seen
-        final = state or (None, None, None, None, None, None)
-        rows.add(key[0], key[1], *final, _ts(applied_at), _ts(entry.first_seen),
-                 _ts(entry.last_active), _ts(entry.last_upload))
-    return rows, history
+        return state, applied_at
+
+
+def _device_columns(keys: Sequence[DeviceKey], batch: Mapping[DeviceKey, PendingDevice],
+                    finals: Sequence[tuple[Attributes | None, float | None]]) -> list[list[object]]:
+    entries = [batch[key] for key in keys]
+    attributes = [state or _NO_ATTRIBUTES for state, _ in finals]
+    return [[k[0] for k in keys], [k[1] for k in keys],
+            *(list(column) for column in zip(*attributes, strict=True)),
+            [seen for _, seen in finals], [e.first_seen for e in entries],
+            [e.last_active for e in entries], [e.last_upload for e in entries]]
+
+
+async def _insert_new(conn: _Connection, keys: list[DeviceKey],
+                      batch: Mapping[DeviceKey, PendingDevice]) -> list[DeviceKey]:
+    """Phase 1; returns the keys that already existed (in key order)."""
+    history = _History()
+    finals = [history.add_from(key, batch[key], None, None) for key in keys]
+    rows = await conn.fetch(_INSERT_NEW, *_device_columns(keys, batch, finals), *history.columns)
+    return [keys[row[0]] for row in rows]
+
+
+async def _update_known(conn: _Connection, keys: list[DeviceKey],
+                        batch: Mapping[DeviceKey, PendingDevice]) -> None:
+    """Phase 2: lock, compare with what is stored, upsert, and write the changes."""
+    locked = await conn.fetch(_LOCK_CURRENT, [k[0] for k in keys], [k[1] for k in keys])
+    current = {(r[0], r[1]): r for r in locked}
+    history = _History()
+    finals = []
+    for key in keys:
+        old = current.get(key)
+        stored_seen: float | None = old[8] if old is not None else None
+        state: Attributes | None = (
+            None if old is None or stored_seen is None
+            else (old[2], old[3], old[4], old[5], old[6], old[7]))
+        finals.append(history.add_from(key, batch[key], state, stored_seen))
+    await conn.execute(_UPSERT, *_device_columns(keys, batch, finals))
+    if history.columns[0]:
+        await conn.execute(_HISTORY, *history.columns)
 
 
 async def write_batch(pool: asyncpg.Pool, batch: Mapping[DeviceKey, PendingDevice],
                       key_uses: Mapping[str, float]) -> None:
     async with pool.acquire() as conn, conn.transaction():
         if batch:
-            keys = sorted(batch)
-            locked = await conn.fetch(_LOCK_CURRENT, [k[0] for k in keys], [k[1] for k in keys])
-            current = {(r[0], r[1]): r for r in locked}
-            rows, history = _plan(batch, current)
-            await conn.execute(_UPSERT, *rows.columns)
-            if history.columns[0]:
-                await conn.execute(_HISTORY, *history.columns)
+            known = await _insert_new(conn, sorted(batch), batch)
+            if known:
+                await _update_known(conn, known, batch)
         if key_uses:
             await conn.execute(_KEY_USES, [bytes.fromhex(d) for d in key_uses],
-                               [_ts(t) for t in key_uses.values()])
+                               list(key_uses.values()))

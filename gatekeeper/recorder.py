@@ -27,6 +27,10 @@ _log = logging.getLogger(__name__)
 
 DeviceKey = tuple[str, str]
 
+# A batch is split over connections only in ranges of at least this many devices: below it the
+# round trips cost more than a second core gains.
+_MIN_PART_DEVICES = 1_000
+
 
 class PendingDevice:
     """What one device did since the last flush."""
@@ -47,16 +51,18 @@ class PendingDevice:
         if newer.last_upload is not None:
             self.last_upload = max(self.last_upload or 0.0, newer.last_upload)
         self.changes.extend(newer.changes)
-        self.attributes = newer.attributes
+        self.attributes = merge_attributes(newer.attributes, self.attributes)
 
 
 class ActivityRecorder:
-    __slots__ = ("_flush_max", "_interval", "_max_pending", "_pending", "_pool", "_retry_max",
-                 "_wake", "dropped", "flushed_rows", "key_uses", "last_flush_ok")
+    __slots__ = ("_flush_max", "_interval", "_max_pending", "_parallel", "_pending", "_pool",
+                 "_retry_max", "_wake", "dropped", "flushed_rows", "key_uses", "last_flush_ok")
 
     def __init__(self, pool: asyncpg.Pool, *, flush_interval: float, flush_max_devices: int,
-                 max_pending: int, retry_max_seconds: float) -> None:
+                 max_pending: int, retry_max_seconds: float, flush_connections: int = 2) -> None:
         self._pool = pool
+        # Concurrent transactions per flush; keep it within the pool's size.
+        self._parallel = max(1, flush_connections)
         self._interval = flush_interval
         self._flush_max = flush_max_devices
         self._max_pending = max_pending
@@ -123,26 +129,60 @@ class ActivityRecorder:
             else:
                 old.absorb(entry)
 
+    def _split(self, batch: dict[DeviceKey, PendingDevice]) -> list[dict[DeviceKey, PendingDevice]]:
+        """Contiguous key ranges, one per connection, so Postgres writes them on several cores."""
+        parts = min(self._parallel, len(batch) // _MIN_PART_DEVICES)
+        if parts <= 1:
+            return [batch]
+        keys = sorted(batch)
+        size = -(-len(keys) // parts)
+        return [{key: batch[key] for key in keys[i:i + size]} for i in range(0, len(keys), size)]
+
     async def flush_once(self) -> int:
-        """Write one batch; returns devices written. Raises on a database error (batch kept)."""
+        """Write one batch; returns devices written. Raises on a database error (batch kept).
+
+        A large batch is written as a few key ranges in concurrent transactions; a range that
+        fails goes back to the buffer and the others stay written (writing one again is harmless:
+        its timestamps do not move back and its history is not repeated).
+        """
         batch = self._take()
         uses, self.key_uses = self.key_uses, {}
         metrics.ACTIVITY_PENDING.set(len(self._pending))
         if not batch and not uses:
             return 0
         started = time.perf_counter()
+        parts = self._split(batch)
+        written: set[int] = set()
+
+        async def write(index: int) -> None:
+            await write_batch(self._pool, parts[index], uses if index == 0 else {})
+            written.add(index)
+
         try:
-            await write_batch(self._pool, batch, uses)
-        except BaseException:
-            self._put_back(batch)
-            for digest, used in uses.items():
-                self.key_uses.setdefault(digest, used)
-            metrics.ACTIVITY_PENDING.set(len(self._pending))
-            raise
+            results = await asyncio.gather(*(write(i) for i in range(len(parts))),
+                                           return_exceptions=True)
+        finally:
+            if len(written) < len(parts):
+                self._restore([p for i, p in enumerate(parts) if i not in written],
+                              uses if 0 not in written else {})
+        done = sum(len(parts[i]) for i in written)
+        metrics.ACTIVITY_FLUSHED.inc(done)
+        self.flushed_rows += done
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
         metrics.ACTIVITY_FLUSH_DURATION.observe(time.perf_counter() - started)
-        metrics.ACTIVITY_FLUSHED.inc(len(batch))
-        self.flushed_rows += len(batch)
-        return len(batch)
+        return done
+
+    def _restore(self, failed: list[dict[DeviceKey, PendingDevice]],
+                 uses: dict[str, float]) -> None:
+        batch = failed[0]
+        for part in failed[1:]:
+            batch.update(part)
+        self._put_back(batch)
+        for digest, used in uses.items():
+            self.key_uses.setdefault(digest, used)
+        metrics.ACTIVITY_PENDING.set(len(self._pending))
 
     async def run(self) -> None:
         """Flush until cancelled; back off while Postgres fails."""

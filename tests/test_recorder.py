@@ -1,0 +1,180 @@
+"""The activity recorder driven directly against a real Postgres: ordering, bounds, concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import asyncpg
+
+from gatekeeper import metrics
+from gatekeeper.recorder import ActivityRecorder
+
+ATTRS = ("App", "1.0", "Android", "14", "Acme", "X1")
+
+
+def recorder(pool: asyncpg.Pool, *, flush_max: int = 5_000, max_pending: int = 50_000,
+             connections: int = 2) -> ActivityRecorder:
+    return ActivityRecorder(pool, flush_interval=3600.0, flush_max_devices=flush_max,
+                            max_pending=max_pending, retry_max_seconds=1.0,
+                            flush_connections=connections)
+
+
+def counter(name: str) -> float:
+    return metrics.REGISTRY.get_sample_value(name) or 0.0
+
+
+async def device(pool: asyncpg.Pool, tenant: str, device_id: str) -> asyncpg.Record:
+    row = await pool.fetchrow("SELECT * FROM devices WHERE tenant_id = $1 AND device_id = $2",
+                              tenant, device_id)
+    assert row is not None
+    return row
+
+
+async def history(pool: asyncpg.Pool, tenant: str, device_id: str) -> list[asyncpg.Record]:
+    return await pool.fetch(
+        "SELECT * FROM device_history WHERE tenant_id = $1 AND device_id = $2"
+        " ORDER BY recorded_at, id", tenant, device_id)
+
+
+async def test_older_batch_flushed_after_newer_does_not_move_timestamps_back(
+        pg_pool: asyncpg.Pool, tenant: str) -> None:
+    """Two workers saw one device; the one that saw it earlier flushes last."""
+    early, late = recorder(pg_pool), recorder(pg_pool)
+    early.record((tenant, "dev"), ATTRS, True)
+    await asyncio.sleep(0.05)
+    late.record((tenant, "dev"), ("App", "2.0", "Android", "14", "Acme", "X1"), True)
+    assert await late.flush_once() == 1
+    newest = await device(pg_pool, tenant, "dev")
+    assert await early.flush_once() == 1
+    after = await device(pg_pool, tenant, "dev")
+    assert after["last_active_at"] == newest["last_active_at"]
+    assert after["last_data_upload_at"] == newest["last_data_upload_at"]
+    assert after["application_version"] == "2.0"  # the older sighting is not applied
+    # ...but the earlier first sighting is kept as the first seen time.
+    assert after["first_seen_at"] < newest["first_seen_at"]
+    records = await history(pg_pool, tenant, "dev")
+    assert [json.loads(r["current"])["applicationVersion"] for r in records] == ["2.0"]
+
+
+async def test_buffer_bound_drops_and_counts_new_devices_but_existing_ones_coalesce(
+        pg_pool: asyncpg.Pool, tenant: str) -> None:
+    rec = recorder(pg_pool, flush_max=5, max_pending=5)
+    dropped_before = counter("gatekeeper_activity_dropped_total")
+    for i in range(8):
+        rec.record((tenant, f"d{i}"), ATTRS, False)
+    assert rec.pending == 5
+    assert rec.dropped == 3
+    assert counter("gatekeeper_activity_dropped_total") - dropped_before == 3
+    # A device already in the buffer still coalesces: no drop, its activity moves on.
+    time_before = time.time()
+    rec.record((tenant, "d0"), ATTRS, True)
+    assert rec.pending == 5
+    assert rec.dropped == 3
+    assert await rec.flush_once() == 5
+    rows = await pg_pool.fetch("SELECT device_id, last_data_upload_at FROM devices"
+                               " WHERE tenant_id = $1 ORDER BY device_id", tenant)
+    assert [r["device_id"] for r in rows] == ["d0", "d1", "d2", "d3", "d4"]
+    assert rows[0]["last_data_upload_at"].timestamp() >= time_before - 0.001
+
+
+async def test_drain_flushes_everything_in_several_batches(
+        pg_pool: asyncpg.Pool, tenant: str) -> None:
+    rec = recorder(pg_pool, flush_max=1_000, max_pending=10_000)
+    for i in range(2_500):
+        rec.record((tenant, f"d{i:04d}"), ATTRS, False)
+    assert await rec.drain(time.monotonic() + 30)
+    assert rec.pending == 0
+    assert rec.flushed_rows == 2_500
+    count = await pg_pool.fetchval("SELECT count(*) FROM devices WHERE tenant_id = $1", tenant)
+    assert count == 2_500
+
+
+async def test_concurrent_flushers_of_the_same_devices_neither_deadlock_nor_repeat_history(
+        pg_pool: asyncpg.Pool, tenant: str) -> None:
+    """Four workers saw the same 3,000 devices (batches split over connections too)."""
+    workers = [recorder(pg_pool, connections=2) for _ in range(4)]
+    for n, rec in enumerate(workers):
+        order = range(3_000) if n % 2 else reversed(range(3_000))
+        for i in order:
+            rec.record((tenant, f"d{i:04d}"), ATTRS, n == 3)
+    written = await asyncio.wait_for(
+        asyncio.gather(*(rec.flush_once() for rec in workers)), timeout=60)
+    assert written == [3_000] * 4
+    counts = await pg_pool.fetch(
+        "SELECT count(*) AS n FROM device_history WHERE tenant_id = $1 GROUP BY device_id",
+        tenant)
+    assert len(counts) == 3_000
+    assert {r["n"] for r in counts} == {1}
+    uploads = await pg_pool.fetchval(
+        "SELECT count(*) FROM devices WHERE tenant_id = $1 AND last_data_upload_at IS NOT NULL",
+        tenant)
+    assert uploads == 3_000
+
+
+async def test_changes_between_flushes_each_get_a_record_with_their_own_time(
+        pg_pool: asyncpg.Pool, tenant: str) -> None:
+    rec = recorder(pg_pool)
+    rec.record((tenant, "dev"), ATTRS, False)
+    first = time.time()
+    await asyncio.sleep(0.02)
+    rec.record((tenant, "dev"), ("App", "1.1", None, None, None, None), False)  # missing = same
+    second = time.time()
+    await asyncio.sleep(0.02)
+    rec.record((tenant, "dev"), ("App", "1.1", "Android", "14", "Acme", "X1"), False)  # no change
+    await asyncio.sleep(0.2)
+    flush_started = time.time()
+    await rec.flush_once()
+    records = await history(pg_pool, tenant, "dev")
+    assert len(records) == 2
+    assert records[0]["previous"] is None
+    assert records[1]["changed_fields"] == ["applicationVersion"]
+    assert json.loads(records[1]["previous"])["applicationVersion"] == "1.0"
+    assert json.loads(records[1]["current"]) == {
+        "application": "App", "applicationVersion": "1.1", "os": "Android", "osVersion": "14",
+        "manufacturer": "Acme", "model": "X1"}
+    assert records[0]["recorded_at"].timestamp() <= first
+    assert first < records[1]["recorded_at"].timestamp() <= second < flush_started
+    row = await device(pg_pool, tenant, "dev")
+    assert row["application_version"] == "1.1"
+    assert row["os"] == "Android"
+
+
+async def test_failed_batch_goes_back_and_merges_with_newer_activity(
+        pg_pool: asyncpg.Pool, tenant: str) -> None:
+    closed = await asyncpg.create_pool(dsn=None, host="127.0.0.1", port=1, min_size=0,
+                                       max_size=1)
+    rec = recorder(closed)
+    rec.record((tenant, "dev"), ATTRS, False)
+    try:
+        try:
+            await rec.flush_once()
+        except OSError:
+            pass
+        else:
+            raise AssertionError("a flush to a closed port must fail")
+    finally:
+        await closed.close()
+    assert rec.pending == 1
+    rec.record((tenant, "dev"), ("App", "2.0", None, None, None, None), True)
+    rec._pool = pg_pool  # the same buffer, now against a reachable Postgres
+    assert await rec.flush_once() == 1
+    row = await device(pg_pool, tenant, "dev")
+    assert (row["application_version"], row["os"]) == ("2.0", "Android")
+    assert row["last_data_upload_at"] is not None
+    assert [r["changed_fields"] for r in await history(pg_pool, tenant, "dev")] == [
+        ["application", "applicationVersion", "os", "osVersion", "manufacturer", "model"],
+        ["applicationVersion"]]
+
+
+async def test_deleting_a_device_deletes_its_history(pg_pool: asyncpg.Pool, tenant: str) -> None:
+    """Migration 0003 keeps the cascade of the foreign key it replaced."""
+    rec = recorder(pg_pool)
+    rec.record((tenant, "gone"), ATTRS, False)
+    rec.record((tenant, "kept"), ATTRS, False)
+    await rec.flush_once()
+    await pg_pool.execute("DELETE FROM devices WHERE tenant_id = $1 AND device_id = 'gone'",
+                          tenant)
+    assert await history(pg_pool, tenant, "gone") == []
+    assert len(await history(pg_pool, tenant, "kept")) == 1
