@@ -39,10 +39,12 @@ class BlocklistMirror:
     """Blocked and disabled devices of every tenant, as this process last heard from Redis."""
 
     __slots__ = (
+        "__weakref__",  # redis-py holds connect callbacks as weak methods
         "_blocked",
         "_disabled",
         "_on_key_event",
         "_on_resync",
+        "_reconnected",
         "_redis",
         "_resync_seconds",
         "changed",
@@ -60,6 +62,7 @@ class BlocklistMirror:
         self._on_resync = on_resync
         self._blocked: set[DeviceKey] = set()
         self._disabled: set[DeviceKey] = set()
+        self._reconnected = False
         self.loaded = False
         self.stale = False
         self.synced_at = 0.0
@@ -121,6 +124,8 @@ class BlocklistMirror:
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
+                if not self.stale:
+                    backoff = 0.1  # a new outage after a healthy spell starts from the bottom
                 if self.loaded and not self.stale:
                     _log.warning("blocklist: Redis unreachable (%s); serving the last mirror", exc)
                 self.stale = True
@@ -131,14 +136,29 @@ class BlocklistMirror:
             else:
                 backoff = 0.1
 
+    async def _on_reconnect(self, _connection: object) -> None:
+        self._reconnected = True
+
     async def _follow(self) -> None:
         pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        connection = None
         try:
             await pubsub.subscribe(edgeview.CHANNEL)
+            # A client with retries reconnects and resubscribes by itself, without a word:
+            # whatever was published while the connection was down is lost, so hear of it.
+            connection = pubsub.connection
+            if connection is not None:
+                connection.register_connect_callback(self._on_reconnect)
+            self._reconnected = False
             await self._load()
             next_resync = time.monotonic() + self._resync_seconds
             while True:
                 message = await pubsub.get_message(timeout=1.0)
+                if self._reconnected:
+                    self._reconnected = False
+                    _log.info("blocklist: subscription re-established; reloading")
+                    await self._load()
+                    next_resync = time.monotonic() + self._resync_seconds
                 if message is not None and message.get("type") == "message":
                     event = edgeview.decode(message["data"])
                     if event is None:
@@ -156,5 +176,7 @@ class BlocklistMirror:
                     # A live subscription is as good as a sync: nothing was missed meanwhile.
                     self._mark_synced()
         finally:
+            if connection is not None:
+                connection.deregister_connect_callback(self._on_reconnect)
             with contextlib.suppress(Exception):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]

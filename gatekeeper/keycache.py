@@ -23,7 +23,7 @@ _NEGATIVE_TTL = 5.0
 
 
 class KeyCache:
-    __slots__ = ("_entries", "_max", "_pepper", "_redis")
+    __slots__ = ("_entries", "_generation", "_max", "_pepper", "_redis")
 
     def __init__(self, redis: aioredis.Redis, *, max_entries: int, pepper: str | None) -> None:
         self._redis = redis
@@ -31,6 +31,9 @@ class KeyCache:
         self._pepper = pepper
         # digest hex -> (grant or None, monotonic time cached)
         self._entries: OrderedDict[str, tuple[KeyGrant | None, float]] = OrderedDict()
+        # Bumped by every revocation and resync: an answer that was in flight meanwhile may
+        # predate the revocation, so it is used once but not cached.
+        self._generation = 0
 
     def digest(self, secret: str) -> str:
         return digest_secret(secret, self._pepper).hex()
@@ -43,11 +46,13 @@ class KeyCache:
             grant, cached_at = entry
             if grant is not None or now - cached_at < _NEGATIVE_TTL:
                 return self._live(grant)
+        generation = self._generation
         raw = await self._redis.hget(edgeview.KEYS_HASH, digest)
         grant = KeyGrant.decode(raw if isinstance(raw, str) else raw.decode()) if raw else None
-        self._entries[digest] = (grant, now)
-        if len(self._entries) > self._max:
-            self._entries.popitem(last=False)
+        if generation == self._generation:
+            self._entries[digest] = (grant, now)
+            if len(self._entries) > self._max:
+                self._entries.popitem(last=False)
         return self._live(grant)
 
     @staticmethod
@@ -58,9 +63,11 @@ class KeyCache:
 
     def on_event(self, event: EdgeEvent) -> None:
         if event.kind == "revoke":
+            self._generation += 1
             self._entries.pop(event.subject, None)
 
     def clear(self) -> None:
+        self._generation += 1
         self._entries.clear()
 
     def __len__(self) -> int:

@@ -52,11 +52,16 @@ class Supervisor:
 
     def readiness(self) -> dict[str, bool]:
         alive = bool(self._workers) and all(w.poll() is None for w in self._workers)
+        metrics_dir = self._dir / "metrics"
+        # The aggregated minimum covers only the workers that have written their gauge file: a
+        # worker still starting has none, and must not be outvoted by the ready ones.
+        reporting = all((metrics_dir / f"gauge_livemin_{w.pid}.db").exists()
+                        for w in self._workers)
         registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=str(self._dir / "metrics"))  # type: ignore[no-untyped-call]
+        MultiProcessCollector(registry, path=str(metrics_dir))  # type: ignore[no-untyped-call]
         ready_values = [s.value for m in registry.collect() if m.name == "gatekeeper_ready"
                         for s in m.samples]
-        workers_ready = len(ready_values) > 0 and min(ready_values) >= 1
+        workers_ready = reporting and len(ready_values) > 0 and min(ready_values) >= 1
         return {"ready": alive and workers_ready and not self._stopping,
                 "workers_alive": alive, "workers_ready": workers_ready}
 

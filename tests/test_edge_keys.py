@@ -1,0 +1,287 @@
+"""Keys at the edge (``auth_mode = "enforce"``): device API keys and personal access tokens issued
+through the store, presented in ``X-Api-Key`` or ``Authorization: Bearer``; revocation, expiry and
+grace periods; nothing refused ever reaches the upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import aiohttp
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+from conftest import EdgeFactory, Stores
+from edgerig import CountingUpstream, eventually
+from faultproxy import FaultProxy
+
+from gatekeeper import edgeview, store
+from gatekeeper.connections import open_redis
+from gatekeeper.credentials import DEVICE_KEY_PREFIX, TOKEN_PREFIX
+from gatekeeper.edge import EdgeServer
+from gatekeeper.edgeview import EdgeEvent
+from gatekeeper.keycache import KeyCache
+
+PROBLEM = "application/problem+json"
+LIMIT_SECONDS = 1.0
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[CountingUpstream]:
+    async with CountingUpstream() as counting:
+        yield counting
+
+
+@pytest.fixture
+async def edge(edge_factory: EdgeFactory, upstream: CountingUpstream) -> EdgeServer:
+    return await edge_factory(upstream=upstream.url, auth_mode="enforce")
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as client:
+        yield client
+
+
+async def _call(session: aiohttp.ClientSession, edge: EdgeServer, tenant: str,
+                device: str | None, **headers: str) -> tuple[int, aiohttp.ClientResponse]:
+    sent = {k.replace("_", "-"): v for k, v in headers.items()}
+    if device is not None:
+        sent["X-Device-Id"] = device
+    async with session.get(f"http://127.0.0.1:{edge.proxy_port}/api/{tenant}/things",
+                           headers=sent) as response:
+        await response.read()
+        return response.status, response
+
+
+async def _status(session: aiohttp.ClientSession, edge: EdgeServer, tenant: str,
+                  device: str | None, **headers: str) -> int:
+    return (await _call(session, edge, tenant, device, **headers))[0]
+
+
+async def _device_key(pool: asyncpg.Pool, redis: aioredis.Redis, tenant: str, device: str,
+                      expires_at: datetime | None = None) -> store.IssuedKey:
+    return await store.issue_key(pool, redis, tenant, kind="device", prefix=DEVICE_KEY_PREFIX,
+                                 device_id=device, expires_at=expires_at)
+
+
+async def _pat(pool: asyncpg.Pool, redis: aioredis.Redis, tenant: str) -> store.IssuedKey:
+    return await store.issue_key(pool, redis, tenant, kind="pat", prefix=TOKEN_PREFIX,
+                                 name="ci")
+
+
+async def test_device_key_is_accepted_in_x_api_key_and_bearer(
+    edge: EdgeServer, upstream: CountingUpstream, session: aiohttp.ClientSession,
+    pg_pool: asyncpg.Pool, redis_client: aioredis.Redis, tenant: str,
+) -> None:
+    key = await _device_key(pg_pool, redis_client, tenant, "dev-1")
+    assert key.secret.startswith("gkd_")
+    assert await _status(session, edge, tenant, "dev-1", X_Api_Key=key.secret) == 200
+    assert await _status(session, edge, tenant, "dev-1",
+                         Authorization=f"Bearer {key.secret}") == 200
+    assert await _status(session, edge, tenant, "dev-1",
+                         Authorization=f"bearer {key.secret}") == 200
+    assert upstream.by_device["dev-1"] == 3
+
+
+async def test_personal_access_token_is_accepted_for_any_device(
+    edge: EdgeServer, upstream: CountingUpstream, session: aiohttp.ClientSession,
+    pg_pool: asyncpg.Pool, redis_client: aioredis.Redis, tenant: str,
+) -> None:
+    pat = await _pat(pg_pool, redis_client, tenant)
+    assert pat.secret.startswith("gkp_")
+    for device in ("dev-a", "dev-b", None):
+        assert await _status(session, edge, tenant, device,
+                             Authorization=f"Bearer {pat.secret}") == 200
+    assert await _status(session, edge, tenant, "dev-a", X_Api_Key=pat.secret) == 200
+    assert upstream.requests == 4
+
+
+async def _assert_401(session: aiohttp.ClientSession, edge: EdgeServer, tenant: str,
+                      device: str | None, **headers: str) -> None:
+    status, response = await _call(session, edge, tenant, device, **headers)
+    assert status == 401, headers
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    assert response.headers["Content-Type"] == PROBLEM
+
+
+async def test_missing_wrong_or_foreign_keys_are_401_and_not_forwarded(
+    edge: EdgeServer, upstream: CountingUpstream, session: aiohttp.ClientSession,
+    pg_pool: asyncpg.Pool, redis_client: aioredis.Redis, tenant: str,
+) -> None:
+    key = await _device_key(pg_pool, redis_client, tenant, "dev-1")
+    pat = await _pat(pg_pool, redis_client, tenant)
+    other_tenant_key = await _device_key(pg_pool, redis_client, tenant + "o", "dev-1")
+    other_tenant_pat = await _pat(pg_pool, redis_client, tenant + "o")
+    await _assert_401(session, edge, tenant, "dev-1")
+    await _assert_401(session, edge, tenant, None)
+    await _assert_401(session, edge, tenant, "dev-1", Authorization="Bearer ")
+    await _assert_401(session, edge, tenant, "dev-1", Authorization=f"Basic {key.secret}")
+    await _assert_401(session, edge, tenant, "dev-1", X_Api_Key="gkd_" + "A" * 43)
+    await _assert_401(session, edge, tenant, "dev-1", X_Api_Key=key.secret + "x")
+    # A key of another tenant, even for the same device id.
+    await _assert_401(session, edge, tenant, "dev-1", X_Api_Key=other_tenant_key.secret)
+    await _assert_401(session, edge, tenant, "dev-1",
+                      Authorization=f"Bearer {other_tenant_pat.secret}")
+    # A device key names its device: another device cannot use it.
+    await _assert_401(session, edge, tenant, "dev-2", X_Api_Key=key.secret)
+    assert upstream.requests == 0
+    # The same keys where they belong.
+    assert await _status(session, edge, tenant, "dev-1", X_Api_Key=key.secret) == 200
+    assert await _status(session, edge, tenant + "o", "dev-1",
+                         X_Api_Key=other_tenant_key.secret) == 200
+    assert await _status(session, edge, tenant, "dev-2", X_Api_Key=pat.secret) == 200
+
+
+async def _rejection_delay(session: aiohttp.ClientSession, edge: EdgeServer, tenant: str,
+                           device: str, secret: str, revoke: asyncio.Task[object]) -> float:
+    """Seconds from ``revoke`` finishing until the key is first refused (polled back to back
+    from before the revocation started)."""
+    stop_at = time.perf_counter() + 5.0
+    revoked_at: float | None = None
+    while time.perf_counter() < stop_at:
+        status = await _status(session, edge, tenant, device, X_Api_Key=secret)
+        seen = time.perf_counter()
+        if revoke.done() and revoked_at is None:
+            revoked_at = seen
+        if status == 401 and revoke.done():
+            await revoke
+            assert revoked_at is not None
+            return max(0.0, seen - revoked_at)
+    return float("inf")
+
+
+async def test_revoked_keys_are_refused_within_a_second(
+    edge: EdgeServer, upstream: CountingUpstream, session: aiohttp.ClientSession,
+    pg_pool: asyncpg.Pool, redis_client: aioredis.Redis, tenant: str,
+) -> None:
+    key = await _device_key(pg_pool, redis_client, tenant, "dev-1")
+    pat = await _pat(pg_pool, redis_client, tenant)
+    for issued, device in ((key, "dev-1"), (pat, "dev-2")):
+        # Cached at the edge first: revocation must evict it, not wait for a miss.
+        assert await _status(session, edge, tenant, device, X_Api_Key=issued.secret) == 200
+        revoke: asyncio.Task[object] = asyncio.create_task(
+            store.revoke_key(pg_pool, redis_client, tenant, issued.key_id))
+        seconds = await _rejection_delay(session, edge, tenant, device, issued.secret, revoke)
+        print(f"\n[propagation] revoke ({device}): {seconds * 1000:.1f} ms")
+        assert seconds <= LIMIT_SECONDS
+        reached = upstream.requests
+        await _assert_401(session, edge, tenant, device, X_Api_Key=issued.secret)
+        assert upstream.requests == reached
+
+
+async def test_expired_keys_are_refused(
+    edge: EdgeServer, session: aiohttp.ClientSession, pg_pool: asyncpg.Pool,
+    redis_client: aioredis.Redis, tenant: str,
+) -> None:
+    now = datetime.now(UTC)
+    expired = await _device_key(pg_pool, redis_client, tenant, "dev-1", now - timedelta(hours=1))
+    await _assert_401(session, edge, tenant, "dev-1", X_Api_Key=expired.secret)
+    # A key that expires while cached at the edge stops working at its expiry.
+    expiring = await _device_key(pg_pool, redis_client, tenant, "dev-2",
+                                 now + timedelta(seconds=1.0))
+    assert await _status(session, edge, tenant, "dev-2", X_Api_Key=expiring.secret) == 200
+
+    async def refused() -> bool:
+        return await _status(session, edge, tenant, "dev-2", X_Api_Key=expiring.secret) == 401
+
+    assert await eventually(refused, 3.0, 0.02)
+    assert datetime.now(UTC) >= now + timedelta(seconds=1.0)
+
+
+async def test_grace_period_keeps_the_old_key_valid_then_refuses_it(
+    edge: EdgeServer, session: aiohttp.ClientSession, pg_pool: asyncpg.Pool,
+    redis_client: aioredis.Redis, tenant: str,
+) -> None:
+    old = await _device_key(pg_pool, redis_client, tenant, "dev-1")
+    assert await _status(session, edge, tenant, "dev-1", X_Api_Key=old.secret) == 200
+    grace = 1.5
+    started = time.monotonic()
+    assert await store.revoke_device_keys(pg_pool, redis_client, tenant, "dev-1",
+                                          grace_seconds=grace) == 1
+    new = await _device_key(pg_pool, redis_client, tenant, "dev-1")
+    # Within the grace period both keys work (a device switching over mid-flight).
+    assert await _status(session, edge, tenant, "dev-1", X_Api_Key=old.secret) == 200
+    assert await _status(session, edge, tenant, "dev-1", X_Api_Key=new.secret) == 200
+    assert time.monotonic() - started < grace  # the checks above ran inside the period
+
+    async def refused() -> bool:
+        return await _status(session, edge, tenant, "dev-1", X_Api_Key=old.secret) == 401
+
+    assert await eventually(refused, grace + LIMIT_SECONDS, 0.02)
+    assert time.monotonic() - started >= grace - 0.05  # not before the period ended
+    assert await _status(session, edge, tenant, "dev-1", X_Api_Key=new.secret) == 200
+
+
+def _redis_port(stores: Stores) -> int:
+    return int(stores.redis_url.rsplit(":", 1)[1].split("/")[0])
+
+
+async def test_revocation_missed_during_a_connection_blip_is_caught_on_reconnect(
+    stores: Stores, edge_factory: EdgeFactory, upstream: CountingUpstream,
+    session: aiohttp.ClientSession, pg_pool: asyncpg.Pool, redis_client: aioredis.Redis,
+    tenant: str,
+) -> None:
+    async with FaultProxy("127.0.0.1", _redis_port(stores)) as fault:
+        edge = await edge_factory(upstream=upstream.url, auth_mode="enforce",
+                                  redis_url=fault.url, blocklist_resync_seconds=300)
+        key = await _device_key(pg_pool, redis_client, tenant, "dev-1")
+        assert await _status(session, edge, tenant, "dev-1", X_Api_Key=key.secret) == 200
+        await fault.blackhole()  # the revocation's message is lost on the way to the edge
+        assert await store.revoke_key(pg_pool, redis_client, tenant, key.key_id)
+        assert await _status(session, edge, tenant, "dev-1", X_Api_Key=key.secret) == 200
+        await fault.reset()  # the edge reconnects at once; it must not trust its cache
+
+        async def refused() -> bool:
+            return await _status(session, edge, tenant, "dev-1", X_Api_Key=key.secret) == 401
+
+        assert await eventually(refused, 5.0)
+
+
+async def test_key_lookup_survives_a_dropped_redis_connection(
+    stores: Stores, edge_factory: EdgeFactory, upstream: CountingUpstream,
+    session: aiohttp.ClientSession, pg_pool: asyncpg.Pool, redis_client: aioredis.Redis,
+    tenant: str,
+) -> None:
+    """A pooled connection that died (Redis restarted, an idle connection cut) costs a
+    reconnect, not a 503 to the request that happened to draw it."""
+    async with FaultProxy("127.0.0.1", _redis_port(stores)) as fault:
+        edge = await edge_factory(upstream=upstream.url, auth_mode="enforce",
+                                  redis_url=fault.url)
+        first = await _device_key(pg_pool, redis_client, tenant, "dev-1")
+        assert await _status(session, edge, tenant, "dev-1", X_Api_Key=first.secret) == 200
+        await fault.reset()
+        second = await _device_key(pg_pool, redis_client, tenant, "dev-2")  # not cached yet
+        assert await _status(session, edge, tenant, "dev-2", X_Api_Key=second.secret) == 200
+
+
+async def test_a_lookup_in_flight_during_a_revocation_is_not_cached(
+    stores: Stores, pg_pool: asyncpg.Pool, redis_client: aioredis.Redis, tenant: str,
+) -> None:
+    """The race: the cache asks Redis, Redis answers "valid", the revocation event arrives,
+    then the answer. The answer may serve that one request, but must not stay cached."""
+    key = await _device_key(pg_pool, redis_client, tenant, "dev-1")
+    async with FaultProxy("127.0.0.1", _redis_port(stores)) as fault:
+        client = open_redis(fault.url)
+        try:
+            cache = KeyCache(client, max_entries=100, pepper=None)
+            digest = cache.digest(key.secret)
+            await client.ping()  # connected before the race starts
+            fault.hold()
+            lookup = asyncio.create_task(cache.grant(digest))
+
+            async def answered_by_redis() -> bool:
+                return bool(fault.held)
+
+            assert await eventually(answered_by_redis, 2.0)
+            assert await store.revoke_key(pg_pool, redis_client, tenant, key.key_id)
+            cache.on_event(EdgeEvent("revoke", digest))  # as the mirror delivers it
+            fault.release()
+            assert (await lookup) is not None  # Redis's answer from before the revocation
+            assert await client.hget(edgeview.KEYS_HASH, digest) is None
+            assert await cache.grant(digest) is None
+        finally:
+            await client.aclose()
