@@ -218,7 +218,7 @@ async def test_two_workers_serve_and_metrics_sum_both(
             # Workers publish their request counts every 0.5 s (off the hot path): poll.
             (metrics_dir,) = tmp_path.glob("gatekeeper-metrics-*/metrics")
 
-            async def counted(outcome: str, total: int) -> bool:
+            async def counted(outcome: str, total: float) -> bool:
                 summed = await metric_value(session, proc.metrics_port,
                                             "gatekeeper_requests_total", {"outcome": outcome})
                 per_worker = _per_worker_counts(metrics_dir, outcome, tmp_path)
