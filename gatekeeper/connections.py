@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncpg
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 __all__ = ["open_pg_pool", "open_redis"]
 
@@ -23,12 +26,17 @@ async def open_pg_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> as
 
 
 def open_redis(url: str) -> aioredis.Redis:
-    """A client with short timeouts: the edge must notice an outage quickly, not hang on it."""
+    """A client with short timeouts: the edge must notice an outage quickly, not hang on it.
+
+    One immediate retry on a broken connection: after a Redis restart or a dropped idle
+    connection, a pooled connection fails once and is replaced instead of failing the command.
+    Timeouts are not retried (they would double)."""
     client: aioredis.Redis = aioredis.from_url(
         url,
         decode_responses=True,
         socket_connect_timeout=2.0,
         socket_timeout=5.0,
         health_check_interval=10,
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     )
     return client

@@ -16,9 +16,6 @@ from urllib.parse import urlsplit
 
 import asyncpg
 from aiohttp import web
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gatekeeper import metrics
 from gatekeeper.blocklist import BlocklistMirror
@@ -58,10 +55,6 @@ class EdgeServer:
         s = self.settings
         assert s.database_url and s.redis_url and s.upstream
         self.redis = open_redis(s.redis_url)
-        # One immediate retry on a broken connection: after a Redis restart or a dropped idle
-        # connection, the pooled connection fails once and is replaced, instead of failing a
-        # request (a key look-up would answer 503). Timeouts are not retried: they would double.
-        self.redis.set_retry(Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)))
         # min_size=0: the proxy starts (and serves) even while Postgres is down.
         self._pool = await open_pg_pool(s.database_url, min_size=0, max_size=4)
         self.keys = (KeyCache(self.redis, max_entries=s.key_cache_size, pepper=s.key_pepper)

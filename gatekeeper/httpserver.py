@@ -24,7 +24,8 @@ import httptools
 
 from gatekeeper.problem import problem_body
 
-__all__ = ["ClientConnection", "HttpServer", "Request", "RequestBody", "simple_response"]
+__all__ = ["BadRequestBody", "ClientConnection", "HttpServer", "Request", "RequestBody",
+           "simple_response"]
 
 _log = logging.getLogger(__name__)
 
@@ -49,10 +50,14 @@ def simple_response(status: int, reason: str, body: bytes, content_type: bytes,
         % len(body), extra, b"Connection: close\r\n" if close else b"", b"\r\n", body))
 
 
+class BadRequestBody(Exception):
+    """The request body broke HTTP framing after its head was accepted (answer 400)."""
+
+
 class RequestBody:
     """A request body as it arrives, with back-pressure on the client connection."""
 
-    __slots__ = ("_chunks", "_conn", "_done", "_size", "_waiter", "received")
+    __slots__ = ("_chunks", "_conn", "_done", "_error", "_size", "_waiter", "received")
 
     def __init__(self, conn: ClientConnection) -> None:
         self._conn = conn
@@ -60,6 +65,7 @@ class RequestBody:
         self._size = 0
         self._done = False
         self._waiter: asyncio.Future[None] | None = None
+        self._error: BadRequestBody | None = None
         self.received = 0
 
     def _feed(self, chunk: bytes) -> None:
@@ -72,6 +78,10 @@ class RequestBody:
 
     def _finish(self) -> None:
         self._done = True
+        self._wake()
+
+    def _fail(self, error: BadRequestBody) -> None:
+        self._error = error
         self._wake()
 
     def _wake(self) -> None:
@@ -90,6 +100,8 @@ class RequestBody:
                 if self._size < _LOW_WATER:
                     self._conn._resume_reading()
                 yield chunk
+            if self._error is not None:
+                raise self._error
             if self._done:
                 return
             if self._conn.closed:
@@ -106,7 +118,7 @@ class Request:
     name to its last value."""
 
     __slots__ = ("body", "chunked", "content_length", "headers", "keep_alive", "lookup", "method",
-                 "raw_path", "upgrade", "version")
+                 "raw_path", "repeated", "upgrade", "version")
 
     def __init__(self, method: str, raw_path: str, version: str,
                  headers: list[tuple[bytes, bytes]], lookup: dict[bytes, bytes],
@@ -119,6 +131,7 @@ class Request:
         self.keep_alive = keep_alive
         self.upgrade = upgrade
         self.body: RequestBody | None = None
+        self.repeated: set[bytes] = set()  # lower-case names sent more than once
         length = lookup.get(b"content-length")
         self.content_length = int(length) if length is not None else None
         self.chunked = b"transfer-encoding" in lookup
@@ -128,6 +141,7 @@ class ClientConnection(asyncio.Protocol):
     """One client connection: parses requests, runs the handler for each in order."""
 
     __slots__ = (
+        "_broken",
         "_busy",
         "_drain",
         "_handler",
@@ -138,6 +152,7 @@ class ClientConnection(asyncio.Protocol):
         "_parsing",
         "_paused",
         "_queue",
+        "_repeated",
         "_server",
         "_tunnel",
         "_upgrade_buffer",
@@ -159,10 +174,12 @@ class ClientConnection(asyncio.Protocol):
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._lookup: dict[bytes, bytes] = {}
+        self._repeated: set[bytes] = set()
         self._head_bytes = 0
         self._parsing: Request | None = None
         self._queue: collections.deque[Request] = collections.deque()
         self._busy = False  # a request is being answered (by a callback chain or a task)
+        self._broken = False  # the byte stream broke HTTP framing: read no further
         self._paused = False
         self._drain: asyncio.Future[None] | None = None
         self._tunnel: Callable[[bytes | None], None] | None = None
@@ -191,6 +208,8 @@ class ClientConnection(asyncio.Protocol):
         if self._tunnel is not None:
             self._tunnel(data)
             return
+        if self._broken:
+            return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -199,7 +218,14 @@ class ClientConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             # httptools wraps exceptions raised in callbacks; ours says the head is too large.
             cause = exc.__context__
-            if isinstance(cause, _HeadTooLarge):
+            body = self._parsing.body if self._parsing is not None else None
+            if self._busy and body is not None and not body._done:
+                # The head was handed over and its body turned out malformed: the handler is
+                # still the one to answer (400), then the connection closes.
+                self._broken = True
+                self._pause_reading()
+                body._fail(BadRequestBody(f"malformed request body: {exc}"))
+            elif isinstance(cause, _HeadTooLarge):
                 self._reject(431, "Request header fields too large", str(cause))
             else:
                 self._reject(400, "Bad request", f"Malformed HTTP request: {exc}")
@@ -218,6 +244,7 @@ class ClientConnection(asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._lookup = {}
+        self._repeated = set()
         self._head_bytes = 0
         self.busy_since = time.monotonic()
 
@@ -234,7 +261,11 @@ class ClientConnection(asyncio.Protocol):
         if len(self._headers) >= MAX_HEADERS:
             raise _HeadTooLarge(f"more than {MAX_HEADERS} request headers")
         self._headers.append((name, value))
-        self._lookup[name.lower()] = value
+        lname = name.lower()
+        if lname in self._lookup:
+            # Which copy would the upstream believe? Let the handler refuse where it matters.
+            self._repeated.add(lname)
+        self._lookup[lname] = value
 
     def on_headers_complete(self) -> None:
         if self.closed:
@@ -245,6 +276,7 @@ class ClientConnection(asyncio.Protocol):
             parser.get_http_version(), self._headers, self._lookup,
             parser.should_keep_alive() and not self._server.draining, parser.should_upgrade(),
         )
+        request.repeated = self._repeated
         if request.chunked or (request.content_length or 0) > 0:
             request.body = RequestBody(self)
         self._parsing = request

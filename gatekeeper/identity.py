@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from gatekeeper.settings import Settings
@@ -66,7 +67,7 @@ class IdentityReader:
     header names to raw values, as the proxy's server builds it)."""
 
     __slots__ = ("_attribute_headers", "_default_tenant", "_device_header", "_device_key",
-                 "_known_tenants", "_source", "_tenant_key")
+                 "_identity_keys", "_known_tenants", "_source", "_tenant_key")
 
     def __init__(self, settings: Settings) -> None:
         self._device_header = settings.header_device_id
@@ -78,6 +79,9 @@ class IdentityReader:
         self._source = settings.tenant_source
         self._tenant_key = settings.tenant_header.lower().encode("latin-1")
         self._default_tenant = settings.default_tenant
+        self._identity_keys = frozenset(
+            [self._device_key, *(key for _, key in self._attribute_headers)]
+            + ([self._tenant_key] if self._source == "header" else []))
         # Tenants already validated: a handful of strings seen over and over.
         self._known_tenants: set[str] = set()
 
@@ -100,8 +104,15 @@ class IdentityReader:
                 self._known_tenants.add(tenant)
         return tenant
 
-    def read(self, raw_path: str, headers: Mapping[bytes, bytes]) -> Identity:
-        """The caller's identity; raises :class:`IdentityError` for values the edge refuses."""
+    def read(self, raw_path: str, headers: Mapping[bytes, bytes],
+             repeated: AbstractSet[bytes] = frozenset()) -> Identity:
+        """The caller's identity; raises :class:`IdentityError` for values the edge refuses.
+
+        ``repeated`` names headers sent more than once: for an identity header that is refused,
+        since the edge would check one copy while the upstream might believe the other."""
+        if repeated and not repeated.isdisjoint(self._identity_keys):
+            name = next(iter(repeated & self._identity_keys)).decode("latin-1")
+            raise IdentityError(name, f"{name} must not be repeated")
         tenant = self.tenant(raw_path, headers)
         raw_id = headers.get(self._device_key)
         if raw_id is None:

@@ -16,9 +16,10 @@ from redis.exceptions import RedisError
 
 from gatekeeper import metrics
 from gatekeeper.blocklist import BLOCKED, BlocklistMirror
+from gatekeeper.edgeview import KeyGrant
 from gatekeeper.forward import RequestHeadBuilder, RequestIds, response_head
-from gatekeeper.httpserver import ClientConnection, Request, simple_response
-from gatekeeper.identity import IdentityError, IdentityReader
+from gatekeeper.httpserver import BadRequestBody, ClientConnection, Request, simple_response
+from gatekeeper.identity import Identity, IdentityError, IdentityReader
 from gatekeeper.keycache import KeyCache
 from gatekeeper.problem import PROBLEM_CONTENT_TYPE, problem_body
 from gatekeeper.recorder import ActivityRecorder
@@ -45,6 +46,7 @@ _UPSTREAM_DURATION = metrics.HotHistogram(metrics.UPSTREAM_DURATION)
 _PROBLEM = PROBLEM_CONTENT_TYPE.encode()
 _BEARER = b"bearer "
 _NO_BODY_STATUSES = frozenset({204, 304})
+_CREDENTIAL_HEADERS = frozenset({b"x-api-key", b"authorization"})
 
 
 def _problem(conn: ClientConnection, request: Request, status: int, title: str, detail: str,
@@ -93,21 +95,27 @@ class EdgeHandler:
         host = upstream.host if upstream.port == 80 else f"{upstream.host}:{upstream.port}"
         self._heads = RequestHeadBuilder(host, trust_forwarded=settings.trust_forwarded_headers)
         self._request_ids = RequestIds()
-        self._device_key = settings.header_device_id.lower().encode("latin-1")
 
     def __call__(self, request: Request, conn: ClientConnection) -> None:
         """Answer ``request``. The common case (a body-less request, an idle upstream connection)
         runs on protocol callbacks alone; anything that must wait continues in a task."""
         started = time.perf_counter()
-        if not self._admit(request, conn):
+        identity = self._identify(request, conn)
+        if identity is None:
             self._done(request, conn, started)
             return
-        if self._keys is not None or request.body is not None or request.upgrade:
-            conn.spawn(request, self._slow_path(request, conn, started))
+        if self._keys is not None:
+            # Enforce mode: the key is checked before anything else is said about the device.
+            conn.spawn(request, self._enforced(request, conn, identity, started))
             return
-        upstream = self._upstream.idle_connection()
+        if not self._admit(request, conn, identity):
+            self._done(request, conn, started)
+            return
+        upstream = None
+        if request.body is None and not request.upgrade:
+            upstream = self._upstream.idle_connection()
         if upstream is None:
-            conn.spawn(request, self._slow_path(request, conn, started))
+            conn.spawn(request, self._proceed(request, conn, started))
             return
         req_id = self._request_ids(request.lookup.get(b"x-request-id"))
         sent = time.perf_counter()
@@ -120,7 +128,7 @@ class EdgeHandler:
                     else:
                         # A kept-alive connection that died before answering: the request was
                         # never acted on, so the task path sends it again on another one.
-                        conn.spawn(request, self._forward_from(request, conn, req_id, started))
+                        conn.spawn(request, self._proceed(request, conn, started, req_id))
                         return
                 elif self._respond(request, conn, response, req_id, sent):
                     conn.spawn(request, self._stream_response(request, conn, response, req_id))
@@ -137,47 +145,53 @@ class EdgeHandler:
         _REQUEST_DURATION.observe(time.perf_counter() - started)
         conn.request_done(request)
 
-    async def _slow_path(self, request: Request, conn: ClientConnection, started: float) -> None:
+    async def _enforced(self, request: Request, conn: ClientConnection, identity: Identity,
+                        started: float) -> None:
         try:
-            if self._keys is not None and not await self._authorized(
-                    request, conn, self._identity.tenant(request.raw_path, request.lookup),
-                    self._device_id(request)):
+            grant = await self._authorized(request, conn, identity)
+            if grant is None:
                 return
+            if identity.device_id is None and grant.device_id is not None:
+                # A device key without X-Device-Id: the key says which device is calling, so
+                # its block applies (and its activity is recorded).
+                identity = Identity(identity.tenant_id, grant.device_id, identity.attributes)
+            if self._admit(request, conn, identity):
+                await self._proceed(request, conn, started)
+        finally:
+            _REQUEST_DURATION.observe(time.perf_counter() - started)
+
+    async def _proceed(self, request: Request, conn: ClientConnection, started: float,
+                       req_id: bytes | None = None) -> None:
+        """Forward (or upgrade) an admitted request, in a task."""
+        try:
             if request.upgrade:
                 await self._upgrade(request, conn)
                 return
-            req_id = self._request_ids(request.lookup.get(b"x-request-id"))
-            await self._forward(request, conn, req_id)
+            await self._forward(request, conn,
+                                req_id or self._request_ids(request.lookup.get(b"x-request-id")))
         except (ConnectionError, OSError):
             conn.close()  # the client went away; nothing to answer
         finally:
-            _REQUEST_DURATION.observe(time.perf_counter() - started)
+            if self._keys is None:
+                _REQUEST_DURATION.observe(time.perf_counter() - started)
 
-    async def _forward_from(self, request: Request, conn: ClientConnection, req_id: bytes,
-                            started: float) -> None:
+    def _identify(self, request: Request, conn: ClientConnection) -> Identity | None:
+        """Who is calling, or None after answering 400 (bad identity) or 503 (no mirror yet)."""
         try:
-            await self._forward(request, conn, req_id)
-        finally:
-            _REQUEST_DURATION.observe(time.perf_counter() - started)
-
-    def _device_id(self, request: Request) -> str | None:
-        raw = request.lookup.get(self._device_key)
-        return None if raw is None else raw.decode("latin-1")
-
-    def _admit(self, request: Request, conn: ClientConnection) -> bool:
-        """Identity, denial, activity and size checks; answers and returns False to refuse."""
-        lookup = request.lookup
-        try:
-            identity = self._identity.read(request.raw_path, lookup)
+            identity = self._identity.read(request.raw_path, request.lookup, request.repeated)
         except IdentityError as exc:
             _INVALID.inc()
             _problem(conn, request, 400, "Invalid device identification", exc.detail)
-            return False
+            return None
         if not self._mirror.loaded and not self._fail_open:
             _UNAVAILABLE.inc()
             _problem(conn, request, 503, "Service unavailable", "The blocklist is not loaded yet.",
                      b"Retry-After: 1\r\n")
-            return False
+            return None
+        return identity
+
+    def _admit(self, request: Request, conn: ClientConnection, identity: Identity) -> bool:
+        """Activity, denial and size checks; answers and returns False to refuse."""
         device_id = identity.device_id
         if device_id is not None:
             key = (identity.tenant_id, device_id)
@@ -201,9 +215,15 @@ class EdgeHandler:
             return False
         return True
 
-    async def _authorized(self, request: Request, conn: ClientConnection, tenant_id: str,
-                          device_id: str | None) -> bool:
+    async def _authorized(self, request: Request, conn: ClientConnection,
+                          identity: Identity) -> KeyGrant | None:
+        """The grant of the presented key, or None after answering 401 (or 503)."""
         assert self._keys is not None
+        if request.repeated and not request.repeated.isdisjoint(_CREDENTIAL_HEADERS):
+            _UNAUTHORIZED.inc()
+            _problem(conn, request, 401, "Unauthorized", "Send one credential, once.",
+                     b"WWW-Authenticate: Bearer\r\n")
+            return None
         secret = request.lookup.get(b"x-api-key")
         if secret is None:
             auth = request.lookup.get(b"authorization", b"")
@@ -214,7 +234,7 @@ class EdgeHandler:
             _problem(conn, request, 401, "Unauthorized",
                      "An API key or personal access token is required.",
                      b"WWW-Authenticate: Bearer\r\n")
-            return False
+            return None
         digest = self._keys.digest(secret.decode("latin-1"))
         try:
             grant = await self._keys.grant(digest)
@@ -222,16 +242,17 @@ class EdgeHandler:
             _UNAVAILABLE.inc()
             _problem(conn, request, 503, "Service unavailable", "Keys cannot be checked right now.",
                      b"Retry-After: 1\r\n")
-            return False
-        if (grant is None or grant.tenant_id != tenant_id
+            return None
+        device_id = identity.device_id
+        if (grant is None or grant.tenant_id != identity.tenant_id
                 or (grant.device_id is not None and device_id is not None
                     and grant.device_id != device_id)):
             _UNAUTHORIZED.inc()
             _problem(conn, request, 401, "Unauthorized", "The key is not valid for this request.",
                      b"WWW-Authenticate: Bearer\r\n")
-            return False
+            return None
         self._recorder.note_key_use(digest)
-        return True
+        return grant
 
     def _head(self, request: Request, conn: ClientConnection, req_id: bytes,
               upgrade: bool = False) -> bytes:
@@ -268,6 +289,10 @@ class EdgeHandler:
             _TOO_LARGE.inc()
             _problem(conn, request, 413, "Request body too large",
                      f"The body limit is {self._max_body} bytes.", close=True)
+            return
+        except BadRequestBody as exc:
+            _INVALID.inc()
+            _problem(conn, request, 400, "Bad request", str(exc), close=True)
             return
         except UpstreamError as exc:
             self._upstream_failed(request, conn, exc)

@@ -127,11 +127,6 @@ async def test_values_at_the_limits_are_forwarded(
     assert answer.status == 200 and upstream.requests == 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug in gatekeeper/httpserver.py (ClientConnection.on_header keeps the last value of a "
-    "repeated header in the look-up table; aiohttp kept the first) and gatekeeper/proxy.py: a "
-    "repeated X-Device-Id is not refused, so the edge checks one value while the upstream "
-    "receives both; a blocked device gets through by adding a second header"))
 @pytest.mark.parametrize("order", ["blocked first", "blocked last"])
 async def test_repeated_device_id_header_is_refused(
     order: str, edge: EdgeServer, upstream: CountingUpstream, tenant: str,
@@ -148,10 +143,6 @@ async def test_repeated_device_id_header_is_refused(
     assert answer.status == 400 and answer.headers["content-type"] == PROBLEM
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug in gatekeeper/httpserver.py: a body framing error found after the head was handed to "
-    "the proxy closes the client connection without any answer (expected 400); the upstream "
-    "gets the head and a reset"))
 async def test_bad_chunk_framing_is_answered_400_and_never_completes_upstream(
     edge: EdgeServer, upstream: CountingUpstream, tenant: str,
 ) -> None:

@@ -285,3 +285,52 @@ async def test_a_lookup_in_flight_during_a_revocation_is_not_cached(
             assert await cache.grant(digest) is None
         finally:
             await client.aclose()
+
+
+async def test_key_is_checked_before_the_block_is_revealed(
+    edge: EdgeServer, upstream: CountingUpstream, session: aiohttp.ClientSession,
+    pg_pool: asyncpg.Pool, redis_client: aioredis.Redis, tenant: str,
+) -> None:
+    key = await _device_key(pg_pool, redis_client, tenant, "blk-1")
+    await store.set_blocked(pg_pool, redis_client, tenant, "blk-1", True, create=True)
+
+    async def denied() -> bool:
+        return await _status(session, edge, tenant, "blk-1", X_Api_Key=key.secret) == 403
+
+    assert await eventually(denied, LIMIT_SECONDS)
+    # Without a key, the caller learns nothing about the device: 401, not 403.
+    assert await _status(session, edge, tenant, "blk-1") == 401
+    assert await _status(session, edge, tenant, "blk-1", X_Api_Key="gkd_wrong") == 401
+    assert upstream.requests == 0
+
+
+async def test_device_key_without_device_header_still_obeys_the_block(
+    edge: EdgeServer, upstream: CountingUpstream, session: aiohttp.ClientSession,
+    pg_pool: asyncpg.Pool, redis_client: aioredis.Redis, tenant: str,
+) -> None:
+    key = await _device_key(pg_pool, redis_client, tenant, "blk-2")
+    assert await _status(session, edge, tenant, None, X_Api_Key=key.secret) == 200
+    await store.set_blocked(pg_pool, redis_client, tenant, "blk-2", True, create=True)
+
+    async def denied() -> bool:
+        return await _status(session, edge, tenant, None, X_Api_Key=key.secret) == 403
+
+    assert await eventually(denied, LIMIT_SECONDS)
+
+
+async def test_a_repeated_credential_header_is_refused(
+    edge: EdgeServer, upstream: CountingUpstream, pg_pool: asyncpg.Pool,
+    redis_client: aioredis.Redis, tenant: str,
+) -> None:
+    key = await _device_key(pg_pool, redis_client, tenant, "dup-1")
+    reader, writer = await asyncio.open_connection("127.0.0.1", edge.proxy_port)
+    try:
+        writer.write(f"GET /api/{tenant}/x HTTP/1.1\r\nHost: e\r\nX-Device-Id: dup-1\r\n"
+                     f"X-Api-Key: {key.secret}\r\nX-Api-Key: other\r\nConnection: close\r\n\r\n"
+                     .encode())
+        answer = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    assert answer.startswith(b"HTTP/1.1 401 ")
+    assert upstream.requests == 0
