@@ -11,13 +11,20 @@ Both phases take their row locks in key order, and phase 1 only waits for other 
 same new keys, so several workers or nodes flushing overlapping devices queue instead of
 deadlocking. Timestamps only move forward (``GREATEST``), so a late flush never rewinds a device,
 and an attribute sighting older than the stored one is never applied (``attributes_seen_at``).
-Times travel as epoch seconds (``float8``) and become ``timestamptz`` in SQL; history documents
-and changed-field lists are built in SQL too, so Python only lays out parallel arrays.
+Devices a worker has already written skip phase 1 (``known``): in steady state a flush is only
+phase 2.
+
+Rows travel as one JSON text parameter per statement (an array of arrays), not as parallel
+``unnest`` arrays: asyncpg encodes arrays element by element in Python-level code, while
+``json.dumps`` is C, and the parsing then happens in Postgres, on another core than the proxy's.
+Times travel as epoch seconds and become ``timestamptz`` in SQL; history documents and
+changed-field lists are built in SQL too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import json
+from collections.abc import Container, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import asyncpg
@@ -33,18 +40,22 @@ DeviceKey = tuple[str, str]
 _Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
 
-def _arrays(types: Sequence[str], first: int) -> str:
-    """``$n::type[]`` parameters for ``unnest``, numbered from ``first``."""
-    return ", ".join(f"${first + i}::{kind}[]" for i, kind in enumerate(types))
+def _columns(names: str, types: Sequence[str]) -> str:
+    """``(e->>0)::type AS name, …`` for rows sent as a JSON array of arrays."""
+    return ", ".join(f"(e->>{i})::{kind} AS {name}"
+                     for i, (name, kind) in enumerate(zip(names.split(), types, strict=True)))
 
 
 # A device row: tenant, device, the six attributes, attributes seen at, first seen, last active,
 # last upload (times as epoch seconds).
-_DEVICE_TYPES = ("text",) * 8 + ("float8",) * 4
+_DEVICE_ROWS = "SELECT {cols} FROM json_array_elements(${n}::json) AS x(e)".replace(
+    "{cols}", _columns("t d a v o ov m mo seen first_seen last_active last_upload",
+                       ("text",) * 8 + ("float8",) * 4))
 # A history record: tenant, device, seen at, is-first-sighting, the six previous attributes, the
 # six current attributes.
-_HISTORY_TYPES = ("text", "text", "float8", "bool") + ("text",) * 12
-_DEVICE_ARGS = _arrays(_DEVICE_TYPES, 1)
+_HISTORY_INPUT = "SELECT {cols} FROM json_array_elements(${n}::json) AS x(e)".replace(
+    "{cols}", _columns("t d r first pa pv po pov pm pmo ca cv co cov cm cmo",
+                       ("text", "text", "float8", "bool") + ("text",) * 12))
 
 _HISTORY_ROWS = """
 SELECT h.t, h.d, to_timestamp(h.r),
@@ -61,14 +72,13 @@ SELECT h.t, h.d, to_timestamp(h.r),
        jsonb_build_object(
            'application', h.ca, 'applicationVersion', h.cv, 'os', h.co, 'osVersion', h.cov,
            'manufacturer', h.cm, 'model', h.cmo)
-FROM unnest({args}) AS h(t, d, r, first, pa, pv, po, pov, pm, pmo, ca, cv, co, cov, cm, cmo)
+FROM ({rows}) AS h
 """
 
 # Phase 1. The keys come sorted; ORDER BY ordinality keeps the insert (and its locks) in that order.
 _INSERT_NEW = f"""
 WITH input AS (
-    SELECT * FROM unnest({_DEVICE_ARGS}) WITH ORDINALITY
-        AS x(t, d, a, v, o, ov, m, mo, seen, first_seen, last_active, last_upload, i)
+    SELECT rows.*, row_number() OVER () AS i FROM ({_DEVICE_ROWS.format(n=1)}) AS rows
 ), inserted AS (
     INSERT INTO devices (tenant_id, device_id, application, application_version, os, os_version,
                          manufacturer, model, attributes_seen_at, first_seen_at, last_active_at,
@@ -81,7 +91,7 @@ WITH input AS (
 ), history AS (
     INSERT INTO device_history (tenant_id, device_id, recorded_at, changed_fields, previous,
                                 current)
-    SELECT rows.* FROM ({_HISTORY_ROWS.format(args=_arrays(_HISTORY_TYPES, 13))}) AS rows
+    SELECT rows.* FROM ({_HISTORY_ROWS.format(rows=_HISTORY_INPUT.format(n=2))}) AS rows
     JOIN inserted ON inserted.tenant_id = rows.t AND inserted.device_id = rows.d
 )
 SELECT i - 1 FROM input
@@ -94,7 +104,8 @@ _LOCK_CURRENT = """
 SELECT d.tenant_id, d.device_id, d.application, d.application_version, d.os, d.os_version,
        d.manufacturer, d.model, extract(epoch FROM d.attributes_seen_at)::float8
 FROM devices d
-JOIN unnest($1::text[], $2::text[]) AS k(tenant_id, device_id) USING (tenant_id, device_id)
+JOIN (SELECT e->>0 AS tenant_id, e->>1 AS device_id FROM json_array_elements($1::json) AS x(e))
+    AS k USING (tenant_id, device_id)
 ORDER BY d.tenant_id, d.device_id
 FOR UPDATE OF d
 """
@@ -107,8 +118,7 @@ INSERT INTO devices AS d (tenant_id, device_id, application, application_version
                           last_data_upload_at)
 SELECT t, d, a, v, o, ov, m, mo, to_timestamp(seen), to_timestamp(first_seen),
        to_timestamp(last_active), to_timestamp(last_upload)
-FROM unnest({_DEVICE_ARGS})
-    AS x(t, d, a, v, o, ov, m, mo, seen, first_seen, last_active, last_upload)
+FROM ({_DEVICE_ROWS.format(n=1)}) AS x
 ON CONFLICT (tenant_id, device_id) DO UPDATE SET
     application = CASE WHEN EXCLUDED.attributes_seen_at IS NULL THEN d.application
                        ELSE EXCLUDED.application END,
@@ -128,7 +138,7 @@ ON CONFLICT (tenant_id, device_id) DO UPDATE SET
 
 _HISTORY = f"""
 INSERT INTO device_history (tenant_id, device_id, recorded_at, changed_fields, previous, current)
-{_HISTORY_ROWS.format(args=_arrays(_HISTORY_TYPES, 1))}
+{_HISTORY_ROWS.format(rows=_HISTORY_INPUT.format(n=1))}
 """
 
 _KEY_USES = """
@@ -147,24 +157,17 @@ def merge_attributes(new: Attributes, old: Attributes) -> Attributes:
 
 
 class _History:
-    """History records as the 16 parallel arrays of ``_HISTORY_ROWS``."""
+    """History records as the rows of ``_HISTORY_INPUT``."""
 
-    __slots__ = ("columns",)
+    __slots__ = ("rows",)
 
     def __init__(self) -> None:
-        self.columns: list[list[object]] = [[] for _ in range(16)]
+        self.rows: list[list[object]] = []
 
     def add(self, key: DeviceKey, seen: float, previous: Attributes | None,
             current: Attributes) -> None:
-        c = self.columns
-        c[0].append(key[0])
-        c[1].append(key[1])
-        c[2].append(seen)
-        c[3].append(previous is None)
-        for column, value in zip(c[4:10], previous or _NO_ATTRIBUTES, strict=True):
-            column.append(value)
-        for column, value in zip(c[10:], current, strict=True):
-            column.append(value)
+        self.rows.append([key[0], key[1], seen, previous is None, *(previous or _NO_ATTRIBUTES),
+                          *current])
 
     def add_from(self, key: DeviceKey, entry: PendingDevice, state: Attributes | None,
                  stored_seen: float | None) -> tuple[Attributes | None, float | None]:
@@ -180,14 +183,18 @@ class _History:
         return state, applied_at
 
 
-def _device_columns(keys: Sequence[DeviceKey], batch: Mapping[DeviceKey, PendingDevice],
-                    finals: Sequence[tuple[Attributes | None, float | None]]) -> list[list[object]]:
-    entries = [batch[key] for key in keys]
-    attributes = [state or _NO_ATTRIBUTES for state, _ in finals]
-    return [[k[0] for k in keys], [k[1] for k in keys],
-            *(list(column) for column in zip(*attributes, strict=True)),
-            [seen for _, seen in finals], [e.first_seen for e in entries],
-            [e.last_active for e in entries], [e.last_upload for e in entries]]
+def _device_rows(keys: Sequence[DeviceKey], batch: Mapping[DeviceKey, PendingDevice],
+                 finals: Sequence[tuple[Attributes | None, float | None]]) -> str:
+    rows = []
+    for key, (state, seen) in zip(keys, finals, strict=True):
+        entry = batch[key]
+        rows.append([key[0], key[1], *(state or _NO_ATTRIBUTES), seen, entry.first_seen,
+                     entry.last_active, entry.last_upload])
+    return json.dumps(rows, separators=(",", ":"))
+
+
+def _json(rows: list[list[object]]) -> str:
+    return json.dumps(rows, separators=(",", ":"))
 
 
 async def _insert_new(conn: _Connection, keys: list[DeviceKey],
@@ -195,14 +202,14 @@ async def _insert_new(conn: _Connection, keys: list[DeviceKey],
     """Phase 1; returns the keys that already existed (in key order)."""
     history = _History()
     finals = [history.add_from(key, batch[key], None, None) for key in keys]
-    rows = await conn.fetch(_INSERT_NEW, *_device_columns(keys, batch, finals), *history.columns)
+    rows = await conn.fetch(_INSERT_NEW, _device_rows(keys, batch, finals), _json(history.rows))
     return [keys[row[0]] for row in rows]
 
 
 async def _update_known(conn: _Connection, keys: list[DeviceKey],
                         batch: Mapping[DeviceKey, PendingDevice]) -> None:
     """Phase 2: lock, compare with what is stored, upsert, and write the changes."""
-    locked = await conn.fetch(_LOCK_CURRENT, [k[0] for k in keys], [k[1] for k in keys])
+    locked = await conn.fetch(_LOCK_CURRENT, _json([[k[0], k[1]] for k in keys]))
     current = {(r[0], r[1]): r for r in locked}
     history = _History()
     finals = []
@@ -213,18 +220,24 @@ async def _update_known(conn: _Connection, keys: list[DeviceKey],
             None if old is None or stored_seen is None
             else (old[2], old[3], old[4], old[5], old[6], old[7]))
         finals.append(history.add_from(key, batch[key], state, stored_seen))
-    await conn.execute(_UPSERT, *_device_columns(keys, batch, finals))
-    if history.columns[0]:
-        await conn.execute(_HISTORY, *history.columns)
+    await conn.execute(_UPSERT, _device_rows(keys, batch, finals))
+    if history.rows:
+        await conn.execute(_HISTORY, _json(history.rows))
 
 
 async def write_batch(pool: asyncpg.Pool, batch: Mapping[DeviceKey, PendingDevice],
-                      key_uses: Mapping[str, float]) -> None:
+                      key_uses: Mapping[str, float],
+                      known: Container[DeviceKey] | None = None) -> None:
+    """Write ``batch``; devices in ``known`` are already in Postgres (phase 1 skips them)."""
+    keys = sorted(batch)
     async with pool.acquire() as conn, conn.transaction():
-        if batch:
-            known = await _insert_new(conn, sorted(batch), batch)
-            if known:
-                await _update_known(conn, known, batch)
+        if keys:
+            new = keys if known is None else [k for k in keys if k not in known]
+            existing = await _insert_new(conn, new, batch) if new else []
+            if known is not None and len(existing) + len(new) != len(keys):
+                existing = sorted([*existing, *(k for k in keys if k in known)])
+            if existing:
+                await _update_known(conn, existing, batch)
         if key_uses:
             await conn.execute(_KEY_USES, [bytes.fromhex(d) for d in key_uses],
                                list(key_uses.values()))

@@ -67,7 +67,7 @@ class EdgeServer:
         self.recorder = ActivityRecorder(
             self._pool, flush_interval=s.flush_interval_seconds,
             flush_max_devices=s.flush_max_devices, max_pending=s.activity_buffer_max_devices,
-            retry_max_seconds=s.flush_retry_max_seconds,
+            retry_max_seconds=s.flush_retry_max_seconds, touch_interval=s.activity_touch_seconds,
         )
         upstream = urlsplit(s.upstream)
         self.upstream = UpstreamPool(

@@ -35,10 +35,12 @@ _MIN_PART_DEVICES = 1_000
 class PendingDevice:
     """What one device did since the last flush."""
 
-    __slots__ = ("attributes", "changes", "first_seen", "last_active", "last_upload")
+    __slots__ = ("attributes", "changes", "first_seen", "last_active", "last_upload", "news")
 
-    def __init__(self, attributes: Attributes, seen: float, upload: bool) -> None:
+    def __init__(self, attributes: Attributes, seen: float, upload: bool, news: bool) -> None:
         self.attributes = attributes
+        # Anything beyond "still active": first sighting here, an attribute change, an upload.
+        self.news = news
         # (seen at, attributes) for the first sighting in this batch and each change after it.
         self.changes: list[tuple[float, Attributes]] = [(seen, attributes)]
         self.first_seen = seen
@@ -52,15 +54,23 @@ class PendingDevice:
             self.last_upload = max(self.last_upload or 0.0, newer.last_upload)
         self.changes.extend(newer.changes)
         self.attributes = merge_attributes(newer.attributes, self.attributes)
+        self.news = self.news or newer.news
 
 
 class ActivityRecorder:
-    __slots__ = ("_flush_max", "_interval", "_max_pending", "_parallel", "_pending", "_pool",
-                 "_retry_max", "_wake", "dropped", "flushed_rows", "key_uses", "last_flush_ok")
+    __slots__ = ("_flush_max", "_interval", "_known", "_max_pending", "_parallel", "_pending",
+                 "_pool", "_retry_max", "_touch", "_wake", "dropped", "flushed_rows", "key_uses",
+                 "last_flush_ok")
 
     def __init__(self, pool: asyncpg.Pool, *, flush_interval: float, flush_max_devices: int,
-                 max_pending: int, retry_max_seconds: float, flush_connections: int = 2) -> None:
+                 max_pending: int, retry_max_seconds: float, flush_connections: int = 2,
+                 touch_interval: float = 0.0) -> None:
         self._pool = pool
+        # Devices this process has written, with when (monotonic): their flushes skip the
+        # insert-new phase, and a device that only "was active again" is rewritten at most every
+        # ``touch_interval``. Bounded by the buffer size; when full it starts over.
+        self._known: dict[DeviceKey, tuple[float, Attributes]] = {}
+        self._touch = touch_interval
         # Concurrent transactions per flush; keep it within the pool's size.
         self._parallel = max(1, flush_connections)
         self._interval = flush_interval
@@ -85,18 +95,23 @@ class ActivityRecorder:
                 self.dropped += 1
                 metrics.ACTIVITY_DROPPED.inc()
                 return
-            pending[key] = PendingDevice(attributes, now, is_post)
-            if len(pending) >= self._flush_max:
-                self._wake.set()
+            written = self._known.get(key)
+            news = (is_post or written is None
+                    or merge_attributes(attributes, written[1]) != written[1])
+            pending[key] = PendingDevice(attributes, now, is_post, news)
+            if len(pending) % self._flush_max == 0:
+                self._wake.set()  # a batch's worth more (deferred touches may stay behind)
             return
         entry.last_active = now
         if is_post:
             entry.last_upload = now
+            entry.news = True
         if attributes != entry.attributes:
             merged = merge_attributes(attributes, entry.attributes)
             if merged != entry.attributes:
                 entry.attributes = merged
                 entry.changes.append((now, merged))
+                entry.news = True
 
     def note_key_use(self, digest: str) -> None:
         self.key_uses[digest] = time.time()
@@ -105,14 +120,26 @@ class ActivityRecorder:
     def pending(self) -> int:
         return len(self._pending)
 
-    def _take(self) -> dict[DeviceKey, PendingDevice]:
-        if len(self._pending) <= self._flush_max:
-            batch, self._pending = self._pending, {}
-            return batch
-        batch = {}
-        for key in list(self._pending)[: self._flush_max]:
-            batch[key] = self._pending.pop(key)
-        return batch
+    def _take(self, everything: bool = False) -> dict[DeviceKey, PendingDevice]:
+        """The next batch: every device with news, and those only "active again" whose last
+        write is older than the touch interval (all of them when ``everything``)."""
+        pending = self._pending
+        if everything or self._touch <= 0:
+            if len(pending) <= self._flush_max:
+                self._pending = {}
+                return pending
+            keys = list(pending)[: self._flush_max]
+        else:
+            stale_before = time.monotonic() - self._touch
+            known = self._known
+            keys = []
+            for key, entry in pending.items():
+                written = known.get(key)
+                if entry.news or written is None or written[0] <= stale_before:
+                    keys.append(key)
+                    if len(keys) >= self._flush_max:
+                        break
+        return {key: pending.pop(key) for key in keys}
 
     def _put_back(self, batch: dict[DeviceKey, PendingDevice]) -> None:
         """Return a failed batch: older than whatever arrived meanwhile, so it goes first."""
@@ -138,15 +165,17 @@ class ActivityRecorder:
         size = -(-len(keys) // parts)
         return [{key: batch[key] for key in keys[i:i + size]} for i in range(0, len(keys), size)]
 
-    async def flush_once(self) -> int:
+    async def flush_once(self, everything: bool = False) -> int:
         """Write one batch; returns devices written. Raises on a database error (batch kept).
 
         A large batch is written as a few key ranges in concurrent transactions; a range that
         fails goes back to the buffer and the others stay written (writing one again is harmless:
         its timestamps do not move back and its history is not repeated).
         """
-        batch = self._take()
+        batch = self._take(everything)
         uses, self.key_uses = self.key_uses, {}
+        if len(self._known) > self._max_pending:
+            self._known.clear()
         metrics.ACTIVITY_PENDING.set(len(self._pending))
         if not batch and not uses:
             return 0
@@ -155,7 +184,10 @@ class ActivityRecorder:
         written: set[int] = set()
 
         async def write(index: int) -> None:
-            await write_batch(self._pool, parts[index], uses if index == 0 else {})
+            await write_batch(self._pool, parts[index], uses if index == 0 else {}, self._known)
+            now = time.monotonic()
+            self._known.update({key: (now, entry.attributes)
+                                for key, entry in parts[index].items()})
             written.add(index)
 
         try:
@@ -213,7 +245,7 @@ class ActivityRecorder:
         """Flush everything before shutdown, retrying until ``deadline`` (monotonic)."""
         while self._pending or self.key_uses:
             try:
-                await self.flush_once()
+                await self.flush_once(everything=True)
             except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError, TimeoutError) as exc:
                 if time.monotonic() >= deadline:
                     _log.error("shutdown: %d devices could not be flushed: %s", self.pending, exc)

@@ -92,6 +92,7 @@ class Settings:
     flush_max_devices: int = 5_000
     activity_buffer_max_devices: int = 200_000
     flush_retry_max_seconds: float = 10.0
+    activity_touch_seconds: float = 5.0
     shutdown_drain_seconds: float = 10.0
 
     # Admin API.

@@ -110,6 +110,9 @@ def edge_settings(stores: Stores, upstream: str, **overrides: Any) -> Settings:
         "database_url": stores.pg_url, "redis_url": stores.redis_url, "upstream": upstream,
         "proxy_port": 0, "metrics_port": 0, "flush_interval_seconds": 0.05,
         "shutdown_drain_seconds": 5.0,
+        # Every flush writes every device, so tests see each request's effect at once; the
+        # deferral of pure "active again" touches has tests of its own (test_recorder.py).
+        "activity_touch_seconds": 0.0,
     }
     values.update(overrides)
     return Settings(**values)

@@ -178,3 +178,41 @@ async def test_deleting_a_device_deletes_its_history(pg_pool: asyncpg.Pool, tena
                           tenant)
     assert await history(pg_pool, tenant, "gone") == []
     assert len(await history(pg_pool, tenant, "kept")) == 1
+
+
+async def test_pure_touches_are_deferred_but_news_is_not(
+    pg_pool: asyncpg.Pool, tenant: str,
+) -> None:
+    rec = ActivityRecorder(pg_pool, flush_interval=3600.0, flush_max_devices=5_000,
+                           max_pending=50_000, retry_max_seconds=1.0, touch_interval=0.4)
+    for name in ("quiet", "changes", "uploads"):
+        rec.record((tenant, name), ATTRS, False)
+    assert await rec.flush_once() == 3  # first sightings are news
+    first = {name: await device(pg_pool, tenant, name) for name in ("quiet", "changes", "uploads")}
+
+    rec.record((tenant, "quiet"), ATTRS, False)  # only "active again"
+    rec.record((tenant, "changes"), ("App", "2.0", None, None, None, None), False)
+    rec.record((tenant, "uploads"), ATTRS, True)
+    assert await rec.flush_once() == 2  # the touch waits
+    assert (await device(pg_pool, tenant, "quiet"))["last_active_at"] == \
+        first["quiet"]["last_active_at"]
+    assert (await device(pg_pool, tenant, "changes"))["application_version"] == "2.0"
+    assert (await device(pg_pool, tenant, "uploads"))["last_data_upload_at"] is not None
+    assert rec.pending == 1
+
+    await asyncio.sleep(0.45)  # past the touch interval, the touch goes out
+    assert await rec.flush_once() == 1
+    assert (await device(pg_pool, tenant, "quiet"))["last_active_at"] > \
+        first["quiet"]["last_active_at"]
+
+
+async def test_drain_writes_deferred_touches_too(pg_pool: asyncpg.Pool, tenant: str) -> None:
+    rec = ActivityRecorder(pg_pool, flush_interval=3600.0, flush_max_devices=5_000,
+                           max_pending=50_000, retry_max_seconds=1.0, touch_interval=3600.0)
+    rec.record((tenant, "d"), ATTRS, False)
+    await rec.flush_once()
+    before = (await device(pg_pool, tenant, "d"))["last_active_at"]
+    rec.record((tenant, "d"), ATTRS, False)
+    assert await rec.flush_once() == 0
+    assert await rec.drain(time.monotonic() + 5)
+    assert (await device(pg_pool, tenant, "d"))["last_active_at"] > before
