@@ -9,12 +9,13 @@ and periodically) brings Redis back in line. The admin API calls these; so do th
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import Any, Literal
+from typing import Literal
 
 import asyncpg
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from gatekeeper import edgeview
@@ -46,10 +47,16 @@ async def publish(redis: Redis, events: Iterable[EdgeEvent]) -> None:
         await redis.publish(edgeview.CHANNEL, edgeview.encode(event))
 
 
-async def _sync(redis: Redis, apply: Any, events: list[EdgeEvent]) -> None:
+async def _sync(redis: Redis, stage: Callable[[Pipeline], object],
+                events: list[EdgeEvent]) -> None:
+    """Apply ``stage``'s commands and publish ``events`` in one atomic round trip (MULTI/EXEC):
+    a subscriber never sees the announcement before the change, and the change costs one hop."""
     try:
-        await apply()
-        await publish(redis, events)
+        async with redis.pipeline(transaction=True) as pipe:
+            stage(pipe)
+            for event in events:
+                pipe.publish(edgeview.CHANNEL, edgeview.encode(event))
+            await pipe.execute()
     except (RedisError, OSError) as exc:
         raise EdgeSyncError(str(exc)) from exc
 
@@ -85,13 +92,9 @@ async def set_blocked(
         return None
     key = edgeview.member(tenant_id, device_id)
 
-    async def apply() -> None:
-        if blocked:
-            await redis.sadd(edgeview.BLOCKED_SET, key)
-        else:
-            await redis.srem(edgeview.BLOCKED_SET, key)
-
-    await _sync(redis, apply, [EdgeEvent("block" if blocked else "unblock", key)])
+    await _sync(redis,
+                lambda pipe: (pipe.sadd if blocked else pipe.srem)(edgeview.BLOCKED_SET, key),
+                [EdgeEvent("block" if blocked else "unblock", key)])
     return row
 
 
@@ -112,13 +115,9 @@ async def set_enabled(
         return None
     key = edgeview.member(tenant_id, device_id)
 
-    async def apply() -> None:
-        if enabled:
-            await redis.srem(edgeview.DISABLED_SET, key)
-        else:
-            await redis.sadd(edgeview.DISABLED_SET, key)
-
-    await _sync(redis, apply, [EdgeEvent("enable" if enabled else "disable", key)])
+    await _sync(redis,
+                lambda pipe: (pipe.srem if enabled else pipe.sadd)(edgeview.DISABLED_SET, key),
+                [EdgeEvent("enable" if enabled else "disable", key)])
     return row
 
 
@@ -167,10 +166,7 @@ async def issue_key(
     )
     value = _grant_value(tenant_id, kind, device_id, expires_at)
 
-    async def apply() -> None:
-        await redis.hset(edgeview.KEYS_HASH, digest.hex(), value)
-
-    await _sync(redis, apply, [])
+    await _sync(redis, lambda pipe: pipe.hset(edgeview.KEYS_HASH, digest.hex(), value), [])
     return IssuedKey(key_id, secret, display_prefix(secret), expires_at)
 
 
@@ -179,10 +175,8 @@ async def _drop_from_edge(redis: Redis, digests: list[bytes]) -> None:
         return
     hexes = [d.hex() for d in digests]
 
-    async def apply() -> None:
-        await redis.hdel(edgeview.KEYS_HASH, *hexes)
-
-    await _sync(redis, apply, [EdgeEvent("revoke", h) for h in hexes])
+    await _sync(redis, lambda pipe: pipe.hdel(edgeview.KEYS_HASH, *hexes),
+                [EdgeEvent("revoke", h) for h in hexes])
 
 
 async def revoke_key(pool: Pool, redis: Redis, tenant_id: str, key_id: uuid.UUID,
@@ -224,10 +218,8 @@ async def revoke_device_keys(
         values = {r["digest"].hex(): _grant_value(tenant_id, "device", device_id, r["expires_at"])
                   for r in rows}
         if values:
-            async def apply() -> None:
-                await redis.hset(edgeview.KEYS_HASH, mapping=values)
-
-            await _sync(redis, apply, [EdgeEvent("revoke", h) for h in values])
+            await _sync(redis, lambda pipe: pipe.hset(edgeview.KEYS_HASH, mapping=values),
+                        [EdgeEvent("revoke", h) for h in values])
         return len(values)
     digests = [r["digest"] for r in await pool.fetch(
         """
