@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import socket
 import time
@@ -95,6 +96,12 @@ class EdgeServer:
             site = web.TCPSite(self._ops_runner, s.host, s.metrics_port)
             await site.start()
             self.metrics_port = self._ops_runner.addresses[0][1]
+        # Everything allocated so far lives as long as the process: keep the collector from
+        # walking it again and again, and let the young generation grow before a pass (each
+        # full pass over a large heap is a pause every request in flight waits for).
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(50_000, 50, 1000)
         _log.info("proxy listening on %s:%d, upstream %s", s.host, self.proxy_port, s.upstream)
 
     async def _update_gauges(self) -> None:

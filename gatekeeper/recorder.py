@@ -27,9 +27,12 @@ _log = logging.getLogger(__name__)
 
 DeviceKey = tuple[str, str]
 
-# A batch is split over connections only in ranges of at least this many devices: below it the
-# round trips cost more than a second core gains.
-_MIN_PART_DEVICES = 1_000
+# A batch is written in pieces of at most this many devices, up to ``flush_connections`` at once
+# (so Postgres works on several cores). Preparing a piece holds the event loop for well under a
+# millisecond; a whole 5,000-device batch at once held it for tens of milliseconds, which is what
+# requests waiting behind a flush saw as their p99.
+_PIECE_DEVICES = 250
+_SCAN_SLICE = 2_000
 
 
 class PendingDevice:
@@ -120,7 +123,7 @@ class ActivityRecorder:
     def pending(self) -> int:
         return len(self._pending)
 
-    def _take(self, everything: bool = False) -> dict[DeviceKey, PendingDevice]:
+    async def _take(self, everything: bool = False) -> dict[DeviceKey, PendingDevice]:
         """The next batch: every device with news, and those only "active again" whose last
         write is older than the touch interval (all of them when ``everything``)."""
         pending = self._pending
@@ -133,13 +136,21 @@ class ActivityRecorder:
             stale_before = time.monotonic() - self._touch
             known = self._known
             keys = []
-            for key, entry in pending.items():
-                written = known.get(key)
-                if entry.news or written is None or written[0] <= stale_before:
-                    keys.append(key)
-                    if len(keys) >= self._flush_max:
-                        break
-        return {key: pending.pop(key) for key in keys}
+            # A snapshot, scanned in slices with the loop served in between: requests keep
+            # adding to the buffer meanwhile (what they add waits for the next flush).
+            snapshot = list(pending.items())
+            for start in range(0, len(snapshot), _SCAN_SLICE):
+                if start:
+                    await asyncio.sleep(0)
+                for key, entry in snapshot[start:start + _SCAN_SLICE]:
+                    written = known.get(key)
+                    if entry.news or written is None or written[0] <= stale_before:
+                        keys.append(key)
+                if len(keys) >= self._flush_max:
+                    del keys[self._flush_max:]
+                    break
+        pending = self._pending
+        return {key: pending.pop(key) for key in keys if key in pending}
 
     def _put_back(self, batch: dict[DeviceKey, PendingDevice]) -> None:
         """Return a failed batch: older than whatever arrived meanwhile, so it goes first."""
@@ -156,23 +167,24 @@ class ActivityRecorder:
             else:
                 old.absorb(entry)
 
-    def _split(self, batch: dict[DeviceKey, PendingDevice]) -> list[dict[DeviceKey, PendingDevice]]:
-        """Contiguous key ranges, one per connection, so Postgres writes them on several cores."""
-        parts = min(self._parallel, len(batch) // _MIN_PART_DEVICES)
-        if parts <= 1:
+    @staticmethod
+    def _split(batch: dict[DeviceKey, PendingDevice]) -> list[dict[DeviceKey, PendingDevice]]:
+        """Contiguous key ranges of at most ``_PIECE_DEVICES``: each is one transaction, and the
+        event loop serves requests between preparing one and the next."""
+        if len(batch) <= _PIECE_DEVICES:
             return [batch]
         keys = sorted(batch)
-        size = -(-len(keys) // parts)
-        return [{key: batch[key] for key in keys[i:i + size]} for i in range(0, len(keys), size)]
+        return [{key: batch[key] for key in keys[i:i + _PIECE_DEVICES]}
+                for i in range(0, len(keys), _PIECE_DEVICES)]
 
     async def flush_once(self, everything: bool = False) -> int:
         """Write one batch; returns devices written. Raises on a database error (batch kept).
 
-        A large batch is written as a few key ranges in concurrent transactions; a range that
+        A large batch is written as key ranges in a few concurrent transactions; a range that
         fails goes back to the buffer and the others stay written (writing one again is harmless:
         its timestamps do not move back and its history is not repeated).
         """
-        batch = self._take(everything)
+        batch = await self._take(everything)
         uses, self.key_uses = self.key_uses, {}
         if len(self._known) > self._max_pending:
             self._known.clear()
@@ -182,9 +194,13 @@ class ActivityRecorder:
         started = time.perf_counter()
         parts = self._split(batch)
         written: set[int] = set()
+        slots = asyncio.Semaphore(self._parallel)
 
         async def write(index: int) -> None:
-            await write_batch(self._pool, parts[index], uses if index == 0 else {}, self._known)
+            async with slots:
+                await asyncio.sleep(0)  # let waiting requests in before preparing this piece
+                await write_batch(self._pool, parts[index], uses if index == 0 else {},
+                                  self._known)
             now = time.monotonic()
             self._known.update({key: (now, entry.attributes)
                                 for key, entry in parts[index].items()})
