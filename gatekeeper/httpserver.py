@@ -16,16 +16,16 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from email.utils import formatdate
 from typing import Any, cast
 
 import httptools
 
+from gatekeeper.httprequest import BadRequestBody, Request, RequestBody, simple_response
 from gatekeeper.problem import problem_body
 
-__all__ = ["BadRequestBody", "ClientConnection", "HttpServer", "Request", "RequestBody",
-           "simple_response"]
+__all__ = ["ClientConnection", "HttpServer"]
 
 _log = logging.getLogger(__name__)
 
@@ -33,108 +33,10 @@ MAX_HEADERS = 100
 MAX_HEADER_BYTES = 32 * 1024  # request line + headers, as nginx's large_client_header_buffers
 KEEPALIVE_SECONDS = 75.0  # nginx's keepalive_timeout
 HEADER_SECONDS = 30.0  # time allowed to send a whole request head (slowloris guard)
-_HIGH_WATER = 256 * 1024
-_LOW_WATER = 64 * 1024
 
 Handler = Callable[["Request", "ClientConnection"], None]
 """Starts answering a request; must end, now or later, with ``conn.request_done(request)``
 (directly, or by handing the rest to ``conn.spawn``)."""
-
-
-def simple_response(status: int, reason: str, body: bytes, content_type: bytes,
-                    extra: bytes = b"", *, close: bool = False, date: bytes = b"") -> bytes:
-    """A complete response with a fixed body (denials, errors)."""
-    return b"".join((
-        b"HTTP/1.1 %d %s\r\n" % (status, reason.encode()), date,
-        b"Server: gatekeeper\r\nContent-Type: ", content_type, b"\r\nContent-Length: %d\r\n"
-        % len(body), extra, b"Connection: close\r\n" if close else b"", b"\r\n", body))
-
-
-class BadRequestBody(Exception):
-    """The request body broke HTTP framing after its head was accepted (answer 400)."""
-
-
-class RequestBody:
-    """A request body as it arrives, with back-pressure on the client connection."""
-
-    __slots__ = ("_chunks", "_conn", "_done", "_error", "_size", "_waiter", "received")
-
-    def __init__(self, conn: ClientConnection) -> None:
-        self._conn = conn
-        self._chunks: collections.deque[bytes] = collections.deque()
-        self._size = 0
-        self._done = False
-        self._waiter: asyncio.Future[None] | None = None
-        self._error: BadRequestBody | None = None
-        self.received = 0
-
-    def _feed(self, chunk: bytes) -> None:
-        self._chunks.append(chunk)
-        self._size += len(chunk)
-        self.received += len(chunk)
-        if self._size > _HIGH_WATER:
-            self._conn._pause_reading()
-        self._wake()
-
-    def _finish(self) -> None:
-        self._done = True
-        self._wake()
-
-    def _fail(self, error: BadRequestBody) -> None:
-        self._error = error
-        self._wake()
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    @property
-    def complete(self) -> bool:
-        return self._done and not self._chunks
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        while True:
-            while self._chunks:
-                chunk = self._chunks.popleft()
-                self._size -= len(chunk)
-                if self._size < _LOW_WATER:
-                    self._conn._resume_reading()
-                yield chunk
-            if self._error is not None:
-                raise self._error
-            if self._done:
-                return
-            if self._conn.closed:
-                raise ConnectionResetError("client went away mid-body")
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-
-
-class Request:
-    """One request head. ``headers`` keeps the raw pairs in order; ``lookup`` maps a lower-case
-    name to its last value."""
-
-    __slots__ = ("body", "chunked", "content_length", "headers", "keep_alive", "lookup", "method",
-                 "raw_path", "repeated", "upgrade", "version")
-
-    def __init__(self, method: str, raw_path: str, version: str,
-                 headers: list[tuple[bytes, bytes]], lookup: dict[bytes, bytes],
-                 keep_alive: bool, upgrade: bool) -> None:
-        self.method = method
-        self.raw_path = raw_path
-        self.version = version
-        self.headers = headers
-        self.lookup = lookup
-        self.keep_alive = keep_alive
-        self.upgrade = upgrade
-        self.body: RequestBody | None = None
-        self.repeated: set[bytes] = set()  # lower-case names sent more than once
-        length = lookup.get(b"content-length")
-        self.content_length = int(length) if length is not None else None
-        self.chunked = b"transfer-encoding" in lookup
 
 
 class ClientConnection(asyncio.Protocol):

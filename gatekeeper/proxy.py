@@ -18,7 +18,8 @@ from gatekeeper import metrics
 from gatekeeper.blocklist import BLOCKED, BlocklistMirror
 from gatekeeper.edgeview import KeyGrant
 from gatekeeper.forward import RequestHeadBuilder, RequestIds, response_head
-from gatekeeper.httpserver import BadRequestBody, ClientConnection, Request, simple_response
+from gatekeeper.httprequest import BadRequestBody, Request, simple_response
+from gatekeeper.httpserver import ClientConnection
 from gatekeeper.identity import Identity, IdentityError, IdentityReader
 from gatekeeper.keycache import KeyCache
 from gatekeeper.problem import PROBLEM_CONTENT_TYPE, problem_body
