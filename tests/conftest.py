@@ -19,6 +19,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
+from test_admin_helpers import Api, admin_settings, running_api
 
 from gatekeeper.connections import open_pg_pool, open_redis
 from gatekeeper.demo_upstream import create_demo_upstream
@@ -169,3 +170,15 @@ async def admin_metrics_text(stores: Stores, tmp_path: Path) -> AsyncIterator[st
         yield await _get_text(f"http://127.0.0.1:{service.port}/metrics")
     finally:
         await service.stop()
+
+
+# --- the admin API ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def api(stores: Stores, pg_pool: asyncpg.Pool, redis_client: aioredis.Redis,
+              tenant: str) -> AsyncIterator[Api]:
+    """The admin app on a real socket, with a client holding a token of ``tenant``."""
+    settings = admin_settings(stores.pg_url, stores.redis_url)
+    async with running_api(settings, pg_pool, redis_client, tenant) as client:
+        yield client

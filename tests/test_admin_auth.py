@@ -47,14 +47,6 @@ BODIES: dict[tuple[str, str], Any] = {
 }
 
 
-@pytest.fixture
-async def api(stores: Stores, pg_pool: asyncpg.Pool, redis_client: aioredis.Redis,
-              tenant: str) -> AsyncIterator[Api]:
-    settings = admin_settings(stores.pg_url, stores.redis_url)
-    async with running_api(settings, pg_pool, redis_client, tenant) as client:
-        yield client
-
-
 async def _send(api: Api, method: str, suffix: str, scopes: list[str] | None,
                 tenant: str | None = None) -> Any:
     return await api.call(method, api.path(suffix, tenant), json=BODIES.get((method, suffix)),

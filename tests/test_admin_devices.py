@@ -4,24 +4,14 @@ validation of every input, against a real Postgres and Valkey on real sockets.""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
-from conftest import Stores
-from test_admin_helpers import LOGO, Api, admin_settings, fields_of, problem, running_api
+from test_admin_helpers import LOGO, Api, fields_of, problem
 
 from gatekeeper import edgeview
-
-
-@pytest.fixture
-async def api(stores: Stores, pg_pool: asyncpg.Pool, redis_client: aioredis.Redis,
-              tenant: str) -> AsyncIterator[Api]:
-    settings = admin_settings(stores.pg_url, stores.redis_url)
-    async with running_api(settings, pg_pool, redis_client, tenant) as client:
-        yield client
 
 
 async def test_create_read_and_location(api: Api) -> None:

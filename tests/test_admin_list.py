@@ -4,25 +4,13 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
-import pytest
-import redis.asyncio as aioredis
-from conftest import Stores
-from test_admin_helpers import Api, admin_settings, fields_of, problem, running_api
+from test_admin_helpers import Api, fields_of, problem
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
-
-
-@pytest.fixture
-async def api(stores: Stores, pg_pool: asyncpg.Pool, redis_client: aioredis.Redis,
-              tenant: str) -> AsyncIterator[Api]:
-    settings = admin_settings(stores.pg_url, stores.redis_url)
-    async with running_api(settings, pg_pool, redis_client, tenant) as client:
-        yield client
 
 
 async def _seed(pool: asyncpg.Pool, tenant: str, rows: list[tuple[str, str | None,

@@ -25,14 +25,6 @@ from gatekeeper import edgeview
 from gatekeeper.connections import open_pg_pool, open_redis
 
 
-@pytest.fixture
-async def api(stores: Stores, pg_pool: asyncpg.Pool, redis_client: aioredis.Redis,
-              tenant: str) -> AsyncIterator[Api]:
-    settings = admin_settings(stores.pg_url, stores.redis_url)
-    async with running_api(settings, pg_pool, redis_client, tenant) as client:
-        yield client
-
-
 def test_openapi_lists_exactly_the_served_routes(stores: Stores) -> None:
     settings = admin_settings(stores.pg_url, stores.redis_url)
     app = create_app(settings, None, None)  # type: ignore[arg-type]  # routes only
