@@ -48,6 +48,8 @@ _PROBLEM = PROBLEM_CONTENT_TYPE.encode()
 _BEARER = b"bearer "
 _NO_BODY_STATUSES = frozenset({204, 304})
 _CREDENTIAL_HEADERS = frozenset({b"x-api-key", b"authorization"})
+# RFC 9110 §9.2.2: safe to send twice (what nginx retries by default).
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
 def _problem(conn: ClientConnection, request: Request, status: int, title: str, detail: str,
@@ -124,11 +126,12 @@ class EdgeHandler:
         def answered(response: UpstreamResponse | None, error: Exception | None) -> None:
             try:
                 if response is None:
-                    if isinstance(error, UpstreamTimeout):
+                    if isinstance(error, UpstreamTimeout) or request.method not in _IDEMPOTENT:
                         self._upstream_failed(request, conn, error)
                     else:
-                        # A kept-alive connection that died before answering: the request was
-                        # never acted on, so the task path sends it again on another one.
+                        # A kept-alive connection that died before answering (most often closed
+                        # by the upstream while idle): an idempotent request goes again, on
+                        # another connection, in the task path.
                         conn.spawn(request, self._proceed(request, conn, started, req_id))
                         return
                 elif self._respond(request, conn, response, req_id, sent):
@@ -284,8 +287,9 @@ class EdgeHandler:
         body = self._request_body(request) if request.body is not None else None
         sent = time.perf_counter()
         try:
-            upstream = await self._upstream.send(head, body,
-                                                 head_request=request.method == "HEAD")
+            upstream = await self._upstream.send(
+                head, body, head_request=request.method == "HEAD",
+                retryable=request.method in _IDEMPOTENT)
         except _BodyTooLarge:
             _TOO_LARGE.inc()
             _problem(conn, request, 413, "Request body too large",

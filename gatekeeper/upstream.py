@@ -122,21 +122,22 @@ class UpstreamPool:
             self._hand_over(None)
 
     async def send(self, head: bytes, body: AsyncIterator[bytes] | None, *,
-                   head_request: bool = False) -> UpstreamResponse:
+                   head_request: bool = False, retryable: bool = False) -> UpstreamResponse:
         """Send one request and wait for its response head.
 
         ``head`` is the encoded request line and headers; ``body`` yields the already-framed
-        body bytes (raw for Content-Length, chunk-encoded otherwise). A request without a body
-        whose reused connection turns out to be closed is retried once on a fresh one."""
+        body bytes (raw for Content-Length, chunk-encoded otherwise). A ``retryable`` request
+        (idempotent, without a body) whose reused connection fails before answering is sent
+        once more on a fresh connection, as nginx's ``proxy_next_upstream error`` does."""
         conn, reused = await self._acquire()
         try:
             return await self._exchange(conn, head, body, head_request)
         except UpstreamTimeout:
             raise
         except UpstreamError:
-            # Only a body-less request on a reused connection that died before answering is
-            # safe to send again: the upstream cannot have acted on it.
-            if not (body is None and reused):
+            # A kept-alive connection the upstream closed while idle is the usual cause; the
+            # request may have reached it, so only idempotent ones go again.
+            if not (retryable and body is None and reused):
                 raise
         conn = await self._connect()
         return await self._exchange(conn, head, None, head_request)

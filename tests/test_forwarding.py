@@ -369,3 +369,23 @@ async def test_50_mb_upload_and_download_stream_without_buffering(
     growth_mib = (_peak_rss_kib(pid) - before) / 1024
     print(f"\nproxy peak RSS growth over 3 x 50 MB transfers: {growth_mib:.1f} MiB")
     assert growth_mib < 8
+
+
+async def test_upstream_closing_idle_connections_costs_no_request(
+    edge_factory: EdgeFactory, session: aiohttp.ClientSession, tenant: str,
+) -> None:
+    server = ProbeUpstream()
+    # The upstream drops idle keep-alive connections almost at once, as upstreams do after
+    # their own keep-alive timeout: the proxy must not answer 502 for that.
+    runner = web.AppRunner(server.app, access_log=None, keepalive_timeout=0.05)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        base = await _proxy_url(edge_factory, f"http://127.0.0.1:{runner.addresses[0][1]}")
+        for method in ("GET", "DELETE", "GET"):
+            async with session.request(method, f"{base}/api/{tenant}/idle") as response:
+                assert response.status == 200
+            await asyncio.sleep(0.2)
+        assert server.requests == 3
+    finally:
+        await runner.cleanup()
