@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 
 import asyncpg
@@ -201,8 +202,12 @@ class ActivityRecorder:
                 await asyncio.sleep(0)  # let waiting requests in before preparing this piece
                 await write_batch(self._pool, parts[index], uses if index == 0 else {},
                                   self._known)
+            # Stamp each device a random part of the touch interval early, so devices first
+            # written together do not all come due together: touches spread over the flushes
+            # instead of arriving as one large batch every interval.
             now = time.monotonic()
-            self._known.update({key: (now, entry.attributes)
+            spread = self._touch / 2
+            self._known.update({key: (now - spread * random.random(), entry.attributes)
                                 for key, entry in parts[index].items()})
             written.add(index)
 
