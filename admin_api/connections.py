@@ -100,11 +100,8 @@ async def reset_connection(request: web.Request) -> web.Response:
             # The key is stored but the secret went with the exception: nobody can use it, so
             # the caller must reset again. The edge is repaired in the background.
             edge.failed(exc)
-            issued_key = getattr(exc, "issued", None)
-            if not isinstance(issued_key, store.IssuedKey):
-                raise Problem(503, "The new key could not be published to the edge; retry",
-                              type_="edge-sync", headers={"Retry-After": "1"}) from exc
-            issued = issued_key
+            raise Problem(503, "The new key could not be published to the edge; retry",
+                          type_="edge-sync", headers={"Retry-After": "1"}) from exc
     await audit.record(request, principal, "device.connection.reset", "device", device_id,
                        details={"graceSeconds": grace, "revokedKeys": revoked,
                                 "newKeyPrefix": issued.prefix})

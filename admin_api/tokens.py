@@ -38,12 +38,10 @@ async def create_token(request: web.Request) -> web.Response:
             name=body["name"], expires_at=expires_at, created_by=principal.subject,
             pepper=settings.key_pepper)
     except store.EdgeSyncError as exc:
+        # As for a device key: the stored secret was never shown, so the caller retries.
         edge.failed(exc)
-        issued_key = getattr(exc, "issued", None)
-        if not isinstance(issued_key, store.IssuedKey):
-            raise Problem(503, "The token could not be published to the edge; retry",
-                          type_="edge-sync", headers={"Retry-After": "1"}) from exc
-        issued = issued_key
+        raise Problem(503, "The token could not be published to the edge; retry",
+                      type_="edge-sync", headers={"Retry-After": "1"}) from exc
     created_at = await pool.fetchval("SELECT created_at FROM api_keys WHERE key_id = $1",
                                      issued.key_id)
     token_id = str(issued.key_id)

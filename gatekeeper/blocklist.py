@@ -77,9 +77,6 @@ class BlocklistMirror:
             return DISABLED
         return None
 
-    def __len__(self) -> int:
-        return len(self._blocked)
-
     async def _load(self) -> None:
         blocked = {_key(m) async for m in self._redis.sscan_iter(edgeview.BLOCKED_SET, count=5000)}
         disabled = {_key(m) async for m in self._redis.sscan_iter(edgeview.DISABLED_SET,

@@ -69,6 +69,3 @@ class KeyCache:
     def clear(self) -> None:
         self._generation += 1
         self._entries.clear()
-
-    def __len__(self) -> int:
-        return len(self._entries)

@@ -11,7 +11,7 @@ from importlib import resources
 
 import asyncpg
 
-__all__ = ["migrate", "pending_migrations"]
+__all__ = ["migrate"]
 
 _log = logging.getLogger(__name__)
 
@@ -23,12 +23,6 @@ def _migration_files() -> list[tuple[str, str]]:
     folder = resources.files("gatekeeper") / "migrations"
     files = sorted((p for p in folder.iterdir() if p.name.endswith(".sql")), key=lambda p: p.name)
     return [(p.name.removesuffix(".sql"), p.read_text(encoding="utf-8")) for p in files]
-
-
-async def pending_migrations(conn: asyncpg.Connection) -> list[str]:
-    await _ensure_table(conn)
-    done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
-    return [name for name, _ in _migration_files() if name not in done]
 
 
 async def _ensure_table(conn: asyncpg.Connection) -> None:

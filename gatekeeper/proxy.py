@@ -160,13 +160,14 @@ class EdgeHandler:
                 # its block applies (and its activity is recorded).
                 identity = Identity(identity.tenant_id, grant.device_id, identity.attributes)
             if self._admit(request, conn, identity):
-                await self._proceed(request, conn, started)
+                await self._proceed(request, conn, started=None)
         finally:
             _REQUEST_DURATION.observe(time.perf_counter() - started)
 
-    async def _proceed(self, request: Request, conn: ClientConnection, started: float,
+    async def _proceed(self, request: Request, conn: ClientConnection, started: float | None,
                        req_id: bytes | None = None) -> None:
-        """Forward (or upgrade) an admitted request, in a task."""
+        """Forward (or upgrade) an admitted request, in a task; with ``started``, it also
+        observes the request's duration (the enforce path observes its own)."""
         try:
             if request.upgrade:
                 await self._upgrade(request, conn)
@@ -176,7 +177,7 @@ class EdgeHandler:
         except (ConnectionError, OSError):
             conn.close()  # the client went away; nothing to answer
         finally:
-            if self._keys is None:
+            if started is not None:
                 _REQUEST_DURATION.observe(time.perf_counter() - started)
 
     def _identify(self, request: Request, conn: ClientConnection) -> Identity | None:
