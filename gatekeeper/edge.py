@@ -81,7 +81,8 @@ class EdgeServer:
         self._tasks = [asyncio.create_task(self.mirror.run(), name="blocklist-mirror"),
                        asyncio.create_task(self.recorder.run(), name="activity-recorder"),
                        asyncio.create_task(self._update_gauges(), name="gauges")]
-        self._server = HttpServer(self.handler, on_rejected=_REJECTED.inc)
+        self._server = HttpServer(self.handler, on_rejected=_REJECTED.inc,
+                                  body_idle_seconds=s.client_body_timeout)
         self._server.start()
         loop = asyncio.get_running_loop()
         self._listener = await loop.create_server(

@@ -11,18 +11,22 @@ import functools
 import itertools
 import secrets
 
-__all__ = ["HOP_BY_HOP", "RequestHeadBuilder", "RequestIds", "response_head"]
+__all__ = ["EDGE_HEADERS", "HOP_BY_HOP", "RequestHeadBuilder", "RequestIds", "response_head"]
 
 HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
     b"upgrade", b"proxy-authenticate", b"proxy-authorization",
 })
 # Headers the proxy writes itself; a client's copy is dropped (or, for X-Forwarded-*, merged).
+# Expect is answered by the edge (100 Continue once the request is admitted), as Envoy does.
 _REWRITTEN = frozenset({
     b"host", b"content-length", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
-    b"x-request-id",
+    b"x-request-id", b"expect",
 })
 _DROPPED = HOP_BY_HOP | _REWRITTEN
+# Every header whose client copy the edge drops or replaces: an alias of one of these (X_Host,
+# Transfer_Encoding) must not reach the upstream either.
+EDGE_HEADERS = _DROPPED
 _FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
 _RESPONSE_DROPPED = HOP_BY_HOP | {b"content-length"}
 _MAX_REQUEST_ID = 200
@@ -62,8 +66,11 @@ class RequestHeadBuilder:
     def build(self, method: str, raw_path: str, raw: list[tuple[bytes, bytes]],
               connection: bytes | None, *, client_ip: str, scheme: bytes, host: bytes | None,
               req_id: bytes, content_length: int | None, chunked: bool,
-              upgrade: bool = False) -> bytes:
+              upgrade: bool = False, drop: list[bytes] | None = None) -> bytes:
+        """``drop`` names (lower-case) further headers not to forward."""
         named = _named_by_connection(connection) if connection is not None else frozenset()
+        if drop:
+            named = named.union(drop)
         out = [f"{method} {raw_path} HTTP/1.1\r\n".encode("latin-1"), b"Host: ", self._host,
                b"\r\n"]
         forwarded: dict[bytes, bytes] = {}

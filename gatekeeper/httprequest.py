@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from gatekeeper.httpserver import ClientConnection
 
-__all__ = ["BadRequestBody", "Request", "RequestBody", "simple_response"]
+__all__ = ["BadRequestBody", "ClientBodyTimeout", "Request", "RequestBody", "simple_response"]
 
 _HIGH_WATER = 256 * 1024
 _LOW_WATER = 64 * 1024
@@ -30,13 +30,20 @@ class BadRequestBody(Exception):
     """The request body broke HTTP framing after its head was accepted (answer 400)."""
 
 
+class ClientBodyTimeout(Exception):
+    """The client sent no body bytes for the body timeout (answer 408, as nginx's
+    ``client_body_timeout``): a slow upload is fine, a stalled one is not."""
+
+
 class RequestBody:
     """A request body as it arrives, with back-pressure on the client connection."""
 
-    __slots__ = ("_chunks", "_conn", "_done", "_error", "_size", "_waiter", "received")
+    __slots__ = ("_chunks", "_conn", "_done", "_error", "_idle_timeout", "_size", "_waiter",
+                 "received")
 
-    def __init__(self, conn: ClientConnection) -> None:
+    def __init__(self, conn: ClientConnection, idle_timeout: float) -> None:
         self._conn = conn
+        self._idle_timeout = idle_timeout
         self._chunks: collections.deque[bytes] = collections.deque()
         self._size = 0
         self._done = False
@@ -82,25 +89,35 @@ class RequestBody:
                 return
             if self._conn.closed:
                 raise ConnectionResetError("client went away mid-body")
-            self._waiter = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            self._waiter = waiter = loop.create_future()
+            timer = loop.call_later(self._idle_timeout, self._stalled, waiter)
             try:
-                await self._waiter
+                await waiter
             finally:
+                timer.cancel()
                 self._waiter = None
+
+    @staticmethod
+    def _stalled(waiter: asyncio.Future[None]) -> None:
+        if not waiter.done():
+            waiter.set_exception(ClientBodyTimeout("the client stopped sending its body"))
 
 
 class Request:
     """One request head. ``headers`` keeps the raw pairs in order; ``lookup`` maps a lower-case
-    name to its last value."""
+    name to its last value. ``target`` is what the edge checks and forwards: the raw target until
+    the handler has normalised it (gatekeeper.admission)."""
 
     __slots__ = ("body", "chunked", "content_length", "headers", "keep_alive", "lookup", "method",
-                 "raw_path", "repeated", "upgrade", "version")
+                 "raw_path", "repeated", "target", "underscored", "upgrade", "version")
 
     def __init__(self, method: str, raw_path: str, version: str,
                  headers: list[tuple[bytes, bytes]], lookup: dict[bytes, bytes],
                  keep_alive: bool, upgrade: bool) -> None:
         self.method = method
         self.raw_path = raw_path
+        self.target = raw_path
         self.version = version
         self.headers = headers
         self.lookup = lookup
@@ -108,6 +125,7 @@ class Request:
         self.upgrade = upgrade
         self.body: RequestBody | None = None
         self.repeated: set[bytes] = set()  # lower-case names sent more than once
+        self.underscored: list[bytes] = []  # lower-case names containing "_"
         length = lookup.get(b"content-length")
         self.content_length = int(length) if length is not None else None
         self.chunked = b"transfer-encoding" in lookup

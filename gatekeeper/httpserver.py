@@ -33,6 +33,7 @@ MAX_HEADERS = 100
 MAX_HEADER_BYTES = 32 * 1024  # request line + headers, as nginx's large_client_header_buffers
 KEEPALIVE_SECONDS = 75.0  # nginx's keepalive_timeout
 HEADER_SECONDS = 30.0  # time allowed to send a whole request head (slowloris guard)
+BODY_IDLE_SECONDS = 60.0  # longest pause between two pieces of a request body (nginx's default)
 
 Handler = Callable[["Request", "ClientConnection"], None]
 """Starts answering a request; must end, now or later, with ``conn.request_done(request)``
@@ -57,6 +58,7 @@ class ClientConnection(asyncio.Protocol):
         "_repeated",
         "_server",
         "_tunnel",
+        "_underscored",
         "_upgrade_buffer",
         "_url",
         "busy_since",
@@ -77,6 +79,7 @@ class ClientConnection(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._lookup: dict[bytes, bytes] = {}
         self._repeated: set[bytes] = set()
+        self._underscored: list[bytes] = []
         self._head_bytes = 0
         self._parsing: Request | None = None
         self._queue: collections.deque[Request] = collections.deque()
@@ -85,7 +88,9 @@ class ClientConnection(asyncio.Protocol):
         self._paused = False
         self._drain: asyncio.Future[None] | None = None
         self._tunnel: Callable[[bytes | None], None] | None = None
-        self._upgrade_buffer = b""
+        # Bytes past an upgrade request's head, held until the handler decides: a tunnel (after
+        # the upstream's 101) or HTTP again (anything else). None: not upgrading.
+        self._upgrade_buffer: bytes | None = None
         self.idle_since = time.monotonic()
         self.busy_since = 0.0  # when the current request head began (0: none in progress)
 
@@ -109,6 +114,9 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._tunnel is not None:
             self._tunnel(data)
+            return
+        if self._upgrade_buffer is not None:
+            self._upgrade_buffer += data
             return
         if self._broken:
             return
@@ -147,6 +155,7 @@ class ClientConnection(asyncio.Protocol):
         self._headers = []
         self._lookup = {}
         self._repeated = set()
+        self._underscored = []
         self._head_bytes = 0
         self.busy_since = time.monotonic()
 
@@ -164,6 +173,8 @@ class ClientConnection(asyncio.Protocol):
             raise _HeadTooLarge(f"more than {MAX_HEADERS} request headers")
         self._headers.append((name, value))
         lname = name.lower()
+        if b"_" in lname:
+            self._underscored.append(lname)
         if lname in self._lookup:
             # Which copy would the upstream believe? Let the handler refuse where it matters.
             self._repeated.add(lname)
@@ -179,8 +190,9 @@ class ClientConnection(asyncio.Protocol):
             parser.should_keep_alive() and not self._server.draining, parser.should_upgrade(),
         )
         request.repeated = self._repeated
+        request.underscored = self._underscored
         if request.chunked or (request.content_length or 0) > 0:
-            request.body = RequestBody(self)
+            request.body = RequestBody(self, self._server.body_idle_seconds)
         self._parsing = request
         self.busy_since = 0.0
         if not self._busy:
@@ -232,15 +244,15 @@ class ClientConnection(asyncio.Protocol):
         self._busy = False
         if self.closed or self._tunnel is not None:
             return
-        if request.upgrade:
-            self.close()  # a refused upgrade: the parser is past the point of HTTP framing
-            return
         if not request.keep_alive or (request.body is not None and not request.body.complete):
             # The client asked to close, or part of its body was never read: the parser can't be
             # trusted to find the next request, so close rather than guess.
             self.close()
             return
         self.idle_since = time.monotonic()
+        if request.upgrade:
+            self._resume_http()
+            return
         if self._queue:
             self._start(self._queue.popleft())
             if not self._queue:
@@ -288,17 +300,31 @@ class ClientConnection(asyncio.Protocol):
     # --- upgrades ---------------------------------------------------------------------------
     def take_over(self, sink: Callable[[bytes | None], None]) -> bytes:
         """Route every further byte from the client to ``sink`` (None when the client closes);
-        returns what had already arrived past the upgrade request's head."""
+        returns what had already arrived past the upgrade request's head. Call only once the
+        upstream has switched protocols (101): until then the bytes are HTTP."""
         self._tunnel = sink
-        leftover, self._upgrade_buffer = self._upgrade_buffer, b""
+        leftover, self._upgrade_buffer = self._upgrade_buffer or b"", None
         self._resume_reading()
         return leftover
 
     def _upgrade_leftover(self, data: bytes) -> None:
-        # Bytes after an upgrade request's head belong to the new protocol: keep them for the
-        # tunnel, and read nothing more until the handler has set it up (or refused).
+        # llhttp stops at an upgrade request's head. What follows is the new protocol only if
+        # the upstream agrees (101); hold it, and read no more, until the handler has decided.
         self._upgrade_buffer = data
         self._pause_reading()
+
+    def _resume_http(self) -> None:
+        """An upgrade that did not happen (refused, denied, or not a WebSocket): what the client
+        sent after it is HTTP again, parsed and checked like any other request (a fresh parser,
+        since llhttp stays in its upgraded state)."""
+        held, self._upgrade_buffer = self._upgrade_buffer or b"", None
+        self._parser = httptools.HttpRequestParser(self)
+        self._parsing = None
+        self._resume_reading()
+        if held:
+            self.data_received(held)
+        elif self._server.draining:
+            self.close()
 
 
 class _HeadTooLarge(Exception):
@@ -311,7 +337,8 @@ class HttpServer:
 
     def __init__(self, handler: Handler, *, on_rejected: Callable[[], None] = lambda: None,
                  keepalive_seconds: float = KEEPALIVE_SECONDS,
-                 header_seconds: float = HEADER_SECONDS) -> None:
+                 header_seconds: float = HEADER_SECONDS,
+                 body_idle_seconds: float = BODY_IDLE_SECONDS) -> None:
         self.handler = handler
         self.on_rejected = on_rejected
         self.connections: set[ClientConnection] = set()
@@ -320,6 +347,7 @@ class HttpServer:
         self.date_header = b""
         self._keepalive = keepalive_seconds
         self._header_timeout = header_seconds
+        self.body_idle_seconds = body_idle_seconds
         self._sweeper: asyncio.Task[None] | None = None
         self._refresh_date()
 

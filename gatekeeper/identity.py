@@ -33,7 +33,10 @@ ATTRIBUTE_FIELDS = ("application", "applicationVersion", "os", "osVersion", "man
                     "model")
 Attributes = tuple[str | None, str | None, str | None, str | None, str | None, str | None]
 
-_TENANT_RE = re.compile(r"[A-Za-z0-9._~-]{1,64}")
+# Lower-case only: an upstream that routes case-insensitively must not read /api/ACME/ as the
+# tenant "acme" while the edge checked a tenant "ACME" with no blocks (docs/decisions.md).
+_TENANT_RE = re.compile(r"[a-z0-9._~-]{1,64}")
+_PREFIX = "/api/"
 
 
 class IdentityError(ValueError):
@@ -53,6 +56,14 @@ def valid_device_id(value: str) -> bool:
 
 def valid_tenant_id(value: str) -> bool:
     return _TENANT_RE.fullmatch(value) is not None
+
+
+def _refuse_prefix_lookalike(path: str) -> None:
+    """A first segment an upstream could read as ``api`` (``/API/``, ``/api;x/``) is refused:
+    the edge would take the default tenant where the upstream serves a named one."""
+    first = path[1:].partition("/")[0]
+    if first != "api" and first.partition(";")[0].lower() == "api":
+        raise IdentityError("path", "the path must start with /api/ exactly, in lower case")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,11 +96,18 @@ class IdentityReader:
         # Tenants already validated: a handful of strings seen over and over.
         self._known_tenants: set[str] = set()
 
-    def tenant(self, raw_path: str, headers: Mapping[bytes, bytes]) -> str:
+    @property
+    def header_keys(self) -> frozenset[bytes]:
+        """The lower-case names of the headers identity is read from."""
+        return self._identity_keys
+
+    def tenant(self, path: str, headers: Mapping[bytes, bytes]) -> str:
+        """The tenant of a request whose ``path`` is normalised (gatekeeper.admission)."""
         if self._source == "path":
-            if not raw_path.startswith("/api/"):
+            if not path.startswith(_PREFIX):
+                _refuse_prefix_lookalike(path)
                 return self._default_tenant
-            tenant = raw_path[5:].partition("/")[0].partition("?")[0]
+            tenant = path[5:].partition("/")[0]
         elif self._source == "header":
             tenant = headers.get(self._tenant_key, b"").decode("latin-1")
         else:
@@ -99,12 +117,12 @@ class IdentityReader:
         if tenant not in self._known_tenants:
             if not valid_tenant_id(tenant):
                 raise IdentityError(
-                    "tenant", "the tenant id must be 1-64 characters of A-Z a-z 0-9 . _ ~ -")
+                    "tenant", "the tenant id must be 1-64 characters of a-z 0-9 . _ ~ -")
             if len(self._known_tenants) < 10_000:
                 self._known_tenants.add(tenant)
         return tenant
 
-    def read(self, raw_path: str, headers: Mapping[bytes, bytes],
+    def read(self, path: str, headers: Mapping[bytes, bytes],
              repeated: AbstractSet[bytes] = frozenset()) -> Identity:
         """The caller's identity; raises :class:`IdentityError` for values the edge refuses.
 
@@ -113,7 +131,7 @@ class IdentityReader:
         if repeated and not repeated.isdisjoint(self._identity_keys):
             name = next(iter(repeated & self._identity_keys)).decode("latin-1")
             raise IdentityError(name, f"{name} must not be repeated")
-        tenant = self.tenant(raw_path, headers)
+        tenant = self.tenant(path, headers)
         raw_id = headers.get(self._device_key)
         if raw_id is None:
             return Identity(tenant, None, (None, None, None, None, None, None))

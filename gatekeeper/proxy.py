@@ -15,17 +15,18 @@ from collections.abc import AsyncIterator
 from redis.exceptions import RedisError
 
 from gatekeeper import metrics
+from gatekeeper.admission import AdmissionError, HeadAdmission
 from gatekeeper.blocklist import BLOCKED, BlocklistMirror
 from gatekeeper.edgeview import KeyGrant
-from gatekeeper.forward import RequestHeadBuilder, RequestIds, response_head
-from gatekeeper.httprequest import BadRequestBody, Request, simple_response
+from gatekeeper.forward import EDGE_HEADERS, RequestHeadBuilder, RequestIds, response_head
+from gatekeeper.httprequest import BadRequestBody, ClientBodyTimeout, Request, simple_response
 from gatekeeper.httpserver import ClientConnection
 from gatekeeper.identity import Identity, IdentityError, IdentityReader
 from gatekeeper.keycache import KeyCache
 from gatekeeper.problem import PROBLEM_CONTENT_TYPE, problem_body
 from gatekeeper.recorder import ActivityRecorder
 from gatekeeper.settings import Settings
-from gatekeeper.tunnel import UpstreamUnreachable, tunnel
+from gatekeeper.tunnel import Refused, open_websocket, splice
 from gatekeeper.upstream import UpstreamError, UpstreamPool, UpstreamResponse, UpstreamTimeout
 
 __all__ = ["EdgeHandler"]
@@ -50,6 +51,7 @@ _NO_BODY_STATUSES = frozenset({204, 304})
 _CREDENTIAL_HEADERS = frozenset({b"x-api-key", b"authorization"})
 # RFC 9110 §9.2.2: safe to send twice (what nginx retries by default).
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 def _problem(conn: ClientConnection, request: Request, status: int, title: str, detail: str,
@@ -88,6 +90,9 @@ class EdgeHandler:
     def __init__(self, settings: Settings, *, mirror: BlocklistMirror, recorder: ActivityRecorder,
                  upstream: UpstreamPool, keys: KeyCache | None) -> None:
         self._identity = IdentityReader(settings)
+        self._admission = HeadAdmission(
+            self._identity.header_keys | _CREDENTIAL_HEADERS | EDGE_HEADERS,
+            drop_aliases=settings.underscore_headers == "drop")
         self._mirror = mirror
         self._recorder = recorder
         self._upstream = upstream
@@ -95,6 +100,7 @@ class EdgeHandler:
         self._fail_open = settings.fail_open
         self._max_body = settings.max_body_bytes
         self._connect_timeout = settings.upstream_connect_timeout
+        self._read_timeout = settings.upstream_read_timeout
         host = upstream.host if upstream.port == 80 else f"{upstream.host}:{upstream.port}"
         self._heads = RequestHeadBuilder(host, trust_forwarded=settings.trust_forwarded_headers)
         self._request_ids = RequestIds()
@@ -181,9 +187,17 @@ class EdgeHandler:
                 _REQUEST_DURATION.observe(time.perf_counter() - started)
 
     def _identify(self, request: Request, conn: ClientConnection) -> Identity | None:
-        """Who is calling, or None after answering 400 (bad identity) or 503 (no mirror yet)."""
+        """Who is calling, or None after answering 4xx (a head the edge cannot take as it is, a
+        bad identity) or 503 (no mirror yet)."""
         try:
-            identity = self._identity.read(request.raw_path, request.lookup, request.repeated)
+            path = self._admission(request)
+            identity = self._identity.read(path, request.lookup, request.repeated)
+        except AdmissionError as exc:
+            _INVALID.inc()
+            extra = b"Allow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n" \
+                if exc.status == 405 else b""
+            _problem(conn, request, exc.status, exc.title, exc.detail, extra, close=True)
+            return None
         except IdentityError as exc:
             _INVALID.inc()
             _problem(conn, request, 400, "Invalid device identification", exc.detail)
@@ -264,10 +278,10 @@ class EdgeHandler:
         lookup = request.lookup
         has_body = request.body is not None
         return self._heads.build(
-            request.method, request.raw_path, request.headers, lookup.get(b"connection"),
+            request.method, request.target, request.headers, lookup.get(b"connection"),
             client_ip=conn.client_ip, scheme=b"http", host=lookup.get(b"host"), req_id=req_id,
             content_length=request.content_length if has_body else None,
-            chunked=has_body and request.chunked, upgrade=upgrade,
+            chunked=has_body and request.chunked, upgrade=upgrade, drop=request.underscored,
         )
 
     async def _request_body(self, request: Request) -> AsyncIterator[bytes]:
@@ -285,7 +299,12 @@ class EdgeHandler:
 
     async def _forward(self, request: Request, conn: ClientConnection, req_id: bytes) -> None:
         head = self._head(request, conn, req_id)
-        body = self._request_body(request) if request.body is not None else None
+        body = None
+        if request.body is not None:
+            body = self._request_body(request)
+            if b"expect" in request.lookup and request.body.received == 0:
+                # Admitted: now the client may send the body it has been holding back.
+                conn.write(_CONTINUE)
         sent = time.perf_counter()
         try:
             upstream = await self._upstream.send(
@@ -299,6 +318,11 @@ class EdgeHandler:
         except BadRequestBody as exc:
             _INVALID.inc()
             _problem(conn, request, 400, "Bad request", str(exc), close=True)
+            return
+        except ClientBodyTimeout:
+            _INVALID.inc()
+            _problem(conn, request, 408, "Request timeout",
+                     "The request body stopped arriving.", close=True)
             return
         except UpstreamError as exc:
             self._upstream_failed(request, conn, exc)
@@ -363,15 +387,34 @@ class EdgeHandler:
 
     async def _upgrade(self, request: Request, conn: ClientConnection) -> None:
         req_id = self._request_ids(request.lookup.get(b"x-request-id"))
+        if not _is_websocket(request):
+            # Only WebSocket is proxied as an upgrade; anything else (h2c, ...) is an ordinary
+            # request, its Upgrade header dropped as hop-by-hop, as nginx does.
+            await self._forward(request, conn, req_id)
+            return
         head = self._head(request, conn, req_id, upgrade=True)
+        sent = time.perf_counter()
         try:
-            _FORWARDED.inc()
-            await tunnel(conn, self._upstream.host, self._upstream.port, head,
-                         self._connect_timeout)
-        except UpstreamUnreachable:
-            _UPSTREAM_ERROR.inc()
-            _problem(conn, request, 502, "Bad gateway", "The upstream could not be reached.",
-                     close=True)
+            answer = await open_websocket(
+                self._upstream.host, self._upstream.port, head,
+                connect_timeout=self._connect_timeout, read_timeout=self._read_timeout)
+        except UpstreamError as exc:
+            self._upstream_failed(request, conn, exc)
+            return
+        _UPSTREAM_DURATION.observe(time.perf_counter() - sent)
+        _FORWARDED.inc()
+        if isinstance(answer, Refused):
+            conn.write(response_head(answer.status, answer.reason, answer.headers, req_id,
+                                     framing=b"Content-Length: %d\r\n" % len(answer.body),
+                                     keep_alive=request.keep_alive) + answer.body)
+            return
+        await splice(conn, answer)
+
+
+def _is_websocket(request: Request) -> bool:
+    upgrade = request.lookup.get(b"upgrade", b"")
+    return (request.method == "GET" and request.body is None
+            and b"websocket" in (t.strip().lower() for t in upgrade.split(b",")))
 
 
 def _length_header(headers: list[tuple[bytes, bytes]]) -> bytes:

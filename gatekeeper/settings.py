@@ -22,6 +22,7 @@ ENV_PREFIX = "GATEKEEPER_"
 
 AuthMode = Literal["passthrough", "enforce"]
 TenantSource = Literal["path", "header", "fixed"]
+UnderscoreHeaders = Literal["reject", "drop"]
 
 _SECRET_FIELDS = frozenset({"jwt_secret", "key_pepper"})
 _URL_FIELDS = frozenset({"database_url", "redis_url"})
@@ -65,6 +66,8 @@ class Settings:
     upstream_read_timeout: float = 30.0
     upstream_pool_size: int = 256
     max_body_bytes: int = 100 * 1024 * 1024
+    # Longest pause between two pieces of a request body before 408 (nginx client_body_timeout).
+    client_body_timeout: float = 60.0
 
     # Device identification headers.
     header_device_id: str = "X-Device-Id"
@@ -86,6 +89,9 @@ class Settings:
     blocklist_resync_seconds: float = 30.0
     key_cache_size: int = 100_000
     trust_forwarded_headers: bool = False
+    # A header like X_Device_Id, which CGI/WSGI upstreams read as X-Device-Id: refused with 400,
+    # or dropped (nginx ignore_invalid_headers, Envoy headers_with_underscores_action).
+    underscore_headers: UnderscoreHeaders = "reject"
 
     # Activity recorder.
     flush_interval_seconds: float = 0.25
@@ -117,7 +123,7 @@ class Settings:
             "workers", "upstream_connect_timeout", "upstream_read_timeout", "upstream_pool_size",
             "max_body_bytes", "flush_interval_seconds", "flush_max_devices",
             "activity_buffer_max_devices", "blocklist_resync_seconds", "key_cache_size",
-            "flush_retry_max_seconds",
+            "flush_retry_max_seconds", "client_body_timeout",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -126,6 +132,9 @@ class Settings:
             raise SettingsError(f"auth_mode must be one of {get_args(AuthMode)}")
         if self.tenant_source not in get_args(TenantSource):
             raise SettingsError(f"tenant_source must be one of {get_args(TenantSource)}")
+        if self.underscore_headers not in get_args(UnderscoreHeaders):
+            raise SettingsError(
+                f"underscore_headers must be one of {get_args(UnderscoreHeaders)}")
         if self.upstream is not None:
             parts = urlsplit(self.upstream)
             if parts.scheme not in ("http",) or not parts.hostname:

@@ -147,12 +147,13 @@ class UpstreamPool:
                         head_request: bool) -> UpstreamResponse:
         if conn.closed:
             raise UpstreamError("upstream connection closed")
-        response_head = conn.expect_response(head_request)
+        # The read timeout runs only while the upstream owes the proxy something: an answer
+        # once the request is sent, or room to write while the body is sent. Time spent waiting
+        # for a slow client's body is the client's (its own timeout, answered with 408).
+        response_head = conn.expect_response(head_request, armed=body is None)
         try:
-            if body is None:
-                conn.write(head)
-            else:
-                conn.write(head)
+            conn.write(head)
+            if body is not None:
                 async for chunk in body:
                     if response_head.done():
                         # The upstream answered early (e.g. 413): stop sending; the rest of
@@ -160,9 +161,12 @@ class UpstreamPool:
                         conn.reusable = False
                         break
                     conn.write(chunk)
-                    await conn.drain()
+                    await conn.drain_within_timeout()
+                conn.arm_read_timeout()
             return await response_head
         except BaseException:
+            if response_head.done() and not response_head.cancelled():
+                response_head.exception()  # seen: the error raised here is the one that counts
             conn.finish()
             raise
 

@@ -229,6 +229,9 @@ class UpstreamConnection(asyncio.Protocol):
     def on_timeout(self) -> None:
         self._deadline = 0.0
         self._fail(UpstreamTimeout("upstream read timed out"))
+        drain = self._drain
+        if drain is not None and not drain.done():
+            drain.set_exception(UpstreamTimeout("upstream stopped reading the request body"))
         self.close()
 
     def _arm_timer(self) -> None:
@@ -275,11 +278,29 @@ class UpstreamConnection(asyncio.Protocol):
         self._arm_timer()
         self.write(head)
 
-    def expect_response(self, head_request: bool) -> asyncio.Future[UpstreamResponse]:
+    def expect_response(self, head_request: bool, *,
+                        armed: bool = True) -> asyncio.Future[UpstreamResponse]:
+        """The future of the response head; its read timeout starts now if ``armed``, else
+        at :meth:`arm_read_timeout` (once a request body has been sent)."""
         self._head_request = head_request
         self._head = asyncio.get_running_loop().create_future()
-        self._arm_timer()
+        if armed:
+            self._arm_timer()
         return self._head
+
+    def arm_read_timeout(self) -> None:
+        if self._response is None:
+            self._arm_timer()
+
+    async def drain_within_timeout(self) -> None:
+        """Wait for room to write, for at most the read timeout."""
+        if self._drain is not None:
+            self._arm_timer()
+            try:
+                await self._drain
+            finally:
+                if self._response is None:
+                    self._cancel_timer()
 
     def take_whole_body(self) -> bytes | None:
         if not self._body_done:
