@@ -9,9 +9,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypedDict
+from typing import Any, Final, TypedDict
 
+import asyncpg
 from aiohttp import web
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gatekeeper.problem import problem_response
 
@@ -28,6 +31,22 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# A store the request needs is down, hung or overloaded: not a bug, and retrying later helps.
+# TimeoutError covers asyncpg's statement, connect and pool-acquire timeouts (asyncio's
+# TimeoutError is the builtin one); OSError a refused or reset connection; the asyncpg classes
+# a server that is shutting down, starting, out of connection slots or cancelled the statement.
+_UNAVAILABLE: Final = (
+    TimeoutError,
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    RedisConnectionError,
+    RedisTimeoutError,
+)
+# Long enough for a restarting Postgres, short enough that a script retrying is not idle long.
+_RETRY_AFTER_SECONDS: Final = 5
 
 _TITLES = {
     400: "Bad request",
@@ -98,6 +117,11 @@ def _from_http_exception(exc: web.HTTPException) -> web.Response:
     return Problem(exc.status, detail, headers=headers or None).response()
 
 
+def _route(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "(unmatched)"
+
+
 @web.middleware
 async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn :class:`Problem`, aiohttp's HTTP errors and anything unexpected into problems.
@@ -114,8 +138,11 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         return _from_http_exception(exc)
     except (asyncio.CancelledError, ConnectionResetError):
         raise
+    except _UNAVAILABLE as exc:
+        _log.warning("store unavailable in %s %s: %s", request.method, _route(request),
+                     type(exc).__name__)
+        return Problem(503, "A data store is unavailable; retry later", type_="store-unavailable",
+                       headers={"Retry-After": str(_RETRY_AFTER_SECONDS)}).response()
     except Exception:
-        _log.exception("unexpected error in %s %s", request.method,
-                       request.match_info.route.resource.canonical
-                       if request.match_info.route.resource else "(unmatched)")
+        _log.exception("unexpected error in %s %s", request.method, _route(request))
         return Problem(500, "An unexpected error occurred", type_="internal").response()

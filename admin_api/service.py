@@ -18,8 +18,9 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from admin_api.app import create_app
+from admin_api.database import open_admin_pool
 from admin_api.edgesync import EDGE_SYNC
-from gatekeeper.connections import open_pg_pool, open_redis
+from gatekeeper.connections import open_redis
 from gatekeeper.settings import Settings, SettingsError, mask_url
 
 __all__ = ["AdminService"]
@@ -54,7 +55,7 @@ class AdminService:
         settings = self._settings
         assert settings.database_url is not None and settings.redis_url is not None
         try:
-            self._pool = await open_pg_pool(settings.database_url)
+            self._pool = await open_admin_pool(settings.database_url)
             self._redis = open_redis(settings.redis_url)
             app = create_app(settings, self._pool, self._redis)
             self._runner = web.AppRunner(app, shutdown_timeout=_SHUTDOWN_TIMEOUT,
