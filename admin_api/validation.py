@@ -24,6 +24,7 @@ from admin_api.errors import FieldError, Problem, bad_request, unprocessable
 
 __all__ = [
     "DEFAULT_LIMIT",
+    "MAX_JSON_DEPTH",
     "MAX_LIMIT",
     "Body",
     "check_query",
@@ -38,6 +39,9 @@ Body = dict[str, Any]
 DEFAULT_LIMIT: Final = 100
 MAX_LIMIT: Final = 1000
 _QUERY_TEXT_MAX: Final = 200
+# No valid body nests more than three levels; refusing anything deeper than this keeps the
+# recursive checks below (and jsonschema's) far from Python's recursion limit.
+MAX_JSON_DEPTH: Final = 32
 _DEVICE_ID = re.compile(schemas.DEVICE_ID_PATTERN)
 
 
@@ -113,6 +117,25 @@ def _unstorable(value: Any, path: list[str | int]) -> list[FieldError]:
     return found
 
 
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether arrays and objects nest more than ``limit`` levels (iterative: no recursion)."""
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        children = (item.values() if isinstance(item, dict)
+                    else item if isinstance(item, list) else None)
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        pending.extend((child, depth + 1) for child in children)
+    return False
+
+
+def _too_deep() -> Problem:
+    return bad_request(f"The request body is nested more than {MAX_JSON_DEPTH} levels deep")
+
+
 def _reject_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not valid JSON")
 
@@ -142,8 +165,12 @@ async def read_json(request: web.Request, check: Draft202012Validator, *,
     try:
         data = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant,
                           object_pairs_hook=_no_duplicates)
+    except RecursionError as exc:  # the C parser's own guard, far beyond our limit
+        raise _too_deep() from exc
     except (UnicodeDecodeError, ValueError) as exc:
         raise bad_request(f"The request body is not valid JSON: {str(exc)[:120]}") from exc
+    if _deeper_than(data, MAX_JSON_DEPTH):
+        raise _too_deep()
     bad = _unstorable(data, [])
     if bad:
         raise unprocessable(bad)

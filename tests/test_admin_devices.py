@@ -82,6 +82,20 @@ async def test_create_rejects_malformed_bodies(api: Api) -> None:
     await problem(response, 422)
 
 
+@pytest.mark.parametrize("depth", [33, 1_000, 10_000])  # 10,000 still fits in 64 KiB
+@pytest.mark.parametrize("route", ["/devices", "/tokens"])
+async def test_deeply_nested_bodies_are_a_400(api: Api, route: str, depth: int) -> None:
+    """Nesting deep enough to exhaust the parser's or the validator's recursion is refused as
+    malformed, not a 500; so is any nesting deeper than a valid body could be."""
+    headers = {"Content-Type": "application/json"}
+    for raw in ("[" * depth + "]" * depth,
+                '{"settings":' + '{"a":' * depth + "1" + "}" * depth + "}",
+                '{"name":"n","x":' + "[" * depth + "]" * depth + "}"):
+        response = await api.call("POST", api.path(route), data=raw.encode(), headers=headers)
+        body = await problem(response, 400)
+        assert "nested" in body["detail"]
+
+
 async def test_injection_is_stored_literally(api: Api) -> None:
     name = "'; DROP TABLE devices; -- <script>alert(1)</script> {{7*7}} ${x} %s \\"
     created = await api.create_device("inj", name=name, description="\u202e\U0001f600")
