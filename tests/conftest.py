@@ -43,12 +43,16 @@ class Stores:
         return self.redis.url
 
     def stop(self) -> None:
-        self.postgres.stop()
-        self.redis.stop()
+        # Resumed first: a test that failed while a server was frozen must not hang teardown.
+        for server in (self.postgres, self.redis):
+            server.resume()
+            server.stop()
 
 
-def _start_stores(folder: Path) -> Stores:
-    postgres = EmbeddedPostgres(folder / "pg")
+def _start_stores(folder: Path, *, durable: bool = False) -> Stores:
+    # Fast mode (durable=False) unless a test needs acknowledged writes to survive a crash: the
+    # embedded default is durable, test servers are thrown away.
+    postgres = EmbeddedPostgres(folder / "pg", durable=durable)
     redis = EmbeddedRedis(folder / "redis")
     postgres.start()
     redis.start()
@@ -67,6 +71,15 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stores]:
 def private_stores(tmp_path: Path) -> Iterator[Stores]:
     """A pair of servers only this test uses: it may stop and restart them."""
     pair = _start_stores(tmp_path)
+    yield pair
+    pair.stop()
+
+
+@pytest.fixture
+def durable_stores(tmp_path: Path) -> Iterator[Stores]:
+    """Like ``private_stores``, with a durable PostgreSQL (the embedded default): for tests
+    that crash it and count the acknowledged writes it kept."""
+    pair = _start_stores(tmp_path, durable=True)
     yield pair
     pair.stop()
 
