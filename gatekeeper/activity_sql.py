@@ -23,6 +23,8 @@ changed-field lists are built in SQL too.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import Container, Mapping, Sequence
 from typing import TYPE_CHECKING
@@ -225,19 +227,49 @@ async def _update_known(conn: _Connection, keys: list[DeviceKey],
         await conn.execute(_HISTORY, _json(history.rows))
 
 
+async def _write(conn: _Connection, batch: Mapping[DeviceKey, PendingDevice],
+                 key_uses: Mapping[str, float], known: Container[DeviceKey] | None) -> None:
+    keys = sorted(batch)
+    if keys:
+        new = keys if known is None else [k for k in keys if k not in known]
+        existing = await _insert_new(conn, new, batch) if new else []
+        if known is not None and len(existing) + len(new) != len(keys):
+            existing = sorted([*existing, *(k for k in keys if k in known)])
+        if existing:
+            await _update_known(conn, existing, batch)
+    if key_uses:
+        await conn.execute(_KEY_USES, [bytes.fromhex(d) for d in key_uses],
+                           list(key_uses.values()))
+
+
 async def write_batch(pool: asyncpg.Pool, batch: Mapping[DeviceKey, PendingDevice],
                       key_uses: Mapping[str, float],
-                      known: Container[DeviceKey] | None = None) -> None:
-    """Write ``batch``; devices in ``known`` are already in Postgres (phase 1 skips them)."""
-    keys = sorted(batch)
-    async with pool.acquire() as conn, conn.transaction():
-        if keys:
-            new = keys if known is None else [k for k in keys if k not in known]
-            existing = await _insert_new(conn, new, batch) if new else []
-            if known is not None and len(existing) + len(new) != len(keys):
-                existing = sorted([*existing, *(k for k in keys if k in known)])
-            if existing:
-                await _update_known(conn, existing, batch)
-        if key_uses:
-            await conn.execute(_KEY_USES, [bytes.fromhex(d) for d in key_uses],
-                               list(key_uses.values()))
+                      known: Container[DeviceKey] | None = None, *, timeout: float) -> None:
+    """Write ``batch`` in one transaction, within ``timeout`` seconds from acquiring a
+    connection to the commit; devices in ``known`` are already in Postgres (phase 1 skips them).
+
+    Returns only once the commit is acknowledged. On any failure (the deadline included) the
+    connection is dropped, not rolled back: a hung server would never answer the ROLLBACK (nor
+    the pool's reset), and a dropped connection rolls back on the server anyway.
+    """
+    ms = max(1, int(timeout * 1000))
+    conn: asyncpg.pool.PoolConnectionProxy | None = None
+    try:
+        async with asyncio.timeout(timeout):
+            conn = await pool.acquire()
+            # Server-side limits in the same round trip as BEGIN: a statement stuck behind a row
+            # lock is abandoned by Postgres itself, and if this client vanishes mid-transaction
+            # (a partition, no FIN) its row locks are released instead of blocking other flushes.
+            await conn.execute(f"BEGIN; SET LOCAL statement_timeout = {ms};"
+                               f" SET LOCAL idle_in_transaction_session_timeout = {ms}")
+            await _write(conn, batch, key_uses, known)
+            await conn.execute("COMMIT")
+    except BaseException:
+        if conn is not None:
+            conn.terminate()
+        raise
+    finally:
+        if conn is not None:
+            # Committed (or terminated) by now; a reset that hangs only costs the connection.
+            with contextlib.suppress(Exception):
+                await pool.release(conn, timeout=timeout)

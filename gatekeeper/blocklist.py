@@ -5,6 +5,12 @@ background task (:meth:`BlocklistMirror.run`) keeps the sets fresh: it subscribe
 channel *first*, then loads both sets with SSCAN, then applies each message as it arrives; every
 ``resync_seconds`` and after every reconnect it reloads in full. While Redis is unreachable the
 last loaded sets keep serving and the mirror reports itself stale.
+
+A quiet subscription proves nothing: a hung Redis (or a partition) keeps the socket open and
+simply says nothing. So the task PINGs on the subscription connection every ``ping_interval``
+seconds; the PONG comes back behind every message published before it, so it is what marks the
+mirror synced. No PONG within ``ping_timeout`` seconds and the connection counts as lost: stale,
+reconnect, reload.
 """
 
 from __future__ import annotations
@@ -16,12 +22,14 @@ import time
 from collections.abc import Callable
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from gatekeeper import edgeview, metrics
 from gatekeeper.edgeview import EdgeEvent
 
-__all__ = ["BLOCKED", "DISABLED", "BlocklistMirror"]
+__all__ = ["BLOCKED", "DISABLED", "PING_INTERVAL_SECONDS", "PING_TIMEOUT_SECONDS",
+           "BlocklistMirror", "SubscriptionLost"]
 
 _log = logging.getLogger(__name__)
 
@@ -29,6 +37,18 @@ BLOCKED = "blocked"
 DISABLED = "disabled"
 
 DeviceKey = tuple[str, str]
+
+# A PING a second costs Redis nothing, and keeps "last sync" as fine-grained as it was when a
+# quiet subscription counted as a sync. Two seconds for its PONG is ~10,000 times a loopback
+# round trip, and shorter than the client's 5 s socket timeout: a hung Redis shows as stale in at
+# most three seconds (see docs/decisions.md, "the edge keeps its promise").
+PING_INTERVAL_SECONDS = 1.0
+PING_TIMEOUT_SECONDS = 2.0
+_PING_TOKEN = "gatekeeper-mirror"
+
+
+class SubscriptionLost(RedisConnectionError):
+    """The subscription connection stopped answering: treated as a dropped connection."""
 
 
 def _key(member: str) -> DeviceKey:
@@ -44,6 +64,8 @@ class BlocklistMirror:
         "_disabled",
         "_on_key_event",
         "_on_resync",
+        "_ping_interval",
+        "_ping_timeout",
         "_reconnected",
         "_redis",
         "_resync_seconds",
@@ -55,9 +77,13 @@ class BlocklistMirror:
 
     def __init__(self, redis: aioredis.Redis, *, resync_seconds: float,
                  on_key_event: Callable[[EdgeEvent], None] | None = None,
-                 on_resync: Callable[[], None] | None = None) -> None:
+                 on_resync: Callable[[], None] | None = None,
+                 ping_interval: float = PING_INTERVAL_SECONDS,
+                 ping_timeout: float = PING_TIMEOUT_SECONDS) -> None:
         self._redis = redis
         self._resync_seconds = resync_seconds
+        self._ping_interval = ping_interval
+        self._ping_timeout = ping_timeout
         self._on_key_event = on_key_event
         self._on_resync = on_resync
         self._blocked: set[DeviceKey] = set()
@@ -90,8 +116,8 @@ class BlocklistMirror:
         metrics.BLOCKED_DEVICES.set(len(blocked))
         _log.info("blocklist mirror loaded: %d blocked, %d disabled", len(blocked), len(disabled))
 
-    def _mark_synced(self) -> None:
-        self.synced_at = time.time()
+    def _mark_synced(self, at: float | None = None) -> None:
+        self.synced_at = time.time() if at is None else at
         self.stale = False
         metrics.BLOCKLIST_LAST_SYNC.set(self.synced_at)
         metrics.BLOCKLIST_STALE.set(0)
@@ -148,32 +174,53 @@ class BlocklistMirror:
                 connection.register_connect_callback(self._on_reconnect)
             self._reconnected = False
             await self._load()
-            next_resync = time.monotonic() + self._resync_seconds
-            while True:
-                message = await pubsub.get_message(timeout=1.0)
-                if self._reconnected:
-                    self._reconnected = False
-                    _log.info("blocklist: subscription re-established; reloading")
-                    await self._load()
-                    next_resync = time.monotonic() + self._resync_seconds
-                if message is not None and message.get("type") == "message":
-                    event = edgeview.decode(message["data"])
-                    if event is None:
-                        continue
-                    if event.kind == "resync":
-                        await self._load()
-                    else:
-                        self.apply(event)
-                    continue
-                now = time.monotonic()
-                if now >= next_resync:
-                    await self._load()
-                    next_resync = now + self._resync_seconds
-                else:
-                    # A live subscription is as good as a sync: nothing was missed meanwhile.
-                    self._mark_synced()
+            await self._listen(pubsub)
         finally:
             if connection is not None:
                 connection.deregister_connect_callback(self._on_reconnect)
             with contextlib.suppress(Exception):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _listen(self, pubsub: aioredis.client.PubSub) -> None:
+        """Apply messages as they come; PING to prove the subscription is alive; reload when due.
+        Returns only by raising (a lost connection, or cancellation)."""
+        next_resync = time.monotonic() + self._resync_seconds
+        next_ping = time.monotonic() + self._ping_interval
+        ping_sent: float | None = None  # monotonic time of the PING not yet answered
+        ping_wall = 0.0  # the same instant, wall clock: what its PONG proves the mirror is as of
+        while True:
+            if ping_sent is None and time.monotonic() >= next_ping:
+                ping_sent, ping_wall = time.monotonic(), time.time()
+                await pubsub.ping(_PING_TOKEN)
+            wake = ping_sent + self._ping_timeout if ping_sent is not None else next_ping
+            message = await pubsub.get_message(
+                timeout=max(0.01, min(wake, next_resync) - time.monotonic()))
+            if self._reconnected:
+                self._reconnected = False
+                _log.info("blocklist: subscription re-established; reloading")
+                await self._load()
+                next_resync = time.monotonic() + self._resync_seconds
+                ping_sent = None  # sent on the connection that went away
+                next_ping = time.monotonic() + self._ping_interval
+            kind = message.get("type") if message is not None else None
+            if kind is None:
+                # Silence past the deadline. (Only silence: while messages are still arriving
+                # the PONG may be queued behind them, and the connection is plainly alive.)
+                if ping_sent is not None and time.monotonic() - ping_sent > self._ping_timeout:
+                    raise SubscriptionLost(
+                        f"no PONG on the subscription within {self._ping_timeout}s")
+            elif kind == "pong":
+                if ping_sent is not None:
+                    # Everything published before the PING has been applied by now.
+                    self._mark_synced(ping_wall)
+                ping_sent = None
+                next_ping = time.monotonic() + self._ping_interval
+            elif kind == "message" and message is not None:
+                event = edgeview.decode(message["data"])
+                if event is not None and event.kind == "resync":
+                    await self._load()
+                elif event is not None:
+                    self.apply(event)
+            if time.monotonic() >= next_resync:
+                await self._load()
+                next_resync = time.monotonic() + self._resync_seconds

@@ -6,6 +6,10 @@ I/O. A background task (:meth:`ActivityRecorder.run`) flushes every ``flush_inte
 Attribute changes seen in between are kept in order, each with the time its request was seen, so
 history is exact. When Postgres fails, the taken batch is merged back and retried with backoff;
 the buffer is bounded, and a device that does not fit is dropped and counted.
+
+Every piece of a flush is bounded by ``flush_timeout`` (default :data:`FLUSH_TIMEOUT_SECONDS`),
+from acquiring a connection to the commit, so a hung Postgres shows as flush errors and retries,
+never as a flush that waits forever. A device counts as flushed only once its commit returned.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from gatekeeper import metrics
 from gatekeeper.activity_sql import merge_attributes, write_batch
 from gatekeeper.identity import Attributes
 
-__all__ = ["ActivityRecorder", "PendingDevice"]
+__all__ = ["FLUSH_TIMEOUT_SECONDS", "ActivityRecorder", "PendingDevice"]
 
 _log = logging.getLogger(__name__)
 
@@ -34,6 +38,17 @@ DeviceKey = tuple[str, str]
 # requests waiting behind a flush saw as their p99.
 _PIECE_DEVICES = 250
 _SCAN_SLICE = 2_000
+
+# A piece takes milliseconds; even a loaded Postgres (a checkpoint's I/O, a lock held by an admin
+# transaction) answers in well under a second. Past this a flush is abandoned and retried: long
+# enough not to retry healthy-but-slow work, short enough that a hung server shows within
+# seconds (see docs/decisions.md, "the edge keeps its promise").
+FLUSH_TIMEOUT_SECONDS = 5.0
+_STORE_ERRORS = (asyncpg.PostgresError, OSError, asyncpg.InterfaceError, TimeoutError)
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__  # a timeout's message is empty
 
 
 class PendingDevice:
@@ -63,13 +78,15 @@ class PendingDevice:
 
 class ActivityRecorder:
     __slots__ = ("_flush_max", "_interval", "_known", "_max_pending", "_parallel", "_pending",
-                 "_pool", "_retry_max", "_touch", "_wake", "dropped", "flushed_rows", "key_uses",
-                 "last_flush_ok")
+                 "_pool", "_retry_max", "_timeout", "_touch", "_wake", "dropped", "flushed_rows",
+                 "key_uses", "last_flush_ok")
 
     def __init__(self, pool: asyncpg.Pool, *, flush_interval: float, flush_max_devices: int,
                  max_pending: int, retry_max_seconds: float, flush_connections: int = 2,
-                 touch_interval: float = 0.0) -> None:
+                 touch_interval: float = 0.0,
+                 flush_timeout: float = FLUSH_TIMEOUT_SECONDS) -> None:
         self._pool = pool
+        self._timeout = flush_timeout
         # Devices this process has written, with when (monotonic): their flushes skip the
         # insert-new phase, and a device that only "was active again" is rewritten at most every
         # ``touch_interval``. Bounded by the buffer size; when full it starts over.
@@ -183,7 +200,9 @@ class ActivityRecorder:
 
         A large batch is written as key ranges in a few concurrent transactions; a range that
         fails goes back to the buffer and the others stay written (writing one again is harmless:
-        its timestamps do not move back and its history is not repeated).
+        its timestamps do not move back and its history is not repeated). After the first failure
+        no further range is started: one timeout is enough to know Postgres is in trouble, and a
+        hung server would otherwise cost a timeout per range.
         """
         batch = await self._take(everything)
         uses, self.key_uses = self.key_uses, {}
@@ -195,16 +214,23 @@ class ActivityRecorder:
         started = time.perf_counter()
         parts = self._split(batch)
         written: set[int] = set()
+        failures: list[Exception] = []
         slots = asyncio.Semaphore(self._parallel)
 
         async def write(index: int) -> None:
             async with slots:
+                if failures:
+                    return  # stays unwritten: restored below, retried with backoff
                 await asyncio.sleep(0)  # let waiting requests in before preparing this piece
-                await write_batch(self._pool, parts[index], uses if index == 0 else {},
-                                  self._known)
-            # Stamp each device a random part of the touch interval early, so devices first
-            # written together do not all come due together: touches spread over the flushes
-            # instead of arriving as one large batch every interval.
+                try:
+                    await write_batch(self._pool, parts[index], uses if index == 0 else {},
+                                      self._known, timeout=self._timeout)
+                except Exception as exc:
+                    failures.append(exc)
+                    return
+            # Committed. Stamp each device a random part of the touch interval early, so devices
+            # first written together do not all come due together: touches spread over the
+            # flushes instead of arriving as one large batch every interval.
             now = time.monotonic()
             spread = self._touch / 2
             self._known.update({key: (now - spread * random.random(), entry.attributes)
@@ -212,18 +238,17 @@ class ActivityRecorder:
             written.add(index)
 
         try:
-            results = await asyncio.gather(*(write(i) for i in range(len(parts))),
-                                           return_exceptions=True)
+            await asyncio.gather(*(write(i) for i in range(len(parts))))
         finally:
             if len(written) < len(parts):
                 self._restore([p for i, p in enumerate(parts) if i not in written],
                               uses if 0 not in written else {})
-        done = sum(len(parts[i]) for i in written)
-        metrics.ACTIVITY_FLUSHED.inc(done)
-        self.flushed_rows += done
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
+            # Only committed pieces count, whatever happened to the others.
+            done = sum(len(parts[i]) for i in written)
+            metrics.ACTIVITY_FLUSHED.inc(done)
+            self.flushed_rows += done
+        if failures:
+            raise failures[0]
         metrics.ACTIVITY_FLUSH_DURATION.observe(time.perf_counter() - started)
         return done
 
@@ -247,12 +272,16 @@ class ActivityRecorder:
             try:
                 while await self.flush_once() >= self._flush_max:
                     pass  # a full batch: more may be waiting, go again at once
-            except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError, TimeoutError) as exc:
+            except Exception as exc:
                 metrics.ACTIVITY_FLUSH_ERRORS.inc()
                 metrics.STORE_UP.labels("postgres").set(0)
-                if self.last_flush_ok:
+                if not isinstance(exc, _STORE_ERRORS):
+                    # Not an outage: a bug. Keep the buffer and keep trying (a dead recorder
+                    # would lose everything silently), but say so every time.
+                    _log.exception("activity flush failed unexpectedly; retrying")
+                elif self.last_flush_ok:
                     _log.warning("activity flush failed (%s); keeping %d devices and retrying",
-                                 exc, self.pending)
+                                 _describe(exc), self.pending)
                 self.last_flush_ok = False
                 backoff = min(max(backoff * 2, 0.1), self._retry_max)
                 continue
@@ -263,13 +292,18 @@ class ActivityRecorder:
             backoff = self._interval
 
     async def drain(self, deadline: float) -> bool:
-        """Flush everything before shutdown, retrying until ``deadline`` (monotonic)."""
+        """Flush everything before shutdown, retrying until ``deadline`` (monotonic); what is
+        still buffered then is counted as dropped."""
         while self._pending or self.key_uses:
             try:
-                await self.flush_once(everything=True)
-            except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError, TimeoutError) as exc:
+                # A hung Postgres must not hold the shutdown past its deadline either.
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    await self.flush_once(everything=True)
+            except _STORE_ERRORS as exc:
                 if time.monotonic() >= deadline:
-                    _log.error("shutdown: %d devices could not be flushed: %s", self.pending, exc)
+                    _log.error("shutdown: %d devices could not be flushed: %s", self.pending,
+                               _describe(exc))
+                    self.dropped += self.pending
                     metrics.ACTIVITY_DROPPED.inc(self.pending)
                     return False
                 await asyncio.sleep(0.2)

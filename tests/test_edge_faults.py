@@ -1,16 +1,18 @@
-"""The edge under failure: Redis stopped or cut mid-traffic, a proxy started without Redis, and
-SIGTERM while requests are in flight.
+"""The edge under failure: Redis stopped, cut or hung mid-traffic, a proxy started without Redis,
+and SIGTERM while requests are in flight.
 
 Redis outages use a private Valkey (``private_stores``) that the test stops and restarts on the
 same port, or a :class:`faultproxy.FaultProxy` between the proxy and the session's Valkey that
 cuts, blackholes or resets the proxy's connections while the store keeps writing to Redis
-directly. (Postgres outages are covered by the recorder's tests.)
+directly. (Postgres outages are covered by the recorder's tests; every store stopped, hung and
+crashed under traffic, with figures, by ``test_store_faults.py``.)
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from edgerig import CountingUpstream, ProxyProcess, eventually, metric_value
 from faultproxy import FaultProxy
 
 from gatekeeper import store
+from gatekeeper.blocklist import PING_INTERVAL_SECONDS, PING_TIMEOUT_SECONDS
 from gatekeeper.connections import open_pg_pool, open_redis
 from gatekeeper.edge import EdgeServer
 from gatekeeper.embedded import EmbeddedRedis
@@ -178,6 +181,41 @@ async def test_resync_after_reconnect_picks_up_changes_made_meanwhile(
 
 async def _not_stale(session: aiohttp.ClientSession, edge: EdgeServer) -> bool:
     return await _stale(session, edge) == 0.0
+
+
+async def test_hung_redis_marks_the_mirror_stale_and_it_keeps_serving(
+    stores: Stores, edge_factory: EdgeFactory, upstream: CountingUpstream, pg_pool: asyncpg.Pool,
+    redis_client: aioredis.Redis, session: aiohttp.ClientSession, tenant: str,
+) -> None:
+    """Redis keeps the connections open and answers nothing (a hung server, a partition): a
+    quiet subscription must not pass for a live one."""
+    async with FaultProxy("127.0.0.1", _redis_port(stores.redis_url)) as fault_proxy:
+        edge = await edge_factory(redis_url=fault_proxy.url, upstream=upstream.url,
+                                  blocklist_resync_seconds=300)
+        await store.set_blocked(pg_pool, redis_client, tenant, "bad", True, create=True)
+        assert await eventually(lambda: _is(session, edge, tenant, "bad", 403), 1.0)
+
+        await fault_proxy.blackhole()
+        hung_at = time.monotonic()
+
+        async def stale() -> bool:
+            return await _stale(session, edge) == 1.0
+
+        assert await eventually(stale, PING_INTERVAL_SECONDS + PING_TIMEOUT_SECONDS + 2.0)
+        detected = time.monotonic() - hung_at
+        assert detected >= PING_TIMEOUT_SECONDS - 0.1  # by the PING's deadline, not by chance
+        status, checks = await _readyz(session, edge)
+        assert status == 200 and checks["blocklist_loaded"] and not checks["blocklist_fresh"]
+        # Serving from the last mirror, exactly as with Redis stopped.
+        assert await _status(session, edge, tenant, "bad") == 403
+        assert await _status(session, edge, tenant, "good") == 200
+        await store.set_blocked(pg_pool, redis_client, tenant, "good", True, create=True)
+
+        await fault_proxy.reset()  # answers again (on new connections)
+        assert await eventually(lambda: _not_stale(session, edge), 10.0)
+        # The reload after reconnecting brought the block made while the edge was deaf.
+        assert await eventually(lambda: _is(session, edge, tenant, "good", 403), 1.0)
+    assert upstream.by_device["bad"] == 0
 
 
 async def test_proxy_started_while_redis_down_is_unready_then_recovers(

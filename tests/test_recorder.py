@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 
 import asyncpg
+import pytest
+from conftest import Stores
+from faultproxy import FaultProxy
 
 from gatekeeper import metrics
+from gatekeeper.connections import open_pg_pool
 from gatekeeper.recorder import ActivityRecorder
 
 ATTRS = ("App", "1.0", "Android", "14", "Acme", "X1")
@@ -216,3 +221,111 @@ async def test_drain_writes_deferred_touches_too(pg_pool: asyncpg.Pool, tenant: 
     assert await rec.flush_once() == 0
     assert await rec.drain(time.monotonic() + 5)
     assert (await device(pg_pool, tenant, "d"))["last_active_at"] > before
+
+
+# --- a hung Postgres: every flush is bounded, and only commits count ---------------------------
+
+
+def hung_recorder(pool: asyncpg.Pool, timeout: float) -> ActivityRecorder:
+    return ActivityRecorder(pool, flush_interval=0.05, flush_max_devices=5_000,
+                            max_pending=50_000, retry_max_seconds=0.2, flush_timeout=timeout)
+
+
+async def test_flush_to_a_hung_postgres_gives_up_in_time_and_keeps_the_batch(
+        stores: Stores, pg_pool: asyncpg.Pool, tenant: str) -> None:
+    """Postgres accepts the connection and then says nothing (a blackhole in between): the
+    flush fails after its timeout, once for the whole batch, not once per piece."""
+    async with FaultProxy("127.0.0.1", stores.postgres.port) as fault:
+        pool = await open_pg_pool(f"postgresql://postgres@127.0.0.1:{fault.port}/postgres",
+                                  min_size=2, max_size=4)
+        try:
+            rec = hung_recorder(pool, timeout=0.5)
+            for i in range(600):  # three pieces, two at a time
+                rec.record((tenant, f"d{i:03d}"), ATTRS, False)
+            flushed_before = counter("gatekeeper_activity_flushed_total")
+            await fault.blackhole()
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):
+                await rec.flush_once()
+            elapsed = time.monotonic() - started
+            assert 0.45 <= elapsed < 0.95  # one timeout: the third piece was never started
+            assert rec.pending == 600 and rec.flushed_rows == 0
+            assert counter("gatekeeper_activity_flushed_total") == flushed_before
+
+            await fault.reset()  # the server answers again (on new connections)
+            assert await rec.flush_once() == 600
+        finally:
+            pool.terminate()
+    count = await pg_pool.fetchval("SELECT count(*) FROM devices WHERE tenant_id = $1", tenant)
+    assert count == 600
+
+
+async def test_background_flusher_counts_errors_while_hung_and_catches_up(
+        stores: Stores, pg_pool: asyncpg.Pool, tenant: str) -> None:
+    async with FaultProxy("127.0.0.1", stores.postgres.port) as fault:
+        pool = await open_pg_pool(f"postgresql://postgres@127.0.0.1:{fault.port}/postgres",
+                                  min_size=1, max_size=4)
+        rec = hung_recorder(pool, timeout=0.3)
+        task = asyncio.create_task(rec.run())
+        try:
+            errors_before = counter("gatekeeper_activity_flush_errors_total")
+            await fault.blackhole()
+            for i in range(50):
+                rec.record((tenant, f"d{i:02d}"), ATTRS, True)
+            deadline = time.monotonic() + 5
+            while counter("gatekeeper_activity_flush_errors_total") < errors_before + 2:
+                assert time.monotonic() < deadline, "a hung flush must fail, and be retried"
+                await asyncio.sleep(0.05)
+            assert not rec.last_flush_ok and rec.pending == 50
+
+            await fault.reset()
+            while rec.pending or not rec.last_flush_ok:
+                assert time.monotonic() < deadline + 5, "the flusher must catch up"
+                await asyncio.sleep(0.05)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            pool.terminate()
+    count = await pg_pool.fetchval(
+        "SELECT count(*) FROM devices WHERE tenant_id = $1 AND last_data_upload_at IS NOT NULL",
+        tenant)
+    assert count == 50
+
+
+async def test_only_committed_pieces_count_as_flushed(
+        pg_pool: asyncpg.Pool, tenant: str) -> None:
+    """One piece of a batch commits, the other fails: the metric, the counter and the buffer
+    agree with what Postgres holds."""
+    rec = recorder(pg_pool)
+    for i in range(249):
+        rec.record((tenant, f"a{i:03d}"), ATTRS, False)
+    for i in range(251):  # sorts after the a's: the second piece, with a row Postgres refuses
+        rec.record((tenant, f"b{i:03d}" if i else "b\x00poison"), ATTRS, False)
+    flushed_before = counter("gatekeeper_activity_flushed_total")
+    with pytest.raises(asyncpg.PostgresError):
+        await rec.flush_once()
+    stored = await pg_pool.fetchval("SELECT count(*) FROM devices WHERE tenant_id = $1", tenant)
+    assert stored == 250 == rec.flushed_rows
+    assert counter("gatekeeper_activity_flushed_total") - flushed_before == 250
+    assert rec.pending == 250  # the refused piece is back in the buffer, for the retry
+
+
+async def test_drain_gives_up_at_its_deadline_and_counts_what_it_drops(
+        stores: Stores, tenant: str) -> None:
+    async with FaultProxy("127.0.0.1", stores.postgres.port) as fault:
+        pool = await open_pg_pool(f"postgresql://postgres@127.0.0.1:{fault.port}/postgres",
+                                  min_size=1, max_size=2)
+        try:
+            rec = hung_recorder(pool, timeout=5.0)  # longer than the deadline
+            for i in range(10):
+                rec.record((tenant, f"d{i}"), ATTRS, False)
+            dropped_before = counter("gatekeeper_activity_dropped_total")
+            await fault.blackhole()
+            started = time.monotonic()
+            assert not await rec.drain(started + 0.5)
+            assert time.monotonic() - started < 1.5
+            assert rec.dropped == 10
+            assert counter("gatekeeper_activity_dropped_total") - dropped_before == 10
+        finally:
+            pool.terminate()
