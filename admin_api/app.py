@@ -16,6 +16,7 @@ from admin_api.context import PG_POOL, REDIS, SETTINGS
 from admin_api.edgesync import EDGE_SYNC, EdgeSync
 from admin_api.errors import problem_middleware
 from admin_api.metrics import METRICS, AdminMetrics, metrics_handler, metrics_middleware
+from admin_api.server import MAX_FIELD_BYTES
 from gatekeeper.settings import Settings
 
 __all__ = ["MAX_BODY_BYTES", "create_app"]
@@ -61,9 +62,11 @@ async def _edge_sync_ctx(app: web.Application) -> AsyncIterator[None]:
 def create_app(settings: Settings, pool: asyncpg.Pool, redis: aioredis.Redis, *,
                verifier: TokenVerifier | None = None) -> web.Application:
     """The admin application. ``pool`` and ``redis`` belong to the caller, who closes them;
-    ``verifier`` replaces the one built from ``settings`` (tests)."""
+    ``verifier`` replaces the one built from ``settings`` (tests). Serve it with
+    :class:`admin_api.server.AdminRunner`."""
     app = web.Application(middlewares=[metrics_middleware, problem_middleware],
-                          client_max_size=MAX_BODY_BYTES)
+                          client_max_size=MAX_BODY_BYTES,
+                          handler_args={"max_field_size": MAX_FIELD_BYTES})
     metrics = AdminMetrics()
     app[SETTINGS] = settings
     app[PG_POOL] = pool

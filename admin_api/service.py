@@ -20,6 +20,7 @@ from aiohttp import web
 from admin_api.app import create_app
 from admin_api.database import open_admin_pool
 from admin_api.edgesync import EDGE_SYNC
+from admin_api.server import AdminRunner
 from gatekeeper.connections import open_redis
 from gatekeeper.settings import Settings, SettingsError, mask_url
 
@@ -58,8 +59,8 @@ class AdminService:
             self._pool = await open_admin_pool(settings.database_url)
             self._redis = open_redis(settings.redis_url)
             app = create_app(settings, self._pool, self._redis)
-            self._runner = web.AppRunner(app, shutdown_timeout=_SHUTDOWN_TIMEOUT,
-                                         access_log=_log.getChild("access"))
+            self._runner = AdminRunner(app, shutdown_timeout=_SHUTDOWN_TIMEOUT,
+                                       access_log=_log.getChild("access"))
             await self._runner.setup()
             # Rebuild the edge view from the truth before serving; if Redis is down the service
             # still starts (not ready) and the background reconciler keeps trying.

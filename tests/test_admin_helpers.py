@@ -22,6 +22,7 @@ from hypothesis.errors import HypothesisSideeffectWarning
 
 from admin_api.app import create_app
 from admin_api.auth import SCOPES
+from admin_api.server import AdminRunner
 from gatekeeper.admin_tokens import mint_token
 from gatekeeper.settings import Settings
 
@@ -91,11 +92,18 @@ class Api:
         return created
 
 
+class AdminTestServer(TestServer):
+    """aiohttp's test server with the admin's own runner, so tests see production's HTTP layer."""
+
+    async def _make_runner(self, **kwargs: Any) -> web.AppRunner:
+        return AdminRunner(self.app, **kwargs)
+
+
 @asynccontextmanager
 async def running_api(settings: Settings, pool: asyncpg.Pool, redis: aioredis.Redis,
                       tenant: str, **options: Any) -> AsyncIterator[Api]:
     app = create_app(settings, pool, redis, **options)
-    async with TestClient(TestServer(app)) as client:
+    async with TestClient(AdminTestServer(app)) as client:
         yield Api(client, settings, tenant, app)
 
 
