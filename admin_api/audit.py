@@ -14,7 +14,7 @@ from admin_api.context import PG_POOL
 from admin_api.metrics import METRICS
 from admin_api.paging import next_link
 from admin_api.serialize import audit_json, decode_cursor, encode_cursor, from_micros, micros
-from admin_api.validation import check_query, parse_limit
+from admin_api.validation import check_query, cursor_param, parse_limit
 
 __all__ = ["list_audit", "record"]
 
@@ -50,7 +50,7 @@ async def list_audit(request: web.Request) -> web.Response:
     limit = parse_limit(request)
     args: list[Any] = [principal.tenant_id, limit + 1]
     where = "tenant_id = $1"
-    cursor = request.query.get("cursor")
+    cursor = cursor_param(request)
     if cursor is not None:
         at_micros, entry_id = decode_cursor(cursor, int, int)
         where += " AND (at, id) < ($3, $4)"

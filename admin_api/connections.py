@@ -4,7 +4,6 @@ resets the connection to issue a new key (optionally keeping the old one for a g
 from __future__ import annotations
 
 import hashlib
-from typing import Final
 
 from aiohttp import web
 
@@ -23,7 +22,6 @@ __all__ = ["connect_device", "reset_connection"]
 
 _RESET = validator(schemas.RESET_REQUEST)
 _EMPTY = validator({"type": "object", "properties": {}, "additionalProperties": False})
-_MAX_KEY_LENGTH: Final = 256
 
 
 def _bad_key(detail: str) -> Problem:
@@ -39,7 +37,7 @@ async def connect_device(request: web.Request) -> web.Response:
     presented = request.headers.get("X-Api-Key", "")
     if not is_device_id(tenant_id) or not is_device_id(device_id):
         raise _bad_key("The API key is not valid for this device")
-    if not presented or len(presented) > _MAX_KEY_LENGTH:
+    if not presented or len(presented) > schemas.API_KEY_MAX:
         raise _bad_key("A valid X-Api-Key header is required")
     await read_json(request, _EMPTY, optional=True)
     digest = digest_secret(presented, request.app[SETTINGS].key_pepper)

@@ -31,7 +31,7 @@ from admin_api.serialize import (
     from_micros,
     micros,
 )
-from admin_api.validation import MAX_LIMIT, check_query, parse_limit, text_param
+from admin_api.validation import MAX_LIMIT, check_query, cursor_param, parse_limit, text_param
 
 __all__ = ["ORDER", "SORT_KEY", "DeviceQuery", "fetch_page", "list_devices", "page_cursor",
            "where_clause"]
@@ -98,7 +98,7 @@ def page_cursor(row: asyncpg.Record) -> str:
 
 
 def _after(request: web.Request) -> tuple[datetime | None, str] | None:
-    raw = request.query.get("cursor")
+    raw = cursor_param(request)
     if raw is None:
         return None
     at_micros, device_id = decode_cursor(raw, (int, type(None)), str)

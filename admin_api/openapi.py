@@ -16,7 +16,14 @@ from typing import Any, Final
 from aiohttp import web
 
 from admin_api.auth import DEVICE_READ, DEVICE_WRITE, TOKEN_READ, TOKEN_WRITE
-from admin_api.schemas import REQUEST_SCHEMAS, RESPONSE_SCHEMAS
+from admin_api.schemas import (
+    API_KEY,
+    CURSOR,
+    DEVICE_ID_PATTERN,
+    REQUEST_SCHEMAS,
+    RESPONSE_SCHEMAS,
+    SEARCH_TEXT,
+)
 from admin_api.validation import DEFAULT_LIMIT, MAX_LIMIT
 
 __all__ = ["OPERATIONS", "Operation", "build_document", "docs_page", "openapi_json"]
@@ -114,17 +121,16 @@ _PARAMETERS: Final[dict[str, dict[str, Any]]] = {
     "tenantId": {"in": "path", "required": True, "schema": {"type": "string"},
                  "description": "Must equal the token's tenant claim"},
     "deviceId": {"in": "path", "required": True,
-                 "schema": {"type": "string", "pattern": r"^[\x21-\x7e]{1,128}$"}},
+                 "schema": {"type": "string", "pattern": DEVICE_ID_PATTERN}},
     "tokenId": {"in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}},
-    "q": {"in": "query", "schema": {"type": "string", "maxLength": 200},
+    "q": {"in": "query", "schema": SEARCH_TEXT,
           "description": "Case-insensitive substring of name or deviceId"},
     "blocked": {"in": "query", "schema": {"type": "string", "enum": ["all", "hide", "only"],
                                           "default": "all"}},
     "limit": {"in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT,
                                         "default": DEFAULT_LIMIT}},
-    "cursor": {"in": "query", "schema": {"type": "string"},
-               "description": "Opaque; taken from the previous page's Link header"},
-    "X-Api-Key": {"in": "header", "required": True, "schema": {"type": "string"},
+    "cursor": {"in": "query", "schema": CURSOR, "description": CURSOR["description"]},
+    "X-Api-Key": {"in": "header", "required": True, "schema": API_KEY,
                   "description": "The device's API key"},
 }
 
@@ -150,7 +156,9 @@ def _operation(op: Operation) -> dict[str, Any]:
         success["headers"] = {name: {"description": text, "schema": {"type": "string"}}
                               for name, text in op.headers.items()}
     responses: dict[str, Any] = {str(op.status): success}
-    errors = sorted({*op.errors, *(_AUTH_ERRORS if op.scope else ()), 500})
+    # Every route under /api needs Postgres: down, hung or saturated, it answers 503.
+    store_errors = (503,) if op.path.startswith("/api/") else ()
+    errors = sorted({*op.errors, *(_AUTH_ERRORS if op.scope else ()), *store_errors, 500})
     for status in errors:
         responses[str(status)] = {"$ref": f"#/components/responses/Error{status}"}
     doc: dict[str, Any] = {

@@ -1,7 +1,14 @@
-"""JSON Schemas (draft 2020-12) of every request body and every response of the admin API.
+"""JSON Schemas (draft 2020-12) of every request body, query parameter and response of the
+admin API.
 
-Request schemas drive validation (:mod:`admin_api.validation`); all of them are published as
-components of the OpenAPI document (:mod:`admin_api.openapi`), so the two never drift.
+Request and parameter schemas drive validation (:mod:`admin_api.validation`); all of them are
+published in the OpenAPI document (:mod:`admin_api.openapi`), so the document states exactly
+what the server enforces. What a schema cannot say (an expiry in the future, a cursor the
+server issued, a real calendar date) is in its ``description``, and the server answers it with
+the documented 400 or 422.
+
+Patterns are ECMA-262 regular expressions, as JSON Schema specifies: ``$`` is the very end of
+the string (in Python it also matches before a final newline; the validator accounts for that).
 """
 
 from __future__ import annotations
@@ -9,14 +16,19 @@ from __future__ import annotations
 from typing import Any, Final
 
 __all__ = [
+    "API_KEY",
     "BLOCK_REQUEST",
     "CREATE_DEVICE",
     "CREATE_TOKEN",
+    "CURSOR",
     "DEVICE_ID_PATTERN",
     "DEVICE_TYPES",
+    "HTTP_URL_PATTERN",
     "REQUEST_SCHEMAS",
     "RESET_REQUEST",
     "RESPONSE_SCHEMAS",
+    "RFC3339_PATTERN",
+    "SEARCH_TEXT",
     "UPDATE_DEVICE",
 ]
 
@@ -24,22 +36,51 @@ Schema = dict[str, Any]
 
 # The edge's rule for device ids: 1-128 printable ASCII characters, no spaces.
 DEVICE_ID_PATTERN: Final = r"^[\x21-\x7e]{1,128}$"
+# Text Postgres can store: no NUL (lone surrogates cannot be said in a pattern; they are 422 too).
+_NO_NUL_PATTERN: Final = r"^[^\x00]*$"
+# An http or https URL with a host (a name, IPv4 or [IPv6]) and an optional port, in printable
+# ASCII: no user info (a logo URL is sent to every device), no spaces.
+HTTP_URL_PATTERN: Final = (r"^[hH][tT][tT][pP][sS]?://"
+                           r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~%!$&'()*+,;=-]+)"
+                           r"(:[0-9]{1,5})?([/?#][\x21-\x7e]*)?$")
+# RFC 3339 date-time (section 5.6) as Python can hold it: no leap second, years 0001-9998 (a
+# time in 9999 with a negative offset is past Python's last representable UTC instant).
+RFC3339_PATTERN: Final = (r"^(000[1-9]|00[1-9][0-9]|0[1-9][0-9]{2}|[1-8][0-9]{3}|9[0-8][0-9]{2}"
+                          r"|99[0-8][0-9]|999[0-8])"
+                          r"-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+                          r"[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]+)?"
+                          r"([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$")
 NAME_MAX: Final = 200
 DESCRIPTION_MAX: Final = 2000
 REASON_MAX: Final = 500
 URL_MAX: Final = 2048
 GRACE_MAX_SECONDS: Final = 7 * 24 * 3600
+CURSOR_MAX: Final = 1024
+SEARCH_MAX: Final = 200
+API_KEY_MAX: Final = 256
 
-_NAME: Schema = {"type": ["string", "null"], "minLength": 1, "maxLength": NAME_MAX}
-_DESCRIPTION: Schema = {"type": ["string", "null"], "maxLength": DESCRIPTION_MAX}
+_NAME: Schema = {"type": ["string", "null"], "minLength": 1, "maxLength": NAME_MAX,
+                 "pattern": _NO_NUL_PATTERN}
+_DESCRIPTION: Schema = {"type": ["string", "null"], "maxLength": DESCRIPTION_MAX,
+                        "pattern": _NO_NUL_PATTERN}
 _TIMESTAMP: Schema = {"type": "string", "format": "date-time"}
 _NULLABLE_TIMESTAMP: Schema = {"type": ["string", "null"], "format": "date-time"}
 _NULLABLE_TEXT: Schema = {"type": ["string", "null"]}
 
+# Query and header parameters.
+CURSOR: Final[Schema] = {
+    "type": "string", "minLength": 1, "maxLength": CURSOR_MAX, "pattern": r"^[A-Za-z0-9_-]+$",
+    "description": "Opaque: taken from the previous page's Link header. Any other value, even "
+                   "one of this form, is a 400.",
+}
+SEARCH_TEXT: Final[Schema] = {"type": "string", "maxLength": SEARCH_MAX,
+                              "pattern": _NO_NUL_PATTERN}
+API_KEY: Final[Schema] = {"type": "string", "minLength": 1, "maxLength": API_KEY_MAX}
+
 CREWCHECK_SETTINGS: Final[Schema] = {
     "type": "object",
     "properties": {
-        "logoUrl": {"type": "string", "maxLength": URL_MAX, "pattern": r"^[hH][tT][tT][pP][sS]?://\S+$",
+        "logoUrl": {"type": "string", "maxLength": URL_MAX, "pattern": HTTP_URL_PATTERN,
                     "description": "An http or https URL of the logo the device shows."},
     },
     "required": ["logoUrl"],
@@ -61,6 +102,10 @@ CREATE_DEVICE: Final[Schema] = {
     },
     "required": ["type", "settings"],
     "additionalProperties": False,
+    # Each type's settings, inline rather than by $ref so the server validates this very schema.
+    "allOf": [{"if": {"properties": {"type": {"const": name}}, "required": ["type"]},
+               "then": {"properties": {"settings": settings}}}
+              for name, settings in DEVICE_TYPES.items()],
 }
 
 UPDATE_DEVICE: Final[Schema] = {
@@ -72,7 +117,8 @@ UPDATE_DEVICE: Final[Schema] = {
 
 BLOCK_REQUEST: Final[Schema] = {
     "type": "object",
-    "properties": {"reason": {"type": ["string", "null"], "maxLength": REASON_MAX}},
+    "properties": {"reason": {"type": ["string", "null"], "maxLength": REASON_MAX,
+                              "pattern": _NO_NUL_PATTERN}},
     "additionalProperties": False,
 }
 
@@ -86,8 +132,12 @@ RESET_REQUEST: Final[Schema] = {
 CREATE_TOKEN: Final[Schema] = {
     "type": "object",
     "properties": {
-        "name": {"type": "string", "minLength": 1, "maxLength": NAME_MAX},
-        "expiresAt": {**_NULLABLE_TIMESTAMP, "description": "RFC 3339 with offset, future."},
+        "name": {"type": "string", "minLength": 1, "maxLength": NAME_MAX,
+                 "pattern": _NO_NUL_PATTERN},
+        "expiresAt": {"type": ["string", "null"], "format": "date-time",
+                      "pattern": RFC3339_PATTERN,
+                      "description": "RFC 3339 with an offset; a real date, in the future "
+                                     "(422 otherwise)."},
     },
     "required": ["name"],
     "additionalProperties": False,

@@ -8,16 +8,18 @@ store (NUL, lone surrogates) are refused as 422 rather than failing later as a 5
 
 from __future__ import annotations
 
+import functools
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final, NoReturn
-from urllib.parse import urlsplit
 
 from aiohttp import web
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
+from jsonschema.protocols import Validator
+from jsonschema.validators import extend
 
 from admin_api import schemas
 from admin_api.errors import FieldError, Problem, bad_request, unprocessable
@@ -28,6 +30,7 @@ __all__ = [
     "MAX_LIMIT",
     "Body",
     "check_query",
+    "cursor_param",
     "parse_limit",
     "parse_timestamp",
     "read_json",
@@ -38,16 +41,39 @@ __all__ = [
 Body = dict[str, Any]
 DEFAULT_LIMIT: Final = 100
 MAX_LIMIT: Final = 1000
-_QUERY_TEXT_MAX: Final = 200
 # No valid body nests more than three levels; refusing anything deeper than this keeps the
 # recursive checks below (and jsonschema's) far from Python's recursion limit.
 MAX_JSON_DEPTH: Final = 32
 _DEVICE_ID = re.compile(schemas.DEVICE_ID_PATTERN)
 
 
-def validator(schema: Mapping[str, Any]) -> Draft202012Validator:
-    Draft202012Validator.check_schema(schema)
-    return Draft202012Validator(schema)
+@functools.cache
+def _ecma_regex(pattern: str) -> re.Pattern[str]:
+    """``pattern`` with ECMA-262's meaning of a final ``$``: the very end of the string.
+
+    Python's ``$`` also matches before a final newline, so ``"id\\n"`` would pass
+    ``^[!-~]+$`` here, while the published document (ECMA-262, as JSON Schema specifies, and as
+    the tools that generate test data from it read it) refuses it."""
+    if pattern.endswith("$") and not pattern.endswith("\\$"):
+        pattern = pattern[:-1] + r"\Z"
+    return re.compile(pattern)
+
+
+def _pattern(check: Validator, pattern: str, instance: Any,
+             schema: Mapping[str, Any]) -> Iterator[ValidationError]:
+    if check.is_type(instance, "string") and not _ecma_regex(pattern).search(instance):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+# Draft 2020-12 with the pattern keyword as JSON Schema defines it (ECMA-262 regular expressions).
+_Draft202012: type[Validator] = extend(  # type: ignore[no-untyped-call]  # untyped in the stubs
+    Draft202012Validator, {"pattern": _pattern})
+
+
+def validator(schema: Mapping[str, Any]) -> Validator:
+    """A validator of ``schema`` that means what the published OpenAPI document means."""
+    _Draft202012.check_schema(dict(schema))
+    return _Draft202012(schema)
 
 
 def _field(path: Iterable[str | int], prefix: str = "") -> str:
@@ -93,11 +119,12 @@ def _names(value: object) -> list[str]:
     return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
 
 
-def schema_errors(instance: Any, check: Draft202012Validator, prefix: str = "") -> list[FieldError]:
+def schema_errors(instance: Any, check: Validator, prefix: str = "") -> list[FieldError]:
     """Every violation, one entry per field, in a stable order."""
     found: list[FieldError] = []
     for error in sorted(check.iter_errors(instance), key=lambda e: list(map(str, e.path))):
-        found.extend(_errors_of(error, prefix))
+        # A field can fail the same rule twice (a type's settings schema repeats "object").
+        found.extend(e for e in _errors_of(error, prefix) if e not in found)
     return found
 
 
@@ -154,7 +181,7 @@ def _is_json(content_type: str) -> bool:
         content_type.startswith("application/") and content_type.endswith("+json"))
 
 
-async def read_json(request: web.Request, check: Draft202012Validator, *,
+async def read_json(request: web.Request, check: Validator, *,
                     optional: bool = False) -> Body:
     """The request's JSON object, validated; ``{}`` for an empty body when ``optional``."""
     raw = await request.read()  # capped by the app's client_max_size: 413 beyond it
@@ -182,23 +209,14 @@ async def read_json(request: web.Request, check: Draft202012Validator, *,
     return data
 
 
-def check_url(value: str, field: str) -> list[FieldError]:
-    parts = urlsplit(value)
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        return [FieldError(field=field, message="must be an http or https URL with a host")]
-    return []
-
-
 def parse_timestamp(value: str, field: str) -> datetime:
-    """An RFC 3339 timestamp with an offset, as an aware UTC datetime (422 otherwise)."""
+    """An aware UTC datetime from a value that passed :data:`schemas.RFC3339_PATTERN`; 422 for
+    a date that does not exist (February 30) or one that leaves the representable range."""
     try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        parsed = None
-    if parsed is None or parsed.tzinfo is None or "T" not in value.upper():
-        raise unprocessable([FieldError(field=field,
-                                        message="must be an RFC 3339 timestamp with an offset")])
-    return parsed.astimezone(UTC)
+        return datetime.fromisoformat(value.upper()).astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise unprocessable([FieldError(field=field, message="is not a valid date and time")]
+                            ) from None
 
 
 def is_device_id(value: str) -> bool:
@@ -226,13 +244,29 @@ def parse_limit(request: web.Request) -> int:
     return int(raw)
 
 
+def _param(request: web.Request, name: str, check: Validator, message: str) -> str | None:
+    """An optional query parameter checked against its published schema (400 otherwise)."""
+    raw = request.query.get(name)
+    if raw is not None and not check.is_valid(raw):
+        raise bad_request("Invalid query parameters",
+                          [FieldError(field=f"query.{name}", message=message)])
+    return raw
+
+
+_SEARCH_TEXT = validator(schemas.SEARCH_TEXT)
+_CURSOR = validator(schemas.CURSOR)
+
+
 def text_param(request: web.Request, name: str) -> str | None:
     """An optional free-text query parameter, length-capped and storable."""
-    raw = request.query.get(name)
-    if raw is None:
-        return None
-    if len(raw) > _QUERY_TEXT_MAX or _unstorable(raw, []):
-        raise bad_request("Invalid query parameters", [FieldError(
-            field=f"query.{name}",
-            message=f"must be at most {_QUERY_TEXT_MAX} characters without NUL")])
+    message = f"must be at most {schemas.SEARCH_MAX} characters without NUL"
+    raw = _param(request, name, _SEARCH_TEXT, message)
+    if raw is not None and _unstorable(raw, []):  # a lone surrogate, which no pattern can name
+        raise bad_request("Invalid query parameters",
+                          [FieldError(field=f"query.{name}", message=message)])
     return raw
+
+
+def cursor_param(request: web.Request) -> str | None:
+    """The ``cursor`` query parameter, when it has the form of a cursor (decode it after)."""
+    return _param(request, "cursor", _CURSOR, "is not a valid cursor")
