@@ -15,7 +15,7 @@ from aiohttp import web
 
 from gatekeeper.demo_upstream import create_demo_upstream
 from gatekeeper.edge import EdgeServer
-from gatekeeper.embedded import EmbeddedPostgres, EmbeddedRedis
+from gatekeeper.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from gatekeeper.migrate import migrate
 from gatekeeper.settings import Settings, SettingsError, mask_url
 
@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from gatekeeper.cli import Service
 
 __all__ = ["run_stack"]
+
+_DEFAULT_ENVIRONMENT_URL = Settings().environment_url
 
 
 @contextlib.asynccontextmanager
@@ -56,6 +58,24 @@ async def _demo_upstream(settings: Settings) -> AsyncIterator[str]:
         await runner.cleanup()
 
 
+def _with_own_proxy(settings: Settings) -> Settings:
+    """Settings whose ``environment_url`` (the proxy a device is told to use after a connection
+    reset) is this stack's proxy, unless one was configured.
+
+    The admin API starts first (it rebuilds the edge view before the proxy serves), so a proxy
+    port of 0 is chosen here rather than by the proxy's bind. A wildcard host is advertised as
+    loopback: set ``environment_url`` to the machine's address for devices elsewhere."""
+    if settings.environment_url != _DEFAULT_ENVIRONMENT_URL:
+        return settings
+    # free_port binds IPv4; for an IPv6 host, a port free on loopback is the best guess.
+    port = settings.proxy_port or free_port("127.0.0.1" if ":" in settings.host else settings.host)
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(settings.host,
+                                                                     settings.host)
+    if ":" in host:
+        host = f"[{host}]"
+    return settings.replace(proxy_port=port, environment_url=f"http://{host}:{port}")
+
+
 async def run_stack(settings: Settings, *, demo_upstream: bool,
                     until: Callable[[], Awaitable[None]],
                     admin: Callable[[Settings], Service]) -> None:
@@ -74,6 +94,7 @@ async def run_stack(settings: Settings, *, demo_upstream: bool,
             upstream = await stack.enter_async_context(_demo_upstream(settings))
             settings = settings.replace(upstream=upstream)
             print(f"  upstream  {upstream}  (built-in demo echo)")
+        settings = _with_own_proxy(settings)
         admin_service = admin(settings)
         await admin_service.start()
         stack.push_async_callback(admin_service.stop)
