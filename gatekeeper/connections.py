@@ -37,6 +37,10 @@ def open_redis(url: str) -> aioredis.Redis:
         socket_connect_timeout=2.0,
         socket_timeout=5.0,
         health_check_interval=10,
+        # RESP2, whatever the library's default (redis-py 8 moved to RESP3): in RESP3 a PING on
+        # a subscribed connection is answered as a plain string, which redis-py's pub/sub
+        # parser drops, so the mirror would never see the PONG that proves it is alive.
+        protocol=2,
         retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     )
     return client

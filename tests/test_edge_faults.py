@@ -25,7 +25,7 @@ from edgerig import CountingUpstream, ProxyProcess, eventually, metric_value
 from faultproxy import FaultProxy
 
 from gatekeeper import store
-from gatekeeper.blocklist import PING_INTERVAL_SECONDS, PING_TIMEOUT_SECONDS
+from gatekeeper.blocklist import PING_INTERVAL_SECONDS, PING_TIMEOUT_SECONDS, BlocklistMirror
 from gatekeeper.connections import open_pg_pool, open_redis
 from gatekeeper.edge import EdgeServer
 from gatekeeper.embedded import EmbeddedRedis
@@ -297,3 +297,34 @@ async def test_sigterm_finishes_in_flight_requests_and_flushes_activity(
     assert [r["device_id"] for r in rows] == sorted(f"sig-{i}" for i in range(n))
     assert all(r["application"] == "crew" and r["last_data_upload_at"] is not None
                for r in rows)
+
+
+async def test_a_quiet_healthy_redis_keeps_the_mirror_fresh(
+    stores: Stores, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """No message for many PING intervals is not an outage: every PING is answered, so the
+    mirror never goes stale and never reconnects. (With redis-py 8's RESP3 default the PONG on
+    a subscribed connection was dropped by the client, and an idle stack flapped every 3 s.)"""
+    client = open_redis(stores.redis_url)
+    mirror = BlocklistMirror(client, resync_seconds=300, ping_interval=0.1, ping_timeout=0.3)
+    task = asyncio.create_task(mirror.run())
+    try:
+        assert await eventually(lambda: _true(mirror.loaded), 5.0)
+        synced_before = mirror.synced_at
+        stale_seen = False
+        with caplog.at_level("WARNING", logger="gatekeeper.blocklist"):
+            for _ in range(30):  # 1.5 s: fifteen PINGs, five PING timeouts
+                await asyncio.sleep(0.05)
+                stale_seen |= mirror.stale
+        assert not stale_seen
+        assert [r.getMessage() for r in caplog.records if r.name == "gatekeeper.blocklist"] == []
+        assert mirror.synced_at > synced_before  # the PONGs are what keep it fresh
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await client.aclose()
+
+
+async def _true(value: bool) -> bool:
+    return value
