@@ -29,7 +29,7 @@ from admin_api.validation import DEFAULT_LIMIT, MAX_LIMIT
 __all__ = ["OPERATIONS", "Operation", "build_document", "docs_page", "openapi_json"]
 
 _ERRORS: Final = {
-    400: "Malformed JSON or query parameters",
+    400: "Malformed request: not valid HTTP, or malformed JSON or query parameters",
     401: "Missing or invalid credentials",
     403: "Wrong tenant, missing scope, or (connect) a blocked or disabled device",
     404: "Unknown resource",
@@ -37,10 +37,14 @@ _ERRORS: Final = {
     413: "Request body too large",
     415: "Request body is not application/json",
     422: "Well-formed but invalid values; `errors` names each bad field",
+    431: "A request line or header field is too long",
     500: "Unexpected error (no details are disclosed)",
     503: "A store or the identity provider is unavailable",
 }
 _AUTH_ERRORS: Final = (401, 403)
+# The HTTP layer answers these before any route is chosen (admin_api.server), so every
+# operation can: a request aiohttp cannot parse, a header line over the limit.
+_HTTP_ERRORS: Final = (400, 431)
 _BODY_ERRORS: Final = (400, 413, 415, 422)
 
 
@@ -158,7 +162,8 @@ def _operation(op: Operation) -> dict[str, Any]:
     responses: dict[str, Any] = {str(op.status): success}
     # Every route under /api needs Postgres: down, hung or saturated, it answers 503.
     store_errors = (503,) if op.path.startswith("/api/") else ()
-    errors = sorted({*op.errors, *(_AUTH_ERRORS if op.scope else ()), *store_errors, 500})
+    errors = sorted({*op.errors, *(_AUTH_ERRORS if op.scope else ()), *store_errors,
+                     *_HTTP_ERRORS, 500})
     for status in errors:
         responses[str(status)] = {"$ref": f"#/components/responses/Error{status}"}
     doc: dict[str, Any] = {
