@@ -6,12 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -48,37 +45,14 @@ async def running(private_stores: Stores, tenant: str) -> AsyncIterator[Running]
         await service.stop()
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                # The parent pid is the 2nd field after the parenthesised command name.
-                stat = (entry / "stat").read_text()
-                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                    found.append(int(entry.name))
-    return found
-
-
 @contextlib.contextmanager
 def _frozen(stores: Stores) -> Iterator[None]:
-    """Postgres hung: the postmaster and every backend stopped, their sockets still open.
-
-    Each backend calls setsid(), so signalling the postmaster's process group is not enough."""
-    pid_file = stores.postgres.data_dir / "pgdata" / "postmaster.pid"
-    postmaster = int(pid_file.read_text().split()[0])
-    os.kill(postmaster, signal.SIGSTOP)  # first, so it forks no backend we would miss
-    stopped = [postmaster]
+    """Postgres hung: the postmaster and every backend stopped, their sockets still open."""
+    stores.postgres.pause()
     try:
-        for child in _children(postmaster):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signal.SIGSTOP)
-                stopped.append(child)
         yield
     finally:
-        for pid in stopped:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
+        stores.postgres.resume()
 
 
 _CALLS: list[tuple[str, str, Any]] = [
