@@ -68,9 +68,10 @@ class AdminAccessLogger(AbstractAccessLogger):
 def _describe(status: int, exc: BaseException | None) -> tuple[int, str, str, str]:
     """Status, title, detail and type slug for an error found before any handler ran."""
     if isinstance(exc, LineTooLong):
+        # The same exception for the request line (8,190 bytes) and a header line
+        # (MAX_FIELD_BYTES); its message, which would tell them apart, quotes the input.
         return (431, "Request header fields too large",
-                f"A request line or header field is longer than {MAX_FIELD_BYTES} bytes",
-                "header-too-large")
+                "The request line or a header field is too long", "header-too-large")
     if isinstance(exc, HttpProcessingError) and 400 <= exc.code < 500:
         return exc.code, "Bad request", "The request is not valid HTTP/1.1", "bad-request"
     if 400 <= status < 500:
