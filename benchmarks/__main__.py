@@ -1,4 +1,5 @@
-"""``python -m benchmarks proxy``: run the proxy benchmark suite and write the results.
+"""``python -m benchmarks proxy|soak|reliability``: the proxy benchmark suite, a bounded soak,
+and the reliability report (docs/reliability.md).
 
 The harness installs nothing. With ``nginx`` and ``wrk`` installed (``apt-get install nginx
 wrk``) it uses them; without, it says so and falls back to built-in equivalents.
@@ -18,6 +19,17 @@ from .suite import EXTRAS, SCENARIOS, Options, Suite
 _HERE = Path(__file__).resolve().parent
 _DEFAULT_OUT = _HERE / "results"
 _DOCS = _HERE.parent / "docs" / "performance.md"
+_RELIABILITY_DOC = _HERE.parent / "docs" / "reliability.md"
+
+
+def _minutes(text: str) -> float:
+    """A soak length in minutes, refused beyond the cap so a typo cannot hold the machine."""
+    from .soak import MAX_MINUTES
+
+    value = float(text)
+    if not 0 <= value <= MAX_MINUTES:
+        raise argparse.ArgumentTypeError(f"minutes must be between 0 and {MAX_MINUTES:g}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,6 +57,27 @@ def _parser() -> argparse.ArgumentParser:
     proxy.add_argument("--update-docs", action="store_true",
                        help="also rewrite the results section of docs/performance.md")
     proxy.add_argument("--quiet", action="store_true", help="no progress lines")
+
+    soak = sub.add_parser("soak", help="steady mixed traffic for a bounded time; memory verdict")
+    soak.add_argument("--minutes", type=_minutes, default=2.0,
+                      help="how long the load runs (default 2, at most 60)")
+    # Only for tests/test_soak_quick.py: a run of a few seconds, shorter than a minute allows.
+    soak.add_argument("--seconds", type=float, help=argparse.SUPPRESS)
+    soak.add_argument("--interval", type=float, default=5.0, help="seconds between samples")
+    soak.add_argument("--rate", type=float, default=600.0, help="requests per second, paced")
+    soak.add_argument("--devices", type=int, default=5_000, help="devices in the pool")
+    soak.add_argument("--workers", type=int, default=2, help="proxy worker processes")
+    soak.add_argument("--no-admin", action="store_true", help="do not start the admin API")
+    soak.add_argument("--out", type=Path, default=_DEFAULT_OUT,
+                      help="directory for soak-latest.json/.md (default benchmarks/results)")
+    soak.add_argument("--quiet", action="store_true", help="no progress lines")
+
+    rel = sub.add_parser("reliability", help="run the probe tests and a soak; write "
+                         "docs/reliability.md")
+    rel.add_argument("--soak-minutes", type=_minutes, default=2.0,
+                     help="length of the soak (default 2; 0 skips it)")
+    rel.add_argument("--out", type=Path, default=_RELIABILITY_DOC, help="the page to write")
+    rel.add_argument("--quiet", action="store_true", help="no progress lines")
     return parser
 
 
@@ -69,8 +102,40 @@ def _options(args: argparse.Namespace) -> Options:
     )
 
 
+def _soak(args: argparse.Namespace) -> int:
+    from .reliability import analyse, write_soak_outputs
+    from .soak import MAX_MINUTES, SoakOptions, run_soak
+
+    seconds = args.seconds if args.seconds is not None else args.minutes * 60
+    if not 0 < seconds <= MAX_MINUTES * 60 or args.interval < 0.2:
+        raise SystemExit("the soak needs 0 < length <= 60 minutes and an interval >= 0.2 s")
+    options = SoakOptions(seconds=seconds, interval=args.interval, rate=args.rate,
+                          devices=args.devices, workers=args.workers, admin=not args.no_admin)
+    progress = Progress(quiet=args.quiet)
+    result = analyse(run_soak(options, progress))
+    paths = write_soak_outputs(result, args.out)
+    progress.say(f"verdict: {result['analysis']['verdict']}")
+    progress.say("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def _reliability(args: argparse.Namespace) -> int:
+    from .reliability import generate
+
+    progress = Progress(quiet=args.quiet)
+    out, runs = generate(args.out, args.soak_minutes * 60, progress)
+    for run in runs:
+        progress.say(f"{run.path}: {run.status}, {len(run.records)} figure(s)")
+    progress.say(f"wrote {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "soak":
+        return _soak(args)
+    if args.command == "reliability":
+        return _reliability(args)
     options = _options(args)
     progress = Progress(quiet=args.quiet)
     with tempfile.TemporaryDirectory(prefix="gatekeeper-bench-") as work:
