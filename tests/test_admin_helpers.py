@@ -7,7 +7,6 @@ and Valkey.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,7 +17,6 @@ import asyncpg
 import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from hypothesis.errors import HypothesisSideeffectWarning
 
 from admin_api.app import create_app
 from admin_api.auth import SCOPES
@@ -27,17 +25,6 @@ from gatekeeper.admin_tokens import mint_token
 from gatekeeper.settings import Settings
 
 __all__ = ["ALL_SCOPES", "LOGO", "SECRET", "Api", "admin_settings", "running_api"]
-
-# schemathesis's pytest plugin (loaded for every test once it is installed) imports its
-# Hypothesis glue inside each test call, and that import reads a name jsonschema deprecates:
-# under filterwarnings=error every test would fail. Importing it once here, when conftest loads
-# this module, with only that warning silenced, caches the module for the whole run. (Hypothesis
-# also notes that loading its Unicode tables now slows start-up: it is one file read, once.)
-with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", category=DeprecationWarning,
-                            message=r"jsonschema\.exceptions\.RefResolutionError is deprecated")
-    warnings.filterwarnings("ignore", category=HypothesisSideeffectWarning)
-    import schemathesis._hypothesis  # noqa: F401
 
 SECRET = "test-admin-secret-7f3c1e9a0b6d4c2e8f1a3b5c7d9e0f12"
 ALL_SCOPES = list(SCOPES)
