@@ -25,7 +25,9 @@ _log = logging.getLogger("gatekeeper")
 class Service(Protocol):
     """A server the command starts and stops (the admin API is one, found by entry point)."""
 
-    port: int
+    @property
+    def port(self) -> int:
+        """The port it listens on, once started."""
 
     async def start(self) -> None: ...
     async def stop(self) -> None: ...

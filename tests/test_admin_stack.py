@@ -24,8 +24,7 @@ async def _reset_environment(settings: Settings, **overrides: Any) -> str:
     services: list[AdminService] = []
     found: list[str] = []
 
-    # Any: the CLI's Service protocol declares a writable `port`, AdminService a read-only one.
-    def admin(given: Settings) -> Any:
+    def admin(given: Settings) -> AdminService:
         services.append(AdminService(given))
         return services[-1]
 
