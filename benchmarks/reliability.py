@@ -27,8 +27,8 @@ from typing import Any
 
 from .soak import BLOCKED_EVERY, SoakOptions, run_soak
 
-__all__ = ["FAULTS", "PROBE_FILES", "RULE", "FileRun", "Meta", "analyse", "read_records", "render",
-           "run_probe_file", "soak_markdown", "write_soak_outputs"]
+__all__ = ["FAULTS", "PROBE_FILES", "RULE", "STORES", "FileRun", "Meta", "analyse",
+           "read_records", "render", "run_probe_file", "soak_markdown", "write_soak_outputs"]
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = "GATEKEEPER_RELIABILITY_OUT"  # the variable tests/reliability_log.py reads
@@ -104,31 +104,27 @@ _CRASHED = ("A crash drops every connection without a goodbye; what was acknowle
 
 
 @dataclass(frozen=True, slots=True)
-class Fault:
-    probe: str
+class Store:
+    """One store the gatekeeper depends on, and what the others do when theirs fails."""
+
+    name: str
     title: str
     contract: str
     nginx: str
     envoy: str
     kong: str
-    note: str = ""
+    hung: str
+    crashed: str = _CRASHED
 
 
-def _store(store: str) -> tuple[str, str, str, str]:
-    if store == "postgres":
-        return _PG_CONTRACT, _PG_NGINX, _PG_ENVOY, _PG_KONG
-    return _REDIS_CONTRACT, _REDIS_NGINX, _REDIS_ENVOY, _REDIS_KONG
-
-
-FAULTS: tuple[Fault, ...] = tuple(
-    Fault(f"{store}.{kind}", f"{label} {verb}", *_store(store), note=note)
-    for store, label in (("postgres", "Postgres"), ("redis", "Redis (Valkey)"))
-    for kind, verb, note in (
-        ("stopped", "stopped cleanly", ""),
-        ("hung", "hung (accepts, never answers)", _HUNG_PG if store == "postgres" else _HUNG_REDIS),
-        ("crashed", "crashed (killed, then restarted)", _CRASHED),
-    )
+STORES: tuple[Store, ...] = (
+    Store("postgres", "Postgres", _PG_CONTRACT, _PG_NGINX, _PG_ENVOY, _PG_KONG, _HUNG_PG),
+    Store("redis", "Redis (Valkey)", _REDIS_CONTRACT, _REDIS_NGINX, _REDIS_ENVOY, _REDIS_KONG,
+          _HUNG_REDIS),
 )
+KINDS = ("stopped", "hung", "crashed")
+# The fault probes, named as tests/test_store_faults.py records them: "<store>.<kind>".
+FAULTS: tuple[str, ...] = tuple(f"{store.name}.{kind}" for store in STORES for kind in KINDS)
 
 
 @dataclass(slots=True)
@@ -365,7 +361,10 @@ def write_soak_outputs(result: Mapping[str, Any], out_dir: Path) -> list[Path]:
     """``soak-latest.json`` and ``soak-latest.md`` in ``out_dir``; returns their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / "soak-latest.json", out_dir / "soak-latest.md"]
-    paths[0].write_text(json.dumps(result, indent=1) + "\n")
+    # One sample per line: an hour's soak stays a few hundred kB and diffs line by line.
+    head = json.dumps({k: v for k, v in result.items() if k != "samples"}, indent=1)
+    samples = ",\n  ".join(json.dumps(s, separators=(",", ":")) for s in result["samples"])
+    paths[0].write_text(f'{head[:-2]},\n "samples": [\n  {samples}\n ]\n}}\n')
     paths[1].write_text(soak_markdown(result))
     return paths
 
@@ -384,7 +383,7 @@ def _cell(value: Any) -> str:
 def _figures(record: Mapping[str, Any], skip: Iterable[str] = ()) -> str:
     hidden = {"probe", "at", "source", *skip}
     shown = [f"{k}={_cell(v)}" for k, v in sorted(record.items()) if k not in hidden]
-    return ", ".join(shown) or "(no figures)"
+    return ", ".join(shown) or "—"
 
 
 def _by_probe(records: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
@@ -402,27 +401,27 @@ def _fault_section(records: Sequence[Mapping[str, Any]]) -> list[str]:
              "(`failed`: requests that did not get their normal answer; `leaked_blocked`: "
              "blocked devices forwarded; `lost_writes`: acknowledged writes missing afterwards).",
              "", f"| fault | {head} | source |", "|---|" + "---:|" * len(FAULT_FIGURES) + "---|"]
-    for fault in FAULTS:
-        if fault.probe not in grouped:
-            lines.append(f"| `{fault.probe}` |" + " |" * len(FAULT_FIGURES) + " not run |")
-        for record in grouped.get(fault.probe, []):
+    for probe in FAULTS:
+        if probe not in grouped:
+            lines.append(f"| `{probe}` |" + " |" * len(FAULT_FIGURES) + " not run |")
+        for record in grouped.get(probe, []):
             cells = " | ".join(_cell(record.get(name)) for name in FAULT_FIGURES)
-            lines.append(f"| `{fault.probe}` | {cells} | `{record.get('source', '?')}` |")
-    lines += ["", "### The same faults elsewhere", "",
+            lines.append(f"| `{probe}` | {cells} | `{record.get('source', '?')}` |")
+    lines += ["", "Stopped: a clean shutdown. Hung: the server keeps its connections and never "
+              "answers (every process SIGSTOPped). Crashed: SIGKILL, then a restart.", "",
+              "### The same faults elsewhere", "",
               "What nginx, Envoy and Kong document for the equivalent fault, beside the "
               "gatekeeper's contract (`DESIGN.md`) and what was measured above. These are their "
               "documented behaviours and defaults, not measurements.", ""]
-    for fault in FAULTS:
-        measured = grouped.get(fault.probe)
-        figures = "; ".join(_figures(r) for r in measured) if measured else "not run"
-        lines += [f"#### `{fault.probe}`: {fault.title}", "", "| | |", "|---|---|",
-                  f"| gatekeeper, measured | {figures} |",
-                  f"| gatekeeper, contract | {fault.contract} |",
-                  f"| nginx | {fault.nginx} |", f"| Envoy | {fault.envoy} |",
-                  f"| Kong | {fault.kong} |"]
-        if fault.note:
-            lines.append(f"| this fault | {fault.note} |")
-        lines.append("")
+    for store in STORES:
+        lines += [f"#### {store.title}", "", "| | behaviour |", "|---|---|"]
+        for kind in KINDS:
+            measured = grouped.get(f"{store.name}.{kind}")
+            figures = "; ".join(_figures(r) for r in measured) if measured else "not run"
+            lines.append(f"| gatekeeper, {kind}: measured | {figures} |")
+        lines += [f"| gatekeeper: contract | {store.contract} |", f"| nginx | {store.nginx} |",
+                  f"| Envoy | {store.envoy} |", f"| Kong | {store.kong} |",
+                  f"| when hung | {store.hung} |", f"| when crashed | {store.crashed} |", ""]
     return lines
 
 
@@ -448,7 +447,7 @@ def _bypass_section(records: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def _other_section(records: Sequence[Mapping[str, Any]]) -> list[str]:
-    known = {f.probe for f in FAULTS}
+    known = set(FAULTS)
     rows = [r for r in records if r.get("probe") not in known
             and not str(r.get("probe", "")).startswith("bypass.")]
     lines = ["## Other probes", "", "Durability and any probe not listed above.", "",
@@ -500,7 +499,7 @@ def render(runs: Sequence[FileRun], soak: Mapping[str, Any] | None, meta: Meta) 
     if soak is None:
         lines += ["Not run.", ""]
     else:
-        lines += [soak_markdown(soak), ""]
+        lines += [soak_markdown(soak).rstrip("\n"), ""]
     lines += _probes_section(runs, meta, soak)
     return "\n".join(lines).rstrip("\n") + "\n"
 

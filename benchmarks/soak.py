@@ -403,14 +403,19 @@ class _Soak:
         self.progress.plan(self.opts.seconds)
         started = time.monotonic()
         tick = 0
+        # The proxy's gauges and flushes run on 0.25 s and 0.5 s timers; samples on a whole
+        # interval would lock to one phase of them (activity pending read 0 for a whole run).
+        jitter = random.Random(0)
         while True:
             tick += 1
+            at = started + tick * self.opts.interval - jitter.random() * min(
+                0.5, self.opts.interval / 2)
             with contextlib.suppress(ValueError):
-                time.sleep(started + tick * self.opts.interval - time.monotonic())
-            if self.opts.admin:
-                self._admin_tick(tick)
+                time.sleep(at - time.monotonic())
             status = _last_json(client.log_path)
             self._sample(time.monotonic() - started, roles, metrics_port, status)
+            if self.opts.admin:  # after the sample: the scrape should not see its aftermath
+                self._admin_tick(tick)
             self.progress.consume(self.opts.interval)
             if status.get("done"):
                 break

@@ -21,6 +21,7 @@ import reliability_log
 from benchmarks.reliability import (
     FAULTS,
     PROBE_FILES,
+    STORES,
     FileRun,
     Meta,
     ProbeFile,
@@ -106,9 +107,12 @@ def test_report_renders_every_probe_and_marks_missing_ones(
     page = render(runs, analyse(_soak([50, 51, 51.2, 51.3, 51.3, 51.3, 51.4])), meta)
 
     assert page == render(runs, analyse(_soak([50, 51, 51.2, 51.3, 51.3, 51.3, 51.4])), meta)
-    for fault in FAULTS:
-        assert f"#### `{fault.probe}`" in page
-        assert fault.nginx in page and fault.envoy in page and fault.kong in page
+    for probe in FAULTS:
+        assert f"| `{probe}` |" in page
+    for store in STORES:
+        assert f"#### {store.title}" in page
+        assert store.nginx in page and store.envoy in page and store.kong in page
+    assert "| gatekeeper, hung: measured | not run |" in page
     row = next(ln for ln in page.splitlines() if ln.startswith("| `postgres.stopped` |"))
     assert "| 500 | 0 | 0 | 40 | 0 | 0.4 | 1.25 |" in row
     assert "| `redis.hung` | | | | | | | | not run |" in page
