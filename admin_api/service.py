@@ -22,6 +22,7 @@ from admin_api.database import open_admin_pool
 from admin_api.edgesync import EDGE_SYNC
 from admin_api.server import AdminRunner
 from gatekeeper.connections import open_redis
+from gatekeeper.listening import listen_error
 from gatekeeper.settings import Settings, SettingsError, mask_url
 
 __all__ = ["AdminService"]
@@ -67,7 +68,11 @@ class AdminService:
             if not await app[EDGE_SYNC].reconcile_now():
                 app[EDGE_SYNC].failed(RuntimeError("reconcile at start failed"))
             site = web.TCPSite(self._runner, settings.host, settings.admin_port)
-            await site.start()
+            try:
+                await site.start()
+            except OSError as exc:
+                # The command prints this one line and exits: which port, and why.
+                raise listen_error(settings.host, settings.admin_port, exc) from exc
         except BaseException:
             await self.stop()
             raise

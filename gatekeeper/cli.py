@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import signal
 import sys
@@ -14,6 +15,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from gatekeeper.listening import ListenError
 from gatekeeper.runtime import run
 from gatekeeper.settings import Settings, SettingsError
 
@@ -96,12 +98,18 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings.load(flags, config_file=args.config)
 
 
-async def _until_signalled() -> None:
+async def _until_signalled(failed: asyncio.Event | None = None) -> None:
+    """Returns on SIGINT or SIGTERM, or when ``failed`` is set (a server that cannot go on)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    waits = [asyncio.create_task(event.wait()) for event in (stop, failed) if event is not None]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
 
 
 def admin_service(settings: Settings) -> Service:
@@ -123,19 +131,33 @@ async def _proxy(settings: Settings) -> None:
     from gatekeeper.edge import EdgeServer
     from gatekeeper.supervisor import Supervisor
 
-    server: Supervisor | EdgeServer
-    server = Supervisor(settings) if settings.workers > 1 else EdgeServer(settings)
-    await server.start()
-    await _until_signalled()
-    await server.stop()
+    if settings.workers > 1:
+        supervisor = Supervisor(settings)
+        await supervisor.start()
+        try:
+            await _until_signalled(supervisor.failed)
+        finally:
+            await supervisor.stop()
+        if supervisor.failed.is_set():
+            raise ListenError(errno.EADDRINUSE, f"cannot listen on {settings.host}:"
+                              f"{settings.proxy_port}: a worker could not bind (see its log)")
+        return
+    edge = EdgeServer(settings)
+    await edge.start()
+    try:
+        await _until_signalled()
+    finally:
+        await edge.stop()
 
 
 async def _admin(settings: Settings) -> None:
     _require_stores(settings)
     service = admin_service(settings)
     await service.start()
-    await _until_signalled()
-    await service.stop()
+    try:
+        await _until_signalled()
+    finally:
+        await service.stop()
 
 
 async def _migrate(settings: Settings) -> None:
@@ -206,6 +228,11 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"gatekeeper: {exc}", file=sys.stderr)
         return 2
+    except ListenError as exc:
+        # One line, no traceback: the port and the reason are all an operator needs, and every
+        # service has already unwound what it had started.
+        print(f"gatekeeper: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     return 0

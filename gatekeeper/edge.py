@@ -23,6 +23,7 @@ from gatekeeper.blocklist import BlocklistMirror
 from gatekeeper.connections import open_pg_pool, open_redis
 from gatekeeper.httpserver import HttpServer
 from gatekeeper.keycache import KeyCache
+from gatekeeper.listening import listen_error
 from gatekeeper.ops import create_ops_app
 from gatekeeper.proxy import EdgeHandler
 from gatekeeper.recorder import ActivityRecorder
@@ -33,6 +34,11 @@ __all__ = ["EdgeServer"]
 
 _log = logging.getLogger(__name__)
 _REJECTED = metrics.HotCounter(metrics.REQUESTS.labels("invalid"))
+# How long stop() waits for the background tasks to end once cancelled (they end in
+# milliseconds; the deadline is for one that does not).
+_TASKS_GRACE_SECONDS = 5.0
+# asyncpg's close() waits for every connection to be released; a query stuck past this is cut.
+_POOL_CLOSE_SECONDS = 10.0
 
 
 class EdgeServer:
@@ -48,16 +54,64 @@ class EdgeServer:
         self._listener: asyncio.Server | None = None
         self._ops_runner: web.AppRunner | None = None
         self._pool: asyncpg.Pool | None = None
+        self._stack: contextlib.AsyncExitStack | None = None  # set while running
         self.proxy_port = settings.proxy_port
         self.metrics_port = settings.metrics_port
         self.draining = False
 
     async def start(self) -> None:
+        """Open the stores, start the background tasks, listen; raises ``ListenError`` if a port
+        is taken. A failure half-way unwinds exactly what was entered (nothing is left open or
+        running), so ``stop()`` after a failed start has nothing to do."""
+        if self._stack is not None:
+            raise RuntimeError("EdgeServer is already started")
         s = self.settings
         assert s.database_url and s.redis_url and s.upstream
-        self.redis = open_redis(s.redis_url)
-        # min_size=0: the proxy starts (and serves) even while Postgres is down.
-        self._pool = await open_pg_pool(s.database_url, min_size=0, max_size=4)
+        async with contextlib.AsyncExitStack() as stack:
+            # Entered in the reverse of the order stop() must undo them: the stack unwinds last
+            # in, first out, so stop() is just the stack's aclose() after readiness goes down.
+            self.redis = open_redis(s.redis_url)
+            stack.push_async_callback(self.redis.aclose)
+            # min_size=0: the proxy starts (and serves) even while Postgres is down.
+            pool = self._pool = await open_pg_pool(s.database_url, min_size=0, max_size=4)
+            stack.push_async_callback(_close_pool, pool)
+            self._build(pool)
+            if self._serve_ops:
+                # The ops port closes after everything but the stores: probes see "draining"
+                # for as long as the drain lasts, not a refused connection.
+                await self._start_ops(stack)
+            stack.push_async_callback(self.upstream.close)
+            stack.push_async_callback(self._flush_activity)
+            self._tasks = [asyncio.create_task(self.mirror.run(), name="blocklist-mirror"),
+                           asyncio.create_task(self.recorder.run(), name="activity-recorder"),
+                           asyncio.create_task(self._update_gauges(), name="gauges")]
+            stack.push_async_callback(self._stop_tasks)
+            server = self._server = HttpServer(self.handler, on_rejected=_REJECTED.inc,
+                                               body_idle_seconds=s.client_body_timeout)
+            server.start()
+            stack.push_async_callback(self._close_connections, server)
+            try:
+                self._listener = await asyncio.get_running_loop().create_server(
+                    server, s.host, s.proxy_port, reuse_port=self._reuse_port or None,
+                    backlog=2048)
+            except OSError as exc:
+                raise listen_error(s.host, s.proxy_port, exc) from exc
+            self.proxy_port = self._listener.sockets[0].getsockname()[1]
+            for sock in self._listener.sockets:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._stack = stack.pop_all()
+        # Everything allocated so far lives as long as the process: keep the collector from
+        # walking it again and again, and let the young generation grow before a pass (each
+        # full pass over a large heap is a pause every request in flight waits for).
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(50_000, 50, 1000)
+        _log.info("proxy listening on %s:%d, upstream %s", s.host, self.proxy_port, s.upstream)
+
+    def _build(self, pool: asyncpg.Pool) -> None:
+        """The proxy's parts that hold no resource of their own until their tasks run."""
+        s = self.settings
+        assert s.upstream
         self.keys = (KeyCache(self.redis, max_entries=s.key_cache_size, pepper=s.key_pepper)
                      if s.auth_mode == "enforce" else None)
         self.mirror = BlocklistMirror(
@@ -66,7 +120,7 @@ class EdgeServer:
             on_resync=self.keys.clear if self.keys is not None else None,
         )
         self.recorder = ActivityRecorder(
-            self._pool, flush_interval=s.flush_interval_seconds,
+            pool, flush_interval=s.flush_interval_seconds,
             flush_max_devices=s.flush_max_devices, max_pending=s.activity_buffer_max_devices,
             retry_max_seconds=s.flush_retry_max_seconds, touch_interval=s.activity_touch_seconds,
         )
@@ -78,32 +132,55 @@ class EdgeServer:
         )
         self.handler = EdgeHandler(s, mirror=self.mirror, recorder=self.recorder,
                                    upstream=self.upstream, keys=self.keys)
-        self._tasks = [asyncio.create_task(self.mirror.run(), name="blocklist-mirror"),
-                       asyncio.create_task(self.recorder.run(), name="activity-recorder"),
-                       asyncio.create_task(self._update_gauges(), name="gauges")]
-        self._server = HttpServer(self.handler, on_rejected=_REJECTED.inc,
-                                  body_idle_seconds=s.client_body_timeout)
-        self._server.start()
-        loop = asyncio.get_running_loop()
-        self._listener = await loop.create_server(
-            self._server, s.host, s.proxy_port, reuse_port=self._reuse_port or None,
-            backlog=2048)
-        self.proxy_port = self._listener.sockets[0].getsockname()[1]
-        for sock in self._listener.sockets:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self._serve_ops:
-            self._ops_runner = web.AppRunner(create_ops_app(self.readiness), access_log=None)
-            await self._ops_runner.setup()
-            site = web.TCPSite(self._ops_runner, s.host, s.metrics_port)
-            await site.start()
-            self.metrics_port = self._ops_runner.addresses[0][1]
-        # Everything allocated so far lives as long as the process: keep the collector from
-        # walking it again and again, and let the young generation grow before a pass (each
-        # full pass over a large heap is a pause every request in flight waits for).
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(50_000, 50, 1000)
-        _log.info("proxy listening on %s:%d, upstream %s", s.host, self.proxy_port, s.upstream)
+
+    async def _start_ops(self, stack: contextlib.AsyncExitStack) -> None:
+        s = self.settings
+        runner = self._ops_runner = web.AppRunner(create_ops_app(self.readiness),
+                                                  access_log=None)
+        await runner.setup()
+        stack.push_async_callback(runner.cleanup)
+        try:
+            await web.TCPSite(runner, s.host, s.metrics_port).start()
+        except OSError as exc:
+            raise listen_error(s.host, s.metrics_port, exc) from exc
+        self.metrics_port = runner.addresses[0][1]
+
+    async def _close_connections(self, server: HttpServer) -> None:
+        # Stop accepting first, then let the requests in flight finish: a connection accepted
+        # during the drain would only be cut at its deadline.
+        if self._listener is not None:
+            self._listener.close()
+        await server.shutdown(self.settings.shutdown_drain_seconds)
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                await self._listener.wait_closed()
+
+    async def _stop_tasks(self) -> None:
+        """Cancel the background tasks and wait for them, within a deadline.
+
+        Cancelled again while they run: a task can swallow one cancellation (redis-py's reads
+        turn a cancellation that races their own timeout into a timeout and go on reading), and
+        a task left running would hang the event loop's own shutdown, which waits for all."""
+        tasks, self._tasks = self._tasks, []
+        deadline = time.monotonic() + _TASKS_GRACE_SECONDS
+        pending = set(tasks)
+        while pending and time.monotonic() < deadline:
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.1)
+        for task in tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                _log.error("stop: task %s had failed: %r", task.get_name(), task.exception())
+        if pending:
+            _log.error("stop: %d task(s) ignored cancellation for %.0f s and are abandoned: %s",
+                       len(pending), _TASKS_GRACE_SECONDS,
+                       ", ".join(t.get_name() for t in pending))
+
+    async def _flush_activity(self) -> None:
+        # After the tasks stop (no flush of the recorder's own runs alongside), before the
+        # pool closes (the flush needs it).
+        await self.recorder.drain(time.monotonic() + self.settings.shutdown_drain_seconds)
+        metrics.flush_hot_metrics()
 
     async def _update_gauges(self) -> None:
         """Gauges that are states, refreshed here rather than on the hot path."""
@@ -131,26 +208,20 @@ class EdgeServer:
             await asyncio.sleep(0.01)
 
     async def stop(self) -> None:
-        """Graceful drain; see the module docstring for the order."""
+        """Graceful drain; see the module docstring for the order. Does nothing when the server
+        is not running: never started, its start failed (and unwound itself), or stopped."""
+        stack, self._stack = self._stack, None
+        if stack is None:
+            return
         self.draining = True
         metrics.READY.set(0)
-        if self._listener is not None:
-            self._listener.close()
-        if self._server is not None:
-            await self._server.shutdown(self.settings.shutdown_drain_seconds)
-        if self._listener is not None:
-            with contextlib.suppress(Exception):
-                await self._listener.wait_closed()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await self.recorder.drain(time.monotonic() + self.settings.shutdown_drain_seconds)
-        metrics.flush_hot_metrics()
-        await self.upstream.close()
-        if self._ops_runner is not None:
-            await self._ops_runner.cleanup()
-        if self._pool is not None:
-            await self._pool.close()
-        await self.redis.aclose()
+        await stack.aclose()
+
+
+async def _close_pool(pool: asyncpg.Pool) -> None:
+    # terminate() on any failure, cancellation included: a stop must not leave sockets open.
+    try:
+        await asyncio.wait_for(pool.close(), _POOL_CLOSE_SECONDS)
+    except BaseException:
+        pool.terminate()
+        raise

@@ -16,6 +16,7 @@ from aiohttp import web
 from gatekeeper.demo_upstream import create_demo_upstream
 from gatekeeper.edge import EdgeServer
 from gatekeeper.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from gatekeeper.listening import check_port
 from gatekeeper.migrate import migrate
 from gatekeeper.settings import Settings, SettingsError, mask_url
 
@@ -51,8 +52,8 @@ async def _embedded_stores(settings: Settings) -> AsyncIterator[Settings]:
 async def _demo_upstream(settings: Settings) -> AsyncIterator[str]:
     runner = web.AppRunner(create_demo_upstream(), access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
     try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
         yield f"http://127.0.0.1:{runner.addresses[0][1]}"
     finally:
         await runner.cleanup()
@@ -81,6 +82,11 @@ async def run_stack(settings: Settings, *, demo_upstream: bool,
                     admin: Callable[[Settings], Service]) -> None:
     if not demo_upstream and not settings.upstream:
         raise SettingsError("give --upstream URL, or --demo-upstream for the built-in echo")
+    # The configured ports are probed before anything starts: a taken port then fails in
+    # milliseconds, not after the embedded stores have started (and been stopped again). Each
+    # service still reports its own bind, which can fail in between.
+    for port in (settings.proxy_port, settings.admin_port, settings.metrics_port):
+        check_port(settings.host, port)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if settings.jwt_secret is None and settings.jwks_url is None:
         from gatekeeper.admin_tokens import load_or_create_local_secret

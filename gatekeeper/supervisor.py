@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from gatekeeper.embedded import free_port
+from gatekeeper.listening import CANNOT_LISTEN, check_port, listen_error
 from gatekeeper.ops import create_ops_app
 from gatekeeper.settings import Settings
 
@@ -37,18 +38,20 @@ class Supervisor:
         if settings.proxy_port == 0:
             settings = settings.replace(proxy_port=free_port(settings.host))
         self.settings = settings
-        self._dir = Path(tempfile.mkdtemp(prefix="gatekeeper-metrics-"))
-        self._settings_file = self._dir / "settings.json"
+        # Made by start(): a supervisor that never starts leaves no directory behind.
+        self._dir = Path()
         self._workers: list[subprocess.Popen[bytes]] = []
-        self._runner: web.AppRunner | None = None
         self._stopping = False
         self._monitor: asyncio.Task[None] | None = None
+        self._stack: contextlib.AsyncExitStack | None = None  # set while running
+        # Set when a worker could not take the proxy port: the command then stops and fails.
+        self.failed = asyncio.Event()
         self.metrics_port = settings.metrics_port
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(self._dir / "metrics"))
         return subprocess.Popen([sys.executable, "-m", "gatekeeper.worker",
-                                 str(self._settings_file)], env=env)
+                                 str(self._dir / "settings.json")], env=env)
 
     def readiness(self) -> dict[str, bool]:
         alive = bool(self._workers) and all(w.poll() is None for w in self._workers)
@@ -66,24 +69,50 @@ class Supervisor:
                 "workers_alive": alive, "workers_ready": workers_ready}
 
     async def start(self) -> None:
-        (self._dir / "metrics").mkdir()
-        self._settings_file.write_text(json.dumps(self.settings.to_mapping()))
-        self._settings_file.chmod(0o600)
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(self._dir / "metrics")
-        self._workers = [self._spawn() for _ in range(self.settings.workers)]
-        self._runner = web.AppRunner(create_ops_app(self.readiness), access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, self.settings.host, self.settings.metrics_port).start()
-        self.metrics_port = self._runner.addresses[0][1]
-        self._monitor = asyncio.create_task(self._replace_dead_workers())
-        _log.info("supervisor: %d workers on %s:%d, metrics on :%d", self.settings.workers,
-                  self.settings.host, self.settings.proxy_port, self.metrics_port)
+        """Check the proxy port, listen on the metrics port, then fork the workers; raises
+        ``ListenError`` (with no worker forked) if either port is taken. A failure half-way
+        unwinds what was entered."""
+        if self._stack is not None:
+            raise RuntimeError("Supervisor is already started")
+        s = self.settings
+        # Before any fork: a worker that cannot bind only exits, and the supervisor would
+        # replace it forever; the probe makes a taken port a prompt error instead.
+        check_port(s.host, s.proxy_port)
+        async with contextlib.AsyncExitStack() as stack:
+            self._dir = Path(tempfile.mkdtemp(prefix="gatekeeper-metrics-"))
+            stack.callback(shutil.rmtree, self._dir, ignore_errors=True)
+            (self._dir / "metrics").mkdir()
+            settings_file = self._dir / "settings.json"
+            settings_file.write_text(json.dumps(s.to_mapping()))
+            settings_file.chmod(0o600)
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(self._dir / "metrics")
+            runner = web.AppRunner(create_ops_app(self.readiness), access_log=None)
+            await runner.setup()
+            stack.push_async_callback(runner.cleanup)
+            try:
+                await web.TCPSite(runner, s.host, s.metrics_port).start()
+            except OSError as exc:
+                raise listen_error(s.host, s.metrics_port, exc) from exc
+            self.metrics_port = runner.addresses[0][1]
+            stack.push_async_callback(self._stop_workers)
+            self._workers = [self._spawn() for _ in range(s.workers)]
+            self._monitor = asyncio.create_task(self._replace_dead_workers())
+            stack.push_async_callback(self._stop_monitor)
+            self._stack = stack.pop_all()
+        _log.info("supervisor: %d workers on %s:%d, metrics on :%d", s.workers,
+                  s.host, s.proxy_port, self.metrics_port)
 
     async def _replace_dead_workers(self) -> None:
         while not self._stopping:
             await asyncio.sleep(0.5)
             for i, worker in enumerate(self._workers):
                 if worker.poll() is not None and not self._stopping:
+                    if worker.returncode == CANNOT_LISTEN:
+                        # Another would fail the same way: give up, and let the command stop.
+                        _log.error("worker %d cannot listen on %s:%d; giving up", worker.pid,
+                                   self.settings.host, self.settings.proxy_port)
+                        self.failed.set()
+                        return
                     _log.error("worker %d exited with %s; starting another", worker.pid,
                                worker.returncode)
                     mark_process_dead(  # type: ignore[no-untyped-call]
@@ -98,11 +127,24 @@ class Supervisor:
             await asyncio.sleep(0.05)
 
     async def stop(self) -> None:
+        """Stop the workers (each drains), then the metrics port. Does nothing when not running:
+        never started, its start failed (and unwound itself), or already stopped."""
+        stack, self._stack = self._stack, None
+        if stack is None:
+            return
+        self._stopping = True
+        await stack.aclose()
+
+    async def _stop_monitor(self) -> None:
+        # First: a worker that exits during the stop must not be replaced.
         self._stopping = True
         if self._monitor is not None:
             self._monitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._monitor
+
+    async def _stop_workers(self) -> None:
+        # SIGTERM to all first, so they drain together; then SIGKILL past the drain deadline.
         for worker in self._workers:
             if worker.poll() is None:
                 worker.terminate()
@@ -111,8 +153,6 @@ class Supervisor:
             while worker.poll() is None and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
             if worker.poll() is None:
+                _log.error("worker %d still running past the drain deadline; killed", worker.pid)
                 worker.kill()
                 worker.wait()
-        if self._runner is not None:
-            await self._runner.cleanup()
-        shutil.rmtree(self._dir, ignore_errors=True)

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from gatekeeper.edge import EdgeServer
+from gatekeeper.listening import CANNOT_LISTEN, ListenError
 from gatekeeper.runtime import run
 from gatekeeper.settings import Settings
 
@@ -48,7 +49,13 @@ def main() -> None:
     logging.basicConfig(
         level=settings.log_level,
         format="%(asctime)s worker[%(process)d] %(levelname)s %(name)s: %(message)s")
-    run(_serve(settings))
+    try:
+        run(_serve(settings))
+    except ListenError as exc:
+        # The supervisor checks the port before forking; it can still be taken in between.
+        # This exit code tells the supervisor not to start another worker on it.
+        print(f"gatekeeper worker: {exc}", file=sys.stderr, flush=True)
+        sys.exit(CANNOT_LISTEN)
 
 
 if __name__ == "__main__":
