@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -142,6 +143,57 @@ def test_worker_that_cannot_listen_exits_with_its_own_code(stores: Stores, tmp_p
     assert stderr.splitlines()[-1] == (
         f"gatekeeper worker: cannot listen on 127.0.0.1:{taken}: address already in use")
     assert elapsed < EXIT_WITHIN_SECONDS
+
+
+def test_supervisor_gives_up_when_its_workers_cannot_listen(stores: Stores,
+                                                            tmp_path: Path) -> None:
+    """The port taken after the supervisor's check, before its workers bind (the test binds it
+    as soon as the supervisor says it has forked): the command stops and fails, instead of
+    replacing workers forever."""
+    for _ in range(3):  # the test's bind races the workers'; they rarely win, but may
+        port = _free()
+        argv = (*GATEKEEPER, "proxy", "--workers", "2", "--upstream", UPSTREAM,
+                "--proxy-port", str(port), "--metrics-port", "0")
+        proc = subprocess.Popen(argv, cwd=ROOT, env=_env(stores, tmp_path),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        killer = threading.Timer(15, os.killpg, (proc.pid, signal.SIGKILL))
+        killer.start()
+        try:
+            assert proc.stderr is not None
+            lines = []
+            for line in proc.stderr:
+                lines.append(line.rstrip("\n"))
+                if "supervisor: 2 workers" in line:
+                    break
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    continue  # a worker was first: try again
+                sock.listen()
+                started = time.monotonic()
+                lines += proc.stderr.read().splitlines()
+                code = proc.wait()
+                elapsed = time.monotonic() - started
+            assert code == 1, lines
+            taken_line = f"cannot listen on 127.0.0.1:{port}: address already in use"
+            assert f"gatekeeper worker: {taken_line}" in lines
+            assert lines[-1] == (f"gatekeeper: cannot listen on 127.0.0.1:{port}: "
+                                 "a worker could not bind (see its log)")
+            assert elapsed < EXIT_WITHIN_SECONDS
+            deadline = time.monotonic() + 1.0
+            while _group_alive(proc.pid) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert not _group_alive(proc.pid), "a worker outlived the supervisor"
+            return
+        finally:
+            killer.cancel()
+            if _group_alive(proc.pid):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.kill()
+            proc.communicate()
+    pytest.fail("the workers bound the port before the test, three times")
 
 
 def test_admin_exits_when_its_port_is_taken(stores: Stores, tmp_path: Path, taken: int) -> None:
