@@ -22,10 +22,11 @@ from typing import Any, cast
 
 import httptools
 
+from gatekeeper.flow import FlowControl
 from gatekeeper.httprequest import BadRequestBody, Request, RequestBody, simple_response
 from gatekeeper.problem import problem_body
 
-__all__ = ["ClientConnection", "HttpServer"]
+__all__ = ["ClientConnection", "ClientDisconnected", "HttpServer"]
 
 _log = logging.getLogger(__name__)
 
@@ -40,13 +41,21 @@ Handler = Callable[["Request", "ClientConnection"], None]
 (directly, or by handing the rest to ``conn.spawn``)."""
 
 
+class ClientDisconnected(ConnectionResetError):
+    """The client went away while its answer was stuck in a paused buffer: raised by
+    :meth:`ClientConnection.drain`, so a handler stops streaming to nobody."""
+
+    def __str__(self) -> str:
+        return "client went away"
+
+
 class ClientConnection(asyncio.Protocol):
     """One client connection: parses requests, runs the handler for each in order."""
 
     __slots__ = (
         "_broken",
         "_busy",
-        "_drain",
+        "_flow",
         "_handler",
         "_head_bytes",
         "_headers",
@@ -86,7 +95,7 @@ class ClientConnection(asyncio.Protocol):
         self._busy = False  # a request is being answered (by a callback chain or a task)
         self._broken = False  # the byte stream broke HTTP framing: read no further
         self._paused = False
-        self._drain: asyncio.Future[None] | None = None
+        self._flow = FlowControl()
         self._tunnel: Callable[[bytes | None], None] | None = None
         # Bytes past an upgrade request's head, held until the handler decides: a tunnel (after
         # the upstream's 101) or HTTP again (anything else). None: not upgrading.
@@ -108,8 +117,7 @@ class ClientConnection(asyncio.Protocol):
             self._tunnel(None)
         if self._parsing is not None and self._parsing.body is not None:
             self._parsing.body._wake()
-        if self._drain is not None and not self._drain.done():
-            self._drain.set_exception(ConnectionResetError("client went away"))
+        self._flow.connection_lost(ClientDisconnected)
 
     def data_received(self, data: bytes) -> None:
         if self._tunnel is not None:
@@ -141,13 +149,10 @@ class ClientConnection(asyncio.Protocol):
                 self._reject(400, "Bad request", f"Malformed HTTP request: {exc}")
 
     def pause_writing(self) -> None:
-        if self._drain is None:
-            self._drain = asyncio.get_running_loop().create_future()
+        self._flow.pause_writing()
 
     def resume_writing(self) -> None:
-        drain, self._drain = self._drain, None
-        if drain is not None and not drain.done():
-            drain.set_result(None)
+        self._flow.resume_writing()
 
     # --- httptools callbacks ----------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -232,6 +237,8 @@ class ClientConnection(asyncio.Protocol):
                               work: Coroutine[Any, Any, None]) -> None:
         try:
             await work
+        except ClientDisconnected:
+            pass  # the client left mid-answer: nobody to answer, and no fault of the handler
         except Exception:
             _log.exception("unhandled error in the proxy handler")
             self.close()
@@ -265,9 +272,10 @@ class ClientConnection(asyncio.Protocol):
         if not self.closed and self.transport is not None:
             self.transport.write(data)
 
-    async def drain(self) -> None:
-        if self._drain is not None:
-            await self._drain
+    def drain(self) -> Coroutine[Any, Any, None]:
+        """Await after a write: returns once the client has taken enough of the buffer, raises
+        :class:`ClientDisconnected` if it went away meanwhile."""
+        return self._flow.drain()  # not a coroutine of its own: one allocation per drain, not two
 
     def close(self) -> None:
         if not self.closed and self.transport is not None:

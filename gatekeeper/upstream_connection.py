@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
+from gatekeeper.flow import FlowControl
+
 if TYPE_CHECKING:
     from gatekeeper.upstream import UpstreamPool
 
@@ -76,7 +78,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_body_size",
         "_callback",
         "_deadline",
-        "_drain",
+        "_flow",
         "_head",
         "_head_request",
         "_headers",
@@ -108,7 +110,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._body_size = 0
         self._body_done = False
         self._waiter: asyncio.Future[None] | None = None
-        self._drain: asyncio.Future[None] | None = None
+        self._flow = FlowControl()
         self._paused = False
         # When the upstream must have sent something by (loop time; 0: not waiting). The pool's
         # watchdog checks it: one sweep for all connections is cheaper than a timer per request.
@@ -150,18 +152,14 @@ class UpstreamConnection(asyncio.Protocol):
         self._cancel_timer()
         if not self._body_done:
             self._fail(UpstreamError("upstream closed the connection"))
-        drain = self._drain
-        if drain is not None and not drain.done():
-            drain.set_exception(UpstreamError("upstream closed the connection"))
+        self._flow.connection_lost(UpstreamError("upstream closed the connection"))
         self._pool.forget(self)
 
     def pause_writing(self) -> None:
-        self._drain = asyncio.get_running_loop().create_future()
+        self._flow.pause_writing()
 
     def resume_writing(self) -> None:
-        drain, self._drain = self._drain, None
-        if drain is not None and not drain.done():
-            drain.set_result(None)
+        self._flow.resume_writing()
 
     # httptools callbacks
     def on_status(self, reason: bytes) -> None:
@@ -229,9 +227,9 @@ class UpstreamConnection(asyncio.Protocol):
     def on_timeout(self) -> None:
         self._deadline = 0.0
         self._fail(UpstreamTimeout("upstream read timed out"))
-        drain = self._drain
-        if drain is not None and not drain.done():
-            drain.set_exception(UpstreamTimeout("upstream stopped reading the request body"))
+        # Given up before the transport reports the close: a pending drain learns why (the
+        # caller answers 504), not merely that the connection closed.
+        self._flow.connection_lost(UpstreamTimeout("upstream stopped reading the request body"))
         self.close()
 
     def _arm_timer(self) -> None:
@@ -262,10 +260,6 @@ class UpstreamConnection(asyncio.Protocol):
         self._callback = None
         self._head_request = False
 
-    async def drain(self) -> None:
-        if self._drain is not None:
-            await self._drain
-
     def write(self, data: bytes) -> None:
         assert self.transport is not None
         self.transport.write(data)
@@ -294,10 +288,11 @@ class UpstreamConnection(asyncio.Protocol):
 
     async def drain_within_timeout(self) -> None:
         """Wait for room to write, for at most the read timeout."""
-        if self._drain is not None:
+        if self._flow.writing_paused:
+            # Armed only while waiting: time between writes is the client's (its body pace).
             self._arm_timer()
             try:
-                await self._drain
+                await self._flow.drain()
             finally:
                 if self._response is None:
                     self._cancel_timer()
