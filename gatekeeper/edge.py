@@ -39,6 +39,7 @@ _REJECTED = metrics.HotCounter(metrics.REQUESTS.labels("invalid"))
 _TASKS_GRACE_SECONDS = 5.0
 # asyncpg's close() waits for every connection to be released; a query stuck past this is cut.
 _POOL_CLOSE_SECONDS = 10.0
+_UPSTREAM_GRACE_SECONDS = 2.0
 
 
 class EdgeServer:
@@ -80,7 +81,9 @@ class EdgeServer:
                 # The ops port closes after everything but the stores: probes see "draining"
                 # for as long as the drain lasts, not a refused connection.
                 await self._start_ops(stack)
-            stack.push_async_callback(self.upstream.close)
+            # The HTTP server's drain has run by then and its client connections are closed:
+            # what is still busy upstream serves nobody, so it gets only a short grace.
+            stack.push_async_callback(self.upstream.close, _UPSTREAM_GRACE_SECONDS)
             stack.push_async_callback(self._flush_activity)
             self._tasks = [asyncio.create_task(self.mirror.run(), name="blocklist-mirror"),
                            asyncio.create_task(self.recorder.run(), name="activity-recorder"),

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 
@@ -24,6 +26,9 @@ from gatekeeper.upstream_connection import (
 
 __all__ = ["UpstreamConnectError", "UpstreamError", "UpstreamPool", "UpstreamResponse",
            "UpstreamTimeout"]
+
+_log = logging.getLogger(__name__)
+
 
 class UpstreamPool:
     """Keep-alive connections to one ``host:port``, at most ``max_connections`` at once."""
@@ -170,11 +175,32 @@ class UpstreamPool:
             conn.finish()
             raise
 
-    async def close(self) -> None:
+    async def close(self, grace: float = 0.0) -> None:
+        """Close every connection: idle ones at once, busy ones when their exchange ends (they
+        are not put back) or, at the latest, after ``grace`` seconds, logging how many were cut.
+
+        Busy connections are cut rather than left to the event loop's end: their sockets would
+        stay open (and their handlers wait) past the process's own shutdown."""
         self._closing = True
-        if self._watchdog is not None:
-            self._watchdog.cancel()
         for conn in self._idle:
             conn.close()
         self._idle.clear()
         self._hand_over(None)
+        deadline = time.monotonic() + grace
+        # The watchdog keeps running meanwhile: an upstream gone quiet is timed out as usual.
+        while self._busy() and time.monotonic() < deadline:
+            await asyncio.sleep(min(0.02, max(0.0, deadline - time.monotonic())))
+        busy = self._busy()
+        if busy:
+            _log.warning("upstream: %d busy connection(s) cut at shutdown after %.1f s",
+                         len(busy), grace)
+            for conn in busy:
+                conn.close()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
+            self._watchdog = None
+
+    def _busy(self) -> list[UpstreamConnection]:
+        return [conn for conn in self._all if not conn.closed]
