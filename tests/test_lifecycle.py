@@ -204,6 +204,18 @@ def test_admin_exits_when_its_port_is_taken(stores: Stores, tmp_path: Path, take
     _assert_refused(result, taken)
 
 
+def test_other_bind_errors_are_named_by_the_os(stores: Stores, tmp_path: Path) -> None:
+    """Not only "in use": the reason is the OS's own text, lower-cased (192.0.2.1 is a
+    documentation address no interface of this machine has)."""
+    port = _free()
+    code, stderr, elapsed = _run(*GATEKEEPER, "admin", "--host", "192.0.2.1", "--admin-port",
+                                 str(port), env=_env(stores, tmp_path))
+    assert code != 0
+    assert stderr.splitlines()[-1] == (
+        f"gatekeeper: cannot listen on 192.0.2.1:{port}: cannot assign requested address")
+    assert elapsed < EXIT_WITHIN_SECONDS
+
+
 @pytest.mark.parametrize("which", ["proxy-port", "admin-port", "metrics-port"])
 def test_up_exits_before_starting_anything_when_a_port_is_taken(
         tmp_path: Path, taken: int, which: str) -> None:
