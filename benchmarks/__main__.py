@@ -33,34 +33,53 @@ def _minutes(text: str) -> float:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     proxy = sub.add_parser("proxy", help="run the proxy benchmark suite")
-    proxy.add_argument("--quick", action="store_true",
-                       help="short pass (2 s runs, 50 trials): under two minutes")
+    proxy.add_argument(
+        "--quick", action="store_true", help="short pass (2 s runs, 50 trials): under two minutes"
+    )
     proxy.add_argument("--duration", type=float, help="seconds per run (default 10; quick 2)")
     proxy.add_argument("--runs", type=int, help="runs per scenario, median reported (default 3)")
     proxy.add_argument("--warmup", type=float, help="warm-up seconds (default 3; quick 1)")
     proxy.add_argument("--trials", type=int, help="propagation trials (default 200; quick 50)")
-    proxy.add_argument("--writebehind-seconds", type=float,
-                       help="recorder flush-rate measurement time (default 5; quick 2)")
+    proxy.add_argument(
+        "--writebehind-seconds",
+        type=float,
+        help="recorder flush-rate measurement time (default 5; quick 2)",
+    )
     proxy.add_argument("--connections", type=int, default=64, help="load connections")
     proxy.add_argument("--devices", type=int, default=10_000, help="distinct device ids")
-    proxy.add_argument("--only", help="comma-separated subset of: "
-                       + ",".join((*SCENARIOS, *EXTRAS)))
+    proxy.add_argument(
+        "--only", help="comma-separated subset of: " + ",".join((*SCENARIOS, *EXTRAS))
+    )
     proxy.add_argument("--no-nginx", action="store_true", help="do not use nginx even if found")
     proxy.add_argument("--no-wrk", action="store_true", help="do not use wrk even if found")
     proxy.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
-    proxy.add_argument("--out", type=Path, default=_DEFAULT_OUT,
-                       help="directory for latest.json/.md/.png (default benchmarks/results)")
-    proxy.add_argument("--update-docs", action="store_true",
-                       help="also rewrite the results section of docs/performance.md")
+    proxy.add_argument(
+        "--out",
+        type=Path,
+        default=_DEFAULT_OUT,
+        help="directory for latest.json/.md/.png (default benchmarks/results)",
+    )
+    proxy.add_argument(
+        "--update-docs",
+        action="store_true",
+        help="also rewrite the results section of docs/performance.md",
+    )
     proxy.add_argument("--quiet", action="store_true", help="no progress lines")
 
     soak = sub.add_parser("soak", help="steady mixed traffic for a bounded time; memory verdict")
-    soak.add_argument("--minutes", type=_minutes, default=2.0,
-                      help="how long the load runs (default 2, at most 60)")
+    soak.add_argument(
+        "--minutes",
+        type=_minutes,
+        default=2.0,
+        help="how long the load runs (default 2, at most 60)",
+    )
     # Only for tests/test_soak_quick.py: a run of a few seconds, shorter than a minute allows.
     soak.add_argument("--seconds", type=float, help=argparse.SUPPRESS)
     soak.add_argument("--interval", type=float, default=5.0, help="seconds between samples")
@@ -68,15 +87,24 @@ def _parser() -> argparse.ArgumentParser:
     soak.add_argument("--devices", type=int, default=5_000, help="devices in the pool")
     soak.add_argument("--workers", type=int, default=2, help="proxy worker processes")
     soak.add_argument("--no-admin", action="store_true", help="do not start the admin API")
-    soak.add_argument("--out", type=Path, default=_DEFAULT_OUT,
-                      help="directory for soak-latest.json/.md (default benchmarks/results)")
+    soak.add_argument(
+        "--out",
+        type=Path,
+        default=_DEFAULT_OUT,
+        help="directory for soak-latest.json/.md (default benchmarks/results)",
+    )
     soak.add_argument("--quiet", action="store_true", help="no progress lines")
 
-    rel = sub.add_parser("reliability", help="run the probe tests and a soak; write "
-                         "docs/reliability.md")
+    rel = sub.add_parser(
+        "reliability", help="run the probe tests and a soak; write docs/reliability.md"
+    )
     # 6 minutes: the workers warm up for about 75 s, so a shorter soak judges the warm-up.
-    rel.add_argument("--soak-minutes", type=_minutes, default=6.0,
-                     help="length of the soak (default 6; 0 skips it)")
+    rel.add_argument(
+        "--soak-minutes",
+        type=_minutes,
+        default=6.0,
+        help="length of the soak (default 6; 0 skips it)",
+    )
     rel.add_argument("--out", type=Path, default=_RELIABILITY_DOC, help="the page to write")
     rel.add_argument("--quiet", action="store_true", help="no progress lines")
     return parser
@@ -95,23 +123,36 @@ def _options(args: argparse.Namespace) -> Options:
         return value if value is not None else (short if quick else full)
 
     return Options(
-        duration=pick(args.duration, 10.0, 2.0), runs=int(pick(args.runs, 3, 3)),
-        warmup=pick(args.warmup, 3.0, 1.0), trials=int(pick(args.trials, 200, 50)),
+        duration=pick(args.duration, 10.0, 2.0),
+        runs=int(pick(args.runs, 3, 3)),
+        warmup=pick(args.warmup, 3.0, 1.0),
+        trials=int(pick(args.trials, 200, 50)),
         writebehind_seconds=pick(args.writebehind_seconds, 5.0, 2.0),
-        connections=args.connections, devices=args.devices, use_nginx=not args.no_nginx,
-        use_wrk=not args.no_wrk, pin=not args.no_pin, only=only, quick=quick,
+        connections=args.connections,
+        devices=args.devices,
+        use_nginx=not args.no_nginx,
+        use_wrk=not args.no_wrk,
+        pin=not args.no_pin,
+        only=only,
+        quick=quick,
     )
 
 
 def _soak(args: argparse.Namespace) -> int:
-    from .reliability import analyse, write_soak_outputs
     from .soak import MAX_MINUTES, SoakOptions, run_soak
+    from .soakverdict import analyse, write_soak_outputs
 
     seconds = args.seconds if args.seconds is not None else args.minutes * 60
     if not 0 < seconds <= MAX_MINUTES * 60 or args.interval < 0.2:
         raise SystemExit("the soak needs 0 < length <= 60 minutes and an interval >= 0.2 s")
-    options = SoakOptions(seconds=seconds, interval=args.interval, rate=args.rate,
-                          devices=args.devices, workers=args.workers, admin=not args.no_admin)
+    options = SoakOptions(
+        seconds=seconds,
+        interval=args.interval,
+        rate=args.rate,
+        devices=args.devices,
+        workers=args.workers,
+        admin=not args.no_admin,
+    )
     progress = Progress(quiet=args.quiet)
     result = analyse(run_soak(options, progress))
     paths = write_soak_outputs(result, args.out)

@@ -18,19 +18,10 @@ from typing import Any
 import pytest
 import reliability_log
 
-from benchmarks.reliability import (
-    FAULTS,
-    PROBE_FILES,
-    STORES,
-    FileRun,
-    Meta,
-    ProbeFile,
-    analyse,
-    read_records,
-    render,
-    run_probe_file,
-    soak_markdown,
-)
+from benchmarks.comparisons import FAULTS, STORES
+from benchmarks.reliability import PROBE_FILES, ProbeFile, read_records, run_probe_file
+from benchmarks.reliability_report import FileRun, Meta, render
+from benchmarks.soakverdict import analyse, soak_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 
