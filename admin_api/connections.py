@@ -15,8 +15,8 @@ from admin_api.edgesync import EDGE_SYNC
 from admin_api.errors import Problem
 from admin_api.serialize import device_json
 from admin_api.validation import is_device_id, read_json, validator
-from gatekeeper import store
-from gatekeeper.credentials import DEVICE_KEY_PREFIX, digest_secret, secrets_equal
+from gatekeeper.domain.credentials import DEVICE_KEY_PREFIX, digest_secret, secrets_equal
+from gatekeeper.store import edge_writes as store
 
 __all__ = ["connect_device", "reset_connection"]
 

@@ -1,7 +1,8 @@
 """Device routes: create, read, update (PUT), delete, block, unblock, history.
 
 Changes the edge must see (block, unblock, enable, disable, key revocation) go through
-:mod:`gatekeeper.store` (Postgres first, then Redis and a publish) via :class:`EdgeSync`.
+:mod:`gatekeeper.store.edge_writes` (Postgres first, then Redis and a publish) via
+:class:`EdgeSync`.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from admin_api.validation import (
     read_json,
     validator,
 )
-from gatekeeper import store
+from gatekeeper.store import edge_writes as store
 
 __all__ = [
     "block_device",

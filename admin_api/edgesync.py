@@ -2,7 +2,8 @@
 
 Decision: the change stands (Postgres is the truth and already holds it), the request succeeds,
 ``gatekeeper_admin_edge_sync_errors_total`` is counted, and a background task rebuilds the Redis
-edge view with :func:`gatekeeper.store.reconcile`, retrying with backoff until it succeeds.
+edge view with :func:`gatekeeper.store.edge_writes.reconcile`, retrying with backoff until it
+succeeds.
 Until then the edge keeps its previous view of that one change.
 """
 
@@ -18,7 +19,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from admin_api.metrics import AdminMetrics
-from gatekeeper.store import EdgeSyncError, reconcile
+from gatekeeper.store.edge_writes import EdgeSyncError, reconcile
 
 __all__ = ["EDGE_SYNC", "EdgeSync"]
 

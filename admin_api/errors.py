@@ -16,7 +16,19 @@ from aiohttp import web
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gatekeeper.problem import problem_response
+from gatekeeper.problem import PROBLEM_CONTENT_TYPE, problem_body
+
+
+def problem_response(status: int, title: str, detail: str | None = None, *,
+                     type_: str | None = None, headers: dict[str, str] | None = None,
+                     **extra: Any) -> web.Response:
+    """A problem document (gatekeeper.problem) as an aiohttp response."""
+    return web.Response(
+        status=status,
+        body=problem_body(status, title, detail, type_=type_, **extra),
+        content_type=PROBLEM_CONTENT_TYPE,
+        headers=headers,
+    )
 
 __all__ = [
     "FieldError",
@@ -25,6 +37,7 @@ __all__ = [
     "conflict",
     "not_found",
     "problem_middleware",
+    "problem_response",
     "unprocessable",
 ]
 

@@ -17,7 +17,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 
-from gatekeeper.problem import problem_response
+from admin_api.errors import problem_response
 
 __all__ = ["MAX_FIELD_BYTES", "AdminAccessLogger", "AdminRunner", "safe_target"]
 

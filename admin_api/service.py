@@ -21,9 +21,9 @@ from admin_api.app import create_app
 from admin_api.database import open_admin_pool
 from admin_api.edgesync import EDGE_SYNC
 from admin_api.server import AdminRunner
-from gatekeeper.connections import open_redis
 from gatekeeper.listening import listen_error
 from gatekeeper.settings import Settings, SettingsError, mask_url
+from gatekeeper.store.clients import open_redis
 
 __all__ = ["AdminService"]
 

@@ -15,8 +15,8 @@ from admin_api.edgesync import EDGE_SYNC
 from admin_api.errors import FieldError, Problem, not_found, unprocessable
 from admin_api.serialize import rfc3339, token_json
 from admin_api.validation import check_query, parse_timestamp, read_json, validator
-from gatekeeper import store
-from gatekeeper.credentials import TOKEN_PREFIX
+from gatekeeper.domain.credentials import TOKEN_PREFIX
+from gatekeeper.store import edge_writes as store
 
 __all__ = ["create_token", "list_tokens", "revoke_token"]
 

@@ -30,11 +30,11 @@ from aiohttp import web
 from admin_api.app import create_app
 from admin_api.auth import DEVICE_READ
 from admin_api.listing import ORDER, DeviceQuery, page_cursor, where_clause
-from gatekeeper.admin_tokens import mint_token
-from gatekeeper.connections import open_pg_pool, open_redis
-from gatekeeper.embedded import EmbeddedPostgres, EmbeddedRedis
-from gatekeeper.migrate import migrate
+from gatekeeper.runtime.admin_tokens import mint_token
+from gatekeeper.runtime.embedded import EmbeddedPostgres, EmbeddedRedis
 from gatekeeper.settings import Settings
+from gatekeeper.store.clients import open_pg_pool, open_redis
+from gatekeeper.store.migrate import migrate
 
 TENANT = "bench"
 SECRET = "benchmark-secret-benchmark-secret-0123456789"

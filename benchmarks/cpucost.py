@@ -22,7 +22,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from gatekeeper.embedded import free_port
+from gatekeeper.runtime.embedded import free_port
 
 _CONNECTIONS = 4
 _DEVICES = 1000

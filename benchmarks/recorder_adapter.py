@@ -1,4 +1,4 @@
-"""Driving ``gatekeeper.recorder`` directly, for the write-behind flush rate.
+"""Driving ``gatekeeper.edge.activity.recorder`` directly, for the write-behind flush rate.
 
 Kept apart from :mod:`benchmarks.writebehind` because it is the one place that knows the
 recorder's interface: when that interface changes, only this file changes.
@@ -18,11 +18,11 @@ _BATCH = 5_000  # devices per flush: the recorder's default flush_max_devices
 
 def unavailable() -> str | None:
     """None when the recorder can be driven, else why not."""
-    if importlib.util.find_spec("gatekeeper.recorder") is None:
-        return "gatekeeper.recorder not available yet"
-    module = importlib.import_module("gatekeeper.recorder")
+    if importlib.util.find_spec("gatekeeper.edge.activity.recorder") is None:
+        return "gatekeeper.edge.activity.recorder not available yet"
+    module = importlib.import_module("gatekeeper.edge.activity.recorder")
     if not hasattr(module, "ActivityRecorder"):
-        return "gatekeeper.recorder has no ActivityRecorder"
+        return "gatekeeper.edge.activity.recorder has no ActivityRecorder"
     return None
 
 
@@ -32,9 +32,9 @@ async def flush_rate(dsn: str, seconds: float) -> dict[str, Any]:
     The wall time covers recording and flushing, as in the proxy (where recording is spread
     over requests instead); ``flush_s`` is the part spent in the flushes alone.
     """
-    from gatekeeper.connections import open_pg_pool
+    from gatekeeper.store.clients import open_pg_pool
 
-    module: Any = importlib.import_module("gatekeeper.recorder")
+    module: Any = importlib.import_module("gatekeeper.edge.activity.recorder")
     pool = await open_pg_pool(dsn, min_size=1, max_size=4)
     try:
         recorder = module.ActivityRecorder(

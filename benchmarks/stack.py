@@ -45,8 +45,8 @@ def _gatekeeper_command() -> list[str] | None:
 
 def unavailable() -> str | None:
     """None when the gatekeeper proxy can be benchmarked, else the reason it cannot."""
-    for module in ("gatekeeper.embedded", "gatekeeper.migrate", "gatekeeper.store",
-                   "gatekeeper.connections"):
+    for module in ("gatekeeper.runtime.embedded", "gatekeeper.store.migrate",
+                   "gatekeeper.store.edge_writes", "gatekeeper.store.clients"):
         if importlib.util.find_spec(module) is None:
             return f"gatekeeper proxy not available ({module} is missing)"
     command = _gatekeeper_command()
@@ -67,7 +67,7 @@ class GatekeeperStack:
     """Embedded PostgreSQL + Valkey for the run, migrated; starts and seeds gatekeeper proxies."""
 
     def __init__(self, work: Path) -> None:
-        from gatekeeper.embedded import EmbeddedPostgres, EmbeddedRedis
+        from gatekeeper.runtime.embedded import EmbeddedPostgres, EmbeddedRedis
 
         self.work = work
         self._postgres = EmbeddedPostgres(work / "postgres")
@@ -76,7 +76,7 @@ class GatekeeperStack:
         self.redis_url = ""
 
     def start(self) -> None:
-        from gatekeeper.migrate import migrate
+        from gatekeeper.store.migrate import migrate
 
         self.database_url = self._postgres.start()
         self.redis_url = self._redis.start()
@@ -113,14 +113,14 @@ class GatekeeperStack:
 
     async def open_stores(self) -> tuple[Any, Any]:
         """An asyncpg pool and a redis client on the run's stores (close them when done)."""
-        from gatekeeper.connections import open_pg_pool, open_redis
+        from gatekeeper.store.clients import open_pg_pool, open_redis
 
         pool = await open_pg_pool(self.database_url, min_size=1, max_size=4)
         return pool, open_redis(self.redis_url)
 
     async def set_blocked(self, pool: Any, redis: Any, device: str, blocked: bool) -> None:
         """Block or unblock one device through the store (Postgres, then Redis + publish)."""
-        from gatekeeper.store import set_blocked
+        from gatekeeper.store.edge_writes import set_blocked
 
         await set_blocked(pool, redis, TENANT, device, blocked, "benchmark", create=True)
 

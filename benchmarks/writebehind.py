@@ -35,7 +35,7 @@ def estimate(seconds: float) -> float:
 
 async def _rows_written(dsn: str) -> int:
     """Rows inserted or updated so far, once the statistics stopped moving (at most ~3 s)."""
-    from gatekeeper.connections import open_pg_pool
+    from gatekeeper.store.clients import open_pg_pool
 
     conn = await open_pg_pool(dsn, min_size=1, max_size=1)  # one connection, one snapshot
     try:

@@ -1,3 +1,3 @@
-from gatekeeper.cli import main
+from gatekeeper.runtime.cli import main
 
 raise SystemExit(main())

@@ -13,8 +13,8 @@ import socket
 
 __all__ = ["CANNOT_LISTEN", "ListenError", "check_port", "listen_error"]
 
-# The exit code of a ``gatekeeper.worker`` process whose port is taken: its supervisor then stops
-# instead of starting another worker that would fail the same way.
+# The exit code of a ``gatekeeper.runtime.worker`` process whose port is taken: its supervisor
+# then stops instead of starting another worker that would fail the same way.
 CANNOT_LISTEN = 3
 
 

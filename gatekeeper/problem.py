@@ -1,13 +1,14 @@
-"""RFC 9457 problem details, the one error format of the proxy and the admin API."""
+"""RFC 9457 problem details, the one error format of the proxy and the admin API.
+
+Bytes only: the proxy's hot path imports this, and must not import aiohttp (the admin API wraps
+the bytes in its own responses: admin_api/errors.py)."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from aiohttp import web
-
-__all__ = ["PROBLEM_CONTENT_TYPE", "problem_body", "problem_response"]
+__all__ = ["PROBLEM_CONTENT_TYPE", "problem_body"]
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 _TYPE_BASE = "https://gatekeeper.dev/problems/"
@@ -24,14 +25,3 @@ def problem_body(status: int, title: str, detail: str | None = None, *,
     }
     doc.update(extra)
     return json.dumps(doc, separators=(",", ":")).encode()
-
-
-def problem_response(status: int, title: str, detail: str | None = None, *,
-                     type_: str | None = None, headers: dict[str, str] | None = None,
-                     **extra: Any) -> web.Response:
-    return web.Response(
-        status=status,
-        body=problem_body(status, title, detail, type_=type_, **extra),
-        content_type=PROBLEM_CONTENT_TYPE,
-        headers=headers,
-    )

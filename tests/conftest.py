@@ -21,12 +21,12 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from test_admin_helpers import Api, admin_settings, running_api
 
-from gatekeeper.connections import open_pg_pool, open_redis
-from gatekeeper.demo_upstream import create_demo_upstream
-from gatekeeper.edge import EdgeServer
-from gatekeeper.embedded import EmbeddedPostgres, EmbeddedRedis
-from gatekeeper.migrate import migrate
+from gatekeeper.edge.server import EdgeServer
+from gatekeeper.runtime.demo_upstream import create_demo_upstream
+from gatekeeper.runtime.embedded import EmbeddedPostgres, EmbeddedRedis
 from gatekeeper.settings import Settings
+from gatekeeper.store.clients import open_pg_pool, open_redis
+from gatekeeper.store.migrate import migrate
 
 
 @dataclass

@@ -22,7 +22,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from gatekeeper.embedded import free_port
+from gatekeeper.runtime.embedded import free_port
 
 __all__ = [
     "CountingUpstream",

@@ -13,9 +13,9 @@ import asyncpg
 import pytest
 from conftest import EdgeFactory, Stores
 
-from gatekeeper.connections import open_pg_pool
-from gatekeeper.edge import EdgeServer
-from gatekeeper.embedded import EmbeddedPostgres
+from gatekeeper.edge.server import EdgeServer
+from gatekeeper.runtime.embedded import EmbeddedPostgres
+from gatekeeper.store.clients import open_pg_pool
 
 HEADERS = {"X-App-Name": "CrewCheck", "X-App-Version": "3.2.1", "X-OS-Name": "Android",
            "X-OS-Version": "14", "X-Device-Manufacturer": "Samsung", "X-Device-Model": "SM-T636B"}

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from test_admin_helpers import SECRET, Api, admin_settings, problem, running_api
 
 from admin_api.auth import DEVICE_READ, DEVICE_WRITE, TOKEN_READ, TOKEN_WRITE, TokenVerifier
-from gatekeeper.admin_tokens import load_or_create_local_secret, mint_token
+from gatekeeper.runtime.admin_tokens import load_or_create_local_secret, mint_token
 
 # Every tenant-scoped route: method, path suffix (after /api/{tenant}), scope it needs.
 ROUTES: list[tuple[str, str, str]] = [

@@ -14,8 +14,8 @@ import redis.asyncio as aioredis
 from conftest import Stores
 from test_admin_helpers import LOGO, Api, admin_settings, fields_of, problem, running_api
 
-from gatekeeper import edgeview
-from gatekeeper.credentials import digest_secret
+from gatekeeper.domain import edgeview
+from gatekeeper.domain.credentials import digest_secret
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 from test_admin_helpers import LOGO, Api, fields_of, problem
 
-from gatekeeper import edgeview
+from gatekeeper.domain import edgeview
 
 
 async def test_create_read_and_location(api: Api) -> None:

@@ -1,6 +1,6 @@
 """The admin API and a running proxy together: what the admin changes, the edge enforces.
 
-The proxy (``gatekeeper.edge.EdgeServer``) and the admin app share the session's Postgres and
+The proxy (``gatekeeper.edge.server.EdgeServer``) and the admin app share the session's Postgres and
 Valkey; the upstream is a tiny aiohttp app that answers 200 to everything.
 """
 
@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestServer
 from conftest import Stores
 from test_admin_helpers import Api, admin_settings, running_api
 
-from gatekeeper.edge import EdgeServer
+from gatekeeper.edge.server import EdgeServer
 from gatekeeper.settings import Settings
 
 PEPPER = "edge-test-pepper"

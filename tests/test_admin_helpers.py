@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from admin_api.app import create_app
 from admin_api.auth import SCOPES
 from admin_api.server import AdminRunner
-from gatekeeper.admin_tokens import mint_token
+from gatekeeper.runtime.admin_tokens import mint_token
 from gatekeeper.settings import Settings
 
 __all__ = ["ALL_SCOPES", "LOGO", "SECRET", "Api", "admin_settings", "running_api"]

@@ -16,7 +16,7 @@ from test_admin_helpers import admin_settings
 
 from admin_api.server import MAX_FIELD_BYTES
 from admin_api.service import AdminService
-from gatekeeper.admin_tokens import mint_token
+from gatekeeper.runtime.admin_tokens import mint_token
 
 _SECRET = "eyJzZWNyZXQiOiJkby1ub3QtZWNobyJ9"
 

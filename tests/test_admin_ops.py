@@ -21,8 +21,8 @@ from admin_api.app import create_app
 from admin_api.metrics import METRICS
 from admin_api.openapi import build_document
 from admin_api.service import AdminService
-from gatekeeper import edgeview
-from gatekeeper.connections import open_pg_pool, open_redis
+from gatekeeper.domain import edgeview
+from gatekeeper.store.clients import open_pg_pool, open_redis
 
 
 def test_openapi_lists_exactly_the_served_routes(stores: Stores) -> None:

@@ -17,7 +17,7 @@ from conftest import Stores
 from test_admin_helpers import LOGO, admin_settings
 
 from admin_api.service import AdminService
-from gatekeeper.admin_tokens import mint_token
+from gatekeeper.runtime.admin_tokens import mint_token
 
 # The longest acceptable answer: the bounds of admin_api.database add up to 7 s at worst.
 _ANSWER_WITHIN = 10.0

@@ -12,10 +12,10 @@ from conftest import Stores
 from test_admin_helpers import LOGO, SECRET
 
 from admin_api.service import AdminService
-from gatekeeper.admin_tokens import mint_token
-from gatekeeper.embedded import free_port
+from gatekeeper.runtime.admin_tokens import mint_token
+from gatekeeper.runtime.embedded import free_port
+from gatekeeper.runtime.up import run_stack
 from gatekeeper.settings import Settings
-from gatekeeper.stack import run_stack
 
 
 async def _reset_environment(settings: Settings, **overrides: Any) -> str:

@@ -1,4 +1,4 @@
-"""The request-target rules of gatekeeper.admission, as pure functions (no servers)."""
+"""The request-target rules of gatekeeper.edge.admission, as pure functions (no servers)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gatekeeper.admission import AdmissionError, normalise_path, parse_target
+from gatekeeper.edge.admission import AdmissionError, normalise_path, parse_target
 
 
 @pytest.mark.parametrize(("path", "normal"), [

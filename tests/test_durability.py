@@ -18,11 +18,11 @@ import redis.asyncio as aioredis
 from conftest import Stores
 from reliability_log import record
 
-from gatekeeper import store
-from gatekeeper.connections import open_pg_pool
-from gatekeeper.embedded import EmbeddedPostgres
-from gatekeeper.migrate import migrate
-from gatekeeper.recorder import ActivityRecorder
+from gatekeeper.edge.activity.recorder import ActivityRecorder
+from gatekeeper.runtime.embedded import EmbeddedPostgres
+from gatekeeper.store import edge_writes as store
+from gatekeeper.store.clients import open_pg_pool
+from gatekeeper.store.migrate import migrate
 
 ATTRS = ("CrewCheck", "3.2.1", "Android", "14", "Samsung", "SM-T636B")
 DURABILITY = ("fsync", "synchronous_commit", "full_page_writes")

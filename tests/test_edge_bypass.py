@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 from recording_upstream import RecordingUpstream
 from reliability_log import record
 
-from gatekeeper import store
-from gatekeeper.edge import EdgeServer
+from gatekeeper.edge.server import EdgeServer
+from gatekeeper.store import edge_writes as store
 
 BLOCKED = "blk-corpus"
 TENANTS = {"acme", "default"}

@@ -24,11 +24,11 @@ from conftest import EdgeFactory, Stores
 from edgerig import CountingUpstream, ProxyProcess, eventually, metric_value
 from faultproxy import FaultProxy
 
-from gatekeeper import store
-from gatekeeper.blocklist import PING_INTERVAL_SECONDS, PING_TIMEOUT_SECONDS, BlocklistMirror
-from gatekeeper.connections import open_pg_pool, open_redis
-from gatekeeper.edge import EdgeServer
-from gatekeeper.embedded import EmbeddedRedis
+from gatekeeper.edge.blocklist import PING_INTERVAL_SECONDS, PING_TIMEOUT_SECONDS, BlocklistMirror
+from gatekeeper.edge.server import EdgeServer
+from gatekeeper.runtime.embedded import EmbeddedRedis
+from gatekeeper.store import edge_writes as store
+from gatekeeper.store.clients import open_pg_pool, open_redis
 
 PROBLEM = "application/problem+json"
 
@@ -312,12 +312,13 @@ async def test_a_quiet_healthy_redis_keeps_the_mirror_fresh(
         assert await eventually(lambda: _true(mirror.loaded), 5.0)
         synced_before = mirror.synced_at
         stale_seen = False
-        with caplog.at_level("WARNING", logger="gatekeeper.blocklist"):
+        with caplog.at_level("WARNING", logger="gatekeeper.edge.blocklist"):
             for _ in range(30):  # 1.5 s: fifteen PINGs, five PING timeouts
                 await asyncio.sleep(0.05)
                 stale_seen |= mirror.stale
         assert not stale_seen
-        assert [r.getMessage() for r in caplog.records if r.name == "gatekeeper.blocklist"] == []
+        logged = [r for r in caplog.records if r.name == "gatekeeper.edge.blocklist"]
+        assert [r.getMessage() for r in logged] == []
         assert mirror.synced_at > synced_before  # the PONGs are what keep it fresh
     finally:
         task.cancel()

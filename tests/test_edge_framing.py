@@ -20,8 +20,8 @@ from conftest import EdgeFactory
 from edgerig import raw_exchange
 from recording_upstream import RecordingUpstream
 
-from gatekeeper import store
-from gatekeeper.edge import EdgeServer
+from gatekeeper.edge.server import EdgeServer
+from gatekeeper.store import edge_writes as store
 
 BLOCKED = "blk-7f3a"
 TENANTS = {"acme", "default"}

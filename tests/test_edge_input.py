@@ -16,8 +16,8 @@ import redis.asyncio as aioredis
 from conftest import EdgeFactory
 from edgerig import CountingUpstream, raw_exchange
 
-from gatekeeper import store
-from gatekeeper.edge import EdgeServer
+from gatekeeper.edge.server import EdgeServer
+from gatekeeper.store import edge_writes as store
 
 PROBLEM = "application/problem+json"
 ATTRIBUTE_HEADERS = ("X-App-Name", "X-App-Version", "X-OS-Name", "X-OS-Version",

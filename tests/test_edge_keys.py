@@ -18,12 +18,13 @@ from conftest import EdgeFactory, Stores
 from edgerig import CountingUpstream, eventually
 from faultproxy import FaultProxy
 
-from gatekeeper import edgeview, store
-from gatekeeper.connections import open_redis
-from gatekeeper.credentials import DEVICE_KEY_PREFIX, TOKEN_PREFIX
-from gatekeeper.edge import EdgeServer
-from gatekeeper.edgeview import EdgeEvent
-from gatekeeper.keycache import KeyCache
+from gatekeeper.domain import edgeview
+from gatekeeper.domain.credentials import DEVICE_KEY_PREFIX, TOKEN_PREFIX
+from gatekeeper.domain.edgeview import EdgeEvent
+from gatekeeper.edge.keycache import KeyCache
+from gatekeeper.edge.server import EdgeServer
+from gatekeeper.store import edge_writes as store
+from gatekeeper.store.clients import open_redis
 
 PROBLEM = "application/problem+json"
 LIMIT_SECONDS = 1.0

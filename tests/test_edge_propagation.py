@@ -22,7 +22,7 @@ from edgerig import CountingUpstream, ProxyProcess, eventually, metric_value
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from gatekeeper import store
+from gatekeeper.store import edge_writes as store
 
 LIMIT_SECONDS = 1.0
 PROBLEM = "application/problem+json"

@@ -15,9 +15,9 @@ import aiohttp
 import pytest
 from conftest import EdgeFactory
 
-from gatekeeper.edge import EdgeServer
-from gatekeeper.flow import FlowControl
-from gatekeeper.httpserver import ClientConnection
+from gatekeeper.edge.http.flow import FlowControl
+from gatekeeper.edge.http.server import ClientConnection
+from gatekeeper.edge.server import EdgeServer
 
 # --- the class ------------------------------------------------------------------------------
 

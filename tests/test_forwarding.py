@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 from conftest import EdgeFactory, Stores
 
-from gatekeeper.embedded import free_port
+from gatekeeper.runtime.embedded import free_port
 
 MB = 1024 * 1024
 

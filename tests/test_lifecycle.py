@@ -29,10 +29,10 @@ import pytest
 from conftest import Stores, edge_settings
 
 from admin_api.service import AdminService
-from gatekeeper.edge import EdgeServer
+from gatekeeper.edge.server import EdgeServer
+from gatekeeper.edge.upstream.pool import UpstreamError, UpstreamPool
 from gatekeeper.listening import CANNOT_LISTEN, ListenError
 from gatekeeper.settings import Settings
-from gatekeeper.upstream import UpstreamError, UpstreamPool
 
 ROOT = Path(__file__).resolve().parents[1]
 # The hang this guards against was forever; the budget covers the interpreter's start and the
@@ -140,8 +140,8 @@ def test_worker_that_cannot_listen_exits_with_its_own_code(stores: Stores, tmp_p
     env = _env(stores, tmp_path)
     env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / "metrics")
     (tmp_path / "metrics").mkdir()
-    code, stderr, elapsed = _run(sys.executable, "-m", "gatekeeper.worker", str(settings_file),
-                                 env=env)
+    code, stderr, elapsed = _run(sys.executable, "-m", "gatekeeper.runtime.worker",
+                                 str(settings_file), env=env)
     assert code == CANNOT_LISTEN, stderr
     assert stderr.splitlines()[-1] == (
         f"gatekeeper worker: cannot listen on 127.0.0.1:{taken}: address already in use")
@@ -335,7 +335,7 @@ async def test_upstream_close_cuts_busy_connections_after_the_grace(
         sending = asyncio.create_task(pool.send(HEAD, None))
         await _until(lambda: len(connections) == 1)
         started = time.monotonic()
-        with caplog.at_level(logging.WARNING, logger="gatekeeper.upstream"):
+        with caplog.at_level(logging.WARNING, logger="gatekeeper.edge.upstream.pool"):
             await pool.close(grace=0.3)
         elapsed = time.monotonic() - started
         assert 0.3 <= elapsed < 2.0
@@ -363,7 +363,7 @@ async def test_upstream_close_lets_an_exchange_end_within_the_grace(
         sending = asyncio.create_task(exchange(pool))
         await _until(lambda: len(connections) == 1)
         started = time.monotonic()
-        with caplog.at_level(logging.WARNING, logger="gatekeeper.upstream"):
+        with caplog.at_level(logging.WARNING, logger="gatekeeper.edge.upstream.pool"):
             await pool.close(grace=5.0)
         assert time.monotonic() - started < 2.0  # returned when the exchange ended
         assert await sending == b"ok"

@@ -12,9 +12,9 @@ import pytest
 from conftest import Stores
 from faultproxy import FaultProxy
 
-from gatekeeper import metrics
-from gatekeeper.connections import open_pg_pool
-from gatekeeper.recorder import ActivityRecorder
+from gatekeeper.edge import metrics
+from gatekeeper.edge.activity.recorder import ActivityRecorder
+from gatekeeper.store.clients import open_pg_pool
 
 ATTRS = ("App", "1.0", "Android", "14", "Acme", "X1")
 

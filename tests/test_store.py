@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncpg
 import redis.asyncio as aioredis
 
-from gatekeeper import edgeview, store
-from gatekeeper.credentials import DEVICE_KEY_PREFIX, digest_secret
-from gatekeeper.edgeview import KeyGrant
+from gatekeeper.domain import edgeview
+from gatekeeper.domain.credentials import DEVICE_KEY_PREFIX, digest_secret
+from gatekeeper.domain.edgeview import KeyGrant
+from gatekeeper.store import edge_writes as store
 
 
 async def _add_device(pool: asyncpg.Pool, tenant: str, device: str) -> None:

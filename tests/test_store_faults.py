@@ -33,12 +33,13 @@ from conftest import EdgeFactory, Stores
 from edgerig import CountingUpstream, metric_value
 from reliability_log import record
 
-from gatekeeper import edgeview, store
-from gatekeeper.blocklist import PING_INTERVAL_SECONDS, PING_TIMEOUT_SECONDS
-from gatekeeper.connections import open_pg_pool, open_redis
-from gatekeeper.edge import EdgeServer
-from gatekeeper.embedded import EmbeddedPostgres, EmbeddedRedis
-from gatekeeper.recorder import FLUSH_TIMEOUT_SECONDS
+from gatekeeper.domain import edgeview
+from gatekeeper.edge.activity.recorder import FLUSH_TIMEOUT_SECONDS
+from gatekeeper.edge.blocklist import PING_INTERVAL_SECONDS, PING_TIMEOUT_SECONDS
+from gatekeeper.edge.server import EdgeServer
+from gatekeeper.runtime.embedded import EmbeddedPostgres, EmbeddedRedis
+from gatekeeper.store import edge_writes as store
+from gatekeeper.store.clients import open_pg_pool, open_redis
 
 BLOCKED = ("blocked-0", "blocked-1", "blocked-2")  # only the first one calls
 CLIENTS = 3

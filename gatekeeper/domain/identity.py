@@ -102,7 +102,7 @@ class IdentityReader:
         return self._identity_keys
 
     def tenant(self, path: str, headers: Mapping[bytes, bytes]) -> str:
-        """The tenant of a request whose ``path`` is normalised (gatekeeper.admission)."""
+        """The tenant of a request whose ``path`` is normalised (gatekeeper.edge.admission)."""
         if self._source == "path":
             if not path.startswith(_PREFIX):
                 _refuse_prefix_lookalike(path)

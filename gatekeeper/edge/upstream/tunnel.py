@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import httptools
 
-from gatekeeper.httpserver import ClientConnection
-from gatekeeper.upstream_connection import UpstreamConnectError, UpstreamError, UpstreamTimeout
+from gatekeeper.edge.http.server import ClientConnection
+from gatekeeper.edge.upstream.connection import UpstreamConnectError, UpstreamError, UpstreamTimeout
 
 __all__ = ["Refused", "Switched", "open_websocket", "splice"]
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from gatekeeper import metrics
+from gatekeeper.edge import metrics
 
 __all__ = ["Readiness", "create_ops_app"]
 

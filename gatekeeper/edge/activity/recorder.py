@@ -22,9 +22,10 @@ import time
 
 import asyncpg
 
-from gatekeeper import metrics
-from gatekeeper.activity_sql import merge_attributes, write_batch
-from gatekeeper.identity import Attributes
+from gatekeeper.domain.identity import Attributes
+from gatekeeper.edge import metrics
+from gatekeeper.edge.activity.pending import PendingDevice, merge_attributes
+from gatekeeper.edge.activity.sql import write_batch
 
 __all__ = ["FLUSH_TIMEOUT_SECONDS", "ActivityRecorder", "PendingDevice"]
 
@@ -49,31 +50,6 @@ _STORE_ERRORS = (asyncpg.PostgresError, OSError, asyncpg.InterfaceError, Timeout
 
 def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__  # a timeout's message is empty
-
-
-class PendingDevice:
-    """What one device did since the last flush."""
-
-    __slots__ = ("attributes", "changes", "first_seen", "last_active", "last_upload", "news")
-
-    def __init__(self, attributes: Attributes, seen: float, upload: bool, news: bool) -> None:
-        self.attributes = attributes
-        # Anything beyond "still active": first sighting here, an attribute change, an upload.
-        self.news = news
-        # (seen at, attributes) for the first sighting in this batch and each change after it.
-        self.changes: list[tuple[float, Attributes]] = [(seen, attributes)]
-        self.first_seen = seen
-        self.last_active = seen
-        self.last_upload = seen if upload else None
-
-    def absorb(self, newer: PendingDevice) -> None:
-        """Merge activity recorded after this entry (used when a failed batch goes back)."""
-        self.last_active = max(self.last_active, newer.last_active)
-        if newer.last_upload is not None:
-            self.last_upload = max(self.last_upload or 0.0, newer.last_upload)
-        self.changes.extend(newer.changes)
-        self.attributes = merge_attributes(newer.attributes, self.attributes)
-        self.news = self.news or newer.news
 
 
 class ActivityRecorder:

@@ -22,8 +22,8 @@ from typing import Any, cast
 
 import httptools
 
-from gatekeeper.flow import FlowControl
-from gatekeeper.httprequest import BadRequestBody, Request, RequestBody, simple_response
+from gatekeeper.edge.http.flow import FlowControl
+from gatekeeper.edge.http.request import BadRequestBody, Request, RequestBody, simple_response
 from gatekeeper.problem import problem_body
 
 __all__ = ["ClientConnection", "ClientDisconnected", "HttpServer"]

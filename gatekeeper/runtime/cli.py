@@ -11,28 +11,18 @@ import sys
 from collections.abc import Awaitable, Callable
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from aiohttp import web
 
 from gatekeeper.listening import ListenError
-from gatekeeper.runtime import run
+from gatekeeper.runtime.loop import run
+from gatekeeper.runtime.up import Service
 from gatekeeper.settings import Settings, SettingsError
 
 __all__ = ["main"]
 
 _log = logging.getLogger("gatekeeper")
-
-
-class Service(Protocol):
-    """A server the command starts and stops (the admin API is one, found by entry point)."""
-
-    @property
-    def port(self) -> int:
-        """The port it listens on, once started."""
-
-    async def start(self) -> None: ...
-    async def stop(self) -> None: ...
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -128,8 +118,8 @@ def _require_stores(settings: Settings) -> None:
 
 async def _proxy(settings: Settings) -> None:
     _require_stores(settings)
-    from gatekeeper.edge import EdgeServer
-    from gatekeeper.supervisor import Supervisor
+    from gatekeeper.edge.server import EdgeServer
+    from gatekeeper.runtime.supervisor import Supervisor
 
     if settings.workers > 1:
         supervisor = Supervisor(settings)
@@ -162,7 +152,7 @@ async def _admin(settings: Settings) -> None:
 
 async def _migrate(settings: Settings) -> None:
     _require_stores(settings)
-    from gatekeeper.migrate import migrate
+    from gatekeeper.store.migrate import migrate
 
     applied = await migrate(settings.database_url or "")
     print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none pending'}")
@@ -170,8 +160,8 @@ async def _migrate(settings: Settings) -> None:
 
 async def _reconcile(settings: Settings) -> None:
     _require_stores(settings)
-    from gatekeeper.connections import open_pg_pool, open_redis
-    from gatekeeper.store import reconcile
+    from gatekeeper.store.clients import open_pg_pool, open_redis
+    from gatekeeper.store.edge_writes import reconcile
 
     pool = await open_pg_pool(settings.database_url or "")
     redis = open_redis(settings.redis_url or "")
@@ -184,7 +174,7 @@ async def _reconcile(settings: Settings) -> None:
 
 
 async def _demo_upstream(host: str, port: int) -> None:
-    from gatekeeper.demo_upstream import create_demo_upstream
+    from gatekeeper.runtime.demo_upstream import create_demo_upstream
 
     runner = web.AppRunner(create_demo_upstream(), access_log=None)
     await runner.setup()
@@ -195,7 +185,7 @@ async def _demo_upstream(host: str, port: int) -> None:
 
 
 def _token(args: argparse.Namespace, settings: Settings) -> None:
-    from gatekeeper.admin_tokens import load_or_create_local_secret, mint_token
+    from gatekeeper.runtime.admin_tokens import load_or_create_local_secret, mint_token
 
     if settings.jwt_secret is None:
         settings = settings.replace(jwt_secret=load_or_create_local_secret(settings.data_dir))
@@ -219,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
             "proxy": _proxy, "admin": _admin, "migrate": _migrate, "reconcile": _reconcile,
         }
         if args.command == "up":
-            from gatekeeper.stack import run_stack
+            from gatekeeper.runtime.up import run_stack
 
             run(run_stack(settings, demo_upstream=args.demo_upstream,
                           until=_until_signalled, admin=admin_service))

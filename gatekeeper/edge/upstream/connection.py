@@ -1,22 +1,20 @@
 """One keep-alive connection to the upstream: an asyncio protocol that writes a request and parses
 the response with httptools (llhttp), handing the body over chunk by chunk with back-pressure.
-The pool that owns these connections is :mod:`gatekeeper.upstream`."""
+The pool that owns these connections is :mod:`gatekeeper.edge.upstream.pool`."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, cast
+from typing import Protocol, cast
 
 import httptools
 
-from gatekeeper.flow import FlowControl
-
-if TYPE_CHECKING:
-    from gatekeeper.upstream import UpstreamPool
+from gatekeeper.edge.http.flow import FlowControl
 
 __all__ = [
+    "ConnectionOwner",
     "ResponseCallback",
     "UpstreamConnectError",
     "UpstreamConnection",
@@ -71,6 +69,19 @@ class UpstreamResponse:
         self._conn.finish()
 
 
+class ConnectionOwner(Protocol):
+    """What a connection needs of the pool that owns it (gatekeeper.edge.upstream.pool)."""
+
+    @property
+    def read_timeout(self) -> float: ...
+
+    def now(self) -> float: ...
+
+    def put_back(self, conn: UpstreamConnection) -> None: ...
+
+    def forget(self, conn: UpstreamConnection) -> None: ...
+
+
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "_body",
@@ -95,7 +106,7 @@ class UpstreamConnection(asyncio.Protocol):
         "transport",
     )
 
-    def __init__(self, pool: UpstreamPool) -> None:
+    def __init__(self, pool: ConnectionOwner) -> None:
         self._pool = pool
         self._read_timeout = pool.read_timeout
         self.transport: asyncio.Transport | None = None

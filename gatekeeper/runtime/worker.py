@@ -1,6 +1,6 @@
 """Entry point of one proxy worker process started by the supervisor (``gatekeeper proxy -w N``).
 
-Run as ``python -m gatekeeper.worker SETTINGS_JSON``; the supervisor has already set
+Run as ``python -m gatekeeper.runtime.worker SETTINGS_JSON``; the supervisor has already set
 ``PROMETHEUS_MULTIPROC_DIR`` in this process's environment.
 """
 
@@ -14,9 +14,9 @@ import signal
 import sys
 from pathlib import Path
 
-from gatekeeper.edge import EdgeServer
+from gatekeeper.edge.server import EdgeServer
 from gatekeeper.listening import CANNOT_LISTEN, ListenError
-from gatekeeper.runtime import run
+from gatekeeper.runtime.loop import run
 from gatekeeper.settings import Settings
 
 __all__ = ["main"]

@@ -18,9 +18,9 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
-from gatekeeper import edgeview
-from gatekeeper.credentials import digest_secret, display_prefix, new_secret
-from gatekeeper.edgeview import EdgeEvent, KeyGrant
+from gatekeeper.domain import edgeview
+from gatekeeper.domain.credentials import digest_secret, display_prefix, new_secret
+from gatekeeper.domain.edgeview import EdgeEvent, KeyGrant
 
 __all__ = [
     "EdgeSyncError",

@@ -20,7 +20,7 @@ _LOCK_ID = 0x6A7E_4B3D
 
 
 def _migration_files() -> list[tuple[str, str]]:
-    folder = resources.files("gatekeeper") / "migrations"
+    folder = resources.files("gatekeeper.store") / "migrations"
     files = sorted((p for p in folder.iterdir() if p.name.endswith(".sql")), key=lambda p: p.name)
     return [(p.name.removesuffix(".sql"), p.read_text(encoding="utf-8")) for p in files]
 

@@ -25,8 +25,9 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from gatekeeper import edgeview, metrics
-from gatekeeper.edgeview import EdgeEvent
+from gatekeeper.domain import edgeview
+from gatekeeper.domain.edgeview import EdgeEvent
+from gatekeeper.edge import metrics
 
 __all__ = ["BLOCKED", "DISABLED", "PING_INTERVAL_SECONDS", "PING_TIMEOUT_SECONDS",
            "BlocklistMirror", "SubscriptionLost"]

@@ -14,20 +14,25 @@ from collections.abc import AsyncIterator
 
 from redis.exceptions import RedisError
 
-from gatekeeper import metrics
-from gatekeeper.admission import AdmissionError, HeadAdmission
-from gatekeeper.blocklist import BLOCKED, BlocklistMirror
-from gatekeeper.edgeview import KeyGrant
-from gatekeeper.forward import EDGE_HEADERS, RequestHeadBuilder, RequestIds, response_head
-from gatekeeper.httprequest import BadRequestBody, ClientBodyTimeout, Request, simple_response
-from gatekeeper.httpserver import ClientConnection
-from gatekeeper.identity import Identity, IdentityError, IdentityReader
-from gatekeeper.keycache import KeyCache
+from gatekeeper.domain.edgeview import KeyGrant
+from gatekeeper.domain.identity import Identity, IdentityError, IdentityReader
+from gatekeeper.edge import metrics
+from gatekeeper.edge.activity.recorder import ActivityRecorder
+from gatekeeper.edge.admission import AdmissionError, HeadAdmission
+from gatekeeper.edge.blocklist import BLOCKED, BlocklistMirror
+from gatekeeper.edge.forward import EDGE_HEADERS, RequestHeadBuilder, RequestIds, response_head
+from gatekeeper.edge.http.request import BadRequestBody, ClientBodyTimeout, Request, simple_response
+from gatekeeper.edge.http.server import ClientConnection
+from gatekeeper.edge.keycache import KeyCache
+from gatekeeper.edge.upstream.pool import (
+    UpstreamError,
+    UpstreamPool,
+    UpstreamResponse,
+    UpstreamTimeout,
+)
+from gatekeeper.edge.upstream.tunnel import Refused, open_websocket, splice
 from gatekeeper.problem import PROBLEM_CONTENT_TYPE, problem_body
-from gatekeeper.recorder import ActivityRecorder
 from gatekeeper.settings import Settings
-from gatekeeper.tunnel import Refused, open_websocket, splice
-from gatekeeper.upstream import UpstreamError, UpstreamPool, UpstreamResponse, UpstreamTimeout
 
 __all__ = ["EdgeHandler"]
 
@@ -85,7 +90,8 @@ class _BodyTooLarge(Exception):
 
 
 class EdgeHandler:
-    """The request handler of one proxy worker (for :class:`gatekeeper.httpserver.HttpServer`)."""
+    """The request handler of one proxy worker (for
+    :class:`gatekeeper.edge.http.server.HttpServer`)."""
 
     def __init__(self, settings: Settings, *, mirror: BlocklistMirror, recorder: ActivityRecorder,
                  upstream: UpstreamPool, keys: KeyCache | None) -> None:

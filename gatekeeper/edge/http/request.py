@@ -6,10 +6,7 @@ from __future__ import annotations
 import asyncio
 import collections
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from gatekeeper.httpserver import ClientConnection
+from typing import Protocol
 
 __all__ = ["BadRequestBody", "ClientBodyTimeout", "Request", "RequestBody", "simple_response"]
 
@@ -30,6 +27,18 @@ class BadRequestBody(Exception):
     """The request body broke HTTP framing after its head was accepted (answer 400)."""
 
 
+class BodySource(Protocol):
+    """What a body stream needs of its connection (the server's ClientConnection): stop and
+    restart reading for back-pressure, and whether the client has gone."""
+
+    @property
+    def closed(self) -> bool: ...
+
+    def _pause_reading(self) -> None: ...
+
+    def _resume_reading(self) -> None: ...
+
+
 class ClientBodyTimeout(Exception):
     """The client sent no body bytes for the body timeout (answer 408, as nginx's
     ``client_body_timeout``): a slow upload is fine, a stalled one is not."""
@@ -41,7 +50,7 @@ class RequestBody:
     __slots__ = ("_chunks", "_conn", "_done", "_error", "_idle_timeout", "_size", "_waiter",
                  "received")
 
-    def __init__(self, conn: ClientConnection, idle_timeout: float) -> None:
+    def __init__(self, conn: BodySource, idle_timeout: float) -> None:
         self._conn = conn
         self._idle_timeout = idle_timeout
         self._chunks: collections.deque[bytes] = collections.deque()
@@ -107,7 +116,7 @@ class RequestBody:
 class Request:
     """One request head. ``headers`` keeps the raw pairs in order; ``lookup`` maps a lower-case
     name to its last value. ``target`` is what the edge checks and forwards: the raw target until
-    the handler has normalised it (gatekeeper.admission)."""
+    the handler has normalised it (gatekeeper.edge.admission)."""
 
     __slots__ = ("body", "chunked", "content_length", "headers", "keep_alive", "lookup", "method",
                  "raw_path", "repeated", "target", "underscored", "upgrade", "version")

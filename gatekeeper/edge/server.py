@@ -18,17 +18,17 @@ from urllib.parse import urlsplit
 import asyncpg
 from aiohttp import web
 
-from gatekeeper import metrics
-from gatekeeper.blocklist import BlocklistMirror
-from gatekeeper.connections import open_pg_pool, open_redis
-from gatekeeper.httpserver import HttpServer
-from gatekeeper.keycache import KeyCache
+from gatekeeper.edge import metrics
+from gatekeeper.edge.activity.recorder import ActivityRecorder
+from gatekeeper.edge.blocklist import BlocklistMirror
+from gatekeeper.edge.handler import EdgeHandler
+from gatekeeper.edge.http.server import HttpServer
+from gatekeeper.edge.keycache import KeyCache
+from gatekeeper.edge.ops import create_ops_app
+from gatekeeper.edge.upstream.pool import UpstreamPool
 from gatekeeper.listening import listen_error
-from gatekeeper.ops import create_ops_app
-from gatekeeper.proxy import EdgeHandler
-from gatekeeper.recorder import ActivityRecorder
 from gatekeeper.settings import Settings, SettingsError
-from gatekeeper.upstream import UpstreamPool
+from gatekeeper.store.clients import open_pg_pool, open_redis
 
 __all__ = ["EdgeServer"]
 

@@ -9,21 +9,29 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from aiohttp import web
 
-from gatekeeper.demo_upstream import create_demo_upstream
-from gatekeeper.edge import EdgeServer
-from gatekeeper.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from gatekeeper.edge.server import EdgeServer
 from gatekeeper.listening import check_port
-from gatekeeper.migrate import migrate
+from gatekeeper.runtime.demo_upstream import create_demo_upstream
+from gatekeeper.runtime.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from gatekeeper.settings import Settings, SettingsError, mask_url
+from gatekeeper.store.migrate import migrate
 
-if TYPE_CHECKING:
-    from gatekeeper.cli import Service
+__all__ = ["Service", "run_stack"]
 
-__all__ = ["run_stack"]
+
+class Service(Protocol):
+    """A server the command starts and stops (the admin API is one, found by entry point)."""
+
+    @property
+    def port(self) -> int:
+        """The port it listens on, once started."""
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
 
 _DEFAULT_ENVIRONMENT_URL = Settings().environment_url
 
@@ -89,7 +97,7 @@ async def run_stack(settings: Settings, *, demo_upstream: bool,
         check_port(settings.host, port)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if settings.jwt_secret is None and settings.jwks_url is None:
-        from gatekeeper.admin_tokens import load_or_create_local_secret
+        from gatekeeper.runtime.admin_tokens import load_or_create_local_secret
 
         settings = settings.replace(jwt_secret=load_or_create_local_secret(settings.data_dir))
     print("gatekeeper up:", flush=True)

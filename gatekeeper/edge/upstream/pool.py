@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
-from gatekeeper.upstream_connection import (
+from gatekeeper.edge.upstream.connection import (
     UpstreamConnectError,
     UpstreamConnection,
     UpstreamError,

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from gatekeeper.httprequest import Request
+from gatekeeper.edge.http.request import Request
 
 __all__ = [
     "AdmissionError",

@@ -13,9 +13,9 @@ from collections import OrderedDict
 
 import redis.asyncio as aioredis
 
-from gatekeeper import edgeview
-from gatekeeper.credentials import digest_secret
-from gatekeeper.edgeview import EdgeEvent, KeyGrant
+from gatekeeper.domain import edgeview
+from gatekeeper.domain.credentials import digest_secret
+from gatekeeper.domain.edgeview import EdgeEvent, KeyGrant
 
 __all__ = ["KeyCache"]
 

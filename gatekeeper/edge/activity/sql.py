@@ -27,16 +27,13 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Container, Mapping, Sequence
-from typing import TYPE_CHECKING
 
 import asyncpg
 
-from gatekeeper.identity import Attributes
+from gatekeeper.domain.identity import Attributes
+from gatekeeper.edge.activity.pending import PendingDevice, merge_attributes
 
-if TYPE_CHECKING:
-    from gatekeeper.recorder import PendingDevice
-
-__all__ = ["merge_attributes", "write_batch"]
+__all__ = ["write_batch"]
 
 DeviceKey = tuple[str, str]
 _Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
@@ -150,12 +147,6 @@ WHERE api_keys.digest = x.digest
 """
 
 _NO_ATTRIBUTES: Attributes = (None, None, None, None, None, None)
-
-
-def merge_attributes(new: Attributes, old: Attributes) -> Attributes:
-    """A header left out of a request means "unchanged", not "cleared"."""
-    return (new[0] or old[0], new[1] or old[1], new[2] or old[2], new[3] or old[3],
-            new[4] or old[4], new[5] or old[5])
 
 
 class _History:

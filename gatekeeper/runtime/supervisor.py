@@ -23,9 +23,9 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from gatekeeper.embedded import free_port
+from gatekeeper.edge.ops import create_ops_app
 from gatekeeper.listening import CANNOT_LISTEN, check_port, listen_error
-from gatekeeper.ops import create_ops_app
+from gatekeeper.runtime.embedded import free_port
 from gatekeeper.settings import Settings
 
 __all__ = ["Supervisor"]
@@ -50,7 +50,7 @@ class Supervisor:
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(self._dir / "metrics"))
-        return subprocess.Popen([sys.executable, "-m", "gatekeeper.worker",
+        return subprocess.Popen([sys.executable, "-m", "gatekeeper.runtime.worker",
                                  str(self._dir / "settings.json")], env=env)
 
     def readiness(self) -> dict[str, bool]:

@@ -1,0 +1,1 @@
+"""Device activity: coalesced in memory per worker, flushed to Postgres in batches."""

@@ -1,0 +1,1 @@
+"""The upstream side: a keep-alive connection pool and WebSocket tunnels."""

@@ -1,0 +1,1 @@
+"""Processes: the command, `gatekeeper up`, the supervisor and its workers, the embedded servers."""
