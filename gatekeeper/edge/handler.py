@@ -16,12 +16,28 @@ from redis.exceptions import RedisError
 
 from gatekeeper.domain.edgeview import KeyGrant
 from gatekeeper.domain.identity import Identity, IdentityError, IdentityReader
-from gatekeeper.edge import metrics
 from gatekeeper.edge.activity.recorder import ActivityRecorder
 from gatekeeper.edge.admission import AdmissionError, HeadAdmission
+from gatekeeper.edge.answers import (
+    BLOCKED_RESPONSES,
+    COUNT_BLOCKED,
+    COUNT_DISABLED,
+    COUNT_FORWARDED,
+    COUNT_INVALID,
+    COUNT_TOO_LARGE,
+    COUNT_UNAUTHORIZED,
+    COUNT_UNAVAILABLE,
+    COUNT_UPSTREAM_ERROR,
+    COUNT_UPSTREAM_TIMEOUT,
+    DENIAL_STATUS_LINE,
+    DISABLED_RESPONSES,
+    REQUEST_DURATION,
+    UPSTREAM_DURATION,
+    problem,
+)
 from gatekeeper.edge.blocklist import BLOCKED, BlocklistMirror
 from gatekeeper.edge.forward import EDGE_HEADERS, RequestHeadBuilder, RequestIds, response_head
-from gatekeeper.edge.http.request import BadRequestBody, ClientBodyTimeout, Request, simple_response
+from gatekeeper.edge.http.request import BadRequestBody, ClientBodyTimeout, Request
 from gatekeeper.edge.http.server import ClientConnection
 from gatekeeper.edge.keycache import KeyCache
 from gatekeeper.edge.upstream.pool import (
@@ -31,58 +47,18 @@ from gatekeeper.edge.upstream.pool import (
     UpstreamTimeout,
 )
 from gatekeeper.edge.upstream.tunnel import Refused, open_websocket, splice
-from gatekeeper.problem import PROBLEM_CONTENT_TYPE, problem_body
 from gatekeeper.settings import Settings
 
 __all__ = ["EdgeHandler"]
 
 _log = logging.getLogger(__name__)
 
-_R = metrics.REQUESTS
-_FORWARDED = metrics.HotCounter(_R.labels("forwarded"))
-_BLOCKED = metrics.HotCounter(_R.labels("blocked"))
-_DISABLED = metrics.HotCounter(_R.labels("disabled"))
-_UNAUTHORIZED = metrics.HotCounter(_R.labels("unauthorized"))
-_INVALID = metrics.HotCounter(_R.labels("invalid"))
-_UPSTREAM_ERROR = metrics.HotCounter(_R.labels("upstream_error"))
-_UPSTREAM_TIMEOUT = metrics.HotCounter(_R.labels("upstream_timeout"))
-_UNAVAILABLE = metrics.HotCounter(_R.labels("unavailable"))
-_TOO_LARGE = metrics.HotCounter(_R.labels("too_large"))
-_REQUEST_DURATION = metrics.HotHistogram(metrics.REQUEST_DURATION)
-_UPSTREAM_DURATION = metrics.HotHistogram(metrics.UPSTREAM_DURATION)
-_PROBLEM = PROBLEM_CONTENT_TYPE.encode()
 _BEARER = b"bearer "
 _NO_BODY_STATUSES = frozenset({204, 304})
 _CREDENTIAL_HEADERS = frozenset({b"x-api-key", b"authorization"})
 # RFC 9110 §9.2.2: safe to send twice (what nginx retries by default).
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-
-
-def _problem(conn: ClientConnection, request: Request, status: int, title: str, detail: str,
-             extra: bytes = b"", *, close: bool = False) -> None:
-    conn.write(simple_response(status, title, problem_body(status, title, detail), _PROBLEM,
-                               extra, close=close or not request.keep_alive,
-                               date=conn.date_header))
-    if close:
-        request.keep_alive = False
-
-
-# Denials are pre-encoded (status line, then the Date, then the rest): the hot path for a
-# blocked device is a set look-up and one write. Keyed by keep-alive.
-_STATUS_LINE = b"HTTP/1.1 403 Forbidden\r\n"
-
-
-def _denial(title: str, slug: str, keep_alive: bool) -> bytes:
-    whole = simple_response(403, "Forbidden",
-                            problem_body(403, title, f"This device is {title.split()[1]}.",
-                                         type_=slug), _PROBLEM, close=not keep_alive)
-    return whole.removeprefix(_STATUS_LINE)
-
-
-_BLOCKED_RESPONSES = {ka: _denial("Device blocked", "device-blocked", ka) for ka in (True, False)}
-_DISABLED_RESPONSES = {ka: _denial("Device disabled", "device-disabled", ka)
-                       for ka in (True, False)}
 
 
 class _BodyTooLarge(Exception):
@@ -158,7 +134,7 @@ class EdgeHandler:
                              answered)
 
     def _done(self, request: Request, conn: ClientConnection, started: float) -> None:
-        _REQUEST_DURATION.observe(time.perf_counter() - started)
+        REQUEST_DURATION.observe(time.perf_counter() - started)
         conn.request_done(request)
 
     async def _enforced(self, request: Request, conn: ClientConnection, identity: Identity,
@@ -174,7 +150,7 @@ class EdgeHandler:
             if self._admit(request, conn, identity):
                 await self._proceed(request, conn, started=None)
         finally:
-            _REQUEST_DURATION.observe(time.perf_counter() - started)
+            REQUEST_DURATION.observe(time.perf_counter() - started)
 
     async def _proceed(self, request: Request, conn: ClientConnection, started: float | None,
                        req_id: bytes | None = None) -> None:
@@ -190,7 +166,7 @@ class EdgeHandler:
             conn.close()  # the client went away; nothing to answer
         finally:
             if started is not None:
-                _REQUEST_DURATION.observe(time.perf_counter() - started)
+                REQUEST_DURATION.observe(time.perf_counter() - started)
 
     def _identify(self, request: Request, conn: ClientConnection) -> Identity | None:
         """Who is calling, or None after answering 4xx (a head the edge cannot take as it is, a
@@ -199,18 +175,18 @@ class EdgeHandler:
             path = self._admission(request)
             identity = self._identity.read(path, request.lookup, request.repeated)
         except AdmissionError as exc:
-            _INVALID.inc()
+            COUNT_INVALID.inc()
             extra = b"Allow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n" \
                 if exc.status == 405 else b""
-            _problem(conn, request, exc.status, exc.title, exc.detail, extra, close=True)
+            problem(conn, request, exc.status, exc.title, exc.detail, extra, close=True)
             return None
         except IdentityError as exc:
-            _INVALID.inc()
-            _problem(conn, request, 400, "Invalid device identification", exc.detail)
+            COUNT_INVALID.inc()
+            problem(conn, request, 400, "Invalid device identification", exc.detail)
             return None
         if not self._mirror.loaded and not self._fail_open:
-            _UNAVAILABLE.inc()
-            _problem(conn, request, 503, "Service unavailable", "The blocklist is not loaded yet.",
+            COUNT_UNAVAILABLE.inc()
+            problem(conn, request, 503, "Service unavailable", "The blocklist is not loaded yet.",
                      b"Retry-After: 1\r\n")
             return None
         return identity
@@ -225,17 +201,17 @@ class EdgeHandler:
             denial = self._mirror.denial(key)
             if denial is not None:
                 if denial == BLOCKED:
-                    _BLOCKED.inc()
-                    rest = _BLOCKED_RESPONSES[request.keep_alive]
+                    COUNT_BLOCKED.inc()
+                    rest = BLOCKED_RESPONSES[request.keep_alive]
                 else:
-                    _DISABLED.inc()
-                    rest = _DISABLED_RESPONSES[request.keep_alive]
-                conn.write(_STATUS_LINE + conn.date_header + rest)
+                    COUNT_DISABLED.inc()
+                    rest = DISABLED_RESPONSES[request.keep_alive]
+                conn.write(DENIAL_STATUS_LINE + conn.date_header + rest)
                 return False
         length = request.content_length
         if length is not None and length > self._max_body:
-            _TOO_LARGE.inc()
-            _problem(conn, request, 413, "Request body too large",
+            COUNT_TOO_LARGE.inc()
+            problem(conn, request, 413, "Request body too large",
                      f"The body limit is {self._max_body} bytes.", close=True)
             return False
         return True
@@ -245,8 +221,8 @@ class EdgeHandler:
         """The grant of the presented key, or None after answering 401 (or 503)."""
         assert self._keys is not None
         if request.repeated and not request.repeated.isdisjoint(_CREDENTIAL_HEADERS):
-            _UNAUTHORIZED.inc()
-            _problem(conn, request, 401, "Unauthorized", "Send one credential, once.",
+            COUNT_UNAUTHORIZED.inc()
+            problem(conn, request, 401, "Unauthorized", "Send one credential, once.",
                      b"WWW-Authenticate: Bearer\r\n")
             return None
         secret = request.lookup.get(b"x-api-key")
@@ -255,8 +231,8 @@ class EdgeHandler:
             if auth[:7].lower() == _BEARER:
                 secret = auth[7:].strip()
         if not secret:
-            _UNAUTHORIZED.inc()
-            _problem(conn, request, 401, "Unauthorized",
+            COUNT_UNAUTHORIZED.inc()
+            problem(conn, request, 401, "Unauthorized",
                      "An API key or personal access token is required.",
                      b"WWW-Authenticate: Bearer\r\n")
             return None
@@ -264,16 +240,16 @@ class EdgeHandler:
         try:
             grant = await self._keys.grant(digest)
         except (RedisError, OSError):
-            _UNAVAILABLE.inc()
-            _problem(conn, request, 503, "Service unavailable", "Keys cannot be checked right now.",
+            COUNT_UNAVAILABLE.inc()
+            problem(conn, request, 503, "Service unavailable", "Keys cannot be checked right now.",
                      b"Retry-After: 1\r\n")
             return None
         device_id = identity.device_id
         if (grant is None or grant.tenant_id != identity.tenant_id
                 or (grant.device_id is not None and device_id is not None
                     and grant.device_id != device_id)):
-            _UNAUTHORIZED.inc()
-            _problem(conn, request, 401, "Unauthorized", "The key is not valid for this request.",
+            COUNT_UNAUTHORIZED.inc()
+            problem(conn, request, 401, "Unauthorized", "The key is not valid for this request.",
                      b"WWW-Authenticate: Bearer\r\n")
             return None
         self._recorder.note_key_use(digest)
@@ -317,17 +293,17 @@ class EdgeHandler:
                 head, body, head_request=request.method == "HEAD",
                 retryable=request.method in _IDEMPOTENT)
         except _BodyTooLarge:
-            _TOO_LARGE.inc()
-            _problem(conn, request, 413, "Request body too large",
+            COUNT_TOO_LARGE.inc()
+            problem(conn, request, 413, "Request body too large",
                      f"The body limit is {self._max_body} bytes.", close=True)
             return
         except BadRequestBody as exc:
-            _INVALID.inc()
-            _problem(conn, request, 400, "Bad request", str(exc), close=True)
+            COUNT_INVALID.inc()
+            problem(conn, request, 400, "Bad request", str(exc), close=True)
             return
         except ClientBodyTimeout:
-            _INVALID.inc()
-            _problem(conn, request, 408, "Request timeout",
+            COUNT_INVALID.inc()
+            problem(conn, request, 408, "Request timeout",
                      "The request body stopped arriving.", close=True)
             return
         except UpstreamError as exc:
@@ -339,19 +315,19 @@ class EdgeHandler:
     def _upstream_failed(self, request: Request, conn: ClientConnection,
                          error: Exception | None) -> None:
         if isinstance(error, UpstreamTimeout):
-            _UPSTREAM_TIMEOUT.inc()
-            _problem(conn, request, 504, "Upstream timed out",
+            COUNT_UPSTREAM_TIMEOUT.inc()
+            problem(conn, request, 504, "Upstream timed out",
                      "The upstream did not answer in time.")
         else:
-            _UPSTREAM_ERROR.inc()
+            COUNT_UPSTREAM_ERROR.inc()
             _log.debug("upstream error: %s", error)
-            _problem(conn, request, 502, "Bad gateway", "The upstream could not be reached.")
+            problem(conn, request, 502, "Bad gateway", "The upstream could not be reached.")
 
     def _respond(self, request: Request, conn: ClientConnection, upstream: UpstreamResponse,
                  req_id: bytes, sent: float) -> bool:
         """Answer from a response whose head is in; True if its body must still be streamed."""
-        _UPSTREAM_DURATION.observe(time.perf_counter() - sent)
-        _FORWARDED.inc()
+        UPSTREAM_DURATION.observe(time.perf_counter() - sent)
+        COUNT_FORWARDED.inc()
         status = upstream.status
         if request.method == "HEAD" or status in _NO_BODY_STATUSES:
             # No body, whatever the upstream's Content-Length says: pass that header through.
@@ -407,8 +383,8 @@ class EdgeHandler:
         except UpstreamError as exc:
             self._upstream_failed(request, conn, exc)
             return
-        _UPSTREAM_DURATION.observe(time.perf_counter() - sent)
-        _FORWARDED.inc()
+        UPSTREAM_DURATION.observe(time.perf_counter() - sent)
+        COUNT_FORWARDED.inc()
         if isinstance(answer, Refused):
             conn.write(response_head(answer.status, answer.reason, answer.headers, req_id,
                                      framing=b"Content-Length: %d\r\n" % len(answer.body),

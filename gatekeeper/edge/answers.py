@@ -1,0 +1,72 @@
+"""What the edge answers by itself, and the outcome counters it bumps doing so.
+
+Denials are pre-encoded (status line, then the Date, then the rest): the hot path for a blocked
+device is a set look-up and one write. Problem documents for every other refusal are built on
+demand (they are rare). Counters are :class:`gatekeeper.edge.metrics.HotCounter` children bound
+once, so a request pays an integer increment.
+"""
+
+from __future__ import annotations
+
+from gatekeeper.edge import metrics
+from gatekeeper.edge.http.request import Request, simple_response
+from gatekeeper.edge.http.server import ClientConnection
+from gatekeeper.problem import PROBLEM_CONTENT_TYPE, problem_body
+
+__all__ = [
+    "BLOCKED_RESPONSES",
+    "COUNT_BLOCKED",
+    "COUNT_DISABLED",
+    "COUNT_FORWARDED",
+    "COUNT_INVALID",
+    "COUNT_TOO_LARGE",
+    "COUNT_UNAUTHORIZED",
+    "COUNT_UNAVAILABLE",
+    "COUNT_UPSTREAM_ERROR",
+    "COUNT_UPSTREAM_TIMEOUT",
+    "DENIAL_STATUS_LINE",
+    "DISABLED_RESPONSES",
+    "REQUEST_DURATION",
+    "UPSTREAM_DURATION",
+    "problem",
+]
+
+_R = metrics.REQUESTS
+COUNT_FORWARDED = metrics.HotCounter(_R.labels("forwarded"))
+COUNT_BLOCKED = metrics.HotCounter(_R.labels("blocked"))
+COUNT_DISABLED = metrics.HotCounter(_R.labels("disabled"))
+COUNT_UNAUTHORIZED = metrics.HotCounter(_R.labels("unauthorized"))
+COUNT_INVALID = metrics.HotCounter(_R.labels("invalid"))
+COUNT_UPSTREAM_ERROR = metrics.HotCounter(_R.labels("upstream_error"))
+COUNT_UPSTREAM_TIMEOUT = metrics.HotCounter(_R.labels("upstream_timeout"))
+COUNT_UNAVAILABLE = metrics.HotCounter(_R.labels("unavailable"))
+COUNT_TOO_LARGE = metrics.HotCounter(_R.labels("too_large"))
+REQUEST_DURATION = metrics.HotHistogram(metrics.REQUEST_DURATION)
+UPSTREAM_DURATION = metrics.HotHistogram(metrics.UPSTREAM_DURATION)
+_PROBLEM = PROBLEM_CONTENT_TYPE.encode()
+
+
+def problem(conn: ClientConnection, request: Request, status: int, title: str, detail: str,
+             extra: bytes = b"", *, close: bool = False) -> None:
+    conn.write(simple_response(status, title, problem_body(status, title, detail), _PROBLEM,
+                               extra, close=close or not request.keep_alive,
+                               date=conn.date_header))
+    if close:
+        request.keep_alive = False
+
+
+# Denials are pre-encoded (status line, then the Date, then the rest): the hot path for a
+# blocked device is a set look-up and one write. Keyed by keep-alive.
+DENIAL_STATUS_LINE = b"HTTP/1.1 403 Forbidden\r\n"
+
+
+def _denial(title: str, slug: str, keep_alive: bool) -> bytes:
+    whole = simple_response(403, "Forbidden",
+                            problem_body(403, title, f"This device is {title.split()[1]}.",
+                                         type_=slug), _PROBLEM, close=not keep_alive)
+    return whole.removeprefix(DENIAL_STATUS_LINE)
+
+
+BLOCKED_RESPONSES = {ka: _denial("Device blocked", "device-blocked", ka) for ka in (True, False)}
+DISABLED_RESPONSES = {ka: _denial("Device disabled", "device-disabled", ka)
+                       for ka in (True, False)}
