@@ -59,14 +59,21 @@ async def _edge_sync_ctx(app: web.Application) -> AsyncIterator[None]:
     await edge.close()
 
 
-def create_app(settings: Settings, pool: asyncpg.Pool, redis: aioredis.Redis, *,
-               verifier: TokenVerifier | None = None) -> web.Application:
+def create_app(
+    settings: Settings,
+    pool: asyncpg.Pool,
+    redis: aioredis.Redis,
+    *,
+    verifier: TokenVerifier | None = None,
+) -> web.Application:
     """The admin application. ``pool`` and ``redis`` belong to the caller, who closes them;
     ``verifier`` replaces the one built from ``settings`` (tests). Serve it with
     :class:`admin_api.server.AdminRunner`."""
-    app = web.Application(middlewares=[metrics_middleware, problem_middleware],
-                          client_max_size=MAX_BODY_BYTES,
-                          handler_args={"max_field_size": MAX_FIELD_BYTES})
+    app = web.Application(
+        middlewares=[metrics_middleware, problem_middleware],
+        client_max_size=MAX_BODY_BYTES,
+        handler_args={"max_field_size": MAX_FIELD_BYTES},
+    )
     metrics = AdminMetrics()
     app[SETTINGS] = settings
     app[PG_POOL] = pool

@@ -21,9 +21,16 @@ __all__ = ["list_audit", "record"]
 _log = logging.getLogger(__name__)
 
 
-async def record(request: web.Request, principal: Principal, action: str, target_type: str,
-                 target_id: str, *, reason: str | None = None,
-                 details: dict[str, Any] | None = None) -> None:
+async def record(
+    request: web.Request,
+    principal: Principal,
+    action: str,
+    target_type: str,
+    target_id: str,
+    *,
+    reason: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> None:
     """Write one audit entry after a change committed.
 
     The change is already durable, so a failure here is logged and counted, never turned into
@@ -35,7 +42,12 @@ async def record(request: web.Request, principal: Principal, action: str, target
                                    details)
             VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)
             """,
-            principal.tenant_id, principal.subject, action, target_type, target_id, reason,
+            principal.tenant_id,
+            principal.subject,
+            action,
+            target_type,
+            target_id,
+            reason,
             json.dumps(details or {}),
         )
     except (asyncpg.PostgresError, OSError) as exc:
@@ -56,7 +68,8 @@ async def list_audit(request: web.Request) -> web.Response:
         where += " AND (at, id) < ($3, $4)"
         args += [from_micros(at_micros), entry_id]
     rows = await request.app[PG_POOL].fetch(
-        f"SELECT * FROM audit_log WHERE {where} ORDER BY at DESC, id DESC LIMIT $2", *args)
+        f"SELECT * FROM audit_log WHERE {where} ORDER BY at DESC, id DESC LIMIT $2", *args
+    )
     headers: dict[str, str] = {}
     if len(rows) > limit:
         rows = rows[:limit]

@@ -40,8 +40,18 @@ TOKEN_WRITE: Final = "Token.Write"
 SCOPES: Final = (DEVICE_READ, DEVICE_WRITE, TOKEN_READ, TOKEN_WRITE)
 
 _HMAC_ALGORITHMS: Final = ["HS256", "HS384", "HS512"]
-_JWKS_ALGORITHMS: Final = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
-                           "ES256", "ES384", "ES512", "EdDSA"]
+_JWKS_ALGORITHMS: Final = [
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "EdDSA",
+]
 _LEEWAY_SECONDS: Final = 30
 # A token with an unknown kid refetches the JWKS at most this often, so forged kids cannot turn
 # the admin API into a load generator against the identity provider.
@@ -68,16 +78,22 @@ def _unauthorized(detail: str, *, invalid: bool = True) -> Problem:
 class TokenVerifier:
     """Verifies admin bearer tokens against the configured key sources."""
 
-    def __init__(self, settings: Settings, *,
-                 jwks_cooldown: float = JWKS_REFRESH_COOLDOWN_SECONDS) -> None:
+    def __init__(
+        self, settings: Settings, *, jwks_cooldown: float = JWKS_REFRESH_COOLDOWN_SECONDS
+    ) -> None:
         self._secret = settings.jwt_secret
         self._issuer = settings.jwt_issuer
         self._audience = settings.jwt_audience
         self._tenant_claim = settings.tenant_claim
         self._jwks: jwt.PyJWKClient | None = None
         if settings.jwks_url:
-            self._jwks = jwt.PyJWKClient(settings.jwks_url, cache_keys=True, lifespan=300,
-                                         timeout=5, cooldown_duration=jwks_cooldown)
+            self._jwks = jwt.PyJWKClient(
+                settings.jwks_url,
+                cache_keys=True,
+                lifespan=300,
+                timeout=5,
+                cooldown_duration=jwks_cooldown,
+            )
         if self._secret is None and self._jwks is None:
             _log.warning("neither jwt_secret nor jwks_url is set: every admin token is refused")
 
@@ -95,8 +111,9 @@ class TokenVerifier:
                 signing_key = await asyncio.to_thread(jwks.get_signing_key_from_jwt, token)
             except jwt.PyJWKClientConnectionError as exc:
                 _log.warning("JWKS unreachable: %s", exc)
-                raise Problem(503, "The identity provider's keys cannot be fetched",
-                              type_="jwks-unavailable") from exc
+                raise Problem(
+                    503, "The identity provider's keys cannot be fetched", type_="jwks-unavailable"
+                ) from exc
             except (jwt.PyJWKClientError, jwt.InvalidTokenError) as exc:
                 raise _unauthorized("The token's signing key is unknown") from exc
             return signing_key.key
@@ -116,8 +133,12 @@ class TokenVerifier:
         key = await self._key_for(token, algorithm)
         try:
             claims: dict[str, Any] = jwt.decode(
-                token, key, algorithms=[algorithm], audience=self._audience,
-                issuer=self._issuer, leeway=_LEEWAY_SECONDS,
+                token,
+                key,
+                algorithms=[algorithm],
+                audience=self._audience,
+                issuer=self._issuer,
+                leeway=_LEEWAY_SECONDS,
                 options={"require": ["exp", "iss", "aud", "sub"]},
             )
         except jwt.ExpiredSignatureError as exc:
@@ -169,7 +190,10 @@ async def authorize(request: web.Request, scope: str) -> Principal:
     if principal.tenant_id != request.match_info["tenantId"]:
         raise Problem(403, "The token is not valid for this tenant", type_="wrong-tenant")
     if scope not in principal.scopes:
-        raise Problem(403, f"The token lacks the scope {scope}", type_="insufficient-scope",
-                      headers={"WWW-Authenticate":
-                               f'Bearer error="insufficient_scope", scope="{scope}"'})
+        raise Problem(
+            403,
+            f"The token lacks the scope {scope}",
+            type_="insufficient-scope",
+            headers={"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{scope}"'},
+        )
     return principal

@@ -25,8 +25,12 @@ _EMPTY = validator({"type": "object", "properties": {}, "additionalProperties": 
 
 
 def _bad_key(detail: str) -> Problem:
-    return Problem(401, detail, type_="invalid-api-key",
-                   headers={"WWW-Authenticate": 'ApiKey realm="gatekeeper-device"'})
+    return Problem(
+        401,
+        detail,
+        type_="invalid-api-key",
+        headers={"WWW-Authenticate": 'ApiKey realm="gatekeeper-device"'},
+    )
 
 
 async def connect_device(request: web.Request) -> web.Response:
@@ -49,21 +53,25 @@ async def connect_device(request: web.Request) -> web.Response:
           AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())
         RETURNING digest
         """,
-        digest, tenant_id, device_id,
+        digest,
+        tenant_id,
+        device_id,
     )
     # The look-up is by digest, which leaks nothing about the secret; the final comparison is
     # constant-time anyway, so no code path compares secret material byte by byte.
     if stored is None or not secrets_equal(bytes(stored), digest):
         raise _bad_key("The API key is not valid for this device")
     device = await pool.fetchrow(
-        "SELECT * FROM devices WHERE tenant_id = $1 AND device_id = $2", tenant_id, device_id)
+        "SELECT * FROM devices WHERE tenant_id = $1 AND device_id = $2", tenant_id, device_id
+    )
     if device is None:
         raise _bad_key("The API key is not valid for this device")
     if device["is_blocked"]:
         raise Problem(403, "The device is blocked", title="Device blocked", type_="device-blocked")
     if not device["is_enabled"]:
-        raise Problem(403, "The device is disabled", title="Device disabled",
-                      type_="device-disabled")
+        raise Problem(
+            403, "The device is disabled", title="Device disabled", type_="device-disabled"
+        )
     return web.json_response({"settings": device_json(device)["settings"]})
 
 
@@ -88,24 +96,44 @@ async def reset_connection(request: web.Request) -> web.Response:
     async with pool.acquire() as lock_conn, lock_conn.transaction():
         await lock_conn.execute("SELECT pg_advisory_xact_lock($1)", _lock_id(tenant_id, device_id))
         await fetch_device(lock_conn, tenant_id, device_id)
-        revoked, _ = await edge.call(store.revoke_device_keys(
-            pool, redis, tenant_id, device_id, grace_seconds=grace))
+        revoked, _ = await edge.call(
+            store.revoke_device_keys(pool, redis, tenant_id, device_id, grace_seconds=grace)
+        )
         try:
             issued = await store.issue_key(
-                pool, redis, tenant_id, kind="device", prefix=DEVICE_KEY_PREFIX,
-                device_id=device_id, created_by=principal.subject, pepper=settings.key_pepper)
+                pool,
+                redis,
+                tenant_id,
+                kind="device",
+                prefix=DEVICE_KEY_PREFIX,
+                device_id=device_id,
+                created_by=principal.subject,
+                pepper=settings.key_pepper,
+            )
         except store.EdgeSyncError as exc:
             # The key is stored but the secret went with the exception: nobody can use it, so
             # the caller must reset again. The edge is repaired in the background.
             edge.failed(exc)
-            raise Problem(503, "The new key could not be published to the edge; retry",
-                          type_="edge-sync", headers={"Retry-After": "1"}) from exc
-    await audit.record(request, principal, "device.connection.reset", "device", device_id,
-                       details={"graceSeconds": grace, "revokedKeys": revoked,
-                                "newKeyPrefix": issued.prefix})
-    return web.json_response({
-        "deviceId": device_id,
-        "tenantId": tenant_id,
-        "apiKey": issued.secret,
-        "environment": settings.environment_url,
-    }, headers={"Cache-Control": "no-store"})
+            raise Problem(
+                503,
+                "The new key could not be published to the edge; retry",
+                type_="edge-sync",
+                headers={"Retry-After": "1"},
+            ) from exc
+    await audit.record(
+        request,
+        principal,
+        "device.connection.reset",
+        "device",
+        device_id,
+        details={"graceSeconds": grace, "revokedKeys": revoked, "newKeyPrefix": issued.prefix},
+    )
+    return web.json_response(
+        {
+            "deviceId": device_id,
+            "tenantId": tenant_id,
+            "apiKey": issued.secret,
+            "environment": settings.environment_url,
+        },
+        headers={"Cache-Control": "no-store"},
+    )

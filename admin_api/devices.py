@@ -70,10 +70,12 @@ def device_location(tenant_id: str, device_id: str) -> str:
     return f"/api/{quote(tenant_id, safe='')}/devices/{quote(device_id, safe='')}"
 
 
-async def fetch_device(pool: asyncpg.Pool | PoolConnectionProxy[Any], tenant_id: str,
-                       device_id: str) -> asyncpg.Record:
+async def fetch_device(
+    pool: asyncpg.Pool | PoolConnectionProxy[Any], tenant_id: str, device_id: str
+) -> asyncpg.Record:
     row: asyncpg.Record | None = await pool.fetchrow(
-        "SELECT * FROM devices WHERE tenant_id = $1 AND device_id = $2", tenant_id, device_id)
+        "SELECT * FROM devices WHERE tenant_id = $1 AND device_id = $2", tenant_id, device_id
+    )
     if row is None:
         raise not_found("No such device")
     return row
@@ -96,15 +98,28 @@ async def create_device(request: web.Request) -> web.Response:
         ON CONFLICT (tenant_id, device_id) DO NOTHING
         RETURNING *
         """,
-        principal.tenant_id, device_id, body["type"], body.get("name"), body.get("description"),
+        principal.tenant_id,
+        device_id,
+        body["type"],
+        body.get("name"),
+        body.get("description"),
         json.dumps(body["settings"]),
     )
     if row is None:
         raise conflict("A device with this deviceId already exists")
-    await audit.record(request, principal, "device.create", "device", device_id,
-                       details={"type": body["type"], "name": body.get("name")})
-    return web.json_response(device_json(row), status=201, headers={
-        "Location": device_location(principal.tenant_id, device_id)})
+    await audit.record(
+        request,
+        principal,
+        "device.create",
+        "device",
+        device_id,
+        details={"type": body["type"], "name": body.get("name")},
+    )
+    return web.json_response(
+        device_json(row),
+        status=201,
+        headers={"Location": device_location(principal.tenant_id, device_id)},
+    )
 
 
 async def update_device(request: web.Request) -> web.Response:
@@ -124,15 +139,22 @@ async def update_device(request: web.Request) -> web.Response:
         WHERE tenant_id = $1 AND device_id = $2
         RETURNING *
         """,
-        principal.tenant_id, device_id, "name" in body, body.get("name"),
-        "description" in body, body.get("description"),
+        principal.tenant_id,
+        device_id,
+        "name" in body,
+        body.get("name"),
+        "description" in body,
+        body.get("description"),
     )
     if row is None:
         raise not_found("No such device")
     if "isEnabled" in body:
         edge = request.app[EDGE_SYNC]
-        await edge.call(store.set_enabled(pool, request.app[REDIS], principal.tenant_id,
-                                          device_id, body["isEnabled"]))
+        await edge.call(
+            store.set_enabled(
+                pool, request.app[REDIS], principal.tenant_id, device_id, body["isEnabled"]
+            )
+        )
         row = await fetch_device(pool, principal.tenant_id, device_id)
     await audit.record(request, principal, "device.update", "device", device_id, details=body)
     return web.json_response(device_json(row))
@@ -155,14 +177,21 @@ async def delete_device(request: web.Request) -> web.Response:
         await edge.call(store.set_enabled(pool, redis, tenant_id, device_id, True))
     deleted = await pool.fetchval(
         "DELETE FROM devices WHERE tenant_id = $1 AND device_id = $2 AND NOT is_blocked"
-        " RETURNING device_id", tenant_id, device_id)
+        " RETURNING device_id",
+        tenant_id,
+        device_id,
+    )
     if deleted is None:  # blocked (or deleted) while we revoked its keys
-        if await pool.fetchval("SELECT is_blocked FROM devices WHERE tenant_id = $1"
-                               " AND device_id = $2", tenant_id, device_id):
+        if await pool.fetchval(
+            "SELECT is_blocked FROM devices WHERE tenant_id = $1 AND device_id = $2",
+            tenant_id,
+            device_id,
+        ):
             raise conflict("The device was blocked while being deleted; its keys are revoked")
         raise not_found("No such device")
-    await audit.record(request, principal, "device.delete", "device", device_id,
-                       details={"revokedKeys": revoked})
+    await audit.record(
+        request, principal, "device.delete", "device", device_id, details={"revokedKeys": revoked}
+    )
     return web.Response(status=204)
 
 
@@ -175,14 +204,21 @@ async def _set_blocked(request: web.Request, blocked: bool) -> web.Response:
     else:
         await read_json(request, _EMPTY, optional=True)
     pool = request.app[PG_POOL]
-    row, synced = await request.app[EDGE_SYNC].call(store.set_blocked(
-        pool, request.app[REDIS], principal.tenant_id, device_id, blocked, reason))
+    row, synced = await request.app[EDGE_SYNC].call(
+        store.set_blocked(pool, request.app[REDIS], principal.tenant_id, device_id, blocked, reason)
+    )
     if not synced:  # Postgres holds the change; read it back
         row = await fetch_device(pool, principal.tenant_id, device_id)
     if row is None:
         raise not_found("No such device")
-    await audit.record(request, principal, "device.block" if blocked else "device.unblock",
-                       "device", device_id, reason=reason)
+    await audit.record(
+        request,
+        principal,
+        "device.block" if blocked else "device.unblock",
+        "device",
+        device_id,
+        reason=reason,
+    )
     return web.json_response(device_json(row))
 
 
@@ -210,12 +246,13 @@ async def device_history(request: web.Request) -> web.Response:
         where += " AND (recorded_at, id) < ($4, $5)"
         args += [from_micros(at_micros), record_id]
     rows = await pool.fetch(
-        f"SELECT * FROM device_history WHERE {where} ORDER BY recorded_at DESC, id DESC"
-        " LIMIT $3", *args)
+        f"SELECT * FROM device_history WHERE {where} ORDER BY recorded_at DESC, id DESC LIMIT $3",
+        *args,
+    )
     headers: dict[str, str] = {}
     if len(rows) > limit:
         rows = rows[:limit]
         headers["Link"] = next_link(
-            request, encode_cursor(micros(rows[-1]["recorded_at"]), rows[-1]["id"]))
+            request, encode_cursor(micros(rows[-1]["recorded_at"]), rows[-1]["id"])
+        )
     return web.json_response([history_json(r) for r in rows], headers=headers)
-

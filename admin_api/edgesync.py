@@ -33,9 +33,15 @@ _RETRY_MAX_SECONDS: Final = 30.0
 class EdgeSync:
     """Runs store calls that touch the edge, and repairs the edge view when one fails."""
 
-    def __init__(self, pool: asyncpg.Pool, redis: aioredis.Redis, metrics: AdminMetrics, *,
-                 retry_first: float = _RETRY_FIRST_SECONDS,
-                 retry_max: float = _RETRY_MAX_SECONDS) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        redis: aioredis.Redis,
+        metrics: AdminMetrics,
+        *,
+        retry_first: float = _RETRY_FIRST_SECONDS,
+        retry_max: float = _RETRY_MAX_SECONDS,
+    ) -> None:
         self._pool = pool
         self._redis = redis
         self._metrics = metrics

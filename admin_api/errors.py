@@ -19,9 +19,15 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from gatekeeper.problem import PROBLEM_CONTENT_TYPE, problem_body
 
 
-def problem_response(status: int, title: str, detail: str | None = None, *,
-                     type_: str | None = None, headers: dict[str, str] | None = None,
-                     **extra: Any) -> web.Response:
+def problem_response(
+    status: int,
+    title: str,
+    detail: str | None = None,
+    *,
+    type_: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> web.Response:
     """A problem document (gatekeeper.problem) as an aiohttp response."""
     return web.Response(
         status=status,
@@ -29,6 +35,7 @@ def problem_response(status: int, title: str, detail: str | None = None, *,
         content_type=PROBLEM_CONTENT_TYPE,
         headers=headers,
     )
+
 
 __all__ = [
     "FieldError",
@@ -87,9 +94,16 @@ class FieldError(TypedDict):
 class Problem(Exception):
     """An error response. ``detail`` is shown to the client: never put secrets in it."""
 
-    def __init__(self, status: int, detail: str | None = None, *, title: str | None = None,
-                 type_: str | None = None, errors: list[FieldError] | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        detail: str | None = None,
+        *,
+        title: str | None = None,
+        type_: str | None = None,
+        errors: list[FieldError] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(detail or title or _TITLES.get(status, "Error"))
         self.status = status
         self.title = title or _TITLES.get(status, "Error")
@@ -102,8 +116,9 @@ class Problem(Exception):
         extra: dict[str, Any] = {}
         if self.errors is not None:
             extra["errors"] = self.errors
-        return problem_response(self.status, self.title, self.detail, type_=self.type_,
-                                headers=self.headers, **extra)
+        return problem_response(
+            self.status, self.title, self.detail, type_=self.type_, headers=self.headers, **extra
+        )
 
 
 def bad_request(detail: str, errors: list[FieldError] | None = None) -> Problem:
@@ -112,8 +127,13 @@ def bad_request(detail: str, errors: list[FieldError] | None = None) -> Problem:
 
 def unprocessable(errors: list[FieldError]) -> Problem:
     fields = ", ".join(e["field"] for e in errors)
-    return Problem(422, f"Invalid values: {fields}", title="Validation failed",
-                   type_="validation", errors=errors)
+    return Problem(
+        422,
+        f"Invalid values: {fields}",
+        title="Validation failed",
+        type_="validation",
+        errors=errors,
+    )
 
 
 def not_found(detail: str) -> Problem:
@@ -152,10 +172,15 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except _UNAVAILABLE as exc:
-        _log.warning("store unavailable in %s %s: %s", request.method, _route(request),
-                     type(exc).__name__)
-        return Problem(503, "A data store is unavailable; retry later", type_="store-unavailable",
-                       headers={"Retry-After": str(_RETRY_AFTER_SECONDS)}).response()
+        _log.warning(
+            "store unavailable in %s %s: %s", request.method, _route(request), type(exc).__name__
+        )
+        return Problem(
+            503,
+            "A data store is unavailable; retry later",
+            type_="store-unavailable",
+            headers={"Retry-After": str(_RETRY_AFTER_SECONDS)},
+        ).response()
     except Exception:
         _log.exception("unexpected error in %s %s", request.method, _route(request))
         return Problem(500, "An unexpected error occurred", type_="internal").response()

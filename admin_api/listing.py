@@ -33,8 +33,15 @@ from admin_api.serialize import (
 )
 from admin_api.validation import MAX_LIMIT, check_query, cursor_param, parse_limit, text_param
 
-__all__ = ["ORDER", "SORT_KEY", "DeviceQuery", "fetch_page", "list_devices", "page_cursor",
-           "where_clause"]
+__all__ = [
+    "ORDER",
+    "SORT_KEY",
+    "DeviceQuery",
+    "fetch_page",
+    "list_devices",
+    "page_cursor",
+    "where_clause",
+]
 
 _BLOCKED_FILTERS: Final = {"all": "", "hide": " AND NOT is_blocked", "only": " AND is_blocked"}
 _CSV_BATCH: Final = MAX_LIMIT
@@ -68,9 +75,9 @@ def where_clause(query: DeviceQuery, args: list[Any]) -> str:
     return where
 
 
-async def fetch_page(pool: asyncpg.Pool, query: DeviceQuery,
-                     after: tuple[datetime | None, str] | None,
-                     limit: int) -> list[asyncpg.Record]:
+async def fetch_page(
+    pool: asyncpg.Pool, query: DeviceQuery, after: tuple[datetime | None, str] | None, limit: int
+) -> list[asyncpg.Record]:
     """Up to ``limit`` devices after the position ``after`` (exclusive), in list order.
 
     One statement: the sort key maps "never active" to -infinity, so the keyset condition is a
@@ -81,13 +88,16 @@ async def fetch_page(pool: asyncpg.Pool, query: DeviceQuery,
     where = where_clause(query, args)
     if after is not None:
         args += [after[0], after[1]]
-        where += (f" AND ({SORT_KEY}, device_id)"
-                  f" < (COALESCE(${len(args) - 1}::timestamptz, '-infinity'), ${len(args)})")
+        where += (
+            f" AND ({SORT_KEY}, device_id)"
+            f" < (COALESCE(${len(args) - 1}::timestamptz, '-infinity'), ${len(args)})"
+        )
     args.append(limit)
     async with pool.acquire() as conn, conn.transaction(readonly=True):
         await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
         rows: list[asyncpg.Record] = await conn.fetch(
-            f"SELECT * FROM devices WHERE {where} ORDER BY {ORDER} LIMIT ${len(args)}", *args)
+            f"SELECT * FROM devices WHERE {where} ORDER BY {ORDER} LIMIT ${len(args)}", *args
+        )
     return rows
 
 
@@ -108,8 +118,10 @@ def _after(request: web.Request) -> tuple[datetime | None, str] | None:
 def _query(request: web.Request, tenant_id: str) -> DeviceQuery:
     blocked = request.query.get("blocked", "all")
     if blocked not in _BLOCKED_FILTERS:
-        raise bad_request("Invalid query parameters", [FieldError(
-            field="query.blocked", message="must be one of: all, hide, only")])
+        raise bad_request(
+            "Invalid query parameters",
+            [FieldError(field="query.blocked", message="must be one of: all, hide, only")],
+        )
     return DeviceQuery(tenant_id, text_param(request, "q") or None, blocked)
 
 
@@ -148,8 +160,12 @@ async def list_devices(request: web.Request) -> web.StreamResponse:
         rows = rows[:limit]
         headers["Link"] = next_link(request, page_cursor(rows[-1]))
     if _wants_csv(request):
-        return web.Response(body=_csv_chunk(rows, header=True), headers=headers,
-                            content_type="text/csv", charset="utf-8")
+        return web.Response(
+            body=_csv_chunk(rows, header=True),
+            headers=headers,
+            content_type="text/csv",
+            charset="utf-8",
+        )
     return web.json_response([device_json(r) for r in rows], headers=headers)
 
 
@@ -172,14 +188,20 @@ def _csv_chunk(rows: list[asyncpg.Record], *, header: bool) -> bytes:
     return out.getvalue().encode("utf-8")
 
 
-async def _stream_csv(request: web.Request, pool: asyncpg.Pool, query: DeviceQuery,
-                      after: tuple[datetime | None, str] | None) -> web.StreamResponse:
+async def _stream_csv(
+    request: web.Request,
+    pool: asyncpg.Pool,
+    query: DeviceQuery,
+    after: tuple[datetime | None, str] | None,
+) -> web.StreamResponse:
     """Every matching device from ``after`` on, one keyset page at a time (no long transaction,
     no whole-list buffering)."""
-    response = web.StreamResponse(headers={
-        "Content-Type": "text/csv; charset=utf-8",
-        "Content-Disposition": 'attachment; filename="devices.csv"',
-    })
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/csv; charset=utf-8",
+            "Content-Disposition": 'attachment; filename="devices.csv"',
+        }
+    )
     rows = await fetch_page(pool, query, after, _CSV_BATCH)
     await response.prepare(request)
     await response.write(_csv_chunk(rows, header=True))

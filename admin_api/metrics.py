@@ -27,12 +27,16 @@ class AdminMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
-            "gatekeeper_admin_requests_total", "Admin API requests answered.",
-            ["route", "method", "status"], registry=self.registry,
+            "gatekeeper_admin_requests_total",
+            "Admin API requests answered.",
+            ["route", "method", "status"],
+            registry=self.registry,
         )
         self.duration = Histogram(
-            "gatekeeper_admin_request_duration_seconds", "Admin API request duration.",
-            ["route"], registry=self.registry,
+            "gatekeeper_admin_request_duration_seconds",
+            "Admin API request duration.",
+            ["route"],
+            registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
         )
         self.edge_sync_errors = Counter(
@@ -41,8 +45,10 @@ class AdminMetrics:
             registry=self.registry,
         )
         self.reconciles = Counter(
-            "gatekeeper_admin_reconcile_total", "Rebuilds of the Redis edge view by outcome.",
-            ["outcome"], registry=self.registry,
+            "gatekeeper_admin_reconcile_total",
+            "Rebuilds of the Redis edge view by outcome.",
+            ["outcome"],
+            registry=self.registry,
         )
         self.audit_errors = Counter(
             "gatekeeper_admin_audit_errors_total",

@@ -69,81 +69,219 @@ _DEV = "/api/{tenantId}/devices/{deviceId}"
 _LINK = {"Link": 'RFC 8288 link to the next page: `<url>; rel="next"`, absent on the last page'}
 
 OPERATIONS: Final[tuple[Operation, ...]] = (
-    Operation("get", "/api/{tenantId}/devices", "List devices (most recently active first; "
-              "never-active last; ties by deviceId descending). `Accept: text/csv` streams CSV: "
-              "the whole list, or one page when `limit` is given.", "devices", DEVICE_READ,
-              ("tenantId", "q", "blocked", "limit", "cursor"), result="DeviceList",
-              errors=(400,), headers=_LINK),
-    Operation("post", "/api/{tenantId}/devices", "Create a device (deviceId optional; generated "
-              "when absent)", "devices", DEVICE_WRITE, ("tenantId",), body="CreateDevice",
-              status=201, result="Device", errors=(*_BODY_ERRORS, 409),
-              headers={"Location": "URL of the new device"}),
-    Operation("get", _DEV, "Read a device", "devices", DEVICE_READ, ("tenantId", "deviceId"),
-              result="Device", errors=(404,)),
-    Operation("put", _DEV, "Update name, description and/or isEnabled (fields not given are "
-              "kept)", "devices", DEVICE_WRITE, ("tenantId", "deviceId"), body="UpdateDevice",
-              result="Device", errors=(*_BODY_ERRORS, 404)),
-    Operation("delete", _DEV, "Delete a device and revoke its API keys", "devices", DEVICE_WRITE,
-              ("tenantId", "deviceId"), status=204, errors=(404, 409)),
-    Operation("post", _DEV + "/block", "Block a device (idempotent)", "devices", DEVICE_WRITE,
-              ("tenantId", "deviceId"), body="BlockRequest", body_required=False,
-              result="Device", errors=(*_BODY_ERRORS, 404)),
-    Operation("post", _DEV + "/unblock", "Unblock a device (idempotent)", "devices",
-              DEVICE_WRITE, ("tenantId", "deviceId"), result="Device",
-              errors=(*_BODY_ERRORS, 404)),
-    Operation("get", _DEV + "/history", "Attribute changes, newest first", "devices",
-              DEVICE_READ, ("tenantId", "deviceId", "limit", "cursor"), result="HistoryList",
-              errors=(400, 404), headers=_LINK),
-    Operation("post", _DEV + "/connect", "A device connects with its API key and gets its "
-              "settings", "connections", None, ("tenantId", "deviceId", "X-Api-Key"),
-              result="ConnectResult", errors=(*_BODY_ERRORS, 401, 403)),
-    Operation("post", _DEV + "/connections/reset", "Issue a new API key; old keys are revoked "
-              "now or after graceSeconds", "connections", DEVICE_WRITE,
-              ("tenantId", "deviceId"), body="ResetRequest", body_required=False,
-              result="ConnectionReset", errors=(*_BODY_ERRORS, 404, 503)),
-    Operation("post", "/api/{tenantId}/tokens", "Create a personal access token (the secret is "
-              "shown only in this response)", "tokens", TOKEN_WRITE, ("tenantId",),
-              body="CreateToken", status=201, result="CreatedToken",
-              errors=(*_BODY_ERRORS, 503), headers={"Location": "URL of the new token"}),
-    Operation("get", "/api/{tenantId}/tokens", "List personal access tokens (no secrets)",
-              "tokens", TOKEN_READ, ("tenantId",), result="TokenList", errors=(400,)),
-    Operation("delete", "/api/{tenantId}/tokens/{tokenId}", "Revoke a personal access token "
-              "(idempotent)", "tokens", TOKEN_WRITE, ("tenantId", "tokenId"), status=204,
-              errors=(404,)),
-    Operation("get", "/api/{tenantId}/audit", "Audit log, newest first", "audit", DEVICE_READ,
-              ("tenantId", "limit", "cursor"), result="AuditList", errors=(400,),
-              headers=_LINK),
+    Operation(
+        "get",
+        "/api/{tenantId}/devices",
+        "List devices (most recently active first; "
+        "never-active last; ties by deviceId descending). `Accept: text/csv` streams CSV: "
+        "the whole list, or one page when `limit` is given.",
+        "devices",
+        DEVICE_READ,
+        ("tenantId", "q", "blocked", "limit", "cursor"),
+        result="DeviceList",
+        errors=(400,),
+        headers=_LINK,
+    ),
+    Operation(
+        "post",
+        "/api/{tenantId}/devices",
+        "Create a device (deviceId optional; generated when absent)",
+        "devices",
+        DEVICE_WRITE,
+        ("tenantId",),
+        body="CreateDevice",
+        status=201,
+        result="Device",
+        errors=(*_BODY_ERRORS, 409),
+        headers={"Location": "URL of the new device"},
+    ),
+    Operation(
+        "get",
+        _DEV,
+        "Read a device",
+        "devices",
+        DEVICE_READ,
+        ("tenantId", "deviceId"),
+        result="Device",
+        errors=(404,),
+    ),
+    Operation(
+        "put",
+        _DEV,
+        "Update name, description and/or isEnabled (fields not given are kept)",
+        "devices",
+        DEVICE_WRITE,
+        ("tenantId", "deviceId"),
+        body="UpdateDevice",
+        result="Device",
+        errors=(*_BODY_ERRORS, 404),
+    ),
+    Operation(
+        "delete",
+        _DEV,
+        "Delete a device and revoke its API keys",
+        "devices",
+        DEVICE_WRITE,
+        ("tenantId", "deviceId"),
+        status=204,
+        errors=(404, 409),
+    ),
+    Operation(
+        "post",
+        _DEV + "/block",
+        "Block a device (idempotent)",
+        "devices",
+        DEVICE_WRITE,
+        ("tenantId", "deviceId"),
+        body="BlockRequest",
+        body_required=False,
+        result="Device",
+        errors=(*_BODY_ERRORS, 404),
+    ),
+    Operation(
+        "post",
+        _DEV + "/unblock",
+        "Unblock a device (idempotent)",
+        "devices",
+        DEVICE_WRITE,
+        ("tenantId", "deviceId"),
+        result="Device",
+        errors=(*_BODY_ERRORS, 404),
+    ),
+    Operation(
+        "get",
+        _DEV + "/history",
+        "Attribute changes, newest first",
+        "devices",
+        DEVICE_READ,
+        ("tenantId", "deviceId", "limit", "cursor"),
+        result="HistoryList",
+        errors=(400, 404),
+        headers=_LINK,
+    ),
+    Operation(
+        "post",
+        _DEV + "/connect",
+        "A device connects with its API key and gets its settings",
+        "connections",
+        None,
+        ("tenantId", "deviceId", "X-Api-Key"),
+        result="ConnectResult",
+        errors=(*_BODY_ERRORS, 401, 403),
+    ),
+    Operation(
+        "post",
+        _DEV + "/connections/reset",
+        "Issue a new API key; old keys are revoked now or after graceSeconds",
+        "connections",
+        DEVICE_WRITE,
+        ("tenantId", "deviceId"),
+        body="ResetRequest",
+        body_required=False,
+        result="ConnectionReset",
+        errors=(*_BODY_ERRORS, 404, 503),
+    ),
+    Operation(
+        "post",
+        "/api/{tenantId}/tokens",
+        "Create a personal access token (the secret is shown only in this response)",
+        "tokens",
+        TOKEN_WRITE,
+        ("tenantId",),
+        body="CreateToken",
+        status=201,
+        result="CreatedToken",
+        errors=(*_BODY_ERRORS, 503),
+        headers={"Location": "URL of the new token"},
+    ),
+    Operation(
+        "get",
+        "/api/{tenantId}/tokens",
+        "List personal access tokens (no secrets)",
+        "tokens",
+        TOKEN_READ,
+        ("tenantId",),
+        result="TokenList",
+        errors=(400,),
+    ),
+    Operation(
+        "delete",
+        "/api/{tenantId}/tokens/{tokenId}",
+        "Revoke a personal access token (idempotent)",
+        "tokens",
+        TOKEN_WRITE,
+        ("tenantId", "tokenId"),
+        status=204,
+        errors=(404,),
+    ),
+    Operation(
+        "get",
+        "/api/{tenantId}/audit",
+        "Audit log, newest first",
+        "audit",
+        DEVICE_READ,
+        ("tenantId", "limit", "cursor"),
+        result="AuditList",
+        errors=(400,),
+        headers=_LINK,
+    ),
     Operation("get", "/openapi.json", "This document", "meta", result="OpenApiDocument"),
     Operation("get", "/docs", "A browsable page of this document", "meta", media="text/html"),
     Operation("get", "/metrics", "Prometheus metrics", "ops", media="text/plain"),
     Operation("get", "/healthz", "Liveness", "ops", result="Health"),
-    Operation("get", "/readyz", "Readiness: Postgres and Redis reachable", "ops",
-              result="Health", errors=(503,)),
+    Operation(
+        "get",
+        "/readyz",
+        "Readiness: Postgres and Redis reachable",
+        "ops",
+        result="Health",
+        errors=(503,),
+    ),
 )
 
 _PARAMETERS: Final[dict[str, dict[str, Any]]] = {
-    "tenantId": {"in": "path", "required": True, "schema": {"type": "string"},
-                 "description": "Must equal the token's tenant claim"},
-    "deviceId": {"in": "path", "required": True,
-                 "schema": {"type": "string", "pattern": DEVICE_ID_PATTERN}},
+    "tenantId": {
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string"},
+        "description": "Must equal the token's tenant claim",
+    },
+    "deviceId": {
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "pattern": DEVICE_ID_PATTERN},
+    },
     "tokenId": {"in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}},
-    "q": {"in": "query", "schema": SEARCH_TEXT,
-          "description": "Case-insensitive substring of name or deviceId"},
-    "blocked": {"in": "query", "schema": {"type": "string", "enum": ["all", "hide", "only"],
-                                          "default": "all"}},
-    "limit": {"in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT,
-                                        "default": DEFAULT_LIMIT}},
+    "q": {
+        "in": "query",
+        "schema": SEARCH_TEXT,
+        "description": "Case-insensitive substring of name or deviceId",
+    },
+    "blocked": {
+        "in": "query",
+        "schema": {"type": "string", "enum": ["all", "hide", "only"], "default": "all"},
+    },
+    "limit": {
+        "in": "query",
+        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
+    },
     "cursor": {"in": "query", "schema": CURSOR, "description": CURSOR["description"]},
-    "X-Api-Key": {"in": "header", "required": True, "schema": API_KEY,
-                  "description": "The device's API key"},
+    "X-Api-Key": {
+        "in": "header",
+        "required": True,
+        "schema": API_KEY,
+        "description": "The device's API key",
+    },
 }
 
 _EXTRA_SCHEMAS: Final[dict[str, Any]] = {
     "HistoryList": {"type": "array", "items": {"$ref": "#/components/schemas/HistoryRecord"}},
     "TokenList": {"type": "array", "items": {"$ref": "#/components/schemas/Token"}},
     "AuditList": {"type": "array", "items": {"$ref": "#/components/schemas/AuditEntry"}},
-    "Health": {"type": "object", "properties": {"status": {"type": "string"},
-                                                "checks": {"type": "object"}}},
+    "Health": {
+        "type": "object",
+        "properties": {"status": {"type": "string"}, "checks": {"type": "object"}},
+    },
     "OpenApiDocument": {"type": "object"},
 }
 
@@ -151,34 +289,44 @@ _EXTRA_SCHEMAS: Final[dict[str, Any]] = {
 def _operation(op: Operation) -> dict[str, Any]:
     success: dict[str, Any] = {"description": "Success"}
     if op.result is not None or op.media != "application/json":
-        schema = ({"$ref": f"#/components/schemas/{op.result}"} if op.result
-                  else {"type": "string"})
+        schema = {"$ref": f"#/components/schemas/{op.result}"} if op.result else {"type": "string"}
         success["content"] = {op.media: {"schema": schema}}
         if op.path == "/api/{tenantId}/devices" and op.method == "get":
             success["content"]["text/csv"] = {"schema": {"type": "string"}}
     if op.headers:
-        success["headers"] = {name: {"description": text, "schema": {"type": "string"}}
-                              for name, text in op.headers.items()}
+        success["headers"] = {
+            name: {"description": text, "schema": {"type": "string"}}
+            for name, text in op.headers.items()
+        }
     responses: dict[str, Any] = {str(op.status): success}
     # Every route under /api needs Postgres: down, hung or saturated, it answers 503.
     store_errors = (503,) if op.path.startswith("/api/") else ()
-    errors = sorted({*op.errors, *(_AUTH_ERRORS if op.scope else ()), *store_errors,
-                     *_HTTP_ERRORS, 500})
+    errors = sorted(
+        {*op.errors, *(_AUTH_ERRORS if op.scope else ()), *store_errors, *_HTTP_ERRORS, 500}
+    )
     for status in errors:
         responses[str(status)] = {"$ref": f"#/components/responses/Error{status}"}
     doc: dict[str, Any] = {
-        "operationId": f"{op.method}_{op.path}".replace("/", "_").replace("{", "")
-                       .replace("}", "").replace("-", "_").replace(".", "_"),
+        "operationId": f"{op.method}_{op.path}".replace("/", "_")
+        .replace("{", "")
+        .replace("}", "")
+        .replace("-", "_")
+        .replace(".", "_"),
         "summary": op.summary,
         "tags": [op.tag],
         "parameters": [{"name": name, **_PARAMETERS[name]} for name in op.params],
         "responses": responses,
-        "security": [{"bearerAuth": [op.scope]}] if op.scope else (
-            [{"apiKey": []}] if "X-Api-Key" in op.params else []),
+        "security": [{"bearerAuth": [op.scope]}]
+        if op.scope
+        else ([{"apiKey": []}] if "X-Api-Key" in op.params else []),
     }
     if op.body is not None:
-        doc["requestBody"] = {"required": op.body_required, "content": {"application/json": {
-            "schema": {"$ref": f"#/components/schemas/{op.body}"}}}}
+        doc["requestBody"] = {
+            "required": op.body_required,
+            "content": {
+                "application/json": {"schema": {"$ref": f"#/components/schemas/{op.body}"}}
+            },
+        }
     return doc
 
 
@@ -189,19 +337,28 @@ def build_document() -> dict[str, Any]:
     problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
     return {
         "openapi": "3.1.0",
-        "info": {"title": "Gatekeeper admin API", "version": "1.0.0",
-                 "description": "Devices, connections, personal access tokens and audit log of "
-                                "one tenant. Errors are RFC 9457 problem documents."},
+        "info": {
+            "title": "Gatekeeper admin API",
+            "version": "1.0.0",
+            "description": "Devices, connections, personal access tokens and audit log of "
+            "one tenant. Errors are RFC 9457 problem documents.",
+        },
         "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
         "paths": paths,
         "components": {
             "schemas": {**REQUEST_SCHEMAS, **RESPONSE_SCHEMAS, **_EXTRA_SCHEMAS},
-            "responses": {f"Error{status}": {"description": text, "content": problem}
-                          for status, text in _ERRORS.items()},
+            "responses": {
+                f"Error{status}": {"description": text, "content": problem}
+                for status, text in _ERRORS.items()
+            },
             "securitySchemes": {
-                "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
-                               "description": "Scopes: Device.Read, Device.Write, Token.Read, "
-                                              "Token.Write (claim `scope` or `scp`)"},
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": "Scopes: Device.Read, Device.Write, Token.Read, "
+                    "Token.Write (claim `scope` or `scp`)",
+                },
                 "apiKey": {"type": "apiKey", "in": "header", "name": "X-Api-Key"},
             },
         },
@@ -229,10 +386,12 @@ def _render_page() -> str:
                 f"<tr><td><b>{esc(method.upper())}</b></td><td><code>{esc(path)}</code></td>"
                 f"<td>{esc(op['summary'])}</td><td>{esc(scope or '-')}</td>"
                 f"<td>{esc(params or '-')}</td><td>{esc(body_ref or '-')}</td>"
-                f"<td>{esc(', '.join(op['responses']))}</td></tr>")
+                f"<td>{esc(', '.join(op['responses']))}</td></tr>"
+            )
     schemas = "".join(
         f"<h3 id='{esc(name)}'>{esc(name)}</h3><pre>{esc(json.dumps(schema, indent=2))}</pre>"
-        for name, schema in doc["components"]["schemas"].items())
+        for name, schema in doc["components"]["schemas"].items()
+    )
     return (
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
         "<title>Gatekeeper admin API</title><style>body{font-family:sans-serif;margin:2em}"
@@ -243,7 +402,8 @@ def _render_page() -> str:
         "<a href='/openapi.json'>/openapi.json</a> (OpenAPI 3.1).</p>"
         "<table><tr><th>Method</th><th>Path</th><th>What</th><th>Scope</th><th>Parameters</th>"
         "<th>Body</th><th>Responses</th></tr>" + "".join(rows) + "</table>"
-        "<h2>Schemas</h2>" + schemas + "</body></html>")
+        "<h2>Schemas</h2>" + schemas + "</body></html>"
+    )
 
 
 _PAGE: Final = _render_page()

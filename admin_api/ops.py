@@ -41,8 +41,10 @@ async def _redis_ok(request: web.Request) -> bool:
 async def readyz(request: web.Request) -> web.Response:
     """Ready when Postgres and Redis both answer; 503 naming the failing store otherwise."""
     postgres, redis = await asyncio.gather(_postgres_ok(request), _redis_ok(request))
-    checks = {"postgres": "ok" if postgres else "unreachable",
-              "redis": "ok" if redis else "unreachable"}
+    checks = {
+        "postgres": "ok" if postgres else "unreachable",
+        "redis": "ok" if redis else "unreachable",
+    }
     if postgres and redis:
         return web.json_response({"status": "ready", "checks": checks})
     failing = ", ".join(name for name, state in checks.items() if state != "ok")

@@ -40,16 +40,20 @@ DEVICE_ID_PATTERN: Final = r"^[\x21-\x7e]{1,128}$"
 _NO_NUL_PATTERN: Final = r"^[^\x00]*$"
 # An http or https URL with a host (a name, IPv4 or [IPv6]) and an optional port, in printable
 # ASCII: no user info (a logo URL is sent to every device), no spaces.
-HTTP_URL_PATTERN: Final = (r"^[hH][tT][tT][pP][sS]?://"
-                           r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~%!$&'()*+,;=-]+)"
-                           r"(:[0-9]{1,5})?([/?#][\x21-\x7e]*)?$")
+HTTP_URL_PATTERN: Final = (
+    r"^[hH][tT][tT][pP][sS]?://"
+    r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~%!$&'()*+,;=-]+)"
+    r"(:[0-9]{1,5})?([/?#][\x21-\x7e]*)?$"
+)
 # RFC 3339 date-time (section 5.6) as Python can hold it: no leap second, years 0001-9998 (a
 # time in 9999 with a negative offset is past Python's last representable UTC instant).
-RFC3339_PATTERN: Final = (r"^(000[1-9]|00[1-9][0-9]|0[1-9][0-9]{2}|[1-8][0-9]{3}|9[0-8][0-9]{2}"
-                          r"|99[0-8][0-9]|999[0-8])"
-                          r"-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
-                          r"[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]+)?"
-                          r"([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$")
+RFC3339_PATTERN: Final = (
+    r"^(000[1-9]|00[1-9][0-9]|0[1-9][0-9]{2}|[1-8][0-9]{3}|9[0-8][0-9]{2}"
+    r"|99[0-8][0-9]|999[0-8])"
+    r"-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+    r"[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]+)?"
+    r"([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
+)
 NAME_MAX: Final = 200
 DESCRIPTION_MAX: Final = 2000
 REASON_MAX: Final = 500
@@ -59,29 +63,42 @@ CURSOR_MAX: Final = 1024
 SEARCH_MAX: Final = 200
 API_KEY_MAX: Final = 256
 
-_NAME: Schema = {"type": ["string", "null"], "minLength": 1, "maxLength": NAME_MAX,
-                 "pattern": _NO_NUL_PATTERN}
-_DESCRIPTION: Schema = {"type": ["string", "null"], "maxLength": DESCRIPTION_MAX,
-                        "pattern": _NO_NUL_PATTERN}
+_NAME: Schema = {
+    "type": ["string", "null"],
+    "minLength": 1,
+    "maxLength": NAME_MAX,
+    "pattern": _NO_NUL_PATTERN,
+}
+_DESCRIPTION: Schema = {
+    "type": ["string", "null"],
+    "maxLength": DESCRIPTION_MAX,
+    "pattern": _NO_NUL_PATTERN,
+}
 _TIMESTAMP: Schema = {"type": "string", "format": "date-time"}
 _NULLABLE_TIMESTAMP: Schema = {"type": ["string", "null"], "format": "date-time"}
 _NULLABLE_TEXT: Schema = {"type": ["string", "null"]}
 
 # Query and header parameters.
 CURSOR: Final[Schema] = {
-    "type": "string", "minLength": 1, "maxLength": CURSOR_MAX, "pattern": r"^[A-Za-z0-9_-]+$",
+    "type": "string",
+    "minLength": 1,
+    "maxLength": CURSOR_MAX,
+    "pattern": r"^[A-Za-z0-9_-]+$",
     "description": "Opaque: taken from the previous page's Link header. Any other value, even "
-                   "one of this form, is a 400.",
+    "one of this form, is a 400.",
 }
-SEARCH_TEXT: Final[Schema] = {"type": "string", "maxLength": SEARCH_MAX,
-                              "pattern": _NO_NUL_PATTERN}
+SEARCH_TEXT: Final[Schema] = {"type": "string", "maxLength": SEARCH_MAX, "pattern": _NO_NUL_PATTERN}
 API_KEY: Final[Schema] = {"type": "string", "minLength": 1, "maxLength": API_KEY_MAX}
 
 CREWCHECK_SETTINGS: Final[Schema] = {
     "type": "object",
     "properties": {
-        "logoUrl": {"type": "string", "maxLength": URL_MAX, "pattern": HTTP_URL_PATTERN,
-                    "description": "An http or https URL of the logo the device shows."},
+        "logoUrl": {
+            "type": "string",
+            "maxLength": URL_MAX,
+            "pattern": HTTP_URL_PATTERN,
+            "description": "An http or https URL of the logo the device shows.",
+        },
     },
     "required": ["logoUrl"],
     "additionalProperties": False,
@@ -93,8 +110,11 @@ DEVICE_TYPES: Final[dict[str, Schema]] = {"CrewCheck": CREWCHECK_SETTINGS}
 CREATE_DEVICE: Final[Schema] = {
     "type": "object",
     "properties": {
-        "deviceId": {"type": "string", "pattern": DEVICE_ID_PATTERN,
-                     "description": "Optional; generated (a UUID) when absent."},
+        "deviceId": {
+            "type": "string",
+            "pattern": DEVICE_ID_PATTERN,
+            "description": "Optional; generated (a UUID) when absent.",
+        },
         "type": {"type": "string", "enum": sorted(DEVICE_TYPES)},
         "name": _NAME,
         "description": _DESCRIPTION,
@@ -103,9 +123,13 @@ CREATE_DEVICE: Final[Schema] = {
     "required": ["type", "settings"],
     "additionalProperties": False,
     # Each type's settings, inline rather than by $ref so the server validates this very schema.
-    "allOf": [{"if": {"properties": {"type": {"const": name}}, "required": ["type"]},
-               "then": {"properties": {"settings": settings}}}
-              for name, settings in DEVICE_TYPES.items()],
+    "allOf": [
+        {
+            "if": {"properties": {"type": {"const": name}}, "required": ["type"]},
+            "then": {"properties": {"settings": settings}},
+        }
+        for name, settings in DEVICE_TYPES.items()
+    ],
 }
 
 UPDATE_DEVICE: Final[Schema] = {
@@ -117,27 +141,35 @@ UPDATE_DEVICE: Final[Schema] = {
 
 BLOCK_REQUEST: Final[Schema] = {
     "type": "object",
-    "properties": {"reason": {"type": ["string", "null"], "maxLength": REASON_MAX,
-                              "pattern": _NO_NUL_PATTERN}},
+    "properties": {
+        "reason": {"type": ["string", "null"], "maxLength": REASON_MAX, "pattern": _NO_NUL_PATTERN}
+    },
     "additionalProperties": False,
 }
 
 RESET_REQUEST: Final[Schema] = {
     "type": "object",
-    "properties": {"graceSeconds": {"type": "number", "minimum": 0,
-                                    "maximum": GRACE_MAX_SECONDS, "default": 0}},
+    "properties": {
+        "graceSeconds": {"type": "number", "minimum": 0, "maximum": GRACE_MAX_SECONDS, "default": 0}
+    },
     "additionalProperties": False,
 }
 
 CREATE_TOKEN: Final[Schema] = {
     "type": "object",
     "properties": {
-        "name": {"type": "string", "minLength": 1, "maxLength": NAME_MAX,
-                 "pattern": _NO_NUL_PATTERN},
-        "expiresAt": {"type": ["string", "null"], "format": "date-time",
-                      "pattern": RFC3339_PATTERN,
-                      "description": "RFC 3339 with an offset; a real date, in the future "
-                                     "(422 otherwise)."},
+        "name": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": NAME_MAX,
+            "pattern": _NO_NUL_PATTERN,
+        },
+        "expiresAt": {
+            "type": ["string", "null"],
+            "format": "date-time",
+            "pattern": RFC3339_PATTERN,
+            "description": "RFC 3339 with an offset; a real date, in the future (422 otherwise).",
+        },
     },
     "required": ["name"],
     "additionalProperties": False,
@@ -154,8 +186,17 @@ REQUEST_SCHEMAS: Final[dict[str, Schema]] = {
 
 _ATTRIBUTES: Schema = {
     "type": "object",
-    "properties": {name: _NULLABLE_TEXT for name in (
-        "application", "applicationVersion", "os", "osVersion", "manufacturer", "model")},
+    "properties": {
+        name: _NULLABLE_TEXT
+        for name in (
+            "application",
+            "applicationVersion",
+            "os",
+            "osVersion",
+            "manufacturer",
+            "model",
+        )
+    },
 }
 
 DEVICE: Final[Schema] = {
@@ -191,54 +232,91 @@ RESPONSE_SCHEMAS: Final[dict[str, Schema]] = {
         "properties": {
             "recordedAt": _TIMESTAMP,
             "changedFields": {"type": "array", "items": {"type": "string"}},
-            "previous": {"oneOf": [{"$ref": "#/components/schemas/DeviceAttributes"},
-                                   {"type": "null"}]},
+            "previous": {
+                "oneOf": [{"$ref": "#/components/schemas/DeviceAttributes"}, {"type": "null"}]
+            },
             "current": {"$ref": "#/components/schemas/DeviceAttributes"},
         },
         "required": ["recordedAt", "changedFields", "previous", "current"],
     },
-    "ConnectResult": {"type": "object", "properties": {"settings": {"type": "object"}},
-                      "required": ["settings"]},
+    "ConnectResult": {
+        "type": "object",
+        "properties": {"settings": {"type": "object"}},
+        "required": ["settings"],
+    },
     "ConnectionReset": {
         "type": "object",
-        "properties": {"deviceId": {"type": "string"}, "tenantId": {"type": "string"},
-                       "apiKey": {"type": "string"}, "environment": {"type": "string"}},
+        "properties": {
+            "deviceId": {"type": "string"},
+            "tenantId": {"type": "string"},
+            "apiKey": {"type": "string"},
+            "environment": {"type": "string"},
+        },
         "required": ["deviceId", "tenantId", "apiKey", "environment"],
     },
     "CreatedToken": {
         "type": "object",
-        "properties": {"tokenId": {"type": "string", "format": "uuid"}, "name": {"type": "string"},
-                       "token": {"type": "string"}, "createdAt": _TIMESTAMP,
-                       "expiresAt": _NULLABLE_TIMESTAMP},
+        "properties": {
+            "tokenId": {"type": "string", "format": "uuid"},
+            "name": {"type": "string"},
+            "token": {"type": "string"},
+            "createdAt": _TIMESTAMP,
+            "expiresAt": _NULLABLE_TIMESTAMP,
+        },
         "required": ["tokenId", "name", "token", "createdAt", "expiresAt"],
     },
     "Token": {
         "type": "object",
-        "properties": {"tokenId": {"type": "string", "format": "uuid"}, "name": {"type": "string"},
-                       "prefix": {"type": "string"}, "createdBy": _NULLABLE_TEXT,
-                       "createdAt": _TIMESTAMP, "expiresAt": _NULLABLE_TIMESTAMP,
-                       "lastUsedAt": _NULLABLE_TIMESTAMP, "revokedAt": _NULLABLE_TIMESTAMP},
-        "required": ["tokenId", "name", "prefix", "createdBy", "createdAt", "expiresAt",
-                     "lastUsedAt", "revokedAt"],
+        "properties": {
+            "tokenId": {"type": "string", "format": "uuid"},
+            "name": {"type": "string"},
+            "prefix": {"type": "string"},
+            "createdBy": _NULLABLE_TEXT,
+            "createdAt": _TIMESTAMP,
+            "expiresAt": _NULLABLE_TIMESTAMP,
+            "lastUsedAt": _NULLABLE_TIMESTAMP,
+            "revokedAt": _NULLABLE_TIMESTAMP,
+        },
+        "required": [
+            "tokenId",
+            "name",
+            "prefix",
+            "createdBy",
+            "createdAt",
+            "expiresAt",
+            "lastUsedAt",
+            "revokedAt",
+        ],
     },
     "AuditEntry": {
         "type": "object",
-        "properties": {"id": {"type": "integer"}, "at": _TIMESTAMP, "actor": {"type": "string"},
-                       "action": {"type": "string"},
-                       "targetType": {"type": "string", "enum": ["device", "token"]},
-                       "targetId": {"type": "string"}, "reason": _NULLABLE_TEXT,
-                       "details": {"type": "object"}},
-        "required": ["id", "at", "actor", "action", "targetType", "targetId", "reason",
-                     "details"],
+        "properties": {
+            "id": {"type": "integer"},
+            "at": _TIMESTAMP,
+            "actor": {"type": "string"},
+            "action": {"type": "string"},
+            "targetType": {"type": "string", "enum": ["device", "token"]},
+            "targetId": {"type": "string"},
+            "reason": _NULLABLE_TEXT,
+            "details": {"type": "object"},
+        },
+        "required": ["id", "at", "actor", "action", "targetType", "targetId", "reason", "details"],
     },
     "Problem": {
         "type": "object",
         "properties": {
-            "type": {"type": "string", "format": "uri"}, "title": {"type": "string"},
-            "status": {"type": "integer"}, "detail": {"type": "string"},
-            "errors": {"type": "array", "items": {
-                "type": "object", "required": ["field", "message"],
-                "properties": {"field": {"type": "string"}, "message": {"type": "string"}}}},
+            "type": {"type": "string", "format": "uri"},
+            "title": {"type": "string"},
+            "status": {"type": "integer"},
+            "detail": {"type": "string"},
+            "errors": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["field", "message"],
+                    "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+                },
+            },
         },
         "required": ["type", "title", "status", "detail"],
     },

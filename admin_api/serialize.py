@@ -26,7 +26,6 @@ __all__ = [
 ]
 
 
-
 class Row(Protocol):
     """A result row (asyncpg.Record or a mapping)."""
 
@@ -39,22 +38,44 @@ _MIN_MICROS: Final = -62_135_596_800 * 1_000_000  # 0001-01-01
 
 # Device field name -> column, in the order of the Device resource (and of the CSV export).
 _DEVICE_COLUMNS: Final = {
-    "deviceId": "device_id", "name": "name", "displayName": None, "description": "description",
-    "isEnabled": "is_enabled", "isBlocked": "is_blocked", "type": "type", "settings": "settings",
-    "application": "application", "applicationVersion": "application_version", "os": "os",
-    "osVersion": "os_version", "manufacturer": "manufacturer", "model": "model",
-    "firstSeenAt": "first_seen_at", "lastActiveAt": "last_active_at",
-    "lastDataUploadAt": "last_data_upload_at", "blockedAt": "blocked_at",
-    "blockReason": "block_reason", "lastActivityAt": "last_activity_at",
-    "createdAt": "created_at", "updatedAt": "updated_at",
+    "deviceId": "device_id",
+    "name": "name",
+    "displayName": None,
+    "description": "description",
+    "isEnabled": "is_enabled",
+    "isBlocked": "is_blocked",
+    "type": "type",
+    "settings": "settings",
+    "application": "application",
+    "applicationVersion": "application_version",
+    "os": "os",
+    "osVersion": "os_version",
+    "manufacturer": "manufacturer",
+    "model": "model",
+    "firstSeenAt": "first_seen_at",
+    "lastActiveAt": "last_active_at",
+    "lastDataUploadAt": "last_data_upload_at",
+    "blockedAt": "blocked_at",
+    "blockReason": "block_reason",
+    "lastActivityAt": "last_activity_at",
+    "createdAt": "created_at",
+    "updatedAt": "updated_at",
 }
 DEVICE_FIELDS: Final = tuple(_DEVICE_COLUMNS)
-ATTRIBUTE_FIELDS: Final = ("application", "applicationVersion", "os", "osVersion",
-                           "manufacturer", "model")
+ATTRIBUTE_FIELDS: Final = (
+    "application",
+    "applicationVersion",
+    "os",
+    "osVersion",
+    "manufacturer",
+    "model",
+)
 _ATTRIBUTE_ALIASES: Final[dict[str, str]] = {
     **{f: f for f in ATTRIBUTE_FIELDS},
     **{str(_DEVICE_COLUMNS[f]): f for f in ATTRIBUTE_FIELDS},
-    "app_name": "application", "app_version": "applicationVersion", "os_name": "os",
+    "app_name": "application",
+    "app_version": "applicationVersion",
+    "os_name": "os",
 }
 
 
@@ -111,24 +132,36 @@ def history_json(row: Row) -> dict[str, Any]:
     previous = _attributes(row["previous"])
     current = _attributes(row["current"]) or dict.fromkeys(ATTRIBUTE_FIELDS)
     changed = [_ATTRIBUTE_ALIASES.get(f, f) for f in row["changed_fields"]]
-    return {"recordedAt": rfc3339(row["recorded_at"]), "changedFields": changed,
-            "previous": previous, "current": current}
+    return {
+        "recordedAt": rfc3339(row["recorded_at"]),
+        "changedFields": changed,
+        "previous": previous,
+        "current": current,
+    }
 
 
 def token_json(row: Row) -> dict[str, Any]:
     return {
-        "tokenId": str(row["key_id"]), "name": row["name"], "prefix": row["prefix"],
-        "createdBy": row["created_by"], "createdAt": rfc3339(row["created_at"]),
-        "expiresAt": rfc3339(row["expires_at"]), "lastUsedAt": rfc3339(row["last_used_at"]),
+        "tokenId": str(row["key_id"]),
+        "name": row["name"],
+        "prefix": row["prefix"],
+        "createdBy": row["created_by"],
+        "createdAt": rfc3339(row["created_at"]),
+        "expiresAt": rfc3339(row["expires_at"]),
+        "lastUsedAt": rfc3339(row["last_used_at"]),
         "revokedAt": rfc3339(row["revoked_at"]),
     }
 
 
 def audit_json(row: Row) -> dict[str, Any]:
     return {
-        "id": row["id"], "at": rfc3339(row["at"]), "actor": row["actor"],
-        "action": row["action"], "targetType": row["target_type"],
-        "targetId": row["target_id"], "reason": row["reason"],
+        "id": row["id"],
+        "at": rfc3339(row["at"]),
+        "actor": row["actor"],
+        "action": row["action"],
+        "targetType": row["target_type"],
+        "targetId": row["target_id"],
+        "reason": row["reason"],
         "details": _json_value(row["details"]),
     }
 
@@ -141,8 +174,10 @@ def encode_cursor(*position: Any) -> str:
 
 def decode_cursor(value: str, *kinds: type | tuple[type, ...]) -> list[Any]:
     """The position in ``value``; 400 unless it has one item of each of ``kinds``."""
-    invalid = bad_request("Invalid query parameters",
-                          [FieldError(field="query.cursor", message="is not a valid cursor")])
+    invalid = bad_request(
+        "Invalid query parameters",
+        [FieldError(field="query.cursor", message="is not a valid cursor")],
+    )
     if len(value) > 1024:
         raise invalid
     try:

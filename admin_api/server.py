@@ -56,9 +56,17 @@ class AdminAccessLogger(AbstractAccessLogger):
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         self.logger.info(
-            '%s "%s %s HTTP/%d.%d" %d %d %.3f "%s"', request.remote, request.method,
-            safe_target(request), request.version.major, request.version.minor, response.status,
-            response.body_length, time, request.headers.get("User-Agent", "-")[:200])
+            '%s "%s %s HTTP/%d.%d" %d %d %.3f "%s"',
+            request.remote,
+            request.method,
+            safe_target(request),
+            request.version.major,
+            request.version.minor,
+            response.status,
+            response.body_length,
+            time,
+            request.headers.get("User-Agent", "-")[:200],
+        )
 
     @property
     def enabled(self) -> bool:
@@ -70,8 +78,12 @@ def _describe(status: int, exc: BaseException | None) -> tuple[int, str, str, st
     if isinstance(exc, LineTooLong):
         # The same exception for the request line (8,190 bytes) and a header line
         # (MAX_FIELD_BYTES); its message, which would tell them apart, quotes the input.
-        return (431, "Request header fields too large",
-                "The request line or a header field is too long", "header-too-large")
+        return (
+            431,
+            "Request header fields too large",
+            "The request line or a header field is too long",
+            "header-too-large",
+        )
     if isinstance(exc, HttpProcessingError) and 400 <= exc.code < 500:
         return exc.code, "Bad request", "The request is not valid HTTP/1.1", "bad-request"
     if 400 <= status < 500:
@@ -84,13 +96,16 @@ class _ProblemRequestHandler(web.RequestHandler):
 
     __slots__ = ()
 
-    def handle_error(self, request: web.BaseRequest, status: int = 500,
-                     exc: BaseException | None = None,
-                     message: str | None = None) -> web.StreamResponse:
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
         """Like aiohttp's, but neither the answer nor the log quotes the request."""
         if isinstance(exc, HttpProcessingError):
-            _log.info("refused a malformed request from %s: %s", request.remote,
-                      type(exc).__name__)
+            _log.info("refused a malformed request from %s: %s", request.remote, type(exc).__name__)
         else:
             _log.error("error handling a request from %s", request.remote, exc_info=exc)
         if request.writer.output_size > 0:  # as aiohttp: a response is half sent already

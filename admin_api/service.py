@@ -60,8 +60,9 @@ class AdminService:
             self._pool = await open_admin_pool(settings.database_url)
             self._redis = open_redis(settings.redis_url)
             app = create_app(settings, self._pool, self._redis)
-            self._runner = AdminRunner(app, shutdown_timeout=_SHUTDOWN_TIMEOUT,
-                                       access_log=_log.getChild("access"))
+            self._runner = AdminRunner(
+                app, shutdown_timeout=_SHUTDOWN_TIMEOUT, access_log=_log.getChild("access")
+            )
             await self._runner.setup()
             # Rebuild the edge view from the truth before serving; if Redis is down the service
             # still starts (not ready) and the background reconciler keeps trying.

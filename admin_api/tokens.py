@@ -34,26 +34,51 @@ async def create_token(request: web.Request) -> web.Response:
     settings, pool, edge = request.app[SETTINGS], request.app[PG_POOL], request.app[EDGE_SYNC]
     try:
         issued = await store.issue_key(
-            pool, request.app[REDIS], principal.tenant_id, kind="pat", prefix=TOKEN_PREFIX,
-            name=body["name"], expires_at=expires_at, created_by=principal.subject,
-            pepper=settings.key_pepper)
+            pool,
+            request.app[REDIS],
+            principal.tenant_id,
+            kind="pat",
+            prefix=TOKEN_PREFIX,
+            name=body["name"],
+            expires_at=expires_at,
+            created_by=principal.subject,
+            pepper=settings.key_pepper,
+        )
     except store.EdgeSyncError as exc:
         # As for a device key: the stored secret was never shown, so the caller retries.
         edge.failed(exc)
-        raise Problem(503, "The token could not be published to the edge; retry",
-                      type_="edge-sync", headers={"Retry-After": "1"}) from exc
-    created_at = await pool.fetchval("SELECT created_at FROM api_keys WHERE key_id = $1",
-                                     issued.key_id)
+        raise Problem(
+            503,
+            "The token could not be published to the edge; retry",
+            type_="edge-sync",
+            headers={"Retry-After": "1"},
+        ) from exc
+    created_at = await pool.fetchval(
+        "SELECT created_at FROM api_keys WHERE key_id = $1", issued.key_id
+    )
     token_id = str(issued.key_id)
-    await audit.record(request, principal, "token.create", "token", token_id,
-                       details={"name": body["name"], "prefix": issued.prefix})
-    return web.json_response({
-        "tokenId": token_id, "name": body["name"], "token": issued.secret,
-        "createdAt": rfc3339(created_at), "expiresAt": rfc3339(expires_at),
-    }, status=201, headers={
-        "Location": f"/api/{quote(principal.tenant_id, safe='')}/tokens/{token_id}",
-        "Cache-Control": "no-store",
-    })
+    await audit.record(
+        request,
+        principal,
+        "token.create",
+        "token",
+        token_id,
+        details={"name": body["name"], "prefix": issued.prefix},
+    )
+    return web.json_response(
+        {
+            "tokenId": token_id,
+            "name": body["name"],
+            "token": issued.secret,
+            "createdAt": rfc3339(created_at),
+            "expiresAt": rfc3339(expires_at),
+        },
+        status=201,
+        headers={
+            "Location": f"/api/{quote(principal.tenant_id, safe='')}/tokens/{token_id}",
+            "Cache-Control": "no-store",
+        },
+    )
 
 
 async def list_tokens(request: web.Request) -> web.Response:
@@ -63,7 +88,9 @@ async def list_tokens(request: web.Request) -> web.Response:
     rows = await request.app[PG_POOL].fetch(
         "SELECT key_id, name, prefix, created_by, created_at, expires_at, last_used_at,"
         " revoked_at FROM api_keys WHERE tenant_id = $1 AND kind = 'pat'"
-        " ORDER BY created_at DESC, key_id", principal.tenant_id)
+        " ORDER BY created_at DESC, key_id",
+        principal.tenant_id,
+    )
     return web.json_response([token_json(r) for r in rows])
 
 
@@ -75,12 +102,15 @@ async def revoke_token(request: web.Request) -> web.Response:
     except ValueError:
         raise not_found("No such token") from None
     pool = request.app[PG_POOL]
-    revoked, synced = await request.app[EDGE_SYNC].call(store.revoke_key(
-        pool, request.app[REDIS], principal.tenant_id, token_id, kind="pat"))
+    revoked, synced = await request.app[EDGE_SYNC].call(
+        store.revoke_key(pool, request.app[REDIS], principal.tenant_id, token_id, kind="pat")
+    )
     if not revoked and synced:
         exists = await pool.fetchval(
             "SELECT true FROM api_keys WHERE tenant_id = $1 AND key_id = $2 AND kind = 'pat'",
-            principal.tenant_id, token_id)
+            principal.tenant_id,
+            token_id,
+        )
         if not exists:
             raise not_found("No such token")
         return web.Response(status=204)

@@ -59,15 +59,17 @@ def _ecma_regex(pattern: str) -> re.Pattern[str]:
     return re.compile(pattern)
 
 
-def _pattern(check: Validator, pattern: str, instance: Any,
-             schema: Mapping[str, Any]) -> Iterator[ValidationError]:
+def _pattern(
+    check: Validator, pattern: str, instance: Any, schema: Mapping[str, Any]
+) -> Iterator[ValidationError]:
     if check.is_type(instance, "string") and not _ecma_regex(pattern).search(instance):
         yield ValidationError(f"{instance!r} does not match {pattern!r}")
 
 
 # Draft 2020-12 with the pattern keyword as JSON Schema defines it (ECMA-262 regular expressions).
 _Draft202012: type[Validator] = extend(  # type: ignore[no-untyped-call]  # untyped in the stubs
-    Draft202012Validator, {"pattern": _pattern})
+    Draft202012Validator, {"pattern": _pattern}
+)
 
 
 def validator(schema: Mapping[str, Any]) -> Validator:
@@ -107,11 +109,17 @@ def _errors_of(error: ValidationError, prefix: str) -> list[FieldError]:
     if error.validator == "additionalProperties" and isinstance(instance, dict):
         schema = error.schema if isinstance(error.schema, dict) else {}
         allowed = set(schema.get("properties", {}))
-        return [FieldError(field=_field([*path, k], prefix), message="is not an allowed field")
-                for k in sorted(instance) if k not in allowed]
+        return [
+            FieldError(field=_field([*path, k], prefix), message="is not an allowed field")
+            for k in sorted(instance)
+            if k not in allowed
+        ]
     if error.validator == "required" and isinstance(instance, dict):
-        return [FieldError(field=_field([*path, k], prefix), message="is required")
-                for k in _names(error.validator_value) if k not in instance]
+        return [
+            FieldError(field=_field([*path, k], prefix), message="is required")
+            for k in _names(error.validator_value)
+            if k not in instance
+        ]
     return [FieldError(field=_field(path, prefix), message=_message(error))]
 
 
@@ -149,8 +157,9 @@ def _deeper_than(value: Any, limit: int) -> bool:
     pending: list[tuple[Any, int]] = [(value, 1)]
     while pending:
         item, depth = pending.pop()
-        children = (item.values() if isinstance(item, dict)
-                    else item if isinstance(item, list) else None)
+        children = (
+            item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        )
         if children is None:
             continue
         if depth > limit:
@@ -178,11 +187,11 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _is_json(content_type: str) -> bool:
     return content_type == "application/json" or (
-        content_type.startswith("application/") and content_type.endswith("+json"))
+        content_type.startswith("application/") and content_type.endswith("+json")
+    )
 
 
-async def read_json(request: web.Request, check: Validator, *,
-                    optional: bool = False) -> Body:
+async def read_json(request: web.Request, check: Validator, *, optional: bool = False) -> Body:
     """The request's JSON object, validated; ``{}`` for an empty body when ``optional``."""
     raw = await request.read()  # capped by the app's client_max_size: 413 beyond it
     if optional and not raw.strip():
@@ -190,8 +199,9 @@ async def read_json(request: web.Request, check: Validator, *,
     if not _is_json(request.content_type):
         raise Problem(415, "The request body must be application/json", type_="media-type")
     try:
-        data = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant,
-                          object_pairs_hook=_no_duplicates)
+        data = json.loads(
+            raw.decode("utf-8"), parse_constant=_reject_constant, object_pairs_hook=_no_duplicates
+        )
     except RecursionError as exc:  # the C parser's own guard, far beyond our limit
         raise _too_deep() from exc
     except (UnicodeDecodeError, ValueError) as exc:
@@ -215,8 +225,9 @@ def parse_timestamp(value: str, field: str) -> datetime:
     try:
         return datetime.fromisoformat(value.upper()).astimezone(UTC)
     except (ValueError, OverflowError):
-        raise unprocessable([FieldError(field=field, message="is not a valid date and time")]
-                            ) from None
+        raise unprocessable(
+            [FieldError(field=field, message="is not a valid date and time")]
+        ) from None
 
 
 def is_device_id(value: str) -> bool:
@@ -226,10 +237,16 @@ def is_device_id(value: str) -> bool:
 def check_query(request: web.Request, allowed: Iterable[str]) -> None:
     """400 for unknown or repeated query parameters."""
     allowed_set = set(allowed)
-    errors = [FieldError(field=f"query.{k[:64]}", message="is not a known parameter")
-              for k in sorted(set(request.query)) if k not in allowed_set]
-    errors += [FieldError(field=f"query.{k}", message="is given more than once")
-               for k in sorted(allowed_set) if len(request.query.getall(k, [])) > 1]
+    errors = [
+        FieldError(field=f"query.{k[:64]}", message="is not a known parameter")
+        for k in sorted(set(request.query))
+        if k not in allowed_set
+    ]
+    errors += [
+        FieldError(field=f"query.{k}", message="is given more than once")
+        for k in sorted(allowed_set)
+        if len(request.query.getall(k, [])) > 1
+    ]
     if errors:
         raise bad_request("Invalid query parameters", errors)
 
@@ -239,8 +256,10 @@ def parse_limit(request: web.Request) -> int:
     if raw is None:
         return DEFAULT_LIMIT
     if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
-        raise bad_request("Invalid query parameters", [FieldError(
-            field="query.limit", message=f"must be an integer from 1 to {MAX_LIMIT}")])
+        raise bad_request(
+            "Invalid query parameters",
+            [FieldError(field="query.limit", message=f"must be an integer from 1 to {MAX_LIMIT}")],
+        )
     return int(raw)
 
 
@@ -248,8 +267,9 @@ def _param(request: web.Request, name: str, check: Validator, message: str) -> s
     """An optional query parameter checked against its published schema (400 otherwise)."""
     raw = request.query.get(name)
     if raw is not None and not check.is_valid(raw):
-        raise bad_request("Invalid query parameters",
-                          [FieldError(field=f"query.{name}", message=message)])
+        raise bad_request(
+            "Invalid query parameters", [FieldError(field=f"query.{name}", message=message)]
+        )
     return raw
 
 
@@ -262,8 +282,9 @@ def text_param(request: web.Request, name: str) -> str | None:
     message = f"must be at most {schemas.SEARCH_MAX} characters without NUL"
     raw = _param(request, name, _SEARCH_TEXT, message)
     if raw is not None and _unstorable(raw, []):  # a lone surrogate, which no pattern can name
-        raise bad_request("Invalid query parameters",
-                          [FieldError(field=f"query.{name}", message=message)])
+        raise bad_request(
+            "Invalid query parameters", [FieldError(field=f"query.{name}", message=message)]
+        )
     return raw
 
 

@@ -38,8 +38,18 @@ from gatekeeper.store.migrate import migrate
 
 TENANT = "bench"
 SECRET = "benchmark-secret-benchmark-secret-0123456789"
-WORDS = ("gate", "kitchen", "tablet", "scanner", "kiosk", "crew", "cabin", "deck", "lounge",
-         "hangar")
+WORDS = (
+    "gate",
+    "kitchen",
+    "tablet",
+    "scanner",
+    "kiosk",
+    "crew",
+    "cabin",
+    "deck",
+    "lounge",
+    "hangar",
+)
 
 # One statement: ids dev-0000000.., a name for 90% of them ("<word> <n>"), 5% never active,
 # 1% blocked; activity spread over 90 days.
@@ -100,13 +110,15 @@ async def _deep_cursor(pool: asyncpg.Pool, params: dict[str, str]) -> str | None
     where = where_clause(query, args)
     total = await pool.fetchval(f"SELECT count(*) FROM devices WHERE {where}", *args)
     row = await pool.fetchrow(
-        f"SELECT * FROM devices WHERE {where} ORDER BY {ORDER}"
-        f" OFFSET {max(total // 2, 0)} LIMIT 1", *args)
+        f"SELECT * FROM devices WHERE {where} ORDER BY {ORDER} OFFSET {max(total // 2, 0)} LIMIT 1",
+        *args,
+    )
     return None if row is None else page_cursor(row)
 
 
-async def _measure(session: aiohttp.ClientSession, url: str, params: dict[str, str],
-                   requests: int) -> tuple[float, float, int]:
+async def _measure(
+    session: aiohttp.ClientSession, url: str, params: dict[str, str], requests: int
+) -> tuple[float, float, int]:
     timings: list[float] = []
     count = 0
     for _ in range(requests):
@@ -125,7 +137,9 @@ async def _explain(pool: asyncpg.Pool, params: dict[str, str]) -> None:
     where = where_clause(DeviceQuery(TENANT, params.get("q"), params.get("blocked", "all")), args)
     plan = await pool.fetch(
         f"EXPLAIN (ANALYZE, BUFFERS) SELECT * FROM devices WHERE {where} ORDER BY {ORDER}"
-        " LIMIT 101", *args)
+        " LIMIT 101",
+        *args,
+    )
     print("\n".join("    " + r[0] for r in plan))
 
 
@@ -145,11 +159,14 @@ async def run(args: argparse.Namespace) -> int:
             token = mint_token(settings, TENANT, [DEVICE_READ], ttl_seconds=3600)
             url = f"http://127.0.0.1:{port}/api/{TENANT}/devices"
             worst = 0.0
-            print(f"\n{args.requests} sequential requests each, limit=100, "
-                  f"{args.devices:,} devices in the tenant")
+            print(
+                f"\n{args.requests} sequential requests each, limit=100, "
+                f"{args.devices:,} devices in the tenant"
+            )
             print(f"{'scenario':<24}{'page':<7}{'rows':>5}{'p50 ms':>9}{'p95 ms':>9}")
             async with aiohttp.ClientSession(
-                    headers={"Authorization": f"Bearer {token}"}) as session:
+                headers={"Authorization": f"Bearer {token}"}
+            ) as session:
                 for name, params in SCENARIOS.items():
                     deep = await _deep_cursor(pool, params)
                     pages = [("first", params)]
@@ -162,8 +179,10 @@ async def run(args: argparse.Namespace) -> int:
                         print(f"{name:<24}{page:<7}{rows:>5}{p50:>9.1f}{p95:>9.1f}")
                     if args.explain:
                         await _explain(pool, params)
-            print(f"\nworst p95: {worst:.1f} ms (target <= 50 ms): "
-                  f"{'OK' if worst <= 50 else 'MISSED'}")
+            print(
+                f"\nworst p95: {worst:.1f} ms (target <= 50 ms): "
+                f"{'OK' if worst <= 50 else 'MISSED'}"
+            )
             return 0 if worst <= 50 else 1
         finally:
             await runner.cleanup()

@@ -33,8 +33,10 @@ async def _load(port: int, total: int) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         for i in range(total // _CONNECTIONS):
             device = (conn * 7919 + i) % _DEVICES
-            writer.write(b"GET /api/acme/ping/%d HTTP/1.1\r\nHost: x\r\nX-Device-Id: dev-%d\r\n"
-                         b"X-App-Name: Bench\r\n\r\n" % (i, device))
+            writer.write(
+                b"GET /api/acme/ping/%d HTTP/1.1\r\nHost: x\r\nX-Device-Id: dev-%d\r\n"
+                b"X-App-Name: Bench\r\n\r\n" % (i, device)
+            )
             head = await reader.readuntil(b"\r\n\r\n")
             length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
             await reader.readexactly(length)
@@ -60,27 +62,56 @@ def _wait_ready(metrics_port: int, timeout: float = 60.0) -> None:
 def measure(requests: int) -> dict[str, float]:
     upstream_port, proxy, admin, metrics = (free_port() for _ in range(4))
     with tempfile.TemporaryDirectory() as data_dir:
-        upstream = subprocess.Popen([sys.executable, "-m", "benchmarks.builtin_upstream",
-                                     "--port", str(upstream_port)], stdout=subprocess.DEVNULL)
+        upstream = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.builtin_upstream", "--port", str(upstream_port)],
+            stdout=subprocess.DEVNULL,
+        )
         stack = subprocess.Popen(
-            [sys.executable, "-m", "gatekeeper", "up", "--upstream",
-             f"http://127.0.0.1:{upstream_port}", "--data-dir", data_dir,
-             "--proxy-port", str(proxy), "--admin-port", str(admin),
-             "--metrics-port", str(metrics)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                sys.executable,
+                "-m",
+                "gatekeeper",
+                "up",
+                "--upstream",
+                f"http://127.0.0.1:{upstream_port}",
+                "--data-dir",
+                data_dir,
+                "--proxy-port",
+                str(proxy),
+                "--admin-port",
+                str(admin),
+                "--metrics-port",
+                str(metrics),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             _wait_ready(metrics)
             asyncio.run(_load(proxy, max(requests // 5, _CONNECTIONS)))  # warm-up
             out = Path(data_dir) / "perf.csv"
-            perf = subprocess.Popen(["perf", "stat", "-x,", "-e", "cycles,instructions",
-                                     "-p", str(stack.pid), "-o", str(out)])
+            perf = subprocess.Popen(
+                [
+                    "perf",
+                    "stat",
+                    "-x,",
+                    "-e",
+                    "cycles,instructions",
+                    "-p",
+                    str(stack.pid),
+                    "-o",
+                    str(out),
+                ]
+            )
             time.sleep(0.3)
             asyncio.run(_load(proxy, requests))
             perf.send_signal(signal.SIGINT)
             perf.wait(10)
-            counts = {line.split(",")[2]: float(line.split(",")[0])
-                      for line in out.read_text().splitlines()
-                      if line and not line.startswith("#") and line.split(",")[0][:1].isdigit()}
+            counts = {
+                line.split(",")[2]: float(line.split(",")[0])
+                for line in out.read_text().splitlines()
+                if line and not line.startswith("#") and line.split(",")[0][:1].isdigit()
+            }
         finally:
             for proc in (stack, upstream):
                 proc.send_signal(signal.SIGINT)
@@ -97,11 +128,17 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=20_000)
     args = parser.parse_args()
     per_request = measure(min(args.requests, 1_000_000))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, check=False).stdout.strip() or "?"
-    print(f"commit {commit}: "
-          + ", ".join(f"{name} {value:,.0f}" for name, value in sorted(per_request.items()))
-          + " per request")
+    commit = (
+        subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+        or "?"
+    )
+    print(
+        f"commit {commit}: "
+        + ", ".join(f"{name} {value:,.0f}" for name, value in sorted(per_request.items()))
+        + " per request"
+    )
 
 
 if __name__ == "__main__":

@@ -41,8 +41,13 @@ def device_id(index: int) -> str:
 def request_bytes(path: str, device: str | None) -> bytes:
     """One GET request as written on the wire."""
     dev = b"" if device is None else b"X-Device-Id: " + device.encode() + b"\r\n" + DEVICE_HEADERS
-    return (b"GET " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n" + dev
-            + b"User-Agent: gatekeeper-bench\r\n\r\n")
+    return (
+        b"GET "
+        + path.encode()
+        + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        + dev
+        + b"User-Agent: gatekeeper-bench\r\n\r\n"
+    )
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -66,10 +71,13 @@ class LoadResult:
     def summary(self) -> dict[str, float | int]:
         lat = sorted(self.latencies_ms)
         return {
-            "requests": self.requests, "non2xx": self.non2xx, "errors": self.errors,
+            "requests": self.requests,
+            "non2xx": self.non2xx,
+            "errors": self.errors,
             "duration_s": round(self.duration_s, 3),
             "rps": self.requests / self.duration_s if self.duration_s > 0 else 0.0,
-            "p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99),
+            "p50_ms": percentile(lat, 50),
+            "p99_ms": percentile(lat, 99),
         }
 
 
@@ -117,8 +125,15 @@ async def open_connection(port: int) -> Connection:
     return proto
 
 
-async def _worker(port: int, requests: list[bytes], offset: int, start_at: float,
-                  stop_at: float, interval: float | None, result: LoadResult) -> None:
+async def _worker(
+    port: int,
+    requests: list[bytes],
+    offset: int,
+    start_at: float,
+    stop_at: float,
+    interval: float | None,
+    result: LoadResult,
+) -> None:
     """One connection's loop; reconnects after an error, gives up at ``stop_at``."""
     loop = asyncio.get_running_loop()
     conn: Connection | None = None
@@ -152,11 +167,15 @@ async def _worker(port: int, requests: list[bytes], offset: int, start_at: float
         conn.transport.close()
 
 
-async def run_load(port: int, path: str, connections: int, duration: float, devices: int,
-                   rate: float | None) -> LoadResult:
+async def run_load(
+    port: int, path: str, connections: int, duration: float, devices: int, rate: float | None
+) -> LoadResult:
     """Drive ``port`` for ``duration`` seconds; ``rate`` (requests/s in total) paces it."""
-    requests = [request_bytes(path, device_id(i)) for i in range(devices)] if devices else [
-        request_bytes(path, None)]
+    requests = (
+        [request_bytes(path, device_id(i)) for i in range(devices)]
+        if devices
+        else [request_bytes(path, None)]
+    )
     result = LoadResult()
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -164,9 +183,17 @@ async def run_load(port: int, path: str, connections: int, duration: float, devi
     interval = connections / rate if rate else None
     stride = max(1, len(requests) // connections)
     tasks = [
-        asyncio.create_task(_worker(
-            port, requests, c * stride, started + (interval or 0.0) * c / connections, stop_at,
-            interval, result))
+        asyncio.create_task(
+            _worker(
+                port,
+                requests,
+                c * stride,
+                started + (interval or 0.0) * c / connections,
+                stop_at,
+                interval,
+                result,
+            )
+        )
         for c in range(connections)
     ]
     # Workers stop at stop_at; the timeout only guards against a hung server.
@@ -189,8 +216,9 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=10_000)
     parser.add_argument("--rate", type=float, default=None, help="paced mode: total requests/s")
     args = parser.parse_args()
-    result = uvloop.run(run_load(args.port, args.path, args.connections, args.duration,
-                                 args.devices, args.rate))
+    result = uvloop.run(
+        run_load(args.port, args.path, args.connections, args.duration, args.devices, args.rate)
+    )
     print(json.dumps(result.summary()), flush=True)
 
 

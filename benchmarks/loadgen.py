@@ -79,20 +79,30 @@ class LoadGen:
 
     def describe(self) -> str:
         if self.tool == "wrk":
-            return (f"wrk (1 thread, {self.connections} connections, Lua script rotating "
-                    f"{self.devices} device ids)")
-        return (f"built-in client (benchmarks/loadclient.py, raw asyncio + uvloop + httptools, "
-                f"{self.connections} connections, {self.devices} device ids)")
+            return (
+                f"wrk (1 thread, {self.connections} connections, Lua script rotating "
+                f"{self.devices} device ids)"
+            )
+        return (
+            f"built-in client (benchmarks/loadclient.py, raw asyncio + uvloop + httptools, "
+            f"{self.connections} connections, {self.devices} device ids)"
+        )
 
     def closed(self, port: int, path: str, duration: float, prefix: list[str]) -> Summary:
         """Maximum rate: every connection sends again as soon as it has its answer."""
         if self.tool == "wrk":
             return self._wrk(port, path, duration, prefix)
-        return self._builtin(port, path, duration, prefix, rate=None,
-                             connections=self.connections)
+        return self._builtin(port, path, duration, prefix, rate=None, connections=self.connections)
 
-    def paced(self, port: int, path: str, duration: float, rate: float, prefix: list[str],
-              connections: int = 32) -> Summary:
+    def paced(
+        self,
+        port: int,
+        path: str,
+        duration: float,
+        rate: float,
+        prefix: list[str],
+        connections: int = 32,
+    ) -> Summary:
         """A fixed total rate (requests/s), always with the built-in client (see module doc)."""
         return self._builtin(port, path, duration, prefix, rate=rate, connections=connections)
 
@@ -101,9 +111,20 @@ class LoadGen:
         if not script.exists():
             script.write_text(_LUA)
         seconds = max(1, math.ceil(duration))  # wrk takes whole seconds
-        argv = [*prefix, "wrk", "-t1", f"-c{self.connections}", f"-d{seconds}s",
-                "--timeout", "5s", "-s", str(script), f"http://{HOST}:{port}{path}",
-                "--", str(self.devices)]
+        argv = [
+            *prefix,
+            "wrk",
+            "-t1",
+            f"-c{self.connections}",
+            f"-d{seconds}s",
+            "--timeout",
+            "5s",
+            "-s",
+            str(script),
+            f"http://{HOST}:{port}{path}",
+            "--",
+            str(self.devices),
+        ]
         out = _run(argv, timeout=seconds + 30)
         line = next((ln for ln in out.splitlines() if ln.startswith("BENCH_JSON ")), None)
         if line is None:
@@ -111,20 +132,40 @@ class LoadGen:
         raw = json.loads(line.removeprefix("BENCH_JSON "))
         secs = raw["duration_us"] / 1e6
         return {
-            "tool": "wrk", "requests": raw["requests"], "errors": raw["errors"],
-            "non2xx": raw["non2xx"], "duration_s": round(secs, 3),
+            "tool": "wrk",
+            "requests": raw["requests"],
+            "errors": raw["errors"],
+            "non2xx": raw["non2xx"],
+            "duration_s": round(secs, 3),
             "rps": raw["requests"] / secs if secs else 0.0,
-            "p50_ms": raw["p50_us"] / 1000.0, "p99_ms": raw["p99_us"] / 1000.0,
+            "p50_ms": raw["p50_us"] / 1000.0,
+            "p99_ms": raw["p99_us"] / 1000.0,
         }
 
-    def _builtin(self, port: int, path: str, duration: float, prefix: list[str],
-                 rate: float | None, connections: int) -> Summary:
-        args = ["--port", str(port), "--path", path, "--connections", str(connections),
-                "--duration", str(duration), "--devices", str(self.devices)]
+    def _builtin(
+        self,
+        port: int,
+        path: str,
+        duration: float,
+        prefix: list[str],
+        rate: float | None,
+        connections: int,
+    ) -> Summary:
+        args = [
+            "--port",
+            str(port),
+            "--path",
+            path,
+            "--connections",
+            str(connections),
+            "--duration",
+            str(duration),
+            "--devices",
+            str(self.devices),
+        ]
         if rate is not None:
             args += ["--rate", f"{rate:.1f}"]
-        out = _run([*prefix, *python_module("benchmarks.loadclient", *args)],
-                   timeout=duration + 30)
+        out = _run([*prefix, *python_module("benchmarks.loadclient", *args)], timeout=duration + 30)
         try:
             summary: Summary = json.loads(out.strip().splitlines()[-1])
         except (IndexError, json.JSONDecodeError) as exc:

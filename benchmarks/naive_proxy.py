@@ -18,10 +18,20 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 __all__ = ["create_app", "main"]
 
-_HOP_BY_HOP = frozenset({
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-    "transfer-encoding", "upgrade", "host", "content-length",
-})
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+    }
+)
 
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 UPSTREAM = web.AppKey("upstream", str)
@@ -31,8 +41,11 @@ def _forwardable(source: Mapping[str, str] | CIMultiDictProxy[str]) -> CIMultiDi
     """The end-to-end headers of ``source``: hop-by-hop ones and those named in Connection go."""
     named = {
         token.strip().lower()
-        for value in (source.getall("Connection", []) if isinstance(source, CIMultiDictProxy)
-                      else [source.get("Connection", "")])
+        for value in (
+            source.getall("Connection", [])
+            if isinstance(source, CIMultiDictProxy)
+            else [source.get("Connection", "")]
+        )
         for token in value.split(",")
     }
     return CIMultiDict(
@@ -44,12 +57,16 @@ async def _proxy(request: web.Request) -> web.Response:
     session = request.app[SESSION]
     body = await request.read()
     async with session.request(
-        request.method, request.app[UPSTREAM] + request.path_qs,
-        headers=_forwardable(request.headers), data=body or None, allow_redirects=False,
+        request.method,
+        request.app[UPSTREAM] + request.path_qs,
+        headers=_forwardable(request.headers),
+        data=body or None,
+        allow_redirects=False,
     ) as upstream:
         payload = await upstream.read()
-        return web.Response(status=upstream.status, headers=_forwardable(upstream.headers),
-                            body=payload)
+        return web.Response(
+            status=upstream.status, headers=_forwardable(upstream.headers), body=payload
+        )
 
 
 async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -74,8 +91,9 @@ def main() -> None:
     parser.add_argument("--upstream", required=True)
     args = parser.parse_args()
     uvloop.install()
-    web.run_app(create_app(args.upstream), host="127.0.0.1", port=args.port, access_log=None,
-                print=None)
+    web.run_app(
+        create_app(args.upstream), host="127.0.0.1", port=args.port, access_log=None, print=None
+    )
 
 
 if __name__ == "__main__":

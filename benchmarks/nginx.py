@@ -61,7 +61,8 @@ _PROXY = """\
 def nginx_binary() -> str | None:
     """The nginx executable, or None when it is not installed."""
     return shutil.which("nginx") or next(
-        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if Path(p).exists()), None)
+        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if Path(p).exists()), None
+    )
 
 
 def _start(name: str, body: str, work: Path, prefix_cmd: list[str], port: int) -> Child:
@@ -73,8 +74,18 @@ def _start(name: str, body: str, work: Path, prefix_cmd: list[str], port: int) -
     conf = prefix / "nginx.conf"
     conf.write_text(_COMMON.format(prefix=prefix, body=body))
     # -e: log startup errors to stderr instead of the compiled-in /var/log path.
-    argv = [*prefix_cmd, binary, "-p", str(prefix), "-c", str(conf), "-e", "stderr",
-            "-g", "daemon off;"]
+    argv = [
+        *prefix_cmd,
+        binary,
+        "-p",
+        str(prefix),
+        "-c",
+        str(conf),
+        "-e",
+        "stderr",
+        "-g",
+        "daemon off;",
+    ]
     child = Child(name, argv, work)
     try:
         wait_port(port, 10.0, child)

@@ -64,8 +64,10 @@ class CpuPlan:
     def describe(self) -> str:
         if not self.pinned:
             return "not pinned (fewer than 2 cores or no taskset)"
-        return (f"load generator + upstream on cpu {_cores(self.load)}, "
-                f"proxy under test on cpu {_cores(self.proxy)}")
+        return (
+            f"load generator + upstream on cpu {_cores(self.load)}, "
+            f"proxy under test on cpu {_cores(self.proxy)}"
+        )
 
 
 def _cores(cores: tuple[int, ...]) -> str:
@@ -120,8 +122,14 @@ def wait_http_ok(url: str, timeout: float, child: Child | None = None) -> None:
 class Child:
     """One server process; its output goes to a log file whose tail explains a failure."""
 
-    def __init__(self, name: str, argv: Sequence[str], log_dir: Path,
-                 env: Mapping[str, str] | None = None, cwd: Path | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        log_dir: Path,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
         self.name = name
         self.argv = list(argv)
         self.log_path = log_dir / f"{name}.log"
@@ -129,15 +137,24 @@ class Child:
         full_env.update(env or {})
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=full_env, cwd=cwd, start_new_session=True,
+                self.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=full_env,
+                cwd=cwd,
+                start_new_session=True,
             )
 
     def __enter__(self) -> Child:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop()
 
     def tail(self, lines: int = 15) -> str:
@@ -150,7 +167,8 @@ class Child:
     def check_alive(self) -> None:
         if self.proc.poll() is not None:
             raise HarnessError(
-                f"{self.name} exited with status {self.proc.returncode}:\n{self.tail()}")
+                f"{self.name} exited with status {self.proc.returncode}:\n{self.tail()}"
+            )
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM the whole process group (workers included), then SIGKILL what is left.
@@ -172,8 +190,7 @@ class Child:
     def _exited(self) -> bool:
         """Whether the leader exited, without reaping it."""
         try:
-            info = os.waitid(os.P_PID, self.proc.pid,
-                             os.WEXITED | os.WNOWAIT | os.WNOHANG)
+            info = os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOWAIT | os.WNOHANG)
         except ChildProcessError:
             return True
         return info is not None

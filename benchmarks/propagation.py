@@ -44,8 +44,9 @@ async def _first(conn: Connection, raw: bytes, want: int, started: float) -> flo
     raise TimeoutError
 
 
-async def _until_everywhere(conns: list[Connection], raw: bytes, want: int,
-                            started: float) -> float | None:
+async def _until_everywhere(
+    conns: list[Connection], raw: bytes, want: int, started: float
+) -> float | None:
     """Milliseconds until every connection saw ``want``; None on timeout."""
     try:
         times = await asyncio.gather(*(_first(c, raw, want, started) for c in conns))
@@ -85,8 +86,11 @@ async def _trials(stack: GatekeeperStack, ports: list[int], trials: int) -> dict
     if not block_ms or not unblock_ms:
         raise HarnessError(f"no block or unblock propagated within {_TIMEOUT}s")
     return {
-        "status": "ok", "trials": trials, "timeouts": timeouts,
-        "proxies": len(ports), "workers_per_proxy": WORKERS_PER_PROXY,
+        "status": "ok",
+        "trials": trials,
+        "timeouts": timeouts,
+        "proxies": len(ports),
+        "workers_per_proxy": WORKERS_PER_PROXY,
         "connections_per_proxy": CONNECTIONS_PER_PROXY,
         "block_p50": round(percentile(block_ms, 50), 3),
         "block_p99": round(percentile(block_ms, 99), 3),
@@ -95,15 +99,17 @@ async def _trials(stack: GatekeeperStack, ports: list[int], trials: int) -> dict
     }
 
 
-def measure(stack: GatekeeperStack, upstream_port: int, prefix: list[str], trials: int,
-            progress: Progress) -> dict[str, Any]:
+def measure(
+    stack: GatekeeperStack, upstream_port: int, prefix: list[str], trials: int, progress: Progress
+) -> dict[str, Any]:
     """Start two proxies, run ``trials`` block/unblock trials, stop the proxies."""
     progress.step("propagation", f"starting 2 proxies x {WORKERS_PER_PROXY} workers")
     with contextlib.ExitStack() as running:
         ports: list[int] = []
         for index in range(2):
-            child, port = stack.start_proxy(f"propagation-{index}", WORKERS_PER_PROXY,
-                                            upstream_port, prefix)
+            child, port = stack.start_proxy(
+                f"propagation-{index}", WORKERS_PER_PROXY, upstream_port, prefix
+            )
             running.enter_context(child)
             ports.append(port)
         progress.step("propagation", f"{trials} block + unblock trials")

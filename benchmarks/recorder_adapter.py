@@ -38,8 +38,12 @@ async def flush_rate(dsn: str, seconds: float) -> dict[str, Any]:
     pool = await open_pg_pool(dsn, min_size=1, max_size=4)
     try:
         recorder = module.ActivityRecorder(
-            pool, flush_interval=0.25, flush_max_devices=_BATCH, max_pending=4 * _BATCH,
-            retry_max_seconds=1.0)
+            pool,
+            flush_interval=0.25,
+            flush_max_devices=_BATCH,
+            max_pending=4 * _BATCH,
+            retry_max_seconds=1.0,
+        )
         flushed = 0
         batch = 0
         flush_s = 0.0
@@ -55,10 +59,15 @@ async def flush_rate(dsn: str, seconds: float) -> dict[str, Any]:
         elapsed = time.perf_counter() - started
     finally:
         await pool.close()
-    return {"devices_per_s": round(flushed / elapsed, 1), "devices_flushed": flushed,
-            "flushes": batch, "devices_per_flush": _BATCH, "flush_s": round(flush_s, 3),
-            "flush_devices_per_s": round(flushed / flush_s, 1) if flush_s else None,
-            "history": "first sighting of every device writes a history record"}
+    return {
+        "devices_per_s": round(flushed / elapsed, 1),
+        "devices_flushed": flushed,
+        "flushes": batch,
+        "devices_per_flush": _BATCH,
+        "flush_s": round(flush_s, 3),
+        "flush_devices_per_s": round(flushed / flush_s, 1) if flush_s else None,
+        "history": "first sighting of every device writes a history record",
+    }
 
 
 def _attributes(i: int) -> tuple[str | None, ...]:

@@ -23,8 +23,13 @@ __all__ = ["DOCS_BEGIN", "DOCS_END", "build_report", "markdown", "update_docs", 
 DOCS_BEGIN = "<!-- benchmark results: begin (written by python -m benchmarks proxy) -->"
 DOCS_END = "<!-- benchmark results: end -->"
 _ORDER = ("direct", "nginx", "naive", "gatekeeper-1", "gatekeeper-2")
-_COLORS = {"direct": (120, 170, 120), "nginx": (130, 130, 130), "naive": (230, 150, 60),
-           "gatekeeper-1": (60, 110, 200), "gatekeeper-2": (40, 80, 160)}
+_COLORS = {
+    "direct": (120, 170, 120),
+    "nginx": (130, 130, 130),
+    "naive": (230, 150, 60),
+    "gatekeeper-1": (60, 110, 200),
+    "gatekeeper-2": (40, 80, 160),
+}
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -35,20 +40,29 @@ def _pick(section: Mapping[str, Any], *keys: str) -> dict[str, Any]:
     return {key: section.get(key) for key in keys}
 
 
-def build_report(machine: dict[str, Any], options: Options,
-                 scenarios: Mapping[str, dict[str, Any]], extras: Mapping[str, dict[str, Any]],
-                 notes: list[str]) -> dict[str, Any]:
+def build_report(
+    machine: dict[str, Any],
+    options: Options,
+    scenarios: Mapping[str, dict[str, Any]],
+    extras: Mapping[str, dict[str, Any]],
+    notes: list[str],
+) -> dict[str, Any]:
     """Assemble the report from what the suite measured."""
     rows = [scenarios[name] for name in _ORDER if name in scenarios]
     rps = {row["name"]: row["rps"] for row in rows}
-    skipped = [{"name": row["name"], "reason": row["reason"]}
-               for row in rows if row["status"] != "ok"]
-    skipped += [{"name": name, "reason": extra.get("reason")}
-                for name, extra in extras.items() if extra.get("status") != "ok"]
+    skipped = [
+        {"name": row["name"], "reason": row["reason"]} for row in rows if row["status"] != "ok"
+    ]
+    skipped += [
+        {"name": name, "reason": extra.get("reason")}
+        for name, extra in extras.items()
+        if extra.get("status") != "ok"
+    ]
     writebehind = extras.get("writebehind", {})
     if writebehind.get("devices_per_s_skipped"):
-        skipped.append({"name": "writebehind.devices_per_s",
-                        "reason": writebehind["devices_per_s_skipped"]})
+        skipped.append(
+            {"name": "writebehind.devices_per_s", "reason": writebehind["devices_per_s_skipped"]}
+        )
     opts = asdict(options)
     opts["only"] = sorted(options.only)
     return {
@@ -58,8 +72,9 @@ def build_report(machine: dict[str, Any], options: Options,
             "gatekeeper_vs_nginx": _ratio(rps.get("gatekeeper-1"), rps.get("nginx")),
             "gatekeeper_vs_naive": _ratio(rps.get("gatekeeper-1"), rps.get("naive")),
         },
-        "propagation_ms": _pick(extras.get("propagation", {}), "block_p50", "block_p99",
-                                "unblock_p99"),
+        "propagation_ms": _pick(
+            extras.get("propagation", {}), "block_p50", "block_p99", "unblock_p99"
+        ),
         "writebehind": _pick(writebehind, "devices_per_s", "rows_per_1000_requests"),
         "half_load": _pick(extras.get("half-load", {}), "added_p50_ms", "added_p99_ms"),
         "details": dict(extras),
@@ -91,8 +106,10 @@ def markdown(report: Mapping[str, Any]) -> str:
     ]
     for row in report["scenarios"]:
         status = "ok" if row["status"] == "ok" else f"{row['status']}: {row.get('reason')}"
-        lines.append(f"| {row['name']} | {_fmt(row['rps'])} | {_fmt(row['p50_ms'])} | "
-                     f"{_fmt(row['p99_ms'])} | {status} |")
+        lines.append(
+            f"| {row['name']} | {_fmt(row['rps'])} | {_fmt(row['p50_ms'])} | "
+            f"{_fmt(row['p99_ms'])} | {status} |"
+        )
     ratios, prop = report["ratios"], report["propagation_ms"]
     wb, half = report["writebehind"], report["half_load"]
     lines += [

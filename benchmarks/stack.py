@@ -45,16 +45,21 @@ def _gatekeeper_command() -> list[str] | None:
 
 def unavailable() -> str | None:
     """None when the gatekeeper proxy can be benchmarked, else the reason it cannot."""
-    for module in ("gatekeeper.runtime.embedded", "gatekeeper.store.migrate",
-                   "gatekeeper.store.edge_writes", "gatekeeper.store.clients"):
+    for module in (
+        "gatekeeper.runtime.embedded",
+        "gatekeeper.store.migrate",
+        "gatekeeper.store.edge_writes",
+        "gatekeeper.store.clients",
+    ):
         if importlib.util.find_spec(module) is None:
             return f"gatekeeper proxy not available ({module} is missing)"
     command = _gatekeeper_command()
     if command is None:
         return "gatekeeper proxy not available (no `gatekeeper` command / gatekeeper.__main__)"
     try:
-        done = subprocess.run([*command, "proxy", "--help"], capture_output=True, text=True,
-                              timeout=30, check=False)
+        done = subprocess.run(
+            [*command, "proxy", "--help"], capture_output=True, text=True, timeout=30, check=False
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"gatekeeper proxy not available ({exc})"
     if done.returncode != 0:
@@ -93,16 +98,29 @@ class GatekeeperStack:
             "GATEKEEPER_LOG_LEVEL": "WARNING",
         }
 
-    def start_proxy(self, name: str, workers: int, upstream_port: int,
-                    prefix: list[str]) -> tuple[Child, int]:
+    def start_proxy(
+        self, name: str, workers: int, upstream_port: int, prefix: list[str]
+    ) -> tuple[Child, int]:
         """A ``gatekeeper proxy`` with ``workers`` workers; returns it and its proxy port."""
         command = _gatekeeper_command()
         if command is None:
             raise HarnessError("no gatekeeper command")
         port, metrics = free_port(), free_port()
-        argv = [*prefix, *command, "proxy", "--workers", str(workers),
-                "--upstream", f"http://{HOST}:{upstream_port}", "--proxy-port", str(port),
-                "--metrics-port", str(metrics), "--host", HOST]
+        argv = [
+            *prefix,
+            *command,
+            "proxy",
+            "--workers",
+            str(workers),
+            "--upstream",
+            f"http://{HOST}:{upstream_port}",
+            "--proxy-port",
+            str(port),
+            "--metrics-port",
+            str(metrics),
+            "--host",
+            HOST,
+        ]
         child = Child(name, argv, self.work, env=self.env())
         try:
             wait_http_ok(f"http://{HOST}:{metrics}/readyz", 60.0, child)
@@ -137,4 +155,3 @@ class GatekeeperStack:
                 await pool.close()
 
         asyncio.run(run())
-

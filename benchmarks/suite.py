@@ -33,8 +33,13 @@ __all__ = ["SCENARIOS", "Options", "Suite"]
 SCENARIOS = ("direct", "nginx", "naive", "gatekeeper-1", "gatekeeper-2")
 EXTRAS = ("half-load", "propagation", "writebehind")
 PATH = "/api/bench/items"
-_STARTUP_ALLOWANCE = {"direct": 0.0, "nginx": 1.0, "naive": 2.0, "gatekeeper-1": 4.0,
-                      "gatekeeper-2": 4.0}
+_STARTUP_ALLOWANCE = {
+    "direct": 0.0,
+    "nginx": 1.0,
+    "naive": 2.0,
+    "gatekeeper-1": 4.0,
+    "gatekeeper-2": 4.0,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,20 +61,37 @@ class Options:
 
 
 def _skipped(name: str, reason: str) -> dict[str, Any]:
-    return {"name": name, "status": "skipped", "reason": reason, "rps": None, "p50_ms": None,
-            "p99_ms": None}
+    return {
+        "name": name,
+        "status": "skipped",
+        "reason": reason,
+        "rps": None,
+        "p50_ms": None,
+        "p99_ms": None,
+    }
 
 
 def _failed(name: str, exc: BaseException) -> dict[str, Any]:
     reason = f"failed: {type(exc).__name__}: {exc}".strip()
-    return {"name": name, "status": "failed", "reason": reason, "rps": None, "p50_ms": None,
-            "p99_ms": None}
+    return {
+        "name": name,
+        "status": "failed",
+        "reason": reason,
+        "rps": None,
+        "p50_ms": None,
+        "p99_ms": None,
+    }
 
 
 def _commit() -> str:
     try:
-        done = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                              text=True, timeout=10, check=False)
+        done = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
     except OSError:
         return "unknown"
     return done.stdout.strip() or "unknown"
@@ -83,8 +105,9 @@ class Suite:
         self.work = work
         self.progress = progress
         self.cpus: CpuPlan = plan_cpus(options.pin)
-        self.loadgen: LoadGen = pick_loadgen(work, options.use_wrk, options.connections,
-                                             options.devices)
+        self.loadgen: LoadGen = pick_loadgen(
+            work, options.use_wrk, options.connections, options.devices
+        )
         self.nginx = nginx_binary() if options.use_nginx else None
         self.notes: list[str] = []
         self.upstream_port = 0
@@ -130,8 +153,10 @@ class Suite:
         upstream = "nginx (fixed small body)" if self.nginx else "built-in asyncio upstream"
         say(f"upstream: {upstream}")
         if self.nginx is None:
-            self.notes.append("nginx not used (not installed or --no-nginx): built-in upstream, "
-                              "nginx scenario skipped")
+            self.notes.append(
+                "nginx not used (not installed or --no-nginx): built-in upstream, "
+                "nginx scenario skipped"
+            )
         if gk_reason is not None:
             say(f"gatekeeper scenarios: skipped ({gk_reason})")
             self.notes.append(f"gatekeeper scenarios skipped: {gk_reason}")
@@ -141,8 +166,12 @@ class Suite:
             return "nginx not installed (apt-get install nginx) or --no-nginx given"
         return None
 
-    def _scenario(self, name: str, start: Callable[[], contextlib.AbstractContextManager[int]],
-                  skip: str | None = None) -> dict[str, Any] | None:
+    def _scenario(
+        self,
+        name: str,
+        start: Callable[[], contextlib.AbstractContextManager[int]],
+        skip: str | None = None,
+    ) -> dict[str, Any] | None:
         """Start the proxy of ``name``, measure it, stop it; returns the result if measured."""
         if name not in self.opts.only:
             return None
@@ -176,17 +205,21 @@ class Suite:
             runs.append(self.loadgen.closed(port, PATH, opts.duration, prefix))
             self.progress.consume(opts.duration)
             last = runs[-1]
-            self.progress.say(f"    {last['rps']:,.0f} req/s  p50 {last['p50_ms']:.3f} ms  "
-                              f"p99 {last['p99_ms']:.3f} ms  non-2xx {last['non2xx']}  "
-                              f"errors {last['errors']}")
+            self.progress.say(
+                f"    {last['rps']:,.0f} req/s  p50 {last['p50_ms']:.3f} ms  "
+                f"p99 {last['p99_ms']:.3f} ms  non-2xx {last['non2xx']}  "
+                f"errors {last['errors']}"
+            )
         if all(r["requests"] == 0 for r in runs):
             raise HarnessError(f"no request completed against {name}")
         return {
-            "name": name, "status": "ok",
+            "name": name,
+            "status": "ok",
             "rps": round(statistics.median(r["rps"] for r in runs), 1),
             "p50_ms": round(statistics.median(r["p50_ms"] for r in runs), 3),
             "p99_ms": round(statistics.median(r["p99_ms"] for r in runs), 3),
-            "non2xx": sum(r["non2xx"] for r in runs), "errors": sum(r["errors"] for r in runs),
+            "non2xx": sum(r["non2xx"] for r in runs),
+            "errors": sum(r["errors"] for r in runs),
             "runs": runs,
         }
 
@@ -205,17 +238,20 @@ class Suite:
         prefix = self.cpus.prefix(self.cpus.load)
         measured: dict[str, Summary] = {}
         for label, target in (("direct", self.upstream_port), ("gatekeeper-1", port)):
-            self.progress.step("half-load", f"{label} at {rate:,.0f} req/s "
-                               f"({self.opts.duration:g}s, paced)")
+            self.progress.step(
+                "half-load", f"{label} at {rate:,.0f} req/s ({self.opts.duration:g}s, paced)"
+            )
             measured[label] = self.loadgen.paced(target, PATH, self.opts.duration, rate, prefix)
             self.progress.consume(self.opts.duration)
         direct, gk = measured["direct"], measured["gatekeeper-1"]
         return {
-            "status": "ok", "rate_rps": round(rate, 1),
+            "status": "ok",
+            "rate_rps": round(rate, 1),
             "pacing": "built-in paced client (fixed rate, absolute schedule per connection)",
             "added_p50_ms": round(gk["p50_ms"] - direct["p50_ms"], 3),
             "added_p99_ms": round(gk["p99_ms"] - direct["p99_ms"], 3),
-            "direct": direct, "gatekeeper": gk,
+            "direct": direct,
+            "gatekeeper": gk,
         }
 
     # -- the servers ----------------------------------------------------------------------
@@ -227,8 +263,16 @@ class Suite:
         if self.nginx is not None:
             child = start_nginx_upstream(self.work, prefix, self.upstream_port)
         else:
-            child = Child("builtin-upstream", [*prefix, *python_module(
-                "benchmarks.builtin_upstream", "--port", str(self.upstream_port))], self.work)
+            child = Child(
+                "builtin-upstream",
+                [
+                    *prefix,
+                    *python_module(
+                        "benchmarks.builtin_upstream", "--port", str(self.upstream_port)
+                    ),
+                ],
+                self.work,
+            )
             wait_port(self.upstream_port, 15.0, child)
         with child:
             yield
@@ -236,16 +280,24 @@ class Suite:
     @contextlib.contextmanager
     def _nginx_proxy(self) -> Iterator[int]:
         port = free_port()
-        with start_nginx_proxy(self.work, self.cpus.prefix(self.cpus.proxy), port,
-                               self.upstream_port):
+        with start_nginx_proxy(
+            self.work, self.cpus.prefix(self.cpus.proxy), port, self.upstream_port
+        ):
             yield port
 
     @contextlib.contextmanager
     def _naive_proxy(self) -> Iterator[int]:
         port = free_port()
-        argv = [*self.cpus.prefix(self.cpus.proxy), *python_module(
-            "benchmarks.naive_proxy", "--port", str(port),
-            "--upstream", f"http://127.0.0.1:{self.upstream_port}")]
+        argv = [
+            *self.cpus.prefix(self.cpus.proxy),
+            *python_module(
+                "benchmarks.naive_proxy",
+                "--port",
+                str(port),
+                "--upstream",
+                f"http://127.0.0.1:{self.upstream_port}",
+            ),
+        ]
         with Child("naive-proxy", argv, self.work) as child:
             wait_port(port, 20.0, child)
             yield port
@@ -268,11 +320,22 @@ class Suite:
             for workers in (1, 2):
                 name = f"gatekeeper-{workers}"
                 self._scenario(name, functools.partial(self._gk_proxy, stack, name, workers))
-            self._extra("propagation", lambda: propagation.measure(
-                stack, self.upstream_port, self.cpus.prefix(self.cpus.proxy), self.opts.trials,
-                self.progress))
-            self._extra("writebehind", lambda: writebehind.measure(
-                stack, self.upstream_port, self.opts.writebehind_seconds, self.progress))
+            self._extra(
+                "propagation",
+                lambda: propagation.measure(
+                    stack,
+                    self.upstream_port,
+                    self.cpus.prefix(self.cpus.proxy),
+                    self.opts.trials,
+                    self.progress,
+                ),
+            )
+            self._extra(
+                "writebehind",
+                lambda: writebehind.measure(
+                    stack, self.upstream_port, self.opts.writebehind_seconds, self.progress
+                ),
+            )
         except Exception as exc:
             self.progress.say(f"gatekeeper: FAILED {exc}")
             for name in names:
@@ -285,8 +348,9 @@ class Suite:
 
     @contextlib.contextmanager
     def _gk_proxy(self, stack: GatekeeperStack, name: str, workers: int) -> Iterator[int]:
-        child, port = stack.start_proxy(name, workers, self.upstream_port,
-                                        self.cpus.prefix(self.cpus.proxy))
+        child, port = stack.start_proxy(
+            name, workers, self.upstream_port, self.cpus.prefix(self.cpus.proxy)
+        )
         with child:
             yield port
 
@@ -307,9 +371,12 @@ class Suite:
 
         machine = {
             "cpus": len(os.sched_getaffinity(0)),
-            "python": platform.python_version(), "commit": _commit(),
-            "platform": platform.platform(), "implementation": sys.implementation.name,
-            "cpu_pinning": self.cpus.describe(), "load_generator": self.loadgen.describe(),
+            "python": platform.python_version(),
+            "commit": _commit(),
+            "platform": platform.platform(),
+            "implementation": sys.implementation.name,
+            "cpu_pinning": self.cpus.describe(),
+            "load_generator": self.loadgen.describe(),
             "upstream": "nginx" if self.nginx else "builtin",
         }
         return build_report(machine, self.opts, self.scenarios, self.extras, self.notes)

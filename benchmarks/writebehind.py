@@ -74,11 +74,11 @@ def rows_per_1000(stack: GatekeeperStack, upstream_port: int) -> float:
     return float(after - before)
 
 
-def measure(stack: GatekeeperStack, upstream_port: int, seconds: float,
-            progress: Progress) -> dict[str, Any]:
+def measure(
+    stack: GatekeeperStack, upstream_port: int, seconds: float, progress: Progress
+) -> dict[str, Any]:
     """Both write-behind figures; a part that cannot run is reported with its reason."""
-    result: dict[str, Any] = {"status": "ok", "devices_per_s": None,
-                              "rows_per_1000_requests": None}
+    result: dict[str, Any] = {"status": "ok", "devices_per_s": None, "rows_per_1000_requests": None}
     progress.step("writebehind", f"recorder flush rate ({seconds:g}s, distinct devices)")
     reason = recorder_adapter.unavailable()
     if reason is None:

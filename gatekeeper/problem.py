@@ -14,8 +14,9 @@ PROBLEM_CONTENT_TYPE = "application/problem+json"
 _TYPE_BASE = "https://gatekeeper.dev/problems/"
 
 
-def problem_body(status: int, title: str, detail: str | None = None, *,
-                 type_: str | None = None, **extra: Any) -> bytes:
+def problem_body(
+    status: int, title: str, detail: str | None = None, *, type_: str | None = None, **extra: Any
+) -> bytes:
     """The encoded problem document; ``type_`` is a slug under the project's problem base."""
     doc: dict[str, Any] = {
         "type": _TYPE_BASE + (type_ or title.lower().replace(" ", "-")),

@@ -120,10 +120,18 @@ class Settings:
             if not 0 <= port <= 65535:
                 raise SettingsError(f"{port_name} must be 0..65535, got {port}")
         positive = (
-            "workers", "upstream_connect_timeout", "upstream_read_timeout", "upstream_pool_size",
-            "max_body_bytes", "flush_interval_seconds", "flush_max_devices",
-            "activity_buffer_max_devices", "blocklist_resync_seconds", "key_cache_size",
-            "flush_retry_max_seconds", "client_body_timeout",
+            "workers",
+            "upstream_connect_timeout",
+            "upstream_read_timeout",
+            "upstream_pool_size",
+            "max_body_bytes",
+            "flush_interval_seconds",
+            "flush_max_devices",
+            "activity_buffer_max_devices",
+            "blocklist_resync_seconds",
+            "key_cache_size",
+            "flush_retry_max_seconds",
+            "client_body_timeout",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -133,8 +141,7 @@ class Settings:
         if self.tenant_source not in get_args(TenantSource):
             raise SettingsError(f"tenant_source must be one of {get_args(TenantSource)}")
         if self.underscore_headers not in get_args(UnderscoreHeaders):
-            raise SettingsError(
-                f"underscore_headers must be one of {get_args(UnderscoreHeaders)}")
+            raise SettingsError(f"underscore_headers must be one of {get_args(UnderscoreHeaders)}")
         if self.upstream is not None:
             parts = urlsplit(self.upstream)
             if parts.scheme not in ("http",) or not parts.hostname:
@@ -160,8 +167,10 @@ class Settings:
 
     def to_mapping(self) -> dict[str, Any]:
         """Plain values (secrets included): for handing settings to worker processes only."""
-        return {name: (str(v) if isinstance(v := getattr(self, name), Path) else v)
-                for name in self.field_names()}
+        return {
+            name: (str(v) if isinstance(v := getattr(self, name), Path) else v)
+            for name in self.field_names()
+        }
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -177,8 +186,9 @@ class Settings:
         """Merge flags over environment over TOML file over defaults."""
         env = os.environ if environ is None else environ
         flags = {k: v for k, v in (flags or {}).items() if v is not None}
-        path = config_file or (Path(env[f"{ENV_PREFIX}CONFIG"]) if f"{ENV_PREFIX}CONFIG" in env
-                               else None)
+        path = config_file or (
+            Path(env[f"{ENV_PREFIX}CONFIG"]) if f"{ENV_PREFIX}CONFIG" in env else None
+        )
         merged: dict[str, Any] = {}
         if path is not None:
             merged.update(_read_toml(path))
@@ -196,8 +206,9 @@ class Settings:
         if unknown:
             raise SettingsError(f"unknown settings: {', '.join(unknown)}")
         defaults = cls()
-        coerced = {name: _coerce(name, raw, getattr(defaults, name)) for name, raw in
-                   values.items()}
+        coerced = {
+            name: _coerce(name, raw, getattr(defaults, name)) for name, raw in values.items()
+        }
         return cls(**coerced)
 
 

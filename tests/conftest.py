@@ -121,8 +121,12 @@ async def echo_upstream() -> AsyncIterator[str]:
 
 def edge_settings(stores: Stores, upstream: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
-        "database_url": stores.pg_url, "redis_url": stores.redis_url, "upstream": upstream,
-        "proxy_port": 0, "metrics_port": 0, "flush_interval_seconds": 0.05,
+        "database_url": stores.pg_url,
+        "redis_url": stores.redis_url,
+        "upstream": upstream,
+        "proxy_port": 0,
+        "metrics_port": 0,
+        "flush_interval_seconds": 0.05,
         "shutdown_drain_seconds": 5.0,
         # Every flush writes every device, so tests see each request's effect at once; the
         # deferral of pure "active again" touches has tests of its own (test_recorder.py).
@@ -137,8 +141,9 @@ async def edge_factory(stores: Stores, echo_upstream: str) -> AsyncIterator[Edge
     """Starts proxies (ready before returned) against the shared stores; stops them after."""
     started: list[EdgeServer] = []
 
-    async def start(*, stores_: Stores | None = None, wait: bool = True,
-                    **overrides: Any) -> EdgeServer:
+    async def start(
+        *, stores_: Stores | None = None, wait: bool = True, **overrides: Any
+    ) -> EdgeServer:
         overrides.setdefault("upstream", echo_upstream)
         server = EdgeServer(edge_settings(stores_ or stores, **overrides))
         await server.start()
@@ -163,9 +168,13 @@ async def _get_text(url: str) -> str:
 async def proxy_metrics_text(edge_factory: EdgeFactory, tenant: str) -> str:
     """What a running proxy's /metrics exposes, after one forwarded request."""
     edge = await edge_factory()
-    async with aiohttp.ClientSession() as session, session.get(
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(
             f"http://127.0.0.1:{edge.proxy_port}/api/{tenant}/x",
-            headers={"X-Device-Id": "metrics-probe"}) as response:
+            headers={"X-Device-Id": "metrics-probe"},
+        ) as response,
+    ):
         assert response.status == 200
     return await _get_text(f"http://127.0.0.1:{edge.metrics_port}/metrics")
 
@@ -175,9 +184,15 @@ async def admin_metrics_text(stores: Stores, tmp_path: Path) -> AsyncIterator[st
     """What a running admin API's /metrics exposes."""
     from admin_api.service import AdminService
 
-    service = AdminService(Settings(database_url=stores.pg_url, redis_url=stores.redis_url,
-                                    admin_port=0, jwt_secret="metrics-test-secret",
-                                    data_dir=tmp_path))
+    service = AdminService(
+        Settings(
+            database_url=stores.pg_url,
+            redis_url=stores.redis_url,
+            admin_port=0,
+            jwt_secret="metrics-test-secret",
+            data_dir=tmp_path,
+        )
+    )
     await service.start()
     try:
         yield await _get_text(f"http://127.0.0.1:{service.port}/metrics")
@@ -189,8 +204,9 @@ async def admin_metrics_text(stores: Stores, tmp_path: Path) -> AsyncIterator[st
 
 
 @pytest.fixture
-async def api(stores: Stores, pg_pool: asyncpg.Pool, redis_client: aioredis.Redis,
-              tenant: str) -> AsyncIterator[Api]:
+async def api(
+    stores: Stores, pg_pool: asyncpg.Pool, redis_client: aioredis.Redis, tenant: str
+) -> AsyncIterator[Api]:
     """The admin app on a real socket, with a client holding a token of ``tenant``."""
     settings = admin_settings(stores.pg_url, stores.redis_url)
     async with running_api(settings, pg_pool, redis_client, tenant) as client:

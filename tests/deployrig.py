@@ -75,5 +75,3 @@ def load_yaml_docs(path: Path) -> list[dict[str, Any]]:
 def load_yaml(path: Path) -> Any:
     with path.open(encoding="utf-8") as fh:
         return yaml.safe_load(fh)
-
-

@@ -80,8 +80,9 @@ class CountingUpstream:
             await self._runner.cleanup()
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0,
-                     interval: float = 0.01) -> bool:
+async def eventually(
+    check: Callable[[], Awaitable[bool]], timeout: float = 5.0, interval: float = 0.01
+) -> bool:
     """Poll ``check`` until it holds or ``timeout`` passes; True if it held."""
     deadline = time.monotonic() + timeout
     while True:
@@ -92,16 +93,18 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0,
         await asyncio.sleep(interval)
 
 
-async def metric_value(session: aiohttp.ClientSession, port: int, sample: str,
-                       labels: dict[str, str] | None = None) -> float | None:
+async def metric_value(
+    session: aiohttp.ClientSession, port: int, sample: str, labels: dict[str, str] | None = None
+) -> float | None:
     """One sample of the /metrics exposition on ``port``, or None if it is absent."""
     async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
         assert response.status == 200
         text = await response.text()
     for family in text_string_to_metric_families(text):
         for s in family.samples:
-            if s.name == sample and (labels is None or all(
-                    s.labels.get(k) == v for k, v in labels.items())):
+            if s.name == sample and (
+                labels is None or all(s.labels.get(k) == v for k, v in labels.items())
+            ):
                 return float(s.value)
     return None
 
@@ -146,20 +149,50 @@ class ProxyProcess:
     Settings not given as flags come from ``GATEKEEPER_*`` variables in ``env``. The child's
     output goes to a log file in ``log_dir`` (shown when a test fails to start it)."""
 
-    def __init__(self, *, database_url: str, redis_url: str, upstream: str, log_dir: Path,
-                 workers: int = 1, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        database_url: str,
+        redis_url: str,
+        upstream: str,
+        log_dir: Path,
+        workers: int = 1,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.proxy_port = free_port()
         self.metrics_port = free_port()
         self._args = [
-            sys.executable, "-m", "gatekeeper", "proxy", "--workers", str(workers),
-            "--proxy-port", str(self.proxy_port), "--metrics-port", str(self.metrics_port),
-            "--upstream", upstream, "--database-url", database_url, "--redis-url", redis_url,
-            "--log-level", "WARNING",
+            sys.executable,
+            "-m",
+            "gatekeeper",
+            "proxy",
+            "--workers",
+            str(workers),
+            "--proxy-port",
+            str(self.proxy_port),
+            "--metrics-port",
+            str(self.metrics_port),
+            "--upstream",
+            upstream,
+            "--database-url",
+            database_url,
+            "--redis-url",
+            redis_url,
+            "--log-level",
+            "WARNING",
         ]
-        self._env = {k: v for k, v in os.environ.items() if not k.startswith("GATEKEEPER_")
-                     and k != "PROMETHEUS_MULTIPROC_DIR"}
-        self._env.update({"GATEKEEPER_SHUTDOWN_DRAIN_SECONDS": "5",
-                          "GATEKEEPER_FLUSH_INTERVAL_SECONDS": "0.05", **(env or {})})
+        self._env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("GATEKEEPER_") and k != "PROMETHEUS_MULTIPROC_DIR"
+        }
+        self._env.update(
+            {
+                "GATEKEEPER_SHUTDOWN_DRAIN_SECONDS": "5",
+                "GATEKEEPER_FLUSH_INTERVAL_SECONDS": "0.05",
+                **(env or {}),
+            }
+        )
         self.log = log_dir / f"proxy-{self.proxy_port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -169,8 +202,9 @@ class ProxyProcess:
 
     def start(self) -> None:
         with self.log.open("wb") as log:
-            self.proc = subprocess.Popen(self._args, env=self._env, stdout=log,
-                                         stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                self._args, env=self._env, stdout=log, stderr=subprocess.STDOUT
+            )
 
     async def wait_ready(self, session: aiohttp.ClientSession, timeout: float = 30.0) -> None:
         async def ready() -> bool:
@@ -178,8 +212,7 @@ class ProxyProcess:
             if self.proc.poll() is not None:
                 raise AssertionError(f"proxy exited with {self.proc.returncode}:\n{self.tail()}")
             with contextlib.suppress(aiohttp.ClientError):
-                async with session.get(
-                        f"http://127.0.0.1:{self.metrics_port}/readyz") as response:
+                async with session.get(f"http://127.0.0.1:{self.metrics_port}/readyz") as response:
                     return response.status == 200
             return False
 

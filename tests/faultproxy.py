@@ -24,16 +24,28 @@ __all__ = ["FaultProxy"]
 class _Link:
     """One client connection and its server connection, with a pump task per direction."""
 
-    def __init__(self, proxy: FaultProxy, client_r: asyncio.StreamReader,
-                 client_w: asyncio.StreamWriter, server_r: asyncio.StreamReader,
-                 server_w: asyncio.StreamWriter) -> None:
+    def __init__(
+        self,
+        proxy: FaultProxy,
+        client_r: asyncio.StreamReader,
+        client_w: asyncio.StreamWriter,
+        server_r: asyncio.StreamReader,
+        server_w: asyncio.StreamWriter,
+    ) -> None:
         self.proxy = proxy
         self.writers = (client_w, server_w)
-        self.tasks = (asyncio.create_task(self._pump(client_r, server_w)),
-                      asyncio.create_task(self._pump(server_r, client_w, from_server=True)))
+        self.tasks = (
+            asyncio.create_task(self._pump(client_r, server_w)),
+            asyncio.create_task(self._pump(server_r, client_w, from_server=True)),
+        )
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    *, from_server: bool = False) -> None:
+    async def _pump(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        from_server: bool = False,
+    ) -> None:
         try:
             while data := await reader.read(65536):
                 if self.proxy.dropping:
@@ -89,8 +101,7 @@ class FaultProxy:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
         self.port = self._server.sockets[0].getsockname()[1]
 
-    async def _accept(self, client_r: asyncio.StreamReader,
-                      client_w: asyncio.StreamWriter) -> None:
+    async def _accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         self.accepted += 1
         try:
             server_r, server_w = await asyncio.open_connection(*self._target)

@@ -50,8 +50,11 @@ def lenient_view(seen: Seen, default_tenant: str = "default") -> LenientView:
     path = posixpath.normpath("/" + "/".join(s for s in segments if s)).lower()
     parts = [p for p in path.split("/") if p]
     tenant = parts[1] if len(parts) >= 2 and parts[0] == "api" else default_tenant
-    ids = frozenset(value.decode("latin-1").strip() for name, value in seen.headers
-                    if name.lower().replace(b"_", b"-") == b"x-device-id")
+    ids = frozenset(
+        value.decode("latin-1").strip()
+        for name, value in seen.headers
+        if name.lower().replace(b"_", b"-") == b"x-device-id"
+    )
     return LenientView(tenant, ids)
 
 
@@ -84,8 +87,9 @@ class _Conn(asyncio.Protocol):
                 if not self._answer_upgrade():
                     self.parser = httptools.HttpRequestParser(self)  # refused: HTTP goes on
             except httptools.HttpParserError:
-                self._write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n"
-                            b"Connection: close\r\n\r\n")
+                self._write(
+                    b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                )
                 assert self.transport is not None
                 self.transport.close()
                 return
@@ -101,8 +105,9 @@ class _Conn(asyncio.Protocol):
         self.headers.append((name, value))
 
     def on_message_complete(self) -> None:
-        seen = Seen(self.parser.get_method().decode(), self.url.decode("latin-1"),
-                    tuple(self.headers))
+        seen = Seen(
+            self.parser.get_method().decode(), self.url.decode("latin-1"), tuple(self.headers)
+        )
         self.owner.seen.append(seen)
         if not self.parser.should_upgrade():
             self._write(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nupstream ok")
@@ -110,8 +115,10 @@ class _Conn(asyncio.Protocol):
     def _answer_upgrade(self) -> bool:
         names = {n.lower(): v.lower() for n, v in self.headers}
         if names.get(b"upgrade") == b"websocket" and b"refuse" not in self.url:
-            self._write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                        b"Connection: Upgrade\r\n\r\n")
+            self._write(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\n\r\n"
+            )
             self.opaque = True
             return True
         self._write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 7\r\n\r\nrefused")

@@ -17,13 +17,30 @@ from gatekeeper.edge.server import EdgeServer
 from gatekeeper.runtime.embedded import EmbeddedPostgres
 from gatekeeper.store.clients import open_pg_pool
 
-HEADERS = {"X-App-Name": "CrewCheck", "X-App-Version": "3.2.1", "X-OS-Name": "Android",
-           "X-OS-Version": "14", "X-Device-Manufacturer": "Samsung", "X-Device-Model": "SM-T636B"}
-FIELDS = {"application": "X-App-Name", "applicationVersion": "X-App-Version",
-          "os": "X-OS-Name", "osVersion": "X-OS-Version", "manufacturer": "X-Device-Manufacturer",
-          "model": "X-Device-Model"}
-DOC = {"application": "CrewCheck", "applicationVersion": "3.2.1", "os": "Android",
-       "osVersion": "14", "manufacturer": "Samsung", "model": "SM-T636B"}
+HEADERS = {
+    "X-App-Name": "CrewCheck",
+    "X-App-Version": "3.2.1",
+    "X-OS-Name": "Android",
+    "X-OS-Version": "14",
+    "X-Device-Manufacturer": "Samsung",
+    "X-Device-Model": "SM-T636B",
+}
+FIELDS = {
+    "application": "X-App-Name",
+    "applicationVersion": "X-App-Version",
+    "os": "X-OS-Name",
+    "osVersion": "X-OS-Version",
+    "manufacturer": "X-Device-Manufacturer",
+    "model": "X-Device-Model",
+}
+DOC = {
+    "application": "CrewCheck",
+    "applicationVersion": "3.2.1",
+    "os": "Android",
+    "osVersion": "14",
+    "manufacturer": "Samsung",
+    "model": "SM-T636B",
+}
 NEVER = 3600.0  # a flush interval long enough that the test decides when to flush
 
 
@@ -33,17 +50,27 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-async def send(http: aiohttp.ClientSession, edge: EdgeServer, tenant: str, device_id: str,
-               method: str = "GET", **headers: str) -> None:
-    async with http.request(method, f"http://127.0.0.1:{edge.proxy_port}/api/{tenant}/items",
-                            headers={"X-Device-Id": device_id, **headers}) as response:
+async def send(
+    http: aiohttp.ClientSession,
+    edge: EdgeServer,
+    tenant: str,
+    device_id: str,
+    method: str = "GET",
+    **headers: str,
+) -> None:
+    async with http.request(
+        method,
+        f"http://127.0.0.1:{edge.proxy_port}/api/{tenant}/items",
+        headers={"X-Device-Id": device_id, **headers},
+    ) as response:
         assert response.status == 200
         await response.read()
 
 
 async def device(pool: asyncpg.Pool, tenant: str, device_id: str) -> asyncpg.Record:
-    row = await pool.fetchrow("SELECT * FROM devices WHERE tenant_id = $1 AND device_id = $2",
-                              tenant, device_id)
+    row = await pool.fetchrow(
+        "SELECT * FROM devices WHERE tenant_id = $1 AND device_id = $2", tenant, device_id
+    )
     assert row is not None, f"{tenant}/{device_id} not registered"
     return row
 
@@ -51,7 +78,10 @@ async def device(pool: asyncpg.Pool, tenant: str, device_id: str) -> asyncpg.Rec
 async def history(pool: asyncpg.Pool, tenant: str, device_id: str) -> list[asyncpg.Record]:
     return await pool.fetch(
         "SELECT * FROM device_history WHERE tenant_id = $1 AND device_id = $2"
-        " ORDER BY recorded_at, id", tenant, device_id)
+        " ORDER BY recorded_at, id",
+        tenant,
+        device_id,
+    )
 
 
 async def metric(http: aiohttp.ClientSession, edge: EdgeServer, name: str) -> float:
@@ -62,16 +92,22 @@ async def metric(http: aiohttp.ClientSession, edge: EdgeServer, name: str) -> fl
 
 
 async def test_a_device_registers_itself_with_every_header(
-        edge_factory: EdgeFactory, pg_pool: asyncpg.Pool, http: aiohttp.ClientSession,
-        tenant: str) -> None:
+    edge_factory: EdgeFactory, pg_pool: asyncpg.Pool, http: aiohttp.ClientSession, tenant: str
+) -> None:
     edge = await edge_factory(flush_interval_seconds=NEVER)
     before = time.time()
     await send(http, edge, tenant, "tablet-7", **HEADERS)
     after = time.time()
     await edge.recorder.flush_once()
     row = await device(pg_pool, tenant, "tablet-7")
-    assert (row["application"], row["application_version"], row["os"], row["os_version"],
-            row["manufacturer"], row["model"]) == tuple(DOC.values())
+    assert (
+        row["application"],
+        row["application_version"],
+        row["os"],
+        row["os_version"],
+        row["manufacturer"],
+        row["model"],
+    ) == tuple(DOC.values())
     assert before <= row["first_seen_at"].timestamp() <= after
     assert row["last_active_at"] == row["first_seen_at"]
     assert row["last_data_upload_at"] is None
@@ -79,10 +115,10 @@ async def test_a_device_registers_itself_with_every_header(
 
 
 async def test_a_thousand_requests_between_flushes_write_the_device_row_once(
-        private_stores: Stores, edge_factory: EdgeFactory, http: aiohttp.ClientSession,
-        tenant: str) -> None:
+    private_stores: Stores, edge_factory: EdgeFactory, http: aiohttp.ClientSession, tenant: str
+) -> None:
     edge = await edge_factory(stores_=private_stores, flush_interval_seconds=NEVER)
-    rows_sql = ("SELECT n_tup_ins + n_tup_upd FROM pg_stat_user_tables WHERE relname = $1")
+    rows_sql = "SELECT n_tup_ins + n_tup_upd FROM pg_stat_user_tables WHERE relname = $1"
     pool = await open_pg_pool(private_stores.pg_url, min_size=1, max_size=1)
     try:
         written_before = await pool.fetchval(rows_sql, "devices")
@@ -107,8 +143,12 @@ async def test_a_thousand_requests_between_flushes_write_the_device_row_once(
 
 @pytest.mark.parametrize("field", list(FIELDS))
 async def test_each_kind_of_change_writes_one_history_record_at_request_time(
-        edge_factory: EdgeFactory, pg_pool: asyncpg.Pool, http: aiohttp.ClientSession,
-        tenant: str, field: str) -> None:
+    edge_factory: EdgeFactory,
+    pg_pool: asyncpg.Pool,
+    http: aiohttp.ClientSession,
+    tenant: str,
+    field: str,
+) -> None:
     edge = await edge_factory(flush_interval_seconds=NEVER)
     await send(http, edge, tenant, "dev", **HEADERS)
     await edge.recorder.flush_once()
@@ -128,8 +168,8 @@ async def test_each_kind_of_change_writes_one_history_record_at_request_time(
 
 
 async def test_first_sighting_is_a_record_without_previous_and_no_change_adds_none(
-        edge_factory: EdgeFactory, pg_pool: asyncpg.Pool, http: aiohttp.ClientSession,
-        tenant: str) -> None:
+    edge_factory: EdgeFactory, pg_pool: asyncpg.Pool, http: aiohttp.ClientSession, tenant: str
+) -> None:
     edge = await edge_factory(flush_interval_seconds=NEVER)
     await send(http, edge, tenant, "dev", **HEADERS)
     await edge.recorder.flush_once()
@@ -144,15 +184,17 @@ async def test_first_sighting_is_a_record_without_previous_and_no_change_adds_no
 
 
 async def test_two_tenants_with_the_same_device_id_stay_apart(
-        edge_factory: EdgeFactory, pg_pool: asyncpg.Pool, http: aiohttp.ClientSession,
-        tenant: str) -> None:
+    edge_factory: EdgeFactory, pg_pool: asyncpg.Pool, http: aiohttp.ClientSession, tenant: str
+) -> None:
     other = tenant + "b"
     edge = await edge_factory(flush_interval_seconds=NEVER)
     await send(http, edge, tenant, "shared-id", **HEADERS)
     await send(http, edge, other, "shared-id", "POST", **{**HEADERS, "X-Device-Model": "Other"})
     await edge.recorder.flush_once()
-    mine, theirs = await device(pg_pool, tenant, "shared-id"), await device(pg_pool, other,
-                                                                          "shared-id")
+    mine, theirs = (
+        await device(pg_pool, tenant, "shared-id"),
+        await device(pg_pool, other, "shared-id"),
+    )
     assert (mine["model"], theirs["model"]) == ("SM-T636B", "Other")
     assert mine["last_data_upload_at"] is None
     assert theirs["last_data_upload_at"] is not None
@@ -161,8 +203,8 @@ async def test_two_tenants_with_the_same_device_id_stay_apart(
 
 
 async def test_last_data_upload_is_set_by_post_only(
-        edge_factory: EdgeFactory, pg_pool: asyncpg.Pool, http: aiohttp.ClientSession,
-        tenant: str) -> None:
+    edge_factory: EdgeFactory, pg_pool: asyncpg.Pool, http: aiohttp.ClientSession, tenant: str
+) -> None:
     edge = await edge_factory(flush_interval_seconds=NEVER)
     await send(http, edge, tenant, "dev", "GET", **HEADERS)
     await edge.recorder.flush_once()
@@ -181,10 +223,11 @@ async def test_last_data_upload_is_set_by_post_only(
 
 
 async def test_postgres_down_keeps_forwarding_and_loses_no_device(
-        private_stores: Stores, edge_factory: EdgeFactory, http: aiohttp.ClientSession,
-        tenant: str) -> None:
-    edge = await edge_factory(stores_=private_stores, flush_interval_seconds=0.05,
-                              flush_retry_max_seconds=0.5)
+    private_stores: Stores, edge_factory: EdgeFactory, http: aiohttp.ClientSession, tenant: str
+) -> None:
+    edge = await edge_factory(
+        stores_=private_stores, flush_interval_seconds=0.05, flush_retry_max_seconds=0.5
+    )
     await send(http, edge, tenant, "warm-up", **HEADERS)
     for _ in range(100):  # the pool has connected and the warm-up is written
         if edge.recorder.flushed_rows == 1:
@@ -216,8 +259,11 @@ async def test_postgres_down_keeps_forwarding_and_loses_no_device(
     assert edge.recorder.pending == 0
     pool = await open_pg_pool(private_stores.pg_url, min_size=1, max_size=1)
     try:
-        rows = await pool.fetch("SELECT device_id, last_active_at FROM devices"
-                                " WHERE tenant_id = $1 AND device_id LIKE 'offline-%'", tenant)
+        rows = await pool.fetch(
+            "SELECT device_id, last_active_at FROM devices"
+            " WHERE tenant_id = $1 AND device_id LIKE 'offline-%'",
+            tenant,
+        )
     finally:
         await pool.close()
     assert len(rows) == 300
@@ -227,8 +273,8 @@ async def test_postgres_down_keeps_forwarding_and_loses_no_device(
 
 
 async def test_graceful_stop_flushes_pending_activity(
-        edge_factory: EdgeFactory, pg_pool: asyncpg.Pool, http: aiohttp.ClientSession,
-        tenant: str) -> None:
+    edge_factory: EdgeFactory, pg_pool: asyncpg.Pool, http: aiohttp.ClientSession, tenant: str
+) -> None:
     edge = await edge_factory(flush_interval_seconds=NEVER)
     for i in range(50):
         await send(http, edge, tenant, f"d{i:02d}", **HEADERS)

@@ -40,17 +40,26 @@ ROUTES: list[tuple[str, str, str]] = [
     ("GET", "/audit", DEVICE_READ),
 ]
 BODIES: dict[tuple[str, str], Any] = {
-    ("POST", "/devices"): {"type": "CrewCheck", "deviceId": "new",
-                           "settings": {"logoUrl": "https://x.example/l.png"}},
+    ("POST", "/devices"): {
+        "type": "CrewCheck",
+        "deviceId": "new",
+        "settings": {"logoUrl": "https://x.example/l.png"},
+    },
     ("PUT", "/devices/dev"): {"name": "renamed"},
     ("POST", "/tokens"): {"name": "ci"},
 }
 
 
-async def _send(api: Api, method: str, suffix: str, scopes: list[str] | None,
-                tenant: str | None = None) -> Any:
-    return await api.call(method, api.path(suffix, tenant), json=BODIES.get((method, suffix)),
-                          scopes=scopes, tenant=tenant)
+async def _send(
+    api: Api, method: str, suffix: str, scopes: list[str] | None, tenant: str | None = None
+) -> Any:
+    return await api.call(
+        method,
+        api.path(suffix, tenant),
+        json=BODIES.get((method, suffix)),
+        scopes=scopes,
+        tenant=tenant,
+    )
 
 
 @pytest.mark.parametrize(("method", "suffix", "scope"), ROUTES)
@@ -66,24 +75,35 @@ async def test_scope_matrix(api: Api, method: str, suffix: str, scope: str) -> N
 
 
 @pytest.mark.parametrize(("method", "suffix", "scope"), ROUTES)
-async def test_other_tenants_token_is_refused(api: Api, method: str, suffix: str,
-                                              scope: str) -> None:
+async def test_other_tenants_token_is_refused(
+    api: Api, method: str, suffix: str, scope: str
+) -> None:
     await api.create_device("dev")
     # A token of another tenant, with every scope, on this tenant's path.
     response = await api.client.request(
-        method, api.path(suffix), json=BODIES.get((method, suffix)),
-        headers={"Authorization": f"Bearer {api.token(tenant='someone-else')}"})
+        method,
+        api.path(suffix),
+        json=BODIES.get((method, suffix)),
+        headers={"Authorization": f"Bearer {api.token(tenant='someone-else')}"},
+    )
     await problem(response, 403)
     check = await api.call("GET", api.path("/devices/dev"))
     assert (await check.json())["name"] is None and not (await check.json())["isBlocked"]
 
 
 @pytest.mark.parametrize(("method", "suffix", "scope"), ROUTES)
-async def test_missing_or_invalid_token_is_401(api: Api, method: str, suffix: str,
-                                               scope: str) -> None:
+async def test_missing_or_invalid_token_is_401(
+    api: Api, method: str, suffix: str, scope: str
+) -> None:
     now = int(time.time())
-    claims = {"iss": "gatekeeper", "aud": "gatekeeper-admin", "sub": "x", "tid": api.tenant,
-              "scope": scope, "exp": now + 60}
+    claims = {
+        "iss": "gatekeeper",
+        "aud": "gatekeeper-admin",
+        "sub": "x",
+        "tid": api.tenant,
+        "scope": scope,
+        "exp": now + 60,
+    }
     bad_tokens = [
         None,
         "Basic dXNlcjpwYXNz",
@@ -93,32 +113,44 @@ async def test_missing_or_invalid_token_is_401(api: Api, method: str, suffix: st
         "Bearer " + jwt.encode({**claims, "iss": "evil"}, SECRET, algorithm="HS256"),
         "Bearer " + jwt.encode({**claims, "aud": "other"}, SECRET, algorithm="HS256"),
         "Bearer " + jwt.encode(claims, "wrong-secret-wrong-secret-wrong-secret", algorithm="HS256"),
-        "Bearer " + jwt.encode({k: v for k, v in claims.items() if k != "exp"}, SECRET,
-                               algorithm="HS256"),
+        "Bearer "
+        + jwt.encode({k: v for k, v in claims.items() if k != "exp"}, SECRET, algorithm="HS256"),
         "Bearer " + jwt.encode(claims, None, algorithm="none"),  # type: ignore[arg-type]
     ]
     for header in bad_tokens:
         headers = {"Authorization": header} if header is not None else {}
-        response = await api.client.request(method, api.path(suffix), headers=headers,
-                                            json=BODIES.get((method, suffix)))
+        response = await api.client.request(
+            method, api.path(suffix), headers=headers, json=BODIES.get((method, suffix))
+        )
         await problem(response, 401)
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
 
 
 async def test_scp_list_claim_is_accepted(api: Api) -> None:
-    token = jwt.encode({"iss": "gatekeeper", "aud": "gatekeeper-admin", "sub": "idp-user",
-                        "tid": api.tenant, "scp": [DEVICE_READ], "exp": int(time.time()) + 60},
-                       SECRET, algorithm="HS256")
-    response = await api.client.get(api.path("/devices"),
-                                    headers={"Authorization": f"Bearer {token}"})
+    token = jwt.encode(
+        {
+            "iss": "gatekeeper",
+            "aud": "gatekeeper-admin",
+            "sub": "idp-user",
+            "tid": api.tenant,
+            "scp": [DEVICE_READ],
+            "exp": int(time.time()) + 60,
+        },
+        SECRET,
+        algorithm="HS256",
+    )
+    response = await api.client.get(
+        api.path("/devices"), headers={"Authorization": f"Bearer {token}"}
+    )
     assert response.status == 200
 
 
 async def test_mint_token_claims() -> None:
     settings = admin_settings("postgresql://x", "redis://x", tenant_claim="org")
     token = mint_token(settings, "acme", [DEVICE_READ, TOKEN_WRITE], subject="ops", ttl_seconds=60)
-    claims = jwt.decode(token, SECRET, algorithms=["HS256"], audience="gatekeeper-admin",
-                        issuer="gatekeeper")
+    claims = jwt.decode(
+        token, SECRET, algorithms=["HS256"], audience="gatekeeper-admin", issuer="gatekeeper"
+    )
     assert claims["org"] == "acme" and claims["scope"] == "Device.Read Token.Write"
     assert claims["sub"] == "ops" and 55 <= claims["exp"] - time.time() <= 60
 
@@ -157,20 +189,31 @@ def _rsa_jwk(kid: str) -> tuple[rsa.RSAPrivateKey, dict[str, Any]]:
 
 
 async def test_jwks_keys_and_refresh_on_unknown_kid(
-    stores: Stores, pg_pool: asyncpg.Pool, redis_client: aioredis.Redis, tenant: str,
+    stores: Stores,
+    pg_pool: asyncpg.Pool,
+    redis_client: aioredis.Redis,
+    tenant: str,
     jwks_server: tuple[str, list[dict[str, Any]], dict[str, int]],
 ) -> None:
     url, keys, hits = jwks_server
     first_key, first_jwk = _rsa_jwk("k1")
     keys.append(first_jwk)
     settings = admin_settings(stores.pg_url, stores.redis_url, jwt_secret=None, jwks_url=url)
-    claims = {"iss": "gatekeeper", "aud": "gatekeeper-admin", "sub": "idp", "tid": tenant,
-              "scope": DEVICE_READ, "exp": int(time.time()) + 60}
+    claims = {
+        "iss": "gatekeeper",
+        "aud": "gatekeeper-admin",
+        "sub": "idp",
+        "tid": tenant,
+        "scope": DEVICE_READ,
+        "exp": int(time.time()) + 60,
+    }
     verifier = TokenVerifier(settings, jwks_cooldown=0)
     async with running_api(settings, pg_pool, redis_client, tenant, verifier=verifier) as api:
+
         async def status(token: str) -> int:
-            response = await api.client.get(api.path("/devices"),
-                                            headers={"Authorization": f"Bearer {token}"})
+            response = await api.client.get(
+                api.path("/devices"), headers={"Authorization": f"Bearer {token}"}
+            )
             return response.status
 
         signed = jwt.encode(claims, first_key, algorithm="RS256", headers={"kid": "k1"})
@@ -179,11 +222,15 @@ async def test_jwks_keys_and_refresh_on_unknown_kid(
         assert hits["count"] == 1  # cached
         second_key, second_jwk = _rsa_jwk("k2")
         keys.append(second_jwk)  # rotation: the IdP publishes a new key
-        assert await status(jwt.encode(claims, second_key, algorithm="RS256",
-                                       headers={"kid": "k2"})) == 200
+        assert (
+            await status(jwt.encode(claims, second_key, algorithm="RS256", headers={"kid": "k2"}))
+            == 200
+        )
         assert hits["count"] == 2  # refreshed once for the unknown kid
         stranger, _ = _rsa_jwk("k1")
-        assert await status(jwt.encode(claims, stranger, algorithm="RS256",
-                                       headers={"kid": "k1"})) == 401
+        assert (
+            await status(jwt.encode(claims, stranger, algorithm="RS256", headers={"kid": "k1"}))
+            == 401
+        )
         # No HMAC tokens when only a JWKS is configured (no algorithm confusion).
         assert await status(jwt.encode(claims, SECRET, algorithm="HS256")) == 401

@@ -19,8 +19,9 @@ from gatekeeper.domain.credentials import digest_secret
 
 
 @pytest.fixture
-async def api(stores: Stores, pg_pool: asyncpg.Pool, redis_client: aioredis.Redis,
-              tenant: str) -> AsyncIterator[Api]:
+async def api(
+    stores: Stores, pg_pool: asyncpg.Pool, redis_client: aioredis.Redis, tenant: str
+) -> AsyncIterator[Api]:
     settings = admin_settings(stores.pg_url, stores.redis_url, key_pepper="pepper-for-tests")
     async with running_api(settings, pg_pool, redis_client, tenant) as client:
         yield client
@@ -28,8 +29,9 @@ async def api(stores: Stores, pg_pool: asyncpg.Pool, redis_client: aioredis.Redi
 
 async def _connect(api: Api, device_id: str, key: str | None) -> int:
     headers = {"X-Api-Key": key} if key is not None else {}
-    response = await api.call("POST", api.device_path(device_id, "/connect"), auth=False,
-                              headers=headers)
+    response = await api.call(
+        "POST", api.device_path(device_id, "/connect"), auth=False, headers=headers
+    )
     if response.status == 200:
         assert await response.json() == {"settings": {"logoUrl": LOGO}}
     else:
@@ -38,8 +40,9 @@ async def _connect(api: Api, device_id: str, key: str | None) -> int:
 
 
 async def _reset(api: Api, device_id: str, **body: float) -> str:
-    response = await api.call("POST", api.device_path(device_id, "/connections/reset"),
-                              json=body or None)
+    response = await api.call(
+        "POST", api.device_path(device_id, "/connections/reset"), json=body or None
+    )
     assert response.status == 200, await response.text()
     result = await response.json()
     assert result["deviceId"] == device_id and result["tenantId"] == api.tenant
@@ -61,7 +64,8 @@ async def test_connect_reset_old_key_rejected_new_accepted(
     digest = digest_secret(second, "pepper-for-tests").hex()
     assert await redis_client.hexists(edgeview.KEYS_HASH, digest)
     assert not await redis_client.hexists(
-        edgeview.KEYS_HASH, digest_secret(first, "pepper-for-tests").hex())
+        edgeview.KEYS_HASH, digest_secret(first, "pepper-for-tests").hex()
+    )
 
 
 async def test_reset_with_grace_keeps_old_key_until_then(api: Api) -> None:
@@ -83,18 +87,32 @@ async def test_connect_errors(api: Api) -> None:
     assert await _connect(api, "ce", key + "x") == 401
     assert await _connect(api, "ce", "x" * 5000) == 401
     assert await _connect(api, "other-device", key) == 401  # a key is bound to its device
-    other_tenant = await api.call("POST", api.path("/devices/ce/connect", tenant="elsewhere"),
-                                  auth=False, headers={"X-Api-Key": key})
+    other_tenant = await api.call(
+        "POST",
+        api.path("/devices/ce/connect", tenant="elsewhere"),
+        auth=False,
+        headers={"X-Api-Key": key},
+    )
     await problem(other_tenant, 401)
     await api.call("POST", api.device_path("ce", "/block"))
-    assert (await problem(await api.call("POST", api.device_path("ce", "/connect"), auth=False,
-                                         headers={"X-Api-Key": key}), 403))["title"] \
-        == "Device blocked"
+    assert (
+        await problem(
+            await api.call(
+                "POST", api.device_path("ce", "/connect"), auth=False, headers={"X-Api-Key": key}
+            ),
+            403,
+        )
+    )["title"] == "Device blocked"
     await api.call("POST", api.device_path("ce", "/unblock"))
     await api.call("PUT", api.device_path("ce"), json={"isEnabled": False})
-    assert (await problem(await api.call("POST", api.device_path("ce", "/connect"), auth=False,
-                                         headers={"X-Api-Key": key}), 403))["title"] \
-        == "Device disabled"
+    assert (
+        await problem(
+            await api.call(
+                "POST", api.device_path("ce", "/connect"), auth=False, headers={"X-Api-Key": key}
+            ),
+            403,
+        )
+    )["title"] == "Device disabled"
     await api.call("PUT", api.device_path("ce"), json={"isEnabled": True})
     assert await _connect(api, "ce", key) == 200
 
@@ -102,19 +120,23 @@ async def test_connect_errors(api: Api) -> None:
 async def test_reset_errors(api: Api) -> None:
     await api.create_device("re")
     path = api.device_path("re", "/connections/reset")
-    assert fields_of(await problem(await api.call("POST", path, json={"graceSeconds": -1}),
-                                   422)) == {"graceSeconds"}
-    assert fields_of(await problem(await api.call("POST", path, json={"graceSeconds": 10**9}),
-                                   422)) == {"graceSeconds"}
-    assert fields_of(await problem(await api.call("POST", path, json={"grace": 1}),
-                                   422)) == {"grace"}
+    assert fields_of(
+        await problem(await api.call("POST", path, json={"graceSeconds": -1}), 422)
+    ) == {"graceSeconds"}
+    assert fields_of(
+        await problem(await api.call("POST", path, json={"graceSeconds": 10**9}), 422)
+    ) == {"graceSeconds"}
+    assert fields_of(await problem(await api.call("POST", path, json={"grace": 1}), 422)) == {
+        "grace"
+    }
     await problem(await api.call("POST", api.device_path("ghost", "/connections/reset")), 404)
 
 
 async def test_tokens_create_list_revoke(api: Api, redis_client: aioredis.Redis) -> None:
     expires = (datetime.now(UTC) + timedelta(days=30)).isoformat()
-    response = await api.call("POST", api.path("/tokens"),
-                              json={"name": "ci", "expiresAt": expires})
+    response = await api.call(
+        "POST", api.path("/tokens"), json={"name": "ci", "expiresAt": expires}
+    )
     assert response.status == 201
     created = await response.json()
     assert created["token"].startswith("gkp_") and created["name"] == "ci"
@@ -126,8 +148,9 @@ async def test_tokens_create_list_revoke(api: Api, redis_client: aioredis.Redis)
     assert plain["expiresAt"] is None
     listed = await (await api.call("GET", api.path("/tokens"))).json()
     assert [t["name"] for t in listed] == ["forever", "ci"]
-    assert all("token" not in t and t["lastUsedAt"] is None and t["revokedAt"] is None
-               for t in listed)
+    assert all(
+        "token" not in t and t["lastUsedAt"] is None and t["revokedAt"] is None for t in listed
+    )
     assert listed[1]["prefix"] == created["token"][:8] and listed[1]["createdBy"] == "tester"
     text = await (await api.call("GET", api.path("/tokens"))).text()
     assert created["token"] not in text
@@ -140,21 +163,35 @@ async def test_tokens_create_list_revoke(api: Api, redis_client: aioredis.Redis)
     await problem(await api.call("DELETE", api.path(f"/tokens/{uuid.uuid4()}")), 404)
     await problem(await api.call("DELETE", api.path("/tokens/not-a-uuid")), 404)
     # Another tenant cannot revoke it, and does not see it.
-    await problem(await api.call("DELETE", api.path(f"/tokens/{plain['tokenId']}",
-                                                    tenant="elsewhere"), tenant="elsewhere"), 404)
-    assert await (await api.call("GET", api.path("/tokens", tenant="elsewhere"),
-                                 tenant="elsewhere")).json() == []
+    await problem(
+        await api.call(
+            "DELETE",
+            api.path(f"/tokens/{plain['tokenId']}", tenant="elsewhere"),
+            tenant="elsewhere",
+        ),
+        404,
+    )
+    assert (
+        await (
+            await api.call("GET", api.path("/tokens", tenant="elsewhere"), tenant="elsewhere")
+        ).json()
+        == []
+    )
     audit = await (await api.call("GET", api.path("/audit"))).json()
     assert [e["action"] for e in audit] == ["token.revoke", "token.create", "token.create"]
 
 
 async def test_token_validation(api: Api) -> None:
     past = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
-    cases = [({}, {"name"}), ({"name": ""}, {"name"}), ({"name": "x" * 201}, {"name"}),
-             ({"name": "a", "expiresAt": past}, {"expiresAt"}),
-             ({"name": "a", "expiresAt": "tomorrow"}, {"expiresAt"}),
-             ({"name": "a", "expiresAt": "2999-01-01T00:00:00"}, {"expiresAt"}),
-             ({"name": "a", "scopes": ["all"]}, {"scopes"})]
+    cases = [
+        ({}, {"name"}),
+        ({"name": ""}, {"name"}),
+        ({"name": "x" * 201}, {"name"}),
+        ({"name": "a", "expiresAt": past}, {"expiresAt"}),
+        ({"name": "a", "expiresAt": "tomorrow"}, {"expiresAt"}),
+        ({"name": "a", "expiresAt": "2999-01-01T00:00:00"}, {"expiresAt"}),
+        ({"name": "a", "scopes": ["all"]}, {"scopes"}),
+    ]
     for body, bad in cases:
         response = await api.call("POST", api.path("/tokens"), json=body)
         assert fields_of(await problem(response, 422)) == bad, body

@@ -28,15 +28,32 @@ def _parameter(path: str, name: str) -> dict[str, Any]:
     return schema
 
 
-_GOOD_URLS = ["https://cdn.example.com/logo.png", "http://10.0.0.1:8080/a?b=c#d",
-              "HTTPS://[::1]/x.png", "https://a", "https://a.b/~x/%20y.png"]
-_BAD_URLS = ["http://", "http://[", "http://:80/x", "https://user:pw@host/x", "https://a b/x",
-             "ftp://x/y.png", "javascript:alert(1)", "https://a/\u00e9.png", "https://a:123456/",
-             "http://a\tb", "https://a/" + "x" * 2048, " https://a"]
+_GOOD_URLS = [
+    "https://cdn.example.com/logo.png",
+    "http://10.0.0.1:8080/a?b=c#d",
+    "HTTPS://[::1]/x.png",
+    "https://a",
+    "https://a.b/~x/%20y.png",
+]
+_BAD_URLS = [
+    "http://",
+    "http://[",
+    "http://:80/x",
+    "https://user:pw@host/x",
+    "https://a b/x",
+    "ftp://x/y.png",
+    "javascript:alert(1)",
+    "https://a/\u00e9.png",
+    "https://a:123456/",
+    "http://a\tb",
+    "https://a/" + "x" * 2048,
+    " https://a",
+]
 
 
-@pytest.mark.parametrize(("url", "valid"), [(u, True) for u in _GOOD_URLS]
-                         + [(u, False) for u in _BAD_URLS])
+@pytest.mark.parametrize(
+    ("url", "valid"), [(u, True) for u in _GOOD_URLS] + [(u, False) for u in _BAD_URLS]
+)
 async def test_logo_url(api: Api, url: str, valid: bool) -> None:
     body = {"type": "CrewCheck", "settings": {"logoUrl": url}}
     assert _accepts(_DOC["components"]["schemas"]["CreateDevice"], body) is valid
@@ -47,16 +64,33 @@ async def test_logo_url(api: Api, url: str, valid: bool) -> None:
         assert fields_of(await problem(response, 422)) == {"settings.logoUrl"}
 
 
-_GOOD_TIMES = ["2999-01-01T00:00:00Z", "2999-01-01t00:00:00.123456789z",
-               "2999-06-30T23:59:59+05:30", "9998-12-31T23:59:59-23:59", None]
-_BAD_TIMES = ["2999-01-01T00:00:00", "2999-01-01", "2999-01-01 00:00:00Z", "29990101T000000Z",
-              "2999-02-30T00:00:00Z", "2999-01-01T24:00:00Z", "2999-01-01T00:00:60Z",
-              "0000-01-01T00:00:00Z", "2999-01-01T00:00:00+24:00", "9999-12-31T23:59:59-23:59",
-              "2999-1-01T00:00:00Z", "tomorrow", "2999-01-01T00:00:00.Z"]
+_GOOD_TIMES = [
+    "2999-01-01T00:00:00Z",
+    "2999-01-01t00:00:00.123456789z",
+    "2999-06-30T23:59:59+05:30",
+    "9998-12-31T23:59:59-23:59",
+    None,
+]
+_BAD_TIMES = [
+    "2999-01-01T00:00:00",
+    "2999-01-01",
+    "2999-01-01 00:00:00Z",
+    "29990101T000000Z",
+    "2999-02-30T00:00:00Z",
+    "2999-01-01T24:00:00Z",
+    "2999-01-01T00:00:60Z",
+    "0000-01-01T00:00:00Z",
+    "2999-01-01T00:00:00+24:00",
+    "9999-12-31T23:59:59-23:59",
+    "2999-1-01T00:00:00Z",
+    "tomorrow",
+    "2999-01-01T00:00:00.Z",
+]
 
 
-@pytest.mark.parametrize(("value", "valid"), [(v, True) for v in _GOOD_TIMES]
-                         + [(v, False) for v in _BAD_TIMES])
+@pytest.mark.parametrize(
+    ("value", "valid"), [(v, True) for v in _GOOD_TIMES] + [(v, False) for v in _BAD_TIMES]
+)
 async def test_token_expiry(api: Api, value: str | None, valid: bool) -> None:
     body = {"name": "t", "expiresAt": value}
     assert _accepts(_DOC["components"]["schemas"]["CreateToken"], body) is valid
@@ -75,8 +109,9 @@ async def test_cursor(api: Api, route: str) -> None:
     for name in ("a", "b"):
         await api.create_device(name)  # three devices, three audit records
     await api.call("PUT", api.path("/devices/c"), json={"name": "renamed"})
-    schema = _parameter(api.path(route).replace(api.tenant, "{tenantId}")
-                        .replace("/c/", "/{deviceId}/"), "cursor")
+    schema = _parameter(
+        api.path(route).replace(api.tenant, "{tenantId}").replace("/c/", "/{deviceId}/"), "cursor"
+    )
     first = await api.call("GET", api.path(route) + "?limit=1")
     link = first.headers.get("Link", "")
     issued = re.search(r"cursor=([^&>]+)", link)
@@ -90,13 +125,18 @@ async def test_cursor(api: Api, route: str) -> None:
         assert fields_of(body) == {"query.cursor"}, bad
 
 
-@pytest.mark.parametrize(("body", "field"), [
-    ({"type": "CrewCheck", "settings": {"logoUrl": "https://a/\n"}}, "settings.logoUrl"),
-    ({"type": "CrewCheck", "settings": {"logoUrl": LOGO}, "deviceId": "id\n"}, "deviceId"),
-])
-async def test_a_pattern_ends_at_the_end_of_the_string(api: Api, body: dict[str, Any],
-                                                       field: str) -> None:
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"type": "CrewCheck", "settings": {"logoUrl": "https://a/\n"}}, "settings.logoUrl"),
+        ({"type": "CrewCheck", "settings": {"logoUrl": LOGO}, "deviceId": "id\n"}, "deviceId"),
+    ],
+)
+async def test_a_pattern_ends_at_the_end_of_the_string(
+    api: Api, body: dict[str, Any], field: str
+) -> None:
     """JSON Schema patterns are ECMA-262: `$` does not match before a final newline, as
     Python's does. A device id "id\\n" used to be stored and then never found by its path."""
-    assert fields_of(await problem(await api.call("POST", api.path("/devices"), json=body),
-                                   422)) == {field}
+    assert fields_of(
+        await problem(await api.call("POST", api.path("/devices"), json=body), 422)
+    ) == {field}

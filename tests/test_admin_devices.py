@@ -27,8 +27,11 @@ async def test_create_read_and_location(api: Api) -> None:
 
 
 async def test_create_sets_location_header(api: Api) -> None:
-    response = await api.call("POST", api.path("/devices"), json={
-        "type": "CrewCheck", "deviceId": "a/b?c", "settings": {"logoUrl": LOGO}})
+    response = await api.call(
+        "POST",
+        api.path("/devices"),
+        json={"type": "CrewCheck", "deviceId": "a/b?c", "settings": {"logoUrl": LOGO}},
+    )
     assert response.status == 201
     assert response.headers["Location"] == api.path("/devices/a%2Fb%3Fc")
     fetched = await api.call("GET", response.headers["Location"])
@@ -37,30 +40,42 @@ async def test_create_sets_location_header(api: Api) -> None:
 
 async def test_create_conflict(api: Api) -> None:
     await api.create_device("dup")
-    response = await api.call("POST", api.path("/devices"), json={
-        "type": "CrewCheck", "deviceId": "dup", "settings": {"logoUrl": LOGO}})
+    response = await api.call(
+        "POST",
+        api.path("/devices"),
+        json={"type": "CrewCheck", "deviceId": "dup", "settings": {"logoUrl": LOGO}},
+    )
     await problem(response, 409)
 
 
-@pytest.mark.parametrize(("body", "bad"), [
-    ({"type": "Toaster", "settings": {"logoUrl": LOGO}}, {"type"}),
-    ({"type": "CrewCheck", "settings": {}}, {"settings.logoUrl"}),
-    ({"type": "CrewCheck", "settings": {"logoUrl": "ftp://x/y.png"}}, {"settings.logoUrl"}),
-    ({"type": "CrewCheck", "settings": {"logoUrl": "javascript:alert(1)"}}, {"settings.logoUrl"}),
-    ({"type": "CrewCheck", "settings": {"logoUrl": "http://"}}, {"settings.logoUrl"}),
-    ({"type": "CrewCheck", "settings": {"logoUrl": LOGO, "color": "red"}}, {"settings.color"}),
-    ({"type": "CrewCheck", "settings": {"logoUrl": 7}}, {"settings.logoUrl"}),
-    ({"type": "CrewCheck", "settings": "x"}, {"settings"}),
-    ({"settings": {"logoUrl": LOGO}}, {"type"}),
-    ({"type": "CrewCheck", "settings": {"logoUrl": LOGO}, "owner": "me"}, {"owner"}),
-    ({"type": "CrewCheck", "settings": {"logoUrl": LOGO}, "name": "x" * 201}, {"name"}),
-    ({"type": "CrewCheck", "settings": {"logoUrl": LOGO}, "name": ""}, {"name"}),
-    ({"type": "CrewCheck", "settings": {"logoUrl": LOGO}, "deviceId": "has space"}, {"deviceId"}),
-    ({"type": "CrewCheck", "settings": {"logoUrl": LOGO}, "deviceId": "x" * 129}, {"deviceId"}),
-    ({"type": "CrewCheck", "settings": {"logoUrl": LOGO}, "name": "a\x00b"}, {"name"}),
-    ({"type": "CrewCheck", "settings": {"logoUrl": LOGO}, "description": 5}, {"description"}),
-    ([1, 2], {"(body)"}),
-])
+@pytest.mark.parametrize(
+    ("body", "bad"),
+    [
+        ({"type": "Toaster", "settings": {"logoUrl": LOGO}}, {"type"}),
+        ({"type": "CrewCheck", "settings": {}}, {"settings.logoUrl"}),
+        ({"type": "CrewCheck", "settings": {"logoUrl": "ftp://x/y.png"}}, {"settings.logoUrl"}),
+        (
+            {"type": "CrewCheck", "settings": {"logoUrl": "javascript:alert(1)"}},
+            {"settings.logoUrl"},
+        ),
+        ({"type": "CrewCheck", "settings": {"logoUrl": "http://"}}, {"settings.logoUrl"}),
+        ({"type": "CrewCheck", "settings": {"logoUrl": LOGO, "color": "red"}}, {"settings.color"}),
+        ({"type": "CrewCheck", "settings": {"logoUrl": 7}}, {"settings.logoUrl"}),
+        ({"type": "CrewCheck", "settings": "x"}, {"settings"}),
+        ({"settings": {"logoUrl": LOGO}}, {"type"}),
+        ({"type": "CrewCheck", "settings": {"logoUrl": LOGO}, "owner": "me"}, {"owner"}),
+        ({"type": "CrewCheck", "settings": {"logoUrl": LOGO}, "name": "x" * 201}, {"name"}),
+        ({"type": "CrewCheck", "settings": {"logoUrl": LOGO}, "name": ""}, {"name"}),
+        (
+            {"type": "CrewCheck", "settings": {"logoUrl": LOGO}, "deviceId": "has space"},
+            {"deviceId"},
+        ),
+        ({"type": "CrewCheck", "settings": {"logoUrl": LOGO}, "deviceId": "x" * 129}, {"deviceId"}),
+        ({"type": "CrewCheck", "settings": {"logoUrl": LOGO}, "name": "a\x00b"}, {"name"}),
+        ({"type": "CrewCheck", "settings": {"logoUrl": LOGO}, "description": 5}, {"description"}),
+        ([1, 2], {"(body)"}),
+    ],
+)
 async def test_create_rejects_invalid_values(api: Api, body: object, bad: set[str]) -> None:
     response = await api.call("POST", api.path("/devices"), json=body)
     assert fields_of(await problem(response, 422)) == bad
@@ -71,11 +86,16 @@ async def test_create_rejects_malformed_bodies(api: Api) -> None:
     for raw in (b"{", b'{"type": NaN}', b'{"a":1,"a":2}', b"\xff\xfe", b"[1,]"):
         response = await api.call("POST", api.path("/devices"), data=raw, headers=headers)
         await problem(response, 400)
-    response = await api.call("POST", api.path("/devices"), data=b"type=CrewCheck",
-                              headers={"Content-Type": "application/x-www-form-urlencoded"})
+    response = await api.call(
+        "POST",
+        api.path("/devices"),
+        data=b"type=CrewCheck",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
     await problem(response, 415)
-    big = json.dumps({"type": "CrewCheck", "settings": {"logoUrl": LOGO},
-                      "description": "x" * 100_000})
+    big = json.dumps(
+        {"type": "CrewCheck", "settings": {"logoUrl": LOGO}, "description": "x" * 100_000}
+    )
     response = await api.call("POST", api.path("/devices"), data=big, headers=headers)
     await problem(response, 413)
     response = await api.call("POST", api.path("/devices"), data=b'"\\ud800"', headers=headers)
@@ -88,9 +108,11 @@ async def test_deeply_nested_bodies_are_a_400(api: Api, route: str, depth: int) 
     """Nesting deep enough to exhaust the parser's or the validator's recursion is refused as
     malformed, not a 500; so is any nesting deeper than a valid body could be."""
     headers = {"Content-Type": "application/json"}
-    for raw in ("[" * depth + "]" * depth,
-                '{"settings":' + '{"a":' * depth + "1" + "}" * depth + "}",
-                '{"name":"n","x":' + "[" * depth + "]" * depth + "}"):
+    for raw in (
+        "[" * depth + "]" * depth,
+        '{"settings":' + '{"a":' * depth + "1" + "}" * depth + "}",
+        '{"name":"n","x":' + "[" * depth + "]" * depth + "}",
+    ):
         response = await api.call("POST", api.path(route), data=raw.encode(), headers=headers)
         body = await problem(response, 400)
         assert "nested" in body["detail"]
@@ -113,15 +135,14 @@ async def test_read_unknown_and_impossible_ids(api: Api) -> None:
     await problem(await api.call("GET", api.path("/devices/%C3%A9")), 404)
 
 
-async def test_update_name_description_and_enabled(
-    api: Api, redis_client: aioredis.Redis
-) -> None:
+async def test_update_name_description_and_enabled(api: Api, redis_client: aioredis.Redis) -> None:
     await api.create_device("upd", name="old")
     response = await api.call("PUT", api.device_path("upd"), json={"name": "new"})
     body = await response.json()
     assert response.status == 200 and body["name"] == "new" and body["displayName"] == "new"
-    response = await api.call("PUT", api.device_path("upd"),
-                              json={"name": None, "description": "d", "isEnabled": False})
+    response = await api.call(
+        "PUT", api.device_path("upd"), json={"name": None, "description": "d", "isEnabled": False}
+    )
     body = await response.json()
     assert body["name"] is None and body["displayName"] == "upd" and body["description"] == "d"
     assert body["isEnabled"] is False
@@ -135,20 +156,29 @@ async def test_update_name_description_and_enabled(
 async def test_update_errors(api: Api) -> None:
     await api.create_device("upd2")
     await problem(await api.call("PUT", api.device_path("ghost"), json={"name": "x"}), 404)
-    assert fields_of(await problem(await api.call(
-        "PUT", api.device_path("upd2"), json={"settings": {}}), 422)) == {"settings"}
-    assert fields_of(await problem(await api.call(
-        "PUT", api.device_path("upd2"), json={"isEnabled": "yes"}), 422)) == {"isEnabled"}
+    assert fields_of(
+        await problem(await api.call("PUT", api.device_path("upd2"), json={"settings": {}}), 422)
+    ) == {"settings"}
+    assert fields_of(
+        await problem(
+            await api.call("PUT", api.device_path("upd2"), json={"isEnabled": "yes"}), 422
+        )
+    ) == {"isEnabled"}
     await problem(await api.call("PUT", api.device_path("upd2"), json={}), 422)
-    await problem(await api.call("PUT", api.device_path("upd2"), data=b"{",
-                                 headers={"Content-Type": "application/json"}), 400)
+    await problem(
+        await api.call(
+            "PUT", api.device_path("upd2"), data=b"{", headers={"Content-Type": "application/json"}
+        ),
+        400,
+    )
 
 
 async def test_block_unblock_idempotent(api: Api, redis_client: aioredis.Redis) -> None:
     await api.create_device("blk")
     member = edgeview.member(api.tenant, "blk")
-    first = await (await api.call("POST", api.device_path("blk", "/block"),
-                                  json={"reason": "stolen"})).json()
+    first = await (
+        await api.call("POST", api.device_path("blk", "/block"), json={"reason": "stolen"})
+    ).json()
     assert first["isBlocked"] and first["blockReason"] == "stolen" and first["blockedAt"]
     assert first["lastActivityAt"] == first["blockedAt"]
     assert await redis_client.sismember(edgeview.BLOCKED_SET, member)
@@ -156,8 +186,9 @@ async def test_block_unblock_idempotent(api: Api, redis_client: aioredis.Redis) 
     body = await again.json()
     assert again.status == 200 and body["blockedAt"] == first["blockedAt"]
     assert body["blockReason"] == "stolen"
-    await problem(await api.call("POST", api.device_path("blk", "/block"),
-                                 json={"reason": "x" * 501}), 422)
+    await problem(
+        await api.call("POST", api.device_path("blk", "/block"), json={"reason": "x" * 501}), 422
+    )
     for _ in range(2):
         response = await api.call("POST", api.device_path("blk", "/unblock"))
         body = await response.json()
@@ -165,8 +196,9 @@ async def test_block_unblock_idempotent(api: Api, redis_client: aioredis.Redis) 
     assert not await redis_client.sismember(edgeview.BLOCKED_SET, member)
     await problem(await api.call("POST", api.device_path("ghost", "/block")), 404)
     await problem(await api.call("POST", api.device_path("ghost", "/unblock")), 404)
-    await problem(await api.call("POST", api.device_path("blk", "/unblock"),
-                                 json={"reason": "x"}), 422)
+    await problem(
+        await api.call("POST", api.device_path("blk", "/unblock"), json={"reason": "x"}), 422
+    )
 
 
 async def test_delete_revokes_keys_and_refuses_blocked(
@@ -184,38 +216,62 @@ async def test_delete_revokes_keys_and_refuses_blocked(
     await problem(await api.call("DELETE", api.device_path("del")), 404)
     revoked = await pg_pool.fetchval(
         "SELECT bool_and(revoked_at IS NOT NULL) FROM api_keys WHERE tenant_id = $1"
-        " AND device_id = 'del'", api.tenant)
+        " AND device_id = 'del'",
+        api.tenant,
+    )
     assert revoked
-    assert not await redis_client.sismember(edgeview.DISABLED_SET,
-                                            edgeview.member(api.tenant, "del"))
-    connect = await api.call("POST", api.device_path("del", "/connect"), auth=False,
-                             headers={"X-Api-Key": reset["apiKey"]})
+    assert not await redis_client.sismember(
+        edgeview.DISABLED_SET, edgeview.member(api.tenant, "del")
+    )
+    connect = await api.call(
+        "POST",
+        api.device_path("del", "/connect"),
+        auth=False,
+        headers={"X-Api-Key": reset["apiKey"]},
+    )
     await problem(connect, 401)
 
 
 async def test_history_newest_first(api: Api, pg_pool: asyncpg.Pool) -> None:
     await api.create_device("hist")
     t0 = datetime(2024, 5, 1, tzinfo=UTC)
-    first = {"application": "crew", "applicationVersion": "1.0", "os": "android",
-             "osVersion": "13", "manufacturer": "acme", "model": "x1"}
+    first = {
+        "application": "crew",
+        "applicationVersion": "1.0",
+        "os": "android",
+        "osVersion": "13",
+        "manufacturer": "acme",
+        "model": "x1",
+    }
     second = {**first, "applicationVersion": "1.1"}
     await pg_pool.executemany(
         "INSERT INTO device_history (tenant_id, device_id, recorded_at, changed_fields,"
         " previous, current) VALUES ($1, 'hist', $2, $3, $4::jsonb, $5::jsonb)",
-        [(api.tenant, t0, list(first), None, json.dumps(first)),
-         (api.tenant, t0 + timedelta(hours=1), ["applicationVersion"], json.dumps(first),
-          json.dumps(second))])
+        [
+            (api.tenant, t0, list(first), None, json.dumps(first)),
+            (
+                api.tenant,
+                t0 + timedelta(hours=1),
+                ["applicationVersion"],
+                json.dumps(first),
+                json.dumps(second),
+            ),
+        ],
+    )
     response = await api.call("GET", api.device_path("hist", "/history"))
     records = await response.json()
     assert response.status == 200 and len(records) == 2
-    assert records[0] == {"recordedAt": "2024-05-01T01:00:00.000000Z",
-                          "changedFields": ["applicationVersion"],
-                          "previous": first, "current": second}
+    assert records[0] == {
+        "recordedAt": "2024-05-01T01:00:00.000000Z",
+        "changedFields": ["applicationVersion"],
+        "previous": first,
+        "current": second,
+    }
     assert records[1]["previous"] is None and records[1]["current"] == first
     page = await api.call("GET", api.device_path("hist", "/history") + "?limit=1")
     assert [r["recordedAt"] for r in await page.json()] == [records[0]["recordedAt"]]
     link = page.headers["Link"]
-    nxt = link[link.index("<") + 1:link.index(">")]
+    nxt = link[link.index("<") + 1 : link.index(">")]
     rest = await (await api.call("GET", nxt)).json()
     assert rest == records[1:]
     await problem(await api.call("GET", api.device_path("ghost", "/history")), 404)
@@ -232,12 +288,17 @@ async def test_audit_records_every_mutation(api: Api) -> None:
     response = await api.call("GET", api.path("/audit"))
     entries = await response.json()
     assert [e["action"] for e in entries] == [
-        "device.delete", "device.connection.reset", "device.unblock", "device.block",
-        "device.update", "device.create"]
+        "device.delete",
+        "device.connection.reset",
+        "device.unblock",
+        "device.block",
+        "device.update",
+        "device.create",
+    ]
     assert {e["actor"] for e in entries} == {"tester"}
     assert all(e["targetType"] == "device" and e["targetId"] == "aud" for e in entries)
     assert entries[3]["reason"] == "lost it"
     page = await api.call("GET", api.path("/audit") + "?limit=4")
     link = page.headers["Link"]
-    rest = await (await api.call("GET", link[link.index("<") + 1:link.index(">")])).json()
+    rest = await (await api.call("GET", link[link.index("<") + 1 : link.index(">")])).json()
     assert [e["id"] for e in await page.json() + rest] == [e["id"] for e in entries]

@@ -24,6 +24,7 @@ from gatekeeper.settings import Settings
 
 PEPPER = "edge-test-pepper"
 
+
 @pytest.fixture
 async def upstream() -> AsyncIterator[str]:
     async def answer(request: web.Request) -> web.Response:
@@ -38,14 +39,22 @@ async def upstream() -> AsyncIterator[str]:
 
 
 def _settings(stores: Stores, upstream: str, auth_mode: str) -> Settings:
-    return admin_settings(stores.pg_url, stores.redis_url, key_pepper=PEPPER, upstream=upstream,
-                          proxy_port=0, metrics_port=0, auth_mode=auth_mode,
-                          flush_interval_seconds=0.05)
+    return admin_settings(
+        stores.pg_url,
+        stores.redis_url,
+        key_pepper=PEPPER,
+        upstream=upstream,
+        proxy_port=0,
+        metrics_port=0,
+        auth_mode=auth_mode,
+        flush_interval_seconds=0.05,
+    )
 
 
 @pytest.fixture(params=["passthrough", "enforce"])
-async def edge(request: pytest.FixtureRequest, stores: Stores,
-               upstream: str) -> AsyncIterator[EdgeServer]:
+async def edge(
+    request: pytest.FixtureRequest, stores: Stores, upstream: str
+) -> AsyncIterator[EdgeServer]:
     server = EdgeServer(_settings(stores, upstream, request.param))
     await server.start()
     await server.wait_ready()
@@ -54,18 +63,25 @@ async def edge(request: pytest.FixtureRequest, stores: Stores,
 
 
 @pytest.fixture
-async def api(stores: Stores, pg_pool: asyncpg.Pool, redis_client: aioredis.Redis,
-              tenant: str, upstream: str) -> AsyncIterator[Api]:
-    async with running_api(_settings(stores, upstream, "passthrough"), pg_pool, redis_client,
-                           tenant) as client:
+async def api(
+    stores: Stores, pg_pool: asyncpg.Pool, redis_client: aioredis.Redis, tenant: str, upstream: str
+) -> AsyncIterator[Api]:
+    async with running_api(
+        _settings(stores, upstream, "passthrough"), pg_pool, redis_client, tenant
+    ) as client:
         yield client
 
 
-async def _through_edge(edge: EdgeServer, tenant: str, device_id: str,
-                        headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+async def _through_edge(
+    edge: EdgeServer, tenant: str, device_id: str, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, Any]]:
     sent = {"X-Device-Id": device_id, **(headers or {})}
-    async with aiohttp.ClientSession() as session, session.get(
-            f"http://127.0.0.1:{edge.proxy_port}/api/{tenant}/things", headers=sent) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(
+            f"http://127.0.0.1:{edge.proxy_port}/api/{tenant}/things", headers=sent
+        ) as response,
+    ):
         body = await response.json(content_type=None) if response.status != 200 else {}
         return response.status, body
 
@@ -80,8 +96,9 @@ async def _eventually(check: Callable[[], Awaitable[bool]], seconds: float = 2.0
 
 async def test_block_through_api_is_denied_by_the_proxy(api: Api, edge: EdgeServer) -> None:
     await api.create_device("edge-blk")
-    key = (await (await api.call("POST", api.device_path("edge-blk", "/connections/reset"))
-                  ).json())["apiKey"]
+    key = (
+        await (await api.call("POST", api.device_path("edge-blk", "/connections/reset"))).json()
+    )["apiKey"]
     auth = {"X-Api-Key": key}
     assert (await _through_edge(edge, api.tenant, "edge-blk", auth))[0] == 200
     await api.call("POST", api.device_path("edge-blk", "/block"), json={"reason": "lost"})
@@ -109,8 +126,9 @@ async def test_block_through_api_is_denied_by_the_proxy(api: Api, edge: EdgeServ
 @pytest.mark.parametrize("edge", ["enforce"], indirect=True)
 async def test_delete_revokes_the_key_at_the_edge(api: Api, edge: EdgeServer) -> None:
     await api.create_device("edge-del")
-    key = (await (await api.call("POST", api.device_path("edge-del", "/connections/reset"))
-                  ).json())["apiKey"]
+    key = (
+        await (await api.call("POST", api.device_path("edge-del", "/connections/reset"))).json()
+    )["apiKey"]
     assert (await _through_edge(edge, api.tenant, "edge-del", {"X-Api-Key": key}))[0] == 200
     assert (await _through_edge(edge, api.tenant, "edge-del"))[0] == 401
     assert (await api.call("DELETE", api.device_path("edge-del"))).status == 204
@@ -142,8 +160,14 @@ async def test_revoked_pat_is_refused_at_the_edge(api: Api, edge: EdgeServer) ->
 async def test_version_change_seen_by_the_proxy_shows_in_history(
     api: Api, edge: EdgeServer
 ) -> None:
-    headers = {"X-App-Name": "crew", "X-App-Version": "1.0", "X-OS-Name": "android",
-               "X-OS-Version": "14", "X-Device-Manufacturer": "acme", "X-Device-Model": "x1"}
+    headers = {
+        "X-App-Name": "crew",
+        "X-App-Version": "1.0",
+        "X-OS-Name": "android",
+        "X-OS-Version": "14",
+        "X-Device-Manufacturer": "acme",
+        "X-Device-Model": "x1",
+    }
     assert (await _through_edge(edge, api.tenant, "seen", headers))[0] == 200
 
     async def history_length(n: int) -> bool:
@@ -151,8 +175,9 @@ async def test_version_change_seen_by_the_proxy_shows_in_history(
         return response.status == 200 and len(await response.json()) == n
 
     assert await _eventually(lambda: history_length(1))
-    assert (await _through_edge(edge, api.tenant, "seen",
-                                {**headers, "X-App-Version": "1.1"}))[0] == 200
+    assert (await _through_edge(edge, api.tenant, "seen", {**headers, "X-App-Version": "1.1"}))[
+        0
+    ] == 200
     assert await _eventually(lambda: history_length(2))
     records = await (await api.call("GET", api.device_path("seen", "/history"))).json()
     assert records[0]["changedFields"] == ["applicationVersion"]

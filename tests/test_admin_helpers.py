@@ -32,25 +32,39 @@ LOGO = "https://cdn.example.com/logo.png"
 
 
 def admin_settings(pg_url: str, redis_url: str, **changes: Any) -> Settings:
-    return Settings(database_url=pg_url, redis_url=redis_url, jwt_secret=SECRET,
-                    environment_url="http://edge.example.test:8080", admin_port=0).replace(
-        **changes)
+    return Settings(
+        database_url=pg_url,
+        redis_url=redis_url,
+        jwt_secret=SECRET,
+        environment_url="http://edge.example.test:8080",
+        admin_port=0,
+    ).replace(**changes)
 
 
 class Api:
     """A client of one running admin app, acting for ``tenant`` with every scope by default."""
 
-    def __init__(self, client: TestClient[web.Request, web.Application], settings: Settings,
-                 tenant: str, app: web.Application) -> None:
+    def __init__(
+        self,
+        client: TestClient[web.Request, web.Application],
+        settings: Settings,
+        tenant: str,
+        app: web.Application,
+    ) -> None:
         self.client = client
         self.settings = settings
         self.tenant = tenant
         self.app = app
 
-    def token(self, tenant: str | None = None, scopes: list[str] | None = None,
-              subject: str = "tester") -> str:
-        return mint_token(self.settings, tenant or self.tenant,
-                          ALL_SCOPES if scopes is None else scopes, subject=subject)
+    def token(
+        self, tenant: str | None = None, scopes: list[str] | None = None, subject: str = "tester"
+    ) -> str:
+        return mint_token(
+            self.settings,
+            tenant or self.tenant,
+            ALL_SCOPES if scopes is None else scopes,
+            subject=subject,
+        )
 
     def path(self, suffix: str = "", tenant: str | None = None) -> str:
         return f"/api/{tenant or self.tenant}{suffix}"
@@ -58,10 +72,18 @@ class Api:
     def device_path(self, device_id: str, suffix: str = "") -> str:
         return self.path(f"/devices/{quote(device_id, safe='')}{suffix}")
 
-    async def call(self, method: str, path: str, *, json: Any = None,
-                   scopes: list[str] | None = None, tenant: str | None = None,
-                   headers: dict[str, str] | None = None, data: Any = None,
-                   auth: bool = True) -> aiohttp.ClientResponse:
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        scopes: list[str] | None = None,
+        tenant: str | None = None,
+        headers: dict[str, str] | None = None,
+        data: Any = None,
+        auth: bool = True,
+    ) -> aiohttp.ClientResponse:
         sent = dict(headers or {})
         if auth:
             sent.setdefault("Authorization", f"Bearer {self.token(tenant, scopes)}")
@@ -87,8 +109,9 @@ class AdminTestServer(TestServer):
 
 
 @asynccontextmanager
-async def running_api(settings: Settings, pool: asyncpg.Pool, redis: aioredis.Redis,
-                      tenant: str, **options: Any) -> AsyncIterator[Api]:
+async def running_api(
+    settings: Settings, pool: asyncpg.Pool, redis: aioredis.Redis, tenant: str, **options: Any
+) -> AsyncIterator[Api]:
     app = create_app(settings, pool, redis, **options)
     async with TestClient(AdminTestServer(app)) as client:
         yield Api(client, settings, tenant, app)

@@ -55,10 +55,12 @@ def _assert_problem(status: int, headers: dict[str, str], body: bytes, expected:
 
 
 async def test_oversized_header_is_a_431_problem_that_echoes_nothing(
-        service: AdminService, caplog: pytest.LogCaptureFixture) -> None:
+    service: AdminService, caplog: pytest.LogCaptureFixture
+) -> None:
     token = _SECRET + "A" * (MAX_FIELD_BYTES + 100)
-    raw = (f"GET /api/t1/devices HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {token}\r\n\r\n"
-           .encode())
+    raw = (
+        f"GET /api/t1/devices HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {token}\r\n\r\n"
+    ).encode()
     with caplog.at_level(logging.DEBUG):
         status, headers, body = await _exchange(service.port, raw)
     _assert_problem(status, headers, body, 431)
@@ -67,7 +69,8 @@ async def test_oversized_header_is_a_431_problem_that_echoes_nothing(
 
 
 async def test_invalid_header_is_a_400_problem_that_echoes_nothing(
-        service: AdminService, caplog: pytest.LogCaptureFixture) -> None:
+    service: AdminService, caplog: pytest.LogCaptureFixture
+) -> None:
     raw = f"GET /healthz HTTP/1.1\r\nHost: admin\r\nX-Api-Key: {_SECRET}\x01\r\n\r\n".encode()
     with caplog.at_level(logging.DEBUG):
         status, headers, body = await _exchange(service.port, raw)
@@ -77,29 +80,44 @@ async def test_invalid_header_is_a_400_problem_that_echoes_nothing(
 
 
 async def test_a_long_token_within_the_verifiers_limit_reaches_the_api(
-        service: AdminService) -> None:
+    service: AdminService,
+) -> None:
     """Over aiohttp's default 8 KiB header limit, under the verifier's 16 KiB: the API's 401."""
     token = "e30." + "A" * 12_000 + ".x"
-    async with aiohttp.ClientSession() as session, session.get(
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(
             f"http://127.0.0.1:{service.port}/api/t1/devices",
-            headers={"Authorization": f"Bearer {token}"}) as response:
+            headers={"Authorization": f"Bearer {token}"},
+        ) as response,
+    ):
         assert response.status == 401
         assert response.content_type == "application/problem+json"
 
 
-@pytest.mark.parametrize("query", [
-    "access_token={s}", "token={s}", "api_key={s}", "X-Api-Key={s}", "{s}", "{s}={s}",
-    "q=x&limit=5&jwt={s}&blocked=all",
-])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "access_token={s}",
+        "token={s}",
+        "api_key={s}",
+        "X-Api-Key={s}",
+        "{s}",
+        "{s}={s}",
+        "q=x&limit=5&jwt={s}&blocked=all",
+    ],
+)
 async def test_access_log_never_holds_a_query_secret(
-        service: AdminService, tenant: str, caplog: pytest.LogCaptureFixture,
-        query: str) -> None:
+    service: AdminService, tenant: str, caplog: pytest.LogCaptureFixture, query: str
+) -> None:
     settings = admin_settings("postgresql://unused", "redis://unused")
     token = mint_token(settings, tenant, ["Device.Read"])
     url = f"http://127.0.0.1:{service.port}/api/{tenant}/devices?{query.format(s=_SECRET)}"
     with caplog.at_level(logging.INFO):
-        async with aiohttp.ClientSession() as session, session.get(
-                url, headers={"Authorization": f"Bearer {token}"}) as response:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(url, headers={"Authorization": f"Bearer {token}"}) as response,
+        ):
             await response.read()
         for _ in range(50):  # the line is written just after the response is sent
             if any(r.name.endswith(".access") for r in caplog.records):

@@ -13,11 +13,13 @@ from test_admin_helpers import Api, fields_of, problem
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 
 
-async def _seed(pool: asyncpg.Pool, tenant: str, rows: list[tuple[str, str | None,
-                                                                   datetime | None]]) -> None:
+async def _seed(
+    pool: asyncpg.Pool, tenant: str, rows: list[tuple[str, str | None, datetime | None]]
+) -> None:
     await pool.executemany(
         "INSERT INTO devices (tenant_id, device_id, name, last_active_at) VALUES ($1,$2,$3,$4)",
-        [(tenant, d, n, at) for d, n, at in rows])
+        [(tenant, d, n, at) for d, n, at in rows],
+    )
 
 
 def _next(response: Any) -> str | None:
@@ -25,7 +27,7 @@ def _next(response: Any) -> str | None:
     if link is None:
         return None
     assert link.endswith('; rel="next"')
-    return str(link[link.index("<") + 1:link.index(">")])
+    return str(link[link.index("<") + 1 : link.index(">")])
 
 
 async def _walk(api: Api, path: str) -> list[str]:
@@ -41,8 +43,12 @@ async def _walk(api: Api, path: str) -> list[str]:
 
 async def test_order_ties_nulls_and_pagination(api: Api, pg_pool: asyncpg.Pool) -> None:
     rows: list[tuple[str, str | None, datetime | None]] = [
-        ("a", None, T0), ("b", None, T0), ("c", None, T0 + timedelta(seconds=5)),
-        ("d", None, None), ("e", None, None), ("f", None, T0 - timedelta(days=1)),
+        ("a", None, T0),
+        ("b", None, T0),
+        ("c", None, T0 + timedelta(seconds=5)),
+        ("d", None, None),
+        ("e", None, None),
+        ("f", None, T0 - timedelta(days=1)),
     ]
     await _seed(pg_pool, api.tenant, rows)
     expected = ["c", "b", "a", "f", "e", "d"]
@@ -67,13 +73,25 @@ async def test_blocked_device_sorts_by_block_time(api: Api, pg_pool: asyncpg.Poo
 
 
 async def test_search_name_or_id_case_insensitive(api: Api, pg_pool: asyncpg.Pool) -> None:
-    await _seed(pg_pool, api.tenant, [
-        ("Gate-North", None, T0), ("x1", "Kitchen TABLET", T0), ("x2", "garden", T0),
-        ("100%_sure", None, T0), ("y", "under_score", T0), ("z", "underXscore", T0)])
+    await _seed(
+        pg_pool,
+        api.tenant,
+        [
+            ("Gate-North", None, T0),
+            ("x1", "Kitchen TABLET", T0),
+            ("x2", "garden", T0),
+            ("100%_sure", None, T0),
+            ("y", "under_score", T0),
+            ("z", "underXscore", T0),
+        ],
+    )
 
     async def ids(q: str) -> set[str]:
-        response = await api.client.get(api.path("/devices"), params={"q": q},
-                                        headers={"Authorization": f"Bearer {api.token()}"})
+        response = await api.client.get(
+            api.path("/devices"),
+            params={"q": q},
+            headers={"Authorization": f"Bearer {api.token()}"},
+        )
         return {d["deviceId"] for d in await response.json()}
 
     assert await ids("gate") == {"Gate-North"}
@@ -85,30 +103,49 @@ async def test_search_name_or_id_case_insensitive(api: Api, pg_pool: asyncpg.Poo
 
 
 async def test_list_parameter_errors(api: Api) -> None:
-    cases = {"?limit=0": "query.limit", "?limit=1001": "query.limit", "?limit=x": "query.limit",
-             "?blocked=maybe": "query.blocked", "?cursor=!!": "query.cursor",
-             "?cursor=WzFd": "query.cursor", "?sort=name": "query.sort",
-             "?q=" + "x" * 201: "query.q", "?q=a%00": "query.q",
-             "?limit=1&limit=2": "query.limit"}
+    cases = {
+        "?limit=0": "query.limit",
+        "?limit=1001": "query.limit",
+        "?limit=x": "query.limit",
+        "?blocked=maybe": "query.blocked",
+        "?cursor=!!": "query.cursor",
+        "?cursor=WzFd": "query.cursor",
+        "?sort=name": "query.sort",
+        "?q=" + "x" * 201: "query.q",
+        "?q=a%00": "query.q",
+        "?limit=1&limit=2": "query.limit",
+    }
     for query, field in cases.items():
         body = await problem(await api.call("GET", api.path("/devices") + query), 400)
         assert field in fields_of(body), query
 
 
 async def test_csv_export_streams_everything(api: Api, pg_pool: asyncpg.Pool) -> None:
-    await _seed(pg_pool, api.tenant, [(f"d{i:04}", "=cmd()" if i == 3 else None,
-                                       T0 + timedelta(seconds=i)) for i in range(1203)])
+    await _seed(
+        pg_pool,
+        api.tenant,
+        [
+            (f"d{i:04}", "=cmd()" if i == 3 else None, T0 + timedelta(seconds=i))
+            for i in range(1203)
+        ],
+    )
     response = await api.call("GET", api.path("/devices"), headers={"Accept": "text/csv"})
     assert response.status == 200 and response.content_type == "text/csv"
     table = list(csv.DictReader(io.StringIO(await response.text())))
     assert len(table) == 1203 and table[0]["deviceId"] == "d1202"
     assert next(r for r in table if r["deviceId"] == "d0003")["name"] == "'=cmd()"
-    page = await api.call("GET", api.path("/devices") + "?limit=10",
-                          headers={"Accept": "text/csv;q=0.9, application/json;q=0.5"})
+    page = await api.call(
+        "GET",
+        api.path("/devices") + "?limit=10",
+        headers={"Accept": "text/csv;q=0.9, application/json;q=0.5"},
+    )
     assert page.content_type == "text/csv" and _next(page) is not None
     assert len(list(csv.DictReader(io.StringIO(await page.text())))) == 10
-    prefer_json = await api.call("GET", api.path("/devices") + "?limit=1",
-                                 headers={"Accept": "application/json, text/csv;q=0.5"})
+    prefer_json = await api.call(
+        "GET",
+        api.path("/devices") + "?limit=1",
+        headers={"Accept": "application/json, text/csv;q=0.5"},
+    )
     assert prefer_json.content_type == "application/json"
 
 
@@ -118,7 +155,8 @@ async def test_list_never_shows_other_tenants(api: Api, pg_pool: asyncpg.Pool) -
     await _seed(pg_pool, other, [("mine", "theirs", T0), ("theirs", None, T0)])
     listed = await (await api.call("GET", api.path("/devices"))).json()
     assert [(d["deviceId"], d["name"]) for d in listed] == [("mine", None)]
-    csv_text = await (await api.call("GET", api.path("/devices"),
-                                     headers={"Accept": "text/csv"})).text()
+    csv_text = await (
+        await api.call("GET", api.path("/devices"), headers={"Accept": "text/csv"})
+    ).text()
     assert "theirs" not in csv_text
     await problem(await api.call("GET", api.path("/devices", tenant=other)), 403)

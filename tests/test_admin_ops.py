@@ -28,8 +28,11 @@ from gatekeeper.store.clients import open_pg_pool, open_redis
 def test_openapi_lists_exactly_the_served_routes(stores: Stores) -> None:
     settings = admin_settings(stores.pg_url, stores.redis_url)
     app = create_app(settings, None, None)  # type: ignore[arg-type]  # routes only
-    served = {(route.method, route.resource.canonical) for route in app.router.routes()
-              if route.method != "HEAD" and route.resource is not None}
+    served = {
+        (route.method, route.resource.canonical)
+        for route in app.router.routes()
+        if route.method != "HEAD" and route.resource is not None
+    }
     doc = build_document()
     documented = {(method.upper(), path) for path, ops in doc["paths"].items() for method in ops}
     assert served == documented
@@ -78,8 +81,10 @@ async def test_metrics_use_route_templates_on_an_own_registry(api: Api) -> None:
     await api.call("GET", api.device_path("nope"))
     await api.call("GET", "/no/such/path", auth=False)
     text = await (await api.call("GET", "/metrics", auth=False)).text()
-    assert ('gatekeeper_admin_requests_total{method="GET",route="/api/{tenantId}/devices/'
-            '{deviceId}",status="200"}') in text
+    assert (
+        'gatekeeper_admin_requests_total{method="GET",route="/api/{tenantId}/devices/'
+        '{deviceId}",status="200"}'
+    ) in text
     assert 'status="404"' in text and 'route="unmatched"' in text
     assert "m1" not in text and api.tenant not in text
     assert "gatekeeper_admin_request_duration_seconds_bucket" in text
@@ -91,7 +96,9 @@ async def test_health_and_readiness(api: Api) -> None:
     assert (await api.call("GET", "/healthz", auth=False)).status == 200
     ready = await api.call("GET", "/readyz", auth=False)
     assert ready.status == 200 and (await ready.json())["checks"] == {
-        "postgres": "ok", "redis": "ok"}
+        "postgres": "ok",
+        "redis": "ok",
+    }
 
 
 async def test_method_not_allowed_is_a_problem(api: Api) -> None:
@@ -100,8 +107,9 @@ async def test_method_not_allowed_is_a_problem(api: Api) -> None:
     assert "GET" in response.headers["Allow"]
 
 
-async def test_unexpected_errors_are_a_bare_500(stores: Stores, tenant: str,
-                                                redis_client: aioredis.Redis) -> None:
+async def test_unexpected_errors_are_a_bare_500(
+    stores: Stores, tenant: str, redis_client: aioredis.Redis
+) -> None:
     pool = await open_pg_pool(stores.pg_url)
     await pool.close()  # every query now fails with an error no handler expects
     settings = admin_settings(stores.pg_url, stores.redis_url)
@@ -162,15 +170,17 @@ async def test_redis_failure_after_commit_succeeds_and_reconciles(
     try:
         async with running_api(settings, pg_pool, dead_redis, tenant) as api:
             await api.create_device("sync")
-            response = await api.call("POST", api.device_path("sync", "/block"),
-                                      json={"reason": "r"})
+            response = await api.call(
+                "POST", api.device_path("sync", "/block"), json={"reason": "r"}
+            )
             assert response.status == 200 and (await response.json())["isBlocked"]
             assert await pg_pool.fetchval(
-                "SELECT is_blocked FROM devices WHERE tenant_id = $1 AND device_id = 'sync'",
-                tenant)
+                "SELECT is_blocked FROM devices WHERE tenant_id = $1 AND device_id = 'sync'", tenant
+            )
             metrics = api.app[METRICS]
-            assert metrics.registry.get_sample_value(
-                "gatekeeper_admin_edge_sync_errors_total") == 1.0
+            assert (
+                metrics.registry.get_sample_value("gatekeeper_admin_edge_sync_errors_total") == 1.0
+            )
             await problem(await api.call("GET", "/readyz", auth=False), 503)
             # A new secret whose edge write failed cannot be shown: 503, retry.
             await problem(await api.call("POST", api.path("/tokens"), json={"name": "t"}), 503)
@@ -184,12 +194,17 @@ async def test_redis_failure_after_commit_succeeds_and_reconciles(
                 assert await redis_client.sismember(edgeview.BLOCKED_SET, member)
                 for _ in range(250):  # the counter moves just after the publish
                     if metrics.registry.get_sample_value(
-                            "gatekeeper_admin_reconcile_total", {"outcome": "ok"}):
+                        "gatekeeper_admin_reconcile_total", {"outcome": "ok"}
+                    ):
                         break
                     await asyncio.sleep(0.02)
                 # At least one reconcile succeeded (a retry scheduled meanwhile may add another).
-                assert (metrics.registry.get_sample_value(
-                    "gatekeeper_admin_reconcile_total", {"outcome": "ok"}) or 0) >= 1.0
+                assert (
+                    metrics.registry.get_sample_value(
+                        "gatekeeper_admin_reconcile_total", {"outcome": "ok"}
+                    )
+                    or 0
+                ) >= 1.0
     finally:
         await dead_redis.aclose()
 
@@ -203,8 +218,9 @@ async def test_service_starts_serves_and_stops(stores: Stores, tenant: str) -> N
         async with aiohttp.ClientSession() as session:
             async with session.get(f"http://127.0.0.1:{service.port}/readyz") as response:
                 assert response.status == 200
-            async with session.get(f"http://127.0.0.1:{service.port}/api/{tenant}/devices",
-                                   ) as response:
+            async with session.get(
+                f"http://127.0.0.1:{service.port}/api/{tenant}/devices",
+            ) as response:
                 assert response.status == 401
                 assert response.headers["WWW-Authenticate"].startswith("Bearer")
         assert "***" not in repr(service) or "password" not in repr(service)

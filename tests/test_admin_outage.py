@@ -36,11 +36,16 @@ async def running(private_stores: Stores, tenant: str) -> AsyncIterator[Running]
     settings = admin_settings(private_stores.pg_url, private_stores.redis_url)
     service = AdminService(settings)
     await service.start()
-    token = mint_token(settings, tenant, ["Device.Read", "Device.Write", "Token.Read",
-                                          "Token.Write"])
+    token = mint_token(
+        settings, tenant, ["Device.Read", "Device.Write", "Token.Read", "Token.Write"]
+    )
     try:
-        yield Running(service, f"http://127.0.0.1:{service.port}",
-                      {"Authorization": f"Bearer {token}"}, tenant)
+        yield Running(
+            service,
+            f"http://127.0.0.1:{service.port}",
+            {"Authorization": f"Bearer {token}"},
+            tenant,
+        )
     finally:
         await service.stop()
 
@@ -67,14 +72,21 @@ _CALLS: list[tuple[str, str, Any]] = [
 ]
 
 
-async def _timed(session: aiohttp.ClientSession, run: Running, method: str, suffix: str,
-                 body: Any) -> tuple[str, int, str, str | None, float]:
+async def _timed(
+    session: aiohttp.ClientSession, run: Running, method: str, suffix: str, body: Any
+) -> tuple[str, int, str, str | None, float]:
     started = time.monotonic()
-    async with session.request(method, f"{run.base}/api/{run.tenant}{suffix}", json=body,
-                               headers=run.headers) as response:
+    async with session.request(
+        method, f"{run.base}/api/{run.tenant}{suffix}", json=body, headers=run.headers
+    ) as response:
         await response.read()
-        return (f"{method} {suffix}", response.status, response.content_type,
-                response.headers.get("Retry-After"), time.monotonic() - started)
+        return (
+            f"{method} {suffix}",
+            response.status,
+            response.content_type,
+            response.headers.get("Retry-After"),
+            time.monotonic() - started,
+        )
 
 
 async def _assert_all_unavailable(run: Running) -> None:
@@ -90,10 +102,14 @@ async def _assert_all_unavailable(run: Running) -> None:
 
 
 async def _create_device(run: Running) -> None:
-    async with aiohttp.ClientSession() as session, session.post(
-            f"{run.base}/api/{run.tenant}/devices", headers=run.headers,
-            json={"deviceId": "dev-1", "type": "CrewCheck",
-                  "settings": {"logoUrl": LOGO}}) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{run.base}/api/{run.tenant}/devices",
+            headers=run.headers,
+            json={"deviceId": "dev-1", "type": "CrewCheck", "settings": {"logoUrl": LOGO}},
+        ) as response,
+    ):
         assert response.status == 201, await response.text()
 
 
@@ -103,16 +119,18 @@ async def test_postgres_down_is_a_quick_503(running: Running, private_stores: St
     await _assert_all_unavailable(running)
 
 
-async def test_postgres_hung_is_a_503_within_the_bound(running: Running,
-                                                       private_stores: Stores) -> None:
+async def test_postgres_hung_is_a_503_within_the_bound(
+    running: Running, private_stores: Stores
+) -> None:
     await _create_device(running)
     with _frozen(private_stores):
         await _assert_all_unavailable(running)
     # Thawed, the service recovers on its own: the broken connections were dropped.
     async with aiohttp.ClientSession() as session:
         for _ in range(50):
-            async with session.get(f"{running.base}/api/{running.tenant}/devices/dev-1",
-                                   headers=running.headers) as response:
+            async with session.get(
+                f"{running.base}/api/{running.tenant}/devices/dev-1", headers=running.headers
+            ) as response:
                 if response.status == 200:
                     break
             await asyncio.sleep(0.2)

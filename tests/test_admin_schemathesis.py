@@ -28,8 +28,10 @@ from admin_api.openapi import build_document
 
 # schemathesis 3.39 subclasses and catches names jsonschema deprecates; only those warnings
 # are silenced, here (at import) and on the test (at run time).
-_SCHEMATHESIS_DEPRECATIONS: Final = (r"jsonschema\.RefResolver is deprecated",
-                                     r"jsonschema\.exceptions\.RefResolutionError is deprecated")
+_SCHEMATHESIS_DEPRECATIONS: Final = (
+    r"jsonschema\.RefResolver is deprecated",
+    r"jsonschema\.exceptions\.RefResolutionError is deprecated",
+)
 with warnings.catch_warnings():
     for _message in _SCHEMATHESIS_DEPRECATIONS:
         warnings.filterwarnings("ignore", message=_message, category=DeprecationWarning)
@@ -48,8 +50,12 @@ with warnings.catch_warnings():
 
 # 19 operations with valid inputs and 8 with invalid ones: about 700 requests, ~10 s.
 _EXAMPLES: Final = 25
-_CHECKS: Final = (not_a_server_error, status_code_conformance, content_type_conformance,
-                  response_schema_conformance)
+_CHECKS: Final = (
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+)
 
 
 @contextmanager
@@ -121,29 +127,45 @@ def _aim(case: Case, tenant: str, choices: dict[str, Any]) -> None:
         case.headers["X-Api-Key"] = choices["X-Api-Key"]
 
 
-def _exercise(operation: APIOperation[Any, Any], method: DataGenerationMethod, base_url: str,
-              tenant: str, authorization: str, known: dict[str, list[Any]],
-              failures: list[str]) -> int:
+def _exercise(
+    operation: APIOperation[Any, Any],
+    method: DataGenerationMethod,
+    base_url: str,
+    tenant: str,
+    authorization: str,
+    known: dict[str, list[Any]],
+    failures: list[str],
+) -> int:
     """Run ``_EXAMPLES`` generated cases of one operation; append each failure; the count."""
     calls = 0
-    aims = st.fixed_dictionaries({name: st.sampled_from([None, *values])
-                                  for name, values in known.items()})
+    aims = st.fixed_dictionaries(
+        {name: st.sampled_from([None, *values]) for name, values in known.items()}
+    )
 
-    @settings(max_examples=_EXAMPLES, derandomize=True, database=None, deadline=None,
-              phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=_EXAMPLES,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
     @given(case=operation.as_strategy(data_generation_method=method), choices=aims)
     def run(case: Case, choices: dict[str, Any]) -> None:
         nonlocal calls
         _aim(case, tenant, choices)
-        response = case.call(base_url=base_url, headers={"Authorization": authorization},
-                             timeout=30)
+        response = case.call(
+            base_url=base_url, headers={"Authorization": authorization}, timeout=30
+        )
         calls += 1
         try:
             case.validate_response(response, checks=_CHECKS)
         except CheckFailed as exc:
-            failures.append(f"{operation.verbose_name} ({method.name}): {exc}\n"
-                            f"  {case.as_curl_command()}\n"
-                            f"  -> {response.status_code} {response.text[:300]}")
+            failures.append(
+                f"{operation.verbose_name} ({method.name}): {exc}\n"
+                f"  {case.as_curl_command()}\n"
+                f"  -> {response.status_code} {response.text[:300]}"
+            )
 
     run()
     return calls
@@ -177,8 +199,9 @@ async def test_schemathesis_finds_no_server_error_and_no_schema_violation(api: A
                         # schemathesis 3 makes every input location invalid at once, which it
                         # cannot where one accepts anything: a bare `tenantId`, no parameters.
                         continue
-                    total += _exercise(operation, method, base_url, api.tenant, authorization,
-                                       known, failures)
+                    total += _exercise(
+                        operation, method, base_url, api.tenant, authorization, known, failures
+                    )
             return total
 
     # The server runs on this event loop; the synchronous client and Hypothesis in a thread.
@@ -187,6 +210,10 @@ async def test_schemathesis_finds_no_server_error_and_no_schema_violation(api: A
     assert not failures, f"{len(failures)} failures:\n" + "\n".join(failures[:20])
 
 
-pytestmark = [pytest.mark.timeout(110),
-              *(pytest.mark.filterwarnings(f"ignore:{message}:DeprecationWarning")
-                for message in _SCHEMATHESIS_DEPRECATIONS)]
+pytestmark = [
+    pytest.mark.timeout(110),
+    *(
+        pytest.mark.filterwarnings(f"ignore:{message}:DeprecationWarning")
+        for message in _SCHEMATHESIS_DEPRECATIONS
+    ),
+]

@@ -33,8 +33,9 @@ async def _reset_environment(settings: Settings, **overrides: Any) -> str:
         token = mint_token(settings, "t1", ["Device.Write"])
         headers = {"Authorization": f"Bearer {token}"}
         async with aiohttp.ClientSession(headers=headers) as session:
-            async with session.post(base, json={"type": "CrewCheck",
-                                                "settings": {"logoUrl": LOGO}}) as response:
+            async with session.post(
+                base, json={"type": "CrewCheck", "settings": {"logoUrl": LOGO}}
+            ) as response:
                 assert response.status == 201, await response.text()
                 device = (await response.json())["deviceId"]
             async with session.post(f"{base}/{device}/connections/reset") as response:
@@ -43,8 +44,9 @@ async def _reset_environment(settings: Settings, **overrides: Any) -> str:
             if found[0].startswith("https://edge.example.com"):
                 return
             # The URL reaches the proxy: it forwards to the demo upstream.
-            async with session.get(f"{found[0]}/api/t1/ping",
-                                   headers={"X-Device-Id": device}) as response:
+            async with session.get(
+                f"{found[0]}/api/t1/ping", headers={"X-Device-Id": device}
+            ) as response:
                 assert response.status == 200
 
     await run_stack(settings, demo_upstream=True, until=until, admin=admin)
@@ -53,8 +55,14 @@ async def _reset_environment(settings: Settings, **overrides: Any) -> str:
 
 @pytest.fixture
 def stack_settings(stores: Stores, tmp_path: Path) -> Settings:
-    return Settings(database_url=stores.pg_url, redis_url=stores.redis_url, data_dir=tmp_path,
-                    jwt_secret=SECRET, admin_port=0, metrics_port=0)
+    return Settings(
+        database_url=stores.pg_url,
+        redis_url=stores.redis_url,
+        data_dir=tmp_path,
+        jwt_secret=SECRET,
+        admin_port=0,
+        metrics_port=0,
+    )
 
 
 async def test_environment_follows_the_proxy_port(stack_settings: Settings) -> None:
@@ -68,6 +76,7 @@ async def test_environment_names_the_port_chosen_for_port_zero(stack_settings: S
 
 
 async def test_a_configured_environment_is_kept(stack_settings: Settings) -> None:
-    environment = await _reset_environment(stack_settings, proxy_port=free_port(),
-                                           environment_url="https://edge.example.com")
+    environment = await _reset_environment(
+        stack_settings, proxy_port=free_port(), environment_url="https://edge.example.com"
+    )
     assert environment == "https://edge.example.com"

@@ -21,15 +21,35 @@ from benchmarks.loadclient import percentile
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ["direct", "nginx", "naive", "gatekeeper-1", "gatekeeper-2"]
-TINY = ["--quick", "--duration", "1", "--runs", "1", "--warmup", "0", "--trials", "3",
-        "--writebehind-seconds", "0.5", "--connections", "4", "--devices", "200",
-        "--no-pin", "--quiet"]
+TINY = [
+    "--quick",
+    "--duration",
+    "1",
+    "--runs",
+    "1",
+    "--warmup",
+    "0",
+    "--trials",
+    "3",
+    "--writebehind-seconds",
+    "0.5",
+    "--connections",
+    "4",
+    "--devices",
+    "200",
+    "--no-pin",
+    "--quiet",
+]
 
 
 def _run(out: Path, *extra: str) -> dict[str, Any]:
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks", "proxy", *TINY, "--out", str(out), *extra],
-        cwd=ROOT, capture_output=True, text=True, timeout=110, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     report: dict[str, Any] = json.loads((out / "latest.json").read_text())
@@ -111,6 +131,6 @@ def test_chart_is_a_valid_png(value: float | None) -> None:
     png = bar_chart_png("t", [("direct", value, "caption", (1, 2, 3))])
     width, height = struct.unpack(">II", png[16:24])
     start = png.index(b"IDAT") + 4
-    length = struct.unpack(">I", png[start - 8:start - 4])[0]
-    raw = zlib.decompress(png[start:start + length])
+    length = struct.unpack(">I", png[start - 8 : start - 4])[0]
+    raw = zlib.decompress(png[start : start + length])
     assert len(raw) == height * (1 + 3 * width)

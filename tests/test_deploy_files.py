@@ -283,4 +283,3 @@ def test_example_toml_documents_every_setting() -> None:
         )
     unknown = (active | set(commented)) - set(Settings.field_names())
     assert not unknown, f"not settings: {sorted(unknown)}"
-

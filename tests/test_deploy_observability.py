@@ -312,5 +312,3 @@ def test_grafana_provisioning_matches_compose() -> None:
     }
     dashboard_dir = providers[0]["options"]["path"]
     assert mounted[f"{dashboard_dir}/{DASHBOARD.name}"] == f"./{DASHBOARD.relative_to(ROOT)}"
-
-

@@ -73,20 +73,29 @@ def _crash(server: EmbeddedPostgres, how: str) -> None:
 
 @pytest.mark.parametrize("how", ["sigkill", "immediate"])
 async def test_acknowledged_writes_survive_a_postgres_crash(
-    how: str, migrated: EmbeddedPostgres, redis_client: aioredis.Redis, tenant: str,
+    how: str,
+    migrated: EmbeddedPostgres,
+    redis_client: aioredis.Redis,
+    tenant: str,
 ) -> None:
     pool = await open_pg_pool(migrated.url, min_size=1, max_size=4)
     try:
-        recorder = ActivityRecorder(pool, flush_interval=3600.0, flush_max_devices=5_000,
-                                    max_pending=10_000, retry_max_seconds=1.0)
+        recorder = ActivityRecorder(
+            pool,
+            flush_interval=3600.0,
+            flush_max_devices=5_000,
+            max_pending=10_000,
+            retry_max_seconds=1.0,
+        )
         for i in range(DEVICES):
             recorder.record((tenant, f"seen-{i:04d}"), ATTRS, i % 2 == 0)
         assert await recorder.flush_once() == DEVICES
         assert recorder.flushed_rows == DEVICES and recorder.pending == 0
         # The blocks last, closest to the crash: the most likely to be lost.
         for i in range(BLOCKS):
-            row = await store.set_blocked(pool, redis_client, tenant, f"blocked-{i:02d}", True,
-                                          "lost", create=True)
+            row = await store.set_blocked(
+                pool, redis_client, tenant, f"blocked-{i:02d}", True, "lost", create=True
+            )
             assert row is not None and row["is_blocked"]
     finally:
         pool.terminate()
@@ -102,20 +111,28 @@ async def test_acknowledged_writes_survive_a_postgres_crash(
         try:
             still_blocked = await conn.fetchval(
                 "SELECT count(*) FROM devices WHERE tenant_id = $1 AND is_blocked"
-                " AND device_id LIKE 'blocked-%'", tenant)
+                " AND device_id LIKE 'blocked-%'",
+                tenant,
+            )
             seen = await conn.fetchval(
                 "SELECT count(*) FROM devices WHERE tenant_id = $1 AND device_id LIKE 'seen-%'"
-                " AND last_active_at IS NOT NULL", tenant)
+                " AND last_active_at IS NOT NULL",
+                tenant,
+            )
             histories = await conn.fetchval(
-                "SELECT count(DISTINCT device_id) FROM device_history WHERE tenant_id = $1",
-                tenant)
+                "SELECT count(DISTINCT device_id) FROM device_history WHERE tenant_id = $1", tenant
+            )
         finally:
             await conn.close()
     finally:
         restarted.stop()
     lost = (BLOCKS - still_blocked) + (DEVICES - seen)
-    record(f"postgres.durability.{how}", acked_writes=BLOCKS + DEVICES, lost_writes=lost,
-           recover_seconds=round(recovered, 2))
+    record(
+        f"postgres.durability.{how}",
+        acked_writes=BLOCKS + DEVICES,
+        lost_writes=lost,
+        recover_seconds=round(recovered, 2),
+    )
     assert still_blocked == BLOCKS
     assert seen == DEVICES
     assert histories == DEVICES  # each first sighting's history record came back with it

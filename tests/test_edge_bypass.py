@@ -30,17 +30,42 @@ from gatekeeper.store import edge_writes as store
 BLOCKED = "blk-corpus"
 TENANTS = {"acme", "default"}
 CASES = 150
-CORPUS = settings(max_examples=CASES, derandomize=True, deadline=None, database=None,
-                  suppress_health_check=list(HealthCheck))
+CORPUS = settings(
+    max_examples=CASES,
+    derandomize=True,
+    deadline=None,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
 
 # Pieces an attacker combines into a path that a lenient upstream reads as /api/acme/...
 PREFIX_SEGMENTS = ["api", "API", "Api", "%61pi", "%41PI", "api;x", "api%2F", "a%70i"]
 TENANT_SEGMENTS = ["acme", "ACME", "%61cme", "acme;x", "acm%65", "acme%2F", "%2561cme"]
-NOISE_SEGMENTS = ["", ".", "..", "%2e", "%2E%2e", "..;", ".%2e", "%252e%252e", "x", "x;y",
-                  "..%2F", "%5C..", "other"]
+NOISE_SEGMENTS = [
+    "",
+    ".",
+    "..",
+    "%2e",
+    "%2E%2e",
+    "..;",
+    ".%2e",
+    "%252e%252e",
+    "x",
+    "x;y",
+    "..%2F",
+    "%5C..",
+    "other",
+]
 SEPARATORS = ["/", "//", "/./", "\\", "%2F", "%5C", "/%2e/"]
-DEVICE_HEADER_NAMES = ["X-Device-Id", "x-device-id", "X-DEVICE-ID", "X_Device_Id",
-                       "x_device_id", "X-Device_Id", "X_Device-Id"]
+DEVICE_HEADER_NAMES = [
+    "X-Device-Id",
+    "x-device-id",
+    "X-DEVICE-ID",
+    "X_Device_Id",
+    "x_device_id",
+    "X-Device_Id",
+    "X_Device-Id",
+]
 
 
 def _run(coro: Coroutine[Any, Any, None]) -> None:
@@ -78,6 +103,7 @@ class Corpus:
 
     def attack(self, data: bytes, twin: bytes | None = None) -> None:
         """Send ``data`` (carrying the blocked id) and, if given, its allowed ``twin``."""
+
         async def go() -> None:
             await _send(self.port, data)
             if twin is not None:
@@ -91,8 +117,9 @@ class Corpus:
 
 
 @pytest.fixture
-async def corpus(edge_factory: EdgeFactory, pg_pool: asyncpg.Pool,
-                 redis_client: aioredis.Redis) -> AsyncIterator[Callable[[], Corpus]]:
+async def corpus(
+    edge_factory: EdgeFactory, pg_pool: asyncpg.Pool, redis_client: aioredis.Redis
+) -> AsyncIterator[Callable[[], Corpus]]:
     """A proxy whose event loop runs in a thread of its own, so that hypothesis can drive the
     examples synchronously from the test."""
     async with RecordingUpstream() as upstream:
@@ -117,7 +144,8 @@ async def _in_thread(test: Callable[[Corpus], None], corpus: Corpus) -> None:
 
 paths = st.builds(
     lambda lead, prefix, mid, tenant, tail, seps: (
-        lead + prefix + seps[0] + "".join(m + seps[1] for m in mid) + tenant + seps[2] + tail),
+        lead + prefix + seps[0] + "".join(m + seps[1] for m in mid) + tenant + seps[2] + tail
+    ),
     st.sampled_from(["/", "//", "/./", "/x/../"]),
     st.sampled_from(PREFIX_SEGMENTS),
     st.lists(st.sampled_from(NOISE_SEGMENTS), max_size=3),
@@ -133,22 +161,35 @@ async def test_path_variants_never_reach_the_upstream(corpus: Callable[[], Corpu
     @given(path=paths, form=forms)
     def case(c: Corpus, path: str, form: str) -> None:
         def request(device: str) -> bytes:
-            return (f"GET {form}{path} HTTP/1.1\r\nHost: edge\r\nX-Device-Id: {device}\r\n"
-                    "Connection: close\r\n\r\n").encode("latin-1")
+            return (
+                f"GET {form}{path} HTTP/1.1\r\nHost: edge\r\nX-Device-Id: {device}\r\n"
+                "Connection: close\r\n\r\n"
+            ).encode("latin-1")
+
         c.attack(request(BLOCKED), twin=request("allowed-twin"))
 
     state = corpus()
     await _in_thread(case, state)
-    record("bypass.path", cases=state.cases, twins_forwarded=state.reached,
-           reached_upstream=len(state.upstream.seen), leaked=0)
+    record(
+        "bypass.path",
+        cases=state.cases,
+        twins_forwarded=state.reached,
+        reached_upstream=len(state.upstream.seen),
+        leaked=0,
+    )
     assert state.reached > 0  # the corpus also produces requests the edge forwards
 
 
 # --- header names ------------------------------------------------------------------------------
 
-headers = st.lists(st.tuples(st.sampled_from(DEVICE_HEADER_NAMES),
-                             st.sampled_from([BLOCKED, f" {BLOCKED} ", "allowed-twin"])),
-                   min_size=1, max_size=3).filter(lambda hs: any(BLOCKED in v for _, v in hs))
+headers = st.lists(
+    st.tuples(
+        st.sampled_from(DEVICE_HEADER_NAMES),
+        st.sampled_from([BLOCKED, f" {BLOCKED} ", "allowed-twin"]),
+    ),
+    min_size=1,
+    max_size=3,
+).filter(lambda hs: any(BLOCKED in v for _, v in hs))
 
 
 async def test_header_spellings_never_reach_the_upstream(corpus: Callable[[], Corpus]) -> None:
@@ -157,13 +198,15 @@ async def test_header_spellings_never_reach_the_upstream(corpus: Callable[[], Co
     def case(c: Corpus, pairs: list[tuple[str, str]], tenant: str) -> None:
         lines = "".join(f"{name}: {value}\r\n" for name, value in pairs)
         path = f"/api/{tenant}/x" if tenant else "/x"
-        c.attack(f"GET {path} HTTP/1.1\r\nHost: edge\r\n{lines}Connection: close\r\n\r\n"
-                 .encode("latin-1"))
+        c.attack(
+            f"GET {path} HTTP/1.1\r\nHost: edge\r\n{lines}Connection: close\r\n\r\n".encode(
+                "latin-1"
+            )
+        )
 
     state = corpus()
     await _in_thread(case, state)
-    record("bypass.headers", cases=state.cases, reached_upstream=len(state.upstream.seen),
-           leaked=0)
+    record("bypass.headers", cases=state.cases, reached_upstream=len(state.upstream.seen), leaked=0)
 
 
 # --- framing around upgrades -------------------------------------------------------------------
@@ -179,18 +222,27 @@ UPGRADES = [
 
 
 def _smuggled(tenant: str) -> str:
-    return (f"GET /api/{tenant}/secret HTTP/1.1\r\nHost: edge\r\nX-Device-Id: {BLOCKED}\r\n"
-            "Connection: close\r\n\r\n")
+    return (
+        f"GET /api/{tenant}/secret HTTP/1.1\r\nHost: edge\r\nX-Device-Id: {BLOCKED}\r\n"
+        "Connection: close\r\n\r\n"
+    )
 
 
 async def test_upgrade_framing_never_opens_a_path(corpus: Callable[[], Corpus]) -> None:
     @CORPUS
-    @given(method=st.sampled_from(["GET", "POST", "CONNECT", "OPTIONS"]),
-           upgrade=st.sampled_from(UPGRADES),
-           target=st.sampled_from(["/api/acme/refuse", "/api/acme/ws", "edge:80", "*"]),
-           body=st.sampled_from(["", "Content-Length: 5\r\n\r\nhello",
-                                 "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"]),
-           tenant=st.sampled_from(["acme", "default"]))
+    @given(
+        method=st.sampled_from(["GET", "POST", "CONNECT", "OPTIONS"]),
+        upgrade=st.sampled_from(UPGRADES),
+        target=st.sampled_from(["/api/acme/refuse", "/api/acme/ws", "edge:80", "*"]),
+        body=st.sampled_from(
+            [
+                "",
+                "Content-Length: 5\r\n\r\nhello",
+                "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            ]
+        ),
+        tenant=st.sampled_from(["acme", "default"]),
+    )
     def case(c: Corpus, method: str, upgrade: str, target: str, body: str, tenant: str) -> None:
         head = f"{method} {target} HTTP/1.1\r\nHost: edge\r\nX-Device-Id: allowed-twin\r\n"
         tail = body if body else "\r\n"
@@ -199,22 +251,25 @@ async def test_upgrade_framing_never_opens_a_path(corpus: Callable[[], Corpus]) 
 
     state = corpus()
     await _in_thread(case, state)
-    record("bypass.upgrade", cases=state.cases, reached_upstream=len(state.upstream.seen),
-           leaked=0)
+    record("bypass.upgrade", cases=state.cases, reached_upstream=len(state.upstream.seen), leaked=0)
 
 
 # --- the head parser, fuzzed ------------------------------------------------------------------
 
-TEMPLATE = (f"GET /api/acme/x HTTP/1.1\r\nHost: edge\r\nX-Device-Id: {BLOCKED}\r\n"
-            "Content-Length: 0\r\n\r\n").encode()
-mutations = st.lists(st.tuples(st.integers(0, len(TEMPLATE)), st.integers(0, 3),
-                               st.binary(max_size=4)), min_size=1, max_size=4)
+TEMPLATE = (
+    f"GET /api/acme/x HTTP/1.1\r\nHost: edge\r\nX-Device-Id: {BLOCKED}\r\nContent-Length: 0\r\n\r\n"
+).encode()
+mutations = st.lists(
+    st.tuples(st.integers(0, len(TEMPLATE)), st.integers(0, 3), st.binary(max_size=4)),
+    min_size=1,
+    max_size=4,
+)
 
 
 def _mutate(edits: list[tuple[int, int, bytes]]) -> bytes:
     data = TEMPLATE
     for at, cut, insert in edits:
-        data = data[:at] + insert + data[at + cut:]
+        data = data[:at] + insert + data[at + cut :]
     return data
 
 
@@ -238,5 +293,10 @@ async def test_fuzzed_heads_are_refused_or_denied(corpus: Callable[[], Corpus]) 
     state = corpus()
     await _in_thread(case, state)
     assert statuses and not [s for s in statuses if s >= 500 and s not in (502, 504, 505)]
-    record("bypass.fuzzed_head", cases=state.cases, reached_upstream=len(state.upstream.seen),
-           answered=len(statuses), leaked=0)
+    record(
+        "bypass.fuzzed_head",
+        cases=state.cases,
+        reached_upstream=len(state.upstream.seen),
+        answered=len(statuses),
+        leaked=0,
+    )

@@ -45,11 +45,13 @@ async def upstream() -> AsyncIterator[CountingUpstream]:
         yield counting
 
 
-async def _status(session: aiohttp.ClientSession, edge: EdgeServer, tenant: str,
-                  device: str | None) -> int:
+async def _status(
+    session: aiohttp.ClientSession, edge: EdgeServer, tenant: str, device: str | None
+) -> int:
     headers = {"X-Device-Id": device} if device else {}
-    async with session.get(f"http://127.0.0.1:{edge.proxy_port}/api/{tenant}/x",
-                           headers=headers) as response:
+    async with session.get(
+        f"http://127.0.0.1:{edge.proxy_port}/api/{tenant}/x", headers=headers
+    ) as response:
         await response.read()
         return response.status
 
@@ -68,7 +70,9 @@ def _redis_port(url: str) -> int:
 
 
 async def test_redis_stopped_mid_traffic_mirror_keeps_serving(
-    private_stores: Stores, edge_factory: EdgeFactory, session: aiohttp.ClientSession,
+    private_stores: Stores,
+    edge_factory: EdgeFactory,
+    session: aiohttp.ClientSession,
     tenant: str,
 ) -> None:
     pool = await open_pg_pool(private_stores.pg_url, min_size=0, max_size=2)
@@ -107,8 +111,10 @@ async def test_redis_stopped_mid_traffic_mirror_keeps_serving(
         restarted.start()
 
         async def fresh() -> bool:
-            return await _stale(session, edge) == 0.0 and (await _readyz(
-                session, edge))[1]["blocklist_fresh"]
+            return (
+                await _stale(session, edge) == 0.0
+                and (await _readyz(session, edge))[1]["blocklist_fresh"]
+            )
 
         assert await eventually(fresh, 10.0)
         stop_traffic.set()
@@ -131,15 +137,21 @@ async def test_redis_stopped_mid_traffic_mirror_keeps_serving(
         await redis.aclose()
 
 
-async def _is(session: aiohttp.ClientSession, edge: EdgeServer, tenant: str, device: str,
-              status: int) -> bool:
+async def _is(
+    session: aiohttp.ClientSession, edge: EdgeServer, tenant: str, device: str, status: int
+) -> bool:
     return await _status(session, edge, tenant, device) == status
 
 
 @pytest.mark.parametrize("fault", ["cut", "blip"])
 async def test_resync_after_reconnect_picks_up_changes_made_meanwhile(
-    fault: str, stores: Stores, edge_factory: EdgeFactory, pg_pool: asyncpg.Pool,
-    redis_client: aioredis.Redis, session: aiohttp.ClientSession, tenant: str,
+    fault: str,
+    stores: Stores,
+    edge_factory: EdgeFactory,
+    pg_pool: asyncpg.Pool,
+    redis_client: aioredis.Redis,
+    session: aiohttp.ClientSession,
+    tenant: str,
 ) -> None:
     """``cut``: the proxy's Redis connections are closed and refused (it reports stale) while
     the store changes Redis directly. ``blip``: the proxy's connections silently drop what is
@@ -172,8 +184,10 @@ async def test_resync_after_reconnect_picks_up_changes_made_meanwhile(
             await fault_proxy.reset()
 
         async def caught_up() -> bool:
-            return (await _status(session, edge, tenant, "now-blocked") == 403
-                    and await _status(session, edge, tenant, "was-blocked") == 200)
+            return (
+                await _status(session, edge, tenant, "now-blocked") == 403
+                and await _status(session, edge, tenant, "was-blocked") == 200
+            )
 
         assert await eventually(caught_up, 5.0)
         assert await eventually(lambda: _not_stale(session, edge), 2.0)
@@ -184,14 +198,20 @@ async def _not_stale(session: aiohttp.ClientSession, edge: EdgeServer) -> bool:
 
 
 async def test_hung_redis_marks_the_mirror_stale_and_it_keeps_serving(
-    stores: Stores, edge_factory: EdgeFactory, upstream: CountingUpstream, pg_pool: asyncpg.Pool,
-    redis_client: aioredis.Redis, session: aiohttp.ClientSession, tenant: str,
+    stores: Stores,
+    edge_factory: EdgeFactory,
+    upstream: CountingUpstream,
+    pg_pool: asyncpg.Pool,
+    redis_client: aioredis.Redis,
+    session: aiohttp.ClientSession,
+    tenant: str,
 ) -> None:
     """Redis keeps the connections open and answers nothing (a hung server, a partition): a
     quiet subscription must not pass for a live one."""
     async with FaultProxy("127.0.0.1", _redis_port(stores.redis_url)) as fault_proxy:
-        edge = await edge_factory(redis_url=fault_proxy.url, upstream=upstream.url,
-                                  blocklist_resync_seconds=300)
+        edge = await edge_factory(
+            redis_url=fault_proxy.url, upstream=upstream.url, blocklist_resync_seconds=300
+        )
         await store.set_blocked(pg_pool, redis_client, tenant, "bad", True, create=True)
         assert await eventually(lambda: _is(session, edge, tenant, "bad", 403), 1.0)
 
@@ -219,8 +239,11 @@ async def test_hung_redis_marks_the_mirror_stale_and_it_keeps_serving(
 
 
 async def test_proxy_started_while_redis_down_is_unready_then_recovers(
-    stores: Stores, edge_factory: EdgeFactory, upstream: CountingUpstream,
-    session: aiohttp.ClientSession, tenant: str,
+    stores: Stores,
+    edge_factory: EdgeFactory,
+    upstream: CountingUpstream,
+    session: aiohttp.ClientSession,
+    tenant: str,
 ) -> None:
     async with FaultProxy("127.0.0.1", _redis_port(stores.redis_url)) as fault_proxy:
         await fault_proxy.cut()  # the port is known, nothing listens on it
@@ -228,8 +251,10 @@ async def test_proxy_started_while_redis_down_is_unready_then_recovers(
         status, checks = await _readyz(session, edge)
         assert status == 503 and not checks["ready"] and not checks["blocklist_loaded"]
         for device in ("d1", None):
-            async with session.get(f"http://127.0.0.1:{edge.proxy_port}/api/{tenant}/x",
-                                   headers={"X-Device-Id": device} if device else {}) as response:
+            async with session.get(
+                f"http://127.0.0.1:{edge.proxy_port}/api/{tenant}/x",
+                headers={"X-Device-Id": device} if device else {},
+            ) as response:
                 assert response.status == 503
                 assert response.headers["Content-Type"] == PROBLEM
                 assert response.headers["Retry-After"] == "1"
@@ -247,13 +272,17 @@ async def test_proxy_started_while_redis_down_is_unready_then_recovers(
 
 
 async def test_fail_open_forwards_while_redis_down(
-    stores: Stores, edge_factory: EdgeFactory, upstream: CountingUpstream,
-    session: aiohttp.ClientSession, tenant: str,
+    stores: Stores,
+    edge_factory: EdgeFactory,
+    upstream: CountingUpstream,
+    session: aiohttp.ClientSession,
+    tenant: str,
 ) -> None:
     async with FaultProxy("127.0.0.1", _redis_port(stores.redis_url)) as fault_proxy:
         await fault_proxy.cut()
-        edge = await edge_factory(redis_url=fault_proxy.url, upstream=upstream.url,
-                                  fail_open=True, wait=False)
+        edge = await edge_factory(
+            redis_url=fault_proxy.url, upstream=upstream.url, fail_open=True, wait=False
+        )
         status, checks = await _readyz(session, edge)
         assert status == 200 and not checks["blocklist_loaded"]
         assert await _status(session, edge, tenant, "d1") == 200
@@ -261,22 +290,31 @@ async def test_fail_open_forwards_while_redis_down(
 
 
 async def test_sigterm_finishes_in_flight_requests_and_flushes_activity(
-    stores: Stores, pg_pool: asyncpg.Pool, tenant: str, tmp_path: Path,
+    stores: Stores,
+    pg_pool: asyncpg.Pool,
+    tenant: str,
+    tmp_path: Path,
 ) -> None:
     n = 10
     async with CountingUpstream(delay=1.0) as slow, aiohttp.ClientSession() as session:
         # No periodic flush within the test: only the shutdown drain can write the devices.
-        proc = ProxyProcess(database_url=stores.pg_url, redis_url=stores.redis_url,
-                            upstream=slow.url, log_dir=tmp_path,
-                            env={"GATEKEEPER_FLUSH_INTERVAL_SECONDS": "60"})
+        proc = ProxyProcess(
+            database_url=stores.pg_url,
+            redis_url=stores.redis_url,
+            upstream=slow.url,
+            log_dir=tmp_path,
+            env={"GATEKEEPER_FLUSH_INTERVAL_SECONDS": "60"},
+        )
         try:
             proc.start()
             await proc.wait_ready(session)
 
             async def call(i: int) -> tuple[int, bytes]:
-                async with session.post(f"{proc.base}/api/{tenant}/upload", data=b"x" * 100,
-                                        headers={"X-Device-Id": f"sig-{i}",
-                                                 "X-App-Name": "crew"}) as response:
+                async with session.post(
+                    f"{proc.base}/api/{tenant}/upload",
+                    data=b"x" * 100,
+                    headers={"X-Device-Id": f"sig-{i}", "X-App-Name": "crew"},
+                ) as response:
                     return response.status, await response.read()
 
             calls = [asyncio.create_task(call(i)) for i in range(n)]
@@ -293,14 +331,16 @@ async def test_sigterm_finishes_in_flight_requests_and_flushes_activity(
             await proc.stop()
     rows = await pg_pool.fetch(
         "SELECT device_id, application, last_active_at, last_data_upload_at FROM devices"
-        " WHERE tenant_id = $1 ORDER BY device_id", tenant)
+        " WHERE tenant_id = $1 ORDER BY device_id",
+        tenant,
+    )
     assert [r["device_id"] for r in rows] == sorted(f"sig-{i}" for i in range(n))
-    assert all(r["application"] == "crew" and r["last_data_upload_at"] is not None
-               for r in rows)
+    assert all(r["application"] == "crew" and r["last_data_upload_at"] is not None for r in rows)
 
 
 async def test_a_quiet_healthy_redis_keeps_the_mirror_fresh(
-    stores: Stores, caplog: pytest.LogCaptureFixture,
+    stores: Stores,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """No message for many PING intervals is not an outage: every PING is answered, so the
     mirror never goes stale and never reconnects. (With redis-py 8's RESP3 default the PONG on

@@ -34,8 +34,12 @@ async def upstream() -> AsyncIterator[RecordingUpstream]:
 
 
 @pytest.fixture
-async def edge(edge_factory: EdgeFactory, upstream: RecordingUpstream,
-               redis_client: aioredis.Redis, pg_pool: asyncpg.Pool) -> EdgeServer:
+async def edge(
+    edge_factory: EdgeFactory,
+    upstream: RecordingUpstream,
+    redis_client: aioredis.Redis,
+    pg_pool: asyncpg.Pool,
+) -> EdgeServer:
     server = await edge_factory(upstream=upstream.url)
     for tenant in TENANTS:
         await store.set_blocked(pg_pool, redis_client, tenant, BLOCKED, True, create=True)
@@ -52,9 +56,14 @@ async def _wait_blocked(server: EdgeServer) -> None:
 
 
 def _get(target: bytes, *headers: bytes, close: bool = True) -> bytes:
-    return (b"GET " + target + b" HTTP/1.1\r\nHost: edge\r\n"
-            + b"".join(h + b"\r\n" for h in headers)
-            + (b"Connection: close\r\n" if close else b"") + b"\r\n")
+    return (
+        b"GET "
+        + target
+        + b" HTTP/1.1\r\nHost: edge\r\n"
+        + b"".join(h + b"\r\n" for h in headers)
+        + (b"Connection: close\r\n" if close else b"")
+        + b"\r\n"
+    )
 
 
 async def _exchange_all(port: int, data: bytes, timeout: float = 5.0) -> bytes:
@@ -81,19 +90,27 @@ def _statuses(raw: bytes) -> list[int]:
 # --- 1. tunnels --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("upgrade", [
-    b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
-    b"Upgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAAQAAP__",
-    b"Upgrade: foo\r\nConnection: upgrade",
-], ids=["websocket-refused", "h2c", "unknown"])
+@pytest.mark.parametrize(
+    "upgrade",
+    [
+        b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        b"Upgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAAQAAP__",
+        b"Upgrade: foo\r\nConnection: upgrade",
+    ],
+    ids=["websocket-refused", "h2c", "unknown"],
+)
 async def test_a_refused_upgrade_does_not_open_a_tunnel(
-        edge: EdgeServer, upstream: RecordingUpstream, upgrade: bytes) -> None:
+    edge: EdgeServer, upstream: RecordingUpstream, upgrade: bytes
+) -> None:
     smuggled = _get(b"/api/acme/secret", b"X-Device-Id: " + BLOCKED.encode())
     raw = await _exchange_all(
         edge.proxy_port,
-        b"GET /api/acme/refuse HTTP/1.1\r\nHost: edge\r\nX-Device-Id: fine\r\n" + upgrade
-        + b"\r\n\r\n" + smuggled)
+        b"GET /api/acme/refuse HTTP/1.1\r\nHost: edge\r\nX-Device-Id: fine\r\n"
+        + upgrade
+        + b"\r\n\r\n"
+        + smuggled,
+    )
     statuses = _statuses(raw)
     assert statuses[-1] == 403, raw  # the request after the upgrade was parsed and checked
     assert statuses[0] in (200, 400)  # the upstream's answer to the upgrade, relayed
@@ -102,11 +119,14 @@ async def test_a_refused_upgrade_does_not_open_a_tunnel(
 
 
 async def test_a_websocket_tunnel_opens_only_after_101(
-        edge: EdgeServer, upstream: RecordingUpstream) -> None:
+    edge: EdgeServer, upstream: RecordingUpstream
+) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", edge.proxy_port)
     try:
-        writer.write(b"GET /api/acme/ws HTTP/1.1\r\nHost: edge\r\nX-Device-Id: fine\r\n"
-                     b"Upgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+        writer.write(
+            b"GET /api/acme/ws HTTP/1.1\r\nHost: edge\r\nX-Device-Id: fine\r\n"
+            b"Upgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+        )
         raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
     finally:
         writer.close()
@@ -119,7 +139,8 @@ async def test_connect_is_405(edge: EdgeServer, upstream: RecordingUpstream) -> 
     raw = await _exchange_all(
         edge.proxy_port,
         b"CONNECT upstream:80 HTTP/1.1\r\nHost: upstream:80\r\n\r\n"
-        + _get(b"/api/acme/x", b"X-Device-Id: " + BLOCKED.encode()))
+        + _get(b"/api/acme/x", b"X-Device-Id: " + BLOCKED.encode()),
+    )
     assert _statuses(raw) == [405]
     assert b"Allow: " in raw
     assert upstream.seen == []
@@ -128,50 +149,77 @@ async def test_connect_is_405(edge: EdgeServer, upstream: RecordingUpstream) -> 
 # --- 2 and 3. targets and paths ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("target", [
-    b"http://x/api/acme/ping", b"/api//acme/ping", b"/api/./acme/ping", b"/api/x/../acme/ping",
-    b"//api/acme/ping", b"/%61pi/%61cme/ping", b"/api/other/../../api/acme/ping",
-])
+@pytest.mark.parametrize(
+    "target",
+    [
+        b"http://x/api/acme/ping",
+        b"/api//acme/ping",
+        b"/api/./acme/ping",
+        b"/api/x/../acme/ping",
+        b"//api/acme/ping",
+        b"/%61pi/%61cme/ping",
+        b"/api/other/../../api/acme/ping",
+    ],
+)
 async def test_a_disguised_path_to_the_tenant_is_denied(
-        edge: EdgeServer, upstream: RecordingUpstream, target: bytes) -> None:
-    answer = await raw_exchange(edge.proxy_port,
-                                _get(target, b"X-Device-Id: " + BLOCKED.encode()))
+    edge: EdgeServer, upstream: RecordingUpstream, target: bytes
+) -> None:
+    answer = await raw_exchange(edge.proxy_port, _get(target, b"X-Device-Id: " + BLOCKED.encode()))
     assert answer.status == 403
     assert upstream.seen == []
 
 
-@pytest.mark.parametrize(("target", "expected"), [
-    (b"http://x/api/acme/ping?q=1", "/api/acme/ping?q=1"),
-    (b"HTTP://x", "/"),
-    (b"/api//acme/./a/b/../c/", "/api/acme/a/c/"),
-    (b"/api/acme/%7euser/%3a", "/api/acme/~user/%3A"),
-    (b"/api/acme/a/..", "/api/acme/"),
-])
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        (b"http://x/api/acme/ping?q=1", "/api/acme/ping?q=1"),
+        (b"HTTP://x", "/"),
+        (b"/api//acme/./a/b/../c/", "/api/acme/a/c/"),
+        (b"/api/acme/%7euser/%3a", "/api/acme/~user/%3A"),
+        (b"/api/acme/a/..", "/api/acme/"),
+    ],
+)
 async def test_the_normalised_target_is_what_is_forwarded(
-        edge: EdgeServer, upstream: RecordingUpstream, target: bytes, expected: str) -> None:
+    edge: EdgeServer, upstream: RecordingUpstream, target: bytes, expected: str
+) -> None:
     answer = await raw_exchange(edge.proxy_port, _get(target, b"X-Device-Id: fine"))
     assert answer.status == 200
     assert upstream.seen[-1].target == expected
 
 
 async def test_absolute_form_host_replaces_the_host_header(
-        edge: EdgeServer, upstream: RecordingUpstream) -> None:
+    edge: EdgeServer, upstream: RecordingUpstream
+) -> None:
     answer = await raw_exchange(edge.proxy_port, _get(b"http://public.example/api/acme/x"))
     assert answer.status == 200
     headers = dict((n.lower(), v) for n, v in upstream.seen[-1].headers)
     assert headers[b"x-forwarded-host"] == b"public.example"
 
 
-@pytest.mark.parametrize("target", [
-    b"/api%2Facme/ping", b"/api/x/..%2facme/ping", b"/api/x/%252e%252e/acme/ping",
-    b"/api/x/..;/acme/ping", b"/API/acme/ping", b"/Api/acme/ping", b"/api;x/acme/ping",
-    b"/api/ACME/ping", b"/api/acme;x/ping", b"/api/%zz/ping", b"/api/acme/ping#frag",
-    b"/api/acme%5cx", b"ftp://x/api/acme", b"api/acme", b"http://user@x/api/acme",
-])
+@pytest.mark.parametrize(
+    "target",
+    [
+        b"/api%2Facme/ping",
+        b"/api/x/..%2facme/ping",
+        b"/api/x/%252e%252e/acme/ping",
+        b"/api/x/..;/acme/ping",
+        b"/API/acme/ping",
+        b"/Api/acme/ping",
+        b"/api;x/acme/ping",
+        b"/api/ACME/ping",
+        b"/api/acme;x/ping",
+        b"/api/%zz/ping",
+        b"/api/acme/ping#frag",
+        b"/api/acme%5cx",
+        b"ftp://x/api/acme",
+        b"api/acme",
+        b"http://user@x/api/acme",
+    ],
+)
 async def test_a_path_without_one_reading_is_400(
-        edge: EdgeServer, upstream: RecordingUpstream, target: bytes) -> None:
-    answer = await raw_exchange(edge.proxy_port,
-                                _get(target, b"X-Device-Id: " + BLOCKED.encode()))
+    edge: EdgeServer, upstream: RecordingUpstream, target: bytes
+) -> None:
+    answer = await raw_exchange(edge.proxy_port, _get(target, b"X-Device-Id: " + BLOCKED.encode()))
     assert answer.status == 400
     assert answer.headers["content-type"] == "application/problem+json"
     assert upstream.seen == []
@@ -182,19 +230,28 @@ async def test_a_path_without_one_reading_is_400(
 
 @pytest.mark.parametrize("name", [b"X_Device_Id", b"x_device-id", b"X-Device_Id"])
 async def test_an_underscore_alias_of_the_device_header_is_400(
-        edge: EdgeServer, upstream: RecordingUpstream, name: bytes) -> None:
-    answer = await raw_exchange(edge.proxy_port,
-                                _get(b"/api/acme/x", name + b": " + BLOCKED.encode()))
+    edge: EdgeServer, upstream: RecordingUpstream, name: bytes
+) -> None:
+    answer = await raw_exchange(
+        edge.proxy_port, _get(b"/api/acme/x", name + b": " + BLOCKED.encode())
+    )
     assert answer.status == 400
     assert upstream.seen == []
 
 
 async def test_underscore_aliases_can_be_dropped_instead(
-        edge_factory: EdgeFactory, upstream: RecordingUpstream) -> None:
+    edge_factory: EdgeFactory, upstream: RecordingUpstream
+) -> None:
     server = await edge_factory(upstream=upstream.url, underscore_headers="drop")
-    answer = await raw_exchange(server.proxy_port, _get(
-        b"/api/acme/x", b"X_Device_Id: " + BLOCKED.encode(), b"Transfer_Encoding: chunked",
-        b"X_Custom: kept"))
+    answer = await raw_exchange(
+        server.proxy_port,
+        _get(
+            b"/api/acme/x",
+            b"X_Device_Id: " + BLOCKED.encode(),
+            b"Transfer_Encoding: chunked",
+            b"X_Custom: kept",
+        ),
+    )
     assert answer.status == 200
     names = {n.lower() for n, _ in upstream.seen[-1].headers}
     assert b"x_device_id" not in names and b"transfer_encoding" not in names
@@ -204,35 +261,51 @@ async def test_underscore_aliases_can_be_dropped_instead(
 # --- HTTP framing rules --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("data", "status"), [
-    (b"GET /api/acme/x HTTP/1.1\r\nX-Device-Id: fine\r\n\r\n", 400),  # no Host
-    (b"GET /api/acme/x HTTP/1.1\r\nHost: a\r\nHost: b\r\nX-Device-Id: fine\r\n\r\n", 400),
-    (b"POST /api/acme/x HTTP/1.0\r\nTransfer-Encoding: chunked\r\nX-Device-Id: fine\r\n\r\n"
-     b"0\r\n\r\n", 400),
-    (b"GET /api/acme/x\r\n\r\n", 400),  # HTTP/0.9
-    (b"GET /api/acme/x HTTP/2.0\r\nHost: a\r\n\r\n", 505),
-    (b"POST /api/acme/x HTTP/1.1\r\nHost: a\r\nExpect: magic\r\nContent-Length: 1\r\n\r\nx", 417),
-], ids=["no-host", "two-hosts", "te-on-1.0", "http-0.9", "http-2.0-text", "expect-unknown"])
-async def test_framing_rules_as_nginx(edge: EdgeServer, upstream: RecordingUpstream,
-                                      data: bytes, status: int) -> None:
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [
+        (b"GET /api/acme/x HTTP/1.1\r\nX-Device-Id: fine\r\n\r\n", 400),  # no Host
+        (b"GET /api/acme/x HTTP/1.1\r\nHost: a\r\nHost: b\r\nX-Device-Id: fine\r\n\r\n", 400),
+        (
+            b"POST /api/acme/x HTTP/1.0\r\nTransfer-Encoding: chunked\r\nX-Device-Id: fine\r\n\r\n"
+            b"0\r\n\r\n",
+            400,
+        ),
+        (b"GET /api/acme/x\r\n\r\n", 400),  # HTTP/0.9
+        (b"GET /api/acme/x HTTP/2.0\r\nHost: a\r\n\r\n", 505),
+        (
+            b"POST /api/acme/x HTTP/1.1\r\nHost: a\r\nExpect: magic\r\nContent-Length: 1\r\n\r\nx",
+            417,
+        ),
+    ],
+    ids=["no-host", "two-hosts", "te-on-1.0", "http-0.9", "http-2.0-text", "expect-unknown"],
+)
+async def test_framing_rules_as_nginx(
+    edge: EdgeServer, upstream: RecordingUpstream, data: bytes, status: int
+) -> None:
     answer = await raw_exchange(edge.proxy_port, data)
     assert answer.status == status
     assert upstream.seen == []
 
 
-async def test_http_1_0_without_host_is_served(edge: EdgeServer,
-                                               upstream: RecordingUpstream) -> None:
-    answer = await raw_exchange(edge.proxy_port,
-                                b"GET /api/acme/x HTTP/1.0\r\nX-Device-Id: fine\r\n\r\n")
+async def test_http_1_0_without_host_is_served(
+    edge: EdgeServer, upstream: RecordingUpstream
+) -> None:
+    answer = await raw_exchange(
+        edge.proxy_port, b"GET /api/acme/x HTTP/1.0\r\nX-Device-Id: fine\r\n\r\n"
+    )
     assert answer.status == 200
 
 
 async def test_expect_100_continue_is_answered_once_admitted(
-        edge: EdgeServer, upstream: RecordingUpstream) -> None:
+    edge: EdgeServer, upstream: RecordingUpstream
+) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", edge.proxy_port)
     try:
-        writer.write(b"POST /api/acme/up HTTP/1.1\r\nHost: edge\r\nX-Device-Id: fine\r\n"
-                     b"Content-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n")
+        writer.write(
+            b"POST /api/acme/up HTTP/1.1\r\nHost: edge\r\nX-Device-Id: fine\r\n"
+            b"Content-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n"
+        )
         interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
         assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
         writer.write(b"hello")
@@ -245,12 +318,13 @@ async def test_expect_100_continue_is_answered_once_admitted(
     assert not any(n.lower() == b"expect" for n, _ in upstream.seen[-1].headers)
 
 
-async def test_expect_100_continue_from_a_blocked_device_gets_403_not_100(
-        edge: EdgeServer) -> None:
+async def test_expect_100_continue_from_a_blocked_device_gets_403_not_100(edge: EdgeServer) -> None:
     answer = await raw_exchange(
         edge.proxy_port,
-        b"POST /api/acme/up HTTP/1.1\r\nHost: edge\r\nX-Device-Id: " + BLOCKED.encode()
-        + b"\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        b"POST /api/acme/up HTTP/1.1\r\nHost: edge\r\nX-Device-Id: "
+        + BLOCKED.encode()
+        + b"\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    )
     assert answer.status == 403
 
 
@@ -260,8 +334,10 @@ async def test_expect_100_continue_from_a_blocked_device_gets_403_not_100(
 async def _slow_upload(port: int, pieces: int, pause: float) -> bytes:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        writer.write(b"POST /api/acme/up HTTP/1.1\r\nHost: edge\r\nX-Device-Id: fine\r\n"
-                     b"Content-Length: %d\r\nConnection: close\r\n\r\n" % (pieces * 100))
+        writer.write(
+            b"POST /api/acme/up HTTP/1.1\r\nHost: edge\r\nX-Device-Id: fine\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n" % (pieces * 100)
+        )
         for _ in range(pieces):
             writer.write(b"x" * 100)
             await writer.drain()
@@ -274,7 +350,8 @@ async def _slow_upload(port: int, pieces: int, pause: float) -> bytes:
 
 
 async def test_an_upload_longer_than_the_read_timeout_is_not_cut(
-        edge_factory: EdgeFactory, upstream: RecordingUpstream) -> None:
+    edge_factory: EdgeFactory, upstream: RecordingUpstream
+) -> None:
     server = await edge_factory(upstream=upstream.url, upstream_read_timeout=0.5)
     started = time.monotonic()
     raw = await _slow_upload(server.proxy_port, pieces=15, pause=0.1)
@@ -282,13 +359,16 @@ async def test_an_upload_longer_than_the_read_timeout_is_not_cut(
     assert raw.startswith(b"HTTP/1.1 200 "), raw
 
 
-async def test_a_stalled_upload_gets_408(edge_factory: EdgeFactory,
-                                         upstream: RecordingUpstream) -> None:
+async def test_a_stalled_upload_gets_408(
+    edge_factory: EdgeFactory, upstream: RecordingUpstream
+) -> None:
     server = await edge_factory(upstream=upstream.url, client_body_timeout=0.3)
     reader, writer = await asyncio.open_connection("127.0.0.1", server.proxy_port)
     try:
-        writer.write(b"POST /api/acme/up HTTP/1.1\r\nHost: edge\r\nX-Device-Id: fine\r\n"
-                     b"Content-Length: 100\r\n\r\nonly a part")
+        writer.write(
+            b"POST /api/acme/up HTTP/1.1\r\nHost: edge\r\nX-Device-Id: fine\r\n"
+            b"Content-Length: 100\r\n\r\nonly a part"
+        )
         raw = await asyncio.wait_for(reader.read(), 5)
     finally:
         writer.close()

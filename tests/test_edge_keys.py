@@ -47,62 +47,101 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
         yield client
 
 
-async def _call(session: aiohttp.ClientSession, edge: EdgeServer, tenant: str,
-                device: str | None, **headers: str) -> tuple[int, aiohttp.ClientResponse]:
+async def _call(
+    session: aiohttp.ClientSession,
+    edge: EdgeServer,
+    tenant: str,
+    device: str | None,
+    **headers: str,
+) -> tuple[int, aiohttp.ClientResponse]:
     sent = {k.replace("_", "-"): v for k, v in headers.items()}
     if device is not None:
         sent["X-Device-Id"] = device
-    async with session.get(f"http://127.0.0.1:{edge.proxy_port}/api/{tenant}/things",
-                           headers=sent) as response:
+    async with session.get(
+        f"http://127.0.0.1:{edge.proxy_port}/api/{tenant}/things", headers=sent
+    ) as response:
         await response.read()
         return response.status, response
 
 
-async def _status(session: aiohttp.ClientSession, edge: EdgeServer, tenant: str,
-                  device: str | None, **headers: str) -> int:
+async def _status(
+    session: aiohttp.ClientSession,
+    edge: EdgeServer,
+    tenant: str,
+    device: str | None,
+    **headers: str,
+) -> int:
     return (await _call(session, edge, tenant, device, **headers))[0]
 
 
-async def _device_key(pool: asyncpg.Pool, redis: aioredis.Redis, tenant: str, device: str,
-                      expires_at: datetime | None = None) -> store.IssuedKey:
-    return await store.issue_key(pool, redis, tenant, kind="device", prefix=DEVICE_KEY_PREFIX,
-                                 device_id=device, expires_at=expires_at)
+async def _device_key(
+    pool: asyncpg.Pool,
+    redis: aioredis.Redis,
+    tenant: str,
+    device: str,
+    expires_at: datetime | None = None,
+) -> store.IssuedKey:
+    return await store.issue_key(
+        pool,
+        redis,
+        tenant,
+        kind="device",
+        prefix=DEVICE_KEY_PREFIX,
+        device_id=device,
+        expires_at=expires_at,
+    )
 
 
 async def _pat(pool: asyncpg.Pool, redis: aioredis.Redis, tenant: str) -> store.IssuedKey:
-    return await store.issue_key(pool, redis, tenant, kind="pat", prefix=TOKEN_PREFIX,
-                                 name="ci")
+    return await store.issue_key(pool, redis, tenant, kind="pat", prefix=TOKEN_PREFIX, name="ci")
 
 
 async def test_device_key_is_accepted_in_x_api_key_and_bearer(
-    edge: EdgeServer, upstream: CountingUpstream, session: aiohttp.ClientSession,
-    pg_pool: asyncpg.Pool, redis_client: aioredis.Redis, tenant: str,
+    edge: EdgeServer,
+    upstream: CountingUpstream,
+    session: aiohttp.ClientSession,
+    pg_pool: asyncpg.Pool,
+    redis_client: aioredis.Redis,
+    tenant: str,
 ) -> None:
     key = await _device_key(pg_pool, redis_client, tenant, "dev-1")
     assert key.secret.startswith("gkd_")
     assert await _status(session, edge, tenant, "dev-1", X_Api_Key=key.secret) == 200
-    assert await _status(session, edge, tenant, "dev-1",
-                         Authorization=f"Bearer {key.secret}") == 200
-    assert await _status(session, edge, tenant, "dev-1",
-                         Authorization=f"bearer {key.secret}") == 200
+    assert (
+        await _status(session, edge, tenant, "dev-1", Authorization=f"Bearer {key.secret}") == 200
+    )
+    assert (
+        await _status(session, edge, tenant, "dev-1", Authorization=f"bearer {key.secret}") == 200
+    )
     assert upstream.by_device["dev-1"] == 3
 
 
 async def test_personal_access_token_is_accepted_for_any_device(
-    edge: EdgeServer, upstream: CountingUpstream, session: aiohttp.ClientSession,
-    pg_pool: asyncpg.Pool, redis_client: aioredis.Redis, tenant: str,
+    edge: EdgeServer,
+    upstream: CountingUpstream,
+    session: aiohttp.ClientSession,
+    pg_pool: asyncpg.Pool,
+    redis_client: aioredis.Redis,
+    tenant: str,
 ) -> None:
     pat = await _pat(pg_pool, redis_client, tenant)
     assert pat.secret.startswith("gkp_")
     for device in ("dev-a", "dev-b", None):
-        assert await _status(session, edge, tenant, device,
-                             Authorization=f"Bearer {pat.secret}") == 200
+        assert (
+            await _status(session, edge, tenant, device, Authorization=f"Bearer {pat.secret}")
+            == 200
+        )
     assert await _status(session, edge, tenant, "dev-a", X_Api_Key=pat.secret) == 200
     assert upstream.requests == 4
 
 
-async def _assert_401(session: aiohttp.ClientSession, edge: EdgeServer, tenant: str,
-                      device: str | None, **headers: str) -> None:
+async def _assert_401(
+    session: aiohttp.ClientSession,
+    edge: EdgeServer,
+    tenant: str,
+    device: str | None,
+    **headers: str,
+) -> None:
     status, response = await _call(session, edge, tenant, device, **headers)
     assert status == 401, headers
     assert response.headers["WWW-Authenticate"].startswith("Bearer")
@@ -110,8 +149,12 @@ async def _assert_401(session: aiohttp.ClientSession, edge: EdgeServer, tenant: 
 
 
 async def test_missing_wrong_or_foreign_keys_are_401_and_not_forwarded(
-    edge: EdgeServer, upstream: CountingUpstream, session: aiohttp.ClientSession,
-    pg_pool: asyncpg.Pool, redis_client: aioredis.Redis, tenant: str,
+    edge: EdgeServer,
+    upstream: CountingUpstream,
+    session: aiohttp.ClientSession,
+    pg_pool: asyncpg.Pool,
+    redis_client: aioredis.Redis,
+    tenant: str,
 ) -> None:
     key = await _device_key(pg_pool, redis_client, tenant, "dev-1")
     pat = await _pat(pg_pool, redis_client, tenant)
@@ -125,20 +168,29 @@ async def test_missing_wrong_or_foreign_keys_are_401_and_not_forwarded(
     await _assert_401(session, edge, tenant, "dev-1", X_Api_Key=key.secret + "x")
     # A key of another tenant, even for the same device id.
     await _assert_401(session, edge, tenant, "dev-1", X_Api_Key=other_tenant_key.secret)
-    await _assert_401(session, edge, tenant, "dev-1",
-                      Authorization=f"Bearer {other_tenant_pat.secret}")
+    await _assert_401(
+        session, edge, tenant, "dev-1", Authorization=f"Bearer {other_tenant_pat.secret}"
+    )
     # A device key names its device: another device cannot use it.
     await _assert_401(session, edge, tenant, "dev-2", X_Api_Key=key.secret)
     assert upstream.requests == 0
     # The same keys where they belong.
     assert await _status(session, edge, tenant, "dev-1", X_Api_Key=key.secret) == 200
-    assert await _status(session, edge, tenant + "o", "dev-1",
-                         X_Api_Key=other_tenant_key.secret) == 200
+    assert (
+        await _status(session, edge, tenant + "o", "dev-1", X_Api_Key=other_tenant_key.secret)
+        == 200
+    )
     assert await _status(session, edge, tenant, "dev-2", X_Api_Key=pat.secret) == 200
 
 
-async def _rejection_delay(session: aiohttp.ClientSession, edge: EdgeServer, tenant: str,
-                           device: str, secret: str, revoke: asyncio.Task[object]) -> float:
+async def _rejection_delay(
+    session: aiohttp.ClientSession,
+    edge: EdgeServer,
+    tenant: str,
+    device: str,
+    secret: str,
+    revoke: asyncio.Task[object],
+) -> float:
     """Seconds from ``revoke`` finishing until the key is first refused (polled back to back
     from before the revocation started)."""
     stop_at = time.perf_counter() + 5.0
@@ -156,8 +208,12 @@ async def _rejection_delay(session: aiohttp.ClientSession, edge: EdgeServer, ten
 
 
 async def test_revoked_keys_are_refused_within_a_second(
-    edge: EdgeServer, upstream: CountingUpstream, session: aiohttp.ClientSession,
-    pg_pool: asyncpg.Pool, redis_client: aioredis.Redis, tenant: str,
+    edge: EdgeServer,
+    upstream: CountingUpstream,
+    session: aiohttp.ClientSession,
+    pg_pool: asyncpg.Pool,
+    redis_client: aioredis.Redis,
+    tenant: str,
 ) -> None:
     key = await _device_key(pg_pool, redis_client, tenant, "dev-1")
     pat = await _pat(pg_pool, redis_client, tenant)
@@ -165,7 +221,8 @@ async def test_revoked_keys_are_refused_within_a_second(
         # Cached at the edge first: revocation must evict it, not wait for a miss.
         assert await _status(session, edge, tenant, device, X_Api_Key=issued.secret) == 200
         revoke: asyncio.Task[object] = asyncio.create_task(
-            store.revoke_key(pg_pool, redis_client, tenant, issued.key_id))
+            store.revoke_key(pg_pool, redis_client, tenant, issued.key_id)
+        )
         seconds = await _rejection_delay(session, edge, tenant, device, issued.secret, revoke)
         print(f"\n[propagation] revoke ({device}): {seconds * 1000:.1f} ms")
         assert seconds <= LIMIT_SECONDS
@@ -175,15 +232,19 @@ async def test_revoked_keys_are_refused_within_a_second(
 
 
 async def test_expired_keys_are_refused(
-    edge: EdgeServer, session: aiohttp.ClientSession, pg_pool: asyncpg.Pool,
-    redis_client: aioredis.Redis, tenant: str,
+    edge: EdgeServer,
+    session: aiohttp.ClientSession,
+    pg_pool: asyncpg.Pool,
+    redis_client: aioredis.Redis,
+    tenant: str,
 ) -> None:
     now = datetime.now(UTC)
     expired = await _device_key(pg_pool, redis_client, tenant, "dev-1", now - timedelta(hours=1))
     await _assert_401(session, edge, tenant, "dev-1", X_Api_Key=expired.secret)
     # A key that expires while cached at the edge stops working at its expiry.
-    expiring = await _device_key(pg_pool, redis_client, tenant, "dev-2",
-                                 now + timedelta(seconds=1.0))
+    expiring = await _device_key(
+        pg_pool, redis_client, tenant, "dev-2", now + timedelta(seconds=1.0)
+    )
     assert await _status(session, edge, tenant, "dev-2", X_Api_Key=expiring.secret) == 200
 
     async def refused() -> bool:
@@ -194,15 +255,20 @@ async def test_expired_keys_are_refused(
 
 
 async def test_grace_period_keeps_the_old_key_valid_then_refuses_it(
-    edge: EdgeServer, session: aiohttp.ClientSession, pg_pool: asyncpg.Pool,
-    redis_client: aioredis.Redis, tenant: str,
+    edge: EdgeServer,
+    session: aiohttp.ClientSession,
+    pg_pool: asyncpg.Pool,
+    redis_client: aioredis.Redis,
+    tenant: str,
 ) -> None:
     old = await _device_key(pg_pool, redis_client, tenant, "dev-1")
     assert await _status(session, edge, tenant, "dev-1", X_Api_Key=old.secret) == 200
     grace = 1.5
     started = time.monotonic()
-    assert await store.revoke_device_keys(pg_pool, redis_client, tenant, "dev-1",
-                                          grace_seconds=grace) == 1
+    assert (
+        await store.revoke_device_keys(pg_pool, redis_client, tenant, "dev-1", grace_seconds=grace)
+        == 1
+    )
     new = await _device_key(pg_pool, redis_client, tenant, "dev-1")
     # Within the grace period both keys work (a device switching over mid-flight).
     assert await _status(session, edge, tenant, "dev-1", X_Api_Key=old.secret) == 200
@@ -222,13 +288,21 @@ def _redis_port(stores: Stores) -> int:
 
 
 async def test_revocation_missed_during_a_connection_blip_is_caught_on_reconnect(
-    stores: Stores, edge_factory: EdgeFactory, upstream: CountingUpstream,
-    session: aiohttp.ClientSession, pg_pool: asyncpg.Pool, redis_client: aioredis.Redis,
+    stores: Stores,
+    edge_factory: EdgeFactory,
+    upstream: CountingUpstream,
+    session: aiohttp.ClientSession,
+    pg_pool: asyncpg.Pool,
+    redis_client: aioredis.Redis,
     tenant: str,
 ) -> None:
     async with FaultProxy("127.0.0.1", _redis_port(stores)) as fault:
-        edge = await edge_factory(upstream=upstream.url, auth_mode="enforce",
-                                  redis_url=fault.url, blocklist_resync_seconds=300)
+        edge = await edge_factory(
+            upstream=upstream.url,
+            auth_mode="enforce",
+            redis_url=fault.url,
+            blocklist_resync_seconds=300,
+        )
         key = await _device_key(pg_pool, redis_client, tenant, "dev-1")
         assert await _status(session, edge, tenant, "dev-1", X_Api_Key=key.secret) == 200
         await fault.blackhole()  # the revocation's message is lost on the way to the edge
@@ -243,15 +317,18 @@ async def test_revocation_missed_during_a_connection_blip_is_caught_on_reconnect
 
 
 async def test_key_lookup_survives_a_dropped_redis_connection(
-    stores: Stores, edge_factory: EdgeFactory, upstream: CountingUpstream,
-    session: aiohttp.ClientSession, pg_pool: asyncpg.Pool, redis_client: aioredis.Redis,
+    stores: Stores,
+    edge_factory: EdgeFactory,
+    upstream: CountingUpstream,
+    session: aiohttp.ClientSession,
+    pg_pool: asyncpg.Pool,
+    redis_client: aioredis.Redis,
     tenant: str,
 ) -> None:
     """A pooled connection that died (Redis restarted, an idle connection cut) costs a
     reconnect, not a 503 to the request that happened to draw it."""
     async with FaultProxy("127.0.0.1", _redis_port(stores)) as fault:
-        edge = await edge_factory(upstream=upstream.url, auth_mode="enforce",
-                                  redis_url=fault.url)
+        edge = await edge_factory(upstream=upstream.url, auth_mode="enforce", redis_url=fault.url)
         first = await _device_key(pg_pool, redis_client, tenant, "dev-1")
         assert await _status(session, edge, tenant, "dev-1", X_Api_Key=first.secret) == 200
         await fault.reset()
@@ -260,7 +337,10 @@ async def test_key_lookup_survives_a_dropped_redis_connection(
 
 
 async def test_a_lookup_in_flight_during_a_revocation_is_not_cached(
-    stores: Stores, pg_pool: asyncpg.Pool, redis_client: aioredis.Redis, tenant: str,
+    stores: Stores,
+    pg_pool: asyncpg.Pool,
+    redis_client: aioredis.Redis,
+    tenant: str,
 ) -> None:
     """The race: the cache asks Redis, Redis answers "valid", the revocation event arrives,
     then the answer. The answer may serve that one request, but must not stay cached."""
@@ -289,8 +369,12 @@ async def test_a_lookup_in_flight_during_a_revocation_is_not_cached(
 
 
 async def test_key_is_checked_before_the_block_is_revealed(
-    edge: EdgeServer, upstream: CountingUpstream, session: aiohttp.ClientSession,
-    pg_pool: asyncpg.Pool, redis_client: aioredis.Redis, tenant: str,
+    edge: EdgeServer,
+    upstream: CountingUpstream,
+    session: aiohttp.ClientSession,
+    pg_pool: asyncpg.Pool,
+    redis_client: aioredis.Redis,
+    tenant: str,
 ) -> None:
     key = await _device_key(pg_pool, redis_client, tenant, "blk-1")
     await store.set_blocked(pg_pool, redis_client, tenant, "blk-1", True, create=True)
@@ -306,8 +390,12 @@ async def test_key_is_checked_before_the_block_is_revealed(
 
 
 async def test_device_key_without_device_header_still_obeys_the_block(
-    edge: EdgeServer, upstream: CountingUpstream, session: aiohttp.ClientSession,
-    pg_pool: asyncpg.Pool, redis_client: aioredis.Redis, tenant: str,
+    edge: EdgeServer,
+    upstream: CountingUpstream,
+    session: aiohttp.ClientSession,
+    pg_pool: asyncpg.Pool,
+    redis_client: aioredis.Redis,
+    tenant: str,
 ) -> None:
     key = await _device_key(pg_pool, redis_client, tenant, "blk-2")
     assert await _status(session, edge, tenant, None, X_Api_Key=key.secret) == 200
@@ -320,15 +408,19 @@ async def test_device_key_without_device_header_still_obeys_the_block(
 
 
 async def test_a_repeated_credential_header_is_refused(
-    edge: EdgeServer, upstream: CountingUpstream, pg_pool: asyncpg.Pool,
-    redis_client: aioredis.Redis, tenant: str,
+    edge: EdgeServer,
+    upstream: CountingUpstream,
+    pg_pool: asyncpg.Pool,
+    redis_client: aioredis.Redis,
+    tenant: str,
 ) -> None:
     key = await _device_key(pg_pool, redis_client, tenant, "dup-1")
     reader, writer = await asyncio.open_connection("127.0.0.1", edge.proxy_port)
     try:
-        writer.write(f"GET /api/{tenant}/x HTTP/1.1\r\nHost: e\r\nX-Device-Id: dup-1\r\n"
-                     f"X-Api-Key: {key.secret}\r\nX-Api-Key: other\r\nConnection: close\r\n\r\n"
-                     .encode())
+        writer.write(
+            f"GET /api/{tenant}/x HTTP/1.1\r\nHost: e\r\nX-Device-Id: dup-1\r\n"
+            f"X-Api-Key: {key.secret}\r\nX-Api-Key: other\r\nConnection: close\r\n\r\n".encode()
+        )
         answer = await asyncio.wait_for(reader.read(), 10)
     finally:
         writer.close()

@@ -35,13 +35,20 @@ async def upstream() -> AsyncIterator[CountingUpstream]:
 
 
 @pytest.fixture(scope="module")
-async def two_proxies(stores: Stores, upstream: CountingUpstream,
-                      tmp_path_factory: pytest.TempPathFactory
-                      ) -> AsyncIterator[list[ProxyProcess]]:
+async def two_proxies(
+    stores: Stores, upstream: CountingUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[list[ProxyProcess]]:
     """Two separate proxy processes (one worker each), as two nodes would be."""
     logs = tmp_path_factory.mktemp("proxies")
-    procs = [ProxyProcess(database_url=stores.pg_url, redis_url=stores.redis_url,
-                          upstream=upstream.url, log_dir=logs) for _ in range(2)]
+    procs = [
+        ProxyProcess(
+            database_url=stores.pg_url,
+            redis_url=stores.redis_url,
+            upstream=upstream.url,
+            log_dir=logs,
+        )
+        for _ in range(2)
+    ]
     try:
         for proc in procs:
             proc.start()
@@ -66,8 +73,13 @@ async def _status(session: aiohttp.ClientSession, url: str, device: str) -> int:
         return response.status
 
 
-async def _propagation(session: aiohttp.ClientSession, urls: list[str], device: str,
-                       change: Callable[[], Awaitable[object]], expected: int) -> list[float]:
+async def _propagation(
+    session: aiohttp.ClientSession,
+    urls: list[str],
+    device: str,
+    change: Callable[[], Awaitable[object]],
+    expected: int,
+) -> list[float]:
     """Seconds from ``change()`` returning until each url first answers ``expected``.
 
     Each url is polled back to back from before the change, so the figure is bounded by one
@@ -95,8 +107,7 @@ def _report(what: str, seconds: list[float]) -> None:
     print(f"\n[propagation] {what}: {figures}")
 
 
-async def _assert_denied(session: aiohttp.ClientSession, url: str, device: str,
-                         title: str) -> None:
+async def _assert_denied(session: aiohttp.ClientSession, url: str, device: str, title: str) -> None:
     async with session.get(url, headers={"X-Device-Id": device}) as response:
         assert response.status == 403
         assert response.headers["Content-Type"] == PROBLEM
@@ -105,8 +116,12 @@ async def _assert_denied(session: aiohttp.ClientSession, url: str, device: str,
 
 
 async def test_block_and_unblock_reach_two_proxy_processes(
-    two_proxies: list[ProxyProcess], upstream: CountingUpstream, session: aiohttp.ClientSession,
-    pg_pool: asyncpg.Pool, redis_client: aioredis.Redis, tenant: str,
+    two_proxies: list[ProxyProcess],
+    upstream: CountingUpstream,
+    session: aiohttp.ClientSession,
+    pg_pool: asyncpg.Pool,
+    redis_client: aioredis.Redis,
+    tenant: str,
 ) -> None:
     urls = [f"{p.base}/api/{tenant}/things" for p in two_proxies]
     device = "dev-block"
@@ -114,8 +129,12 @@ async def test_block_and_unblock_reach_two_proxy_processes(
         assert await _status(session, url, device) == 200
 
     async def block() -> None:
-        assert await store.set_blocked(pg_pool, redis_client, tenant, device, True,
-                                       "stolen", create=True) is not None
+        assert (
+            await store.set_blocked(
+                pg_pool, redis_client, tenant, device, True, "stolen", create=True
+            )
+            is not None
+        )
 
     seconds = await _propagation(session, urls, device, block, 403)
     _report("block", seconds)
@@ -141,13 +160,18 @@ async def test_block_and_unblock_reach_two_proxy_processes(
 
 
 async def test_disable_and_enable_reach_two_proxy_processes(
-    two_proxies: list[ProxyProcess], upstream: CountingUpstream, session: aiohttp.ClientSession,
-    pg_pool: asyncpg.Pool, redis_client: aioredis.Redis, tenant: str,
+    two_proxies: list[ProxyProcess],
+    upstream: CountingUpstream,
+    session: aiohttp.ClientSession,
+    pg_pool: asyncpg.Pool,
+    redis_client: aioredis.Redis,
+    tenant: str,
 ) -> None:
     urls = [f"{p.base}/api/{tenant}/things" for p in two_proxies]
     device = "dev-disable"
-    await pg_pool.execute("INSERT INTO devices (tenant_id, device_id) VALUES ($1, $2)",
-                          tenant, device)
+    await pg_pool.execute(
+        "INSERT INTO devices (tenant_id, device_id) VALUES ($1, $2)", tenant, device
+    )
 
     async def disable() -> None:
         assert await store.set_enabled(pg_pool, redis_client, tenant, device, False) is not None
@@ -188,20 +212,34 @@ def _per_worker_counts(metrics_dir: Path, outcome: str, scratch: Path) -> list[f
         shutil.copy(db, alone / db.name)
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=str(alone))  # type: ignore[no-untyped-call]
-        counts.append(sum(s.value for m in registry.collect() for s in m.samples
-                          if s.name == "gatekeeper_requests_total"
-                          and s.labels.get("outcome") == outcome))
+        counts.append(
+            sum(
+                s.value
+                for m in registry.collect()
+                for s in m.samples
+                if s.name == "gatekeeper_requests_total" and s.labels.get("outcome") == outcome
+            )
+        )
     return counts
 
 
 async def test_two_workers_serve_and_metrics_sum_both(
-    stores: Stores, upstream: CountingUpstream, pg_pool: asyncpg.Pool,
-    redis_client: aioredis.Redis, tenant: str, tmp_path: Path,
+    stores: Stores,
+    upstream: CountingUpstream,
+    pg_pool: asyncpg.Pool,
+    redis_client: aioredis.Redis,
+    tenant: str,
+    tmp_path: Path,
 ) -> None:
     # TMPDIR: the supervisor keeps the workers' metric files there, so the test can read each.
-    proc = ProxyProcess(database_url=stores.pg_url, redis_url=stores.redis_url,
-                        upstream=upstream.url, log_dir=tmp_path, workers=2,
-                        env={"TMPDIR": str(tmp_path)})
+    proc = ProxyProcess(
+        database_url=stores.pg_url,
+        redis_url=stores.redis_url,
+        upstream=upstream.url,
+        log_dir=tmp_path,
+        workers=2,
+        env={"TMPDIR": str(tmp_path)},
+    )
     url = f"{proc.base}/api/{tenant}/things"
     n = 60
     # A fresh connection per request: SO_REUSEPORT spreads connections, not requests.
@@ -212,15 +250,17 @@ async def test_two_workers_serve_and_metrics_sum_both(
             await proc.wait_ready(session)
             statuses = []
             for start in range(0, n, 20):
-                statuses += await asyncio.gather(*(_status(session, url, f"w-{i}")
-                                                   for i in range(start, start + 20)))
+                statuses += await asyncio.gather(
+                    *(_status(session, url, f"w-{i}") for i in range(start, start + 20))
+                )
             assert statuses == [200] * n
             # Workers publish their request counts every 0.5 s (off the hot path): poll.
             (metrics_dir,) = tmp_path.glob("gatekeeper-metrics-*/metrics")
 
             async def counted(outcome: str, total: float) -> bool:
-                summed = await metric_value(session, proc.metrics_port,
-                                            "gatekeeper_requests_total", {"outcome": outcome})
+                summed = await metric_value(
+                    session, proc.metrics_port, "gatekeeper_requests_total", {"outcome": outcome}
+                )
                 per_worker = _per_worker_counts(metrics_dir, outcome, tmp_path)
                 return summed == total == sum(per_worker) and len(per_worker) == 2
 

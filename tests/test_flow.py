@@ -72,7 +72,8 @@ async def test_lost_connection_when_not_paused_changes_nothing() -> None:
 
 
 async def test_no_waiter_means_no_future_and_nothing_logged(
-        caplog: pytest.LogCaptureFixture) -> None:
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     flow = FlowControl()
     with caplog.at_level(logging.ERROR, logger="asyncio"):
         flow.pause_writing()
@@ -140,8 +141,11 @@ async def large_upstream() -> AsyncIterator[str]:
 
 
 def _unretrieved(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records
-            if r.name == "asyncio" and "exception was never retrieved" in r.getMessage()]
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "asyncio" and "exception was never retrieved" in r.getMessage()
+    ]
 
 
 def _proxy_side(edge: EdgeServer) -> ClientConnection | None:
@@ -169,18 +173,24 @@ def _writes_paused(edge: EdgeServer) -> bool:
     # Past the high-water mark the transport has called pause_writing().
     conn = _proxy_side(edge)
     transport = conn.transport if conn is not None else None
-    return (transport is not None
-            and transport.get_write_buffer_size() > transport.get_write_buffer_limits()[1])
+    return (
+        transport is not None
+        and transport.get_write_buffer_size() > transport.get_write_buffer_limits()[1]
+    )
 
 
 async def _get(loop: asyncio.AbstractEventLoop, client: socket.socket, path: str) -> None:
     await loop.sock_sendall(client, f"GET {path} HTTP/1.1\r\nHost: edge\r\n\r\n".encode())
 
 
-@pytest.mark.parametrize("path", [f"blob?bytes={WHOLE}", f"source?bytes={STREAMED}"],
-                         ids=["whole-body", "streamed"])
+@pytest.mark.parametrize(
+    "path", [f"blob?bytes={WHOLE}", f"source?bytes={STREAMED}"], ids=["whole-body", "streamed"]
+)
 async def test_client_gone_while_writes_are_paused_leaves_no_unretrieved_future(
-    path: str, edge_factory: EdgeFactory, large_upstream: str, tenant: str,
+    path: str,
+    edge_factory: EdgeFactory,
+    large_upstream: str,
+    tenant: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     edge = await edge_factory(upstream=large_upstream)
@@ -210,8 +220,10 @@ async def test_client_gone_while_writes_are_paused_leaves_no_unretrieved_future(
     assert not _unretrieved(caplog)
     # Nor is a client leaving mid-answer the handler's error.
     assert not [r for r in caplog.records if r.name.startswith("gatekeeper")], caplog.text
-    async with aiohttp.ClientSession() as session, session.get(
-            f"http://127.0.0.1:{edge.proxy_port}/api/{tenant}/small") as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{edge.proxy_port}/api/{tenant}/small") as response,
+    ):
         assert response.status == 200
         assert await response.text() == "small"
 
@@ -239,7 +251,9 @@ async def deaf_upstream() -> AsyncIterator[str]:
 
 
 async def test_an_upstream_that_stops_reading_the_body_is_504_and_logs_nothing(
-    edge_factory: EdgeFactory, deaf_upstream: str, tenant: str,
+    edge_factory: EdgeFactory,
+    deaf_upstream: str,
+    tenant: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     # The read timer runs only while the proxy waits for room (drain_within_timeout); when it
@@ -249,8 +263,10 @@ async def test_an_upstream_that_stops_reading_the_body_is_504_and_logs_nothing(
     reader, writer = await asyncio.open_connection("127.0.0.1", edge.proxy_port)
 
     async def upload() -> None:
-        writer.write(f"POST /api/{tenant}/up HTTP/1.1\r\nHost: edge\r\n"
-                     f"Content-Length: {size}\r\n\r\n".encode())
+        writer.write(
+            f"POST /api/{tenant}/up HTTP/1.1\r\nHost: edge\r\n"
+            f"Content-Length: {size}\r\n\r\n".encode()
+        )
         block = b"u" * (256 * 1024)
         with contextlib.suppress(ConnectionError):
             for _ in range(size // len(block)):

@@ -45,16 +45,21 @@ class ProbeUpstream:
     async def echo(self, request: web.Request) -> web.Response:
         self._count(request)
         body = await request.read()
-        return web.json_response({"method": request.method, "path": request.path_qs,
-                                  "headers": dict(request.headers), "body": body.decode()})
+        return web.json_response(
+            {
+                "method": request.method,
+                "path": request.path_qs,
+                "headers": dict(request.headers),
+                "body": body.decode(),
+            }
+        )
 
     async def sink(self, request: web.Request) -> web.Response:
         self._count(request)
         size = 0
         async for chunk in request.content.iter_chunked(MB):
             size += len(chunk)
-        return web.json_response({"bytes": size,
-                                  "chunked": "Transfer-Encoding" in request.headers})
+        return web.json_response({"bytes": size, "chunked": "Transfer-Encoding" in request.headers})
 
     async def source(self, request: web.Request) -> web.StreamResponse:
         self._count(request)
@@ -79,10 +84,16 @@ class ProbeUpstream:
 
     async def hop(self, request: web.Request) -> web.Response:
         self._count(request)
-        return web.Response(text="hop", headers={
-            "Connection": "keep-alive, X-Resp-Private", "X-Resp-Private": "secret",
-            "Keep-Alive": "timeout=5", "X-Resp-Public": "ok", "Proxy-Authenticate": "Basic",
-        })
+        return web.Response(
+            text="hop",
+            headers={
+                "Connection": "keep-alive, X-Resp-Private",
+                "X-Resp-Private": "secret",
+                "Keep-Alive": "timeout=5",
+                "X-Resp-Public": "ok",
+                "Proxy-Authenticate": "Basic",
+            },
+        )
 
     async def ws(self, request: web.Request) -> web.WebSocketResponse:
         self._count(request)
@@ -119,12 +130,19 @@ async def _proxy_url(edge_factory: EdgeFactory, upstream_url: str, **overrides: 
 
 @pytest.mark.parametrize("method", ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
 async def test_every_method_is_forwarded_with_path_query_and_body(
-    method: str, edge_factory: EdgeFactory, upstream: tuple[ProbeUpstream, str],
-    session: aiohttp.ClientSession, tenant: str,
+    method: str,
+    edge_factory: EdgeFactory,
+    upstream: tuple[ProbeUpstream, str],
+    session: aiohttp.ClientSession,
+    tenant: str,
 ) -> None:
     base = await _proxy_url(edge_factory, upstream[1])
-    async with session.request(method, f"{base}/api/{tenant}/things/1?x=1&y=%20",
-                               data=b"payload", headers={"X-Device-Id": "m-1"}) as response:
+    async with session.request(
+        method,
+        f"{base}/api/{tenant}/things/1?x=1&y=%20",
+        data=b"payload",
+        headers={"X-Device-Id": "m-1"},
+    ) as response:
         assert response.status == 200
         echoed = await response.json()
     assert echoed["method"] == method
@@ -133,8 +151,10 @@ async def test_every_method_is_forwarded_with_path_query_and_body(
 
 
 async def test_head_is_forwarded_without_a_body_and_the_connection_stays_usable(
-    edge_factory: EdgeFactory, upstream: tuple[ProbeUpstream, str],
-    session: aiohttp.ClientSession, tenant: str,
+    edge_factory: EdgeFactory,
+    upstream: tuple[ProbeUpstream, str],
+    session: aiohttp.ClientSession,
+    tenant: str,
 ) -> None:
     base = await _proxy_url(edge_factory, upstream[1])
     for _ in range(3):
@@ -146,17 +166,32 @@ async def test_head_is_forwarded_without_a_body_and_the_connection_stays_usable(
 
 
 async def test_hop_by_hop_headers_are_removed_both_ways(
-    edge_factory: EdgeFactory, upstream: tuple[ProbeUpstream, str],
-    session: aiohttp.ClientSession, tenant: str,
+    edge_factory: EdgeFactory,
+    upstream: tuple[ProbeUpstream, str],
+    session: aiohttp.ClientSession,
+    tenant: str,
 ) -> None:
     base = await _proxy_url(edge_factory, upstream[1])
-    sent = {"Connection": "keep-alive, X-Private", "X-Private": "drop me", "Keep-Alive": "300",
-            "TE": "trailers", "Trailer": "X-T", "Proxy-Authorization": "Basic Zm9v",
-            "Proxy-Connection": "keep-alive", "X-Kept": "yes"}
+    sent = {
+        "Connection": "keep-alive, X-Private",
+        "X-Private": "drop me",
+        "Keep-Alive": "300",
+        "TE": "trailers",
+        "Trailer": "X-T",
+        "Proxy-Authorization": "Basic Zm9v",
+        "Proxy-Connection": "keep-alive",
+        "X-Kept": "yes",
+    }
     async with session.get(f"{base}/api/{tenant}/echo", headers=sent) as response:
         received = {k.lower() for k in (await response.json())["headers"]}
-    for name in ("x-private", "keep-alive", "te", "trailer", "proxy-authorization",
-                 "proxy-connection"):
+    for name in (
+        "x-private",
+        "keep-alive",
+        "te",
+        "trailer",
+        "proxy-authorization",
+        "proxy-connection",
+    ):
         assert name not in received, name
     assert "x-kept" in received
     async with session.get(f"{base}/api/{tenant}/hop".replace(f"/api/{tenant}", "")) as response:
@@ -168,12 +203,18 @@ async def test_hop_by_hop_headers_are_removed_both_ways(
 
 
 async def test_forwarded_headers_are_set_and_client_copies_not_trusted(
-    edge_factory: EdgeFactory, upstream: tuple[ProbeUpstream, str],
-    session: aiohttp.ClientSession, tenant: str,
+    edge_factory: EdgeFactory,
+    upstream: tuple[ProbeUpstream, str],
+    session: aiohttp.ClientSession,
+    tenant: str,
 ) -> None:
     base = await _proxy_url(edge_factory, upstream[1])
-    spoof = {"X-Forwarded-For": "6.6.6.6", "X-Forwarded-Host": "evil.example",
-             "X-Forwarded-Proto": "https", "Host": "api.example.com"}
+    spoof = {
+        "X-Forwarded-For": "6.6.6.6",
+        "X-Forwarded-Host": "evil.example",
+        "X-Forwarded-Proto": "https",
+        "Host": "api.example.com",
+    }
     async with session.get(f"{base}/api/{tenant}/echo", headers=spoof) as response:
         headers = (await response.json())["headers"]
     assert headers["X-Forwarded-For"] == "127.0.0.1"
@@ -183,23 +224,37 @@ async def test_forwarded_headers_are_set_and_client_copies_not_trusted(
 
 
 async def test_forwarded_headers_are_appended_when_trusted(
-    edge_factory: EdgeFactory, upstream: tuple[ProbeUpstream, str],
-    session: aiohttp.ClientSession, tenant: str,
+    edge_factory: EdgeFactory,
+    upstream: tuple[ProbeUpstream, str],
+    session: aiohttp.ClientSession,
+    tenant: str,
 ) -> None:
     base = await _proxy_url(edge_factory, upstream[1], trust_forwarded_headers=True)
-    async with session.get(f"{base}/api/{tenant}/echo", headers={
-            "X-Forwarded-For": "10.1.2.3", "X-Forwarded-Proto": "https"}) as response:
+    async with session.get(
+        f"{base}/api/{tenant}/echo",
+        headers={"X-Forwarded-For": "10.1.2.3", "X-Forwarded-Proto": "https"},
+    ) as response:
         headers = (await response.json())["headers"]
     assert headers["X-Forwarded-For"] == "10.1.2.3, 127.0.0.1"
     assert headers["X-Forwarded-Proto"] == "https"
 
 
-@pytest.mark.parametrize(("given", "kept"), [
-    ("req-123_abc.DEF:9", True), ("has space", False), ("x" * 500, False), (None, False),
-])
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [
+        ("req-123_abc.DEF:9", True),
+        ("has space", False),
+        ("x" * 500, False),
+        (None, False),
+    ],
+)
 async def test_request_id_is_kept_when_sane_else_generated(
-    given: str | None, kept: bool, edge_factory: EdgeFactory,
-    upstream: tuple[ProbeUpstream, str], session: aiohttp.ClientSession, tenant: str,
+    given: str | None,
+    kept: bool,
+    edge_factory: EdgeFactory,
+    upstream: tuple[ProbeUpstream, str],
+    session: aiohttp.ClientSession,
+    tenant: str,
 ) -> None:
     base = await _proxy_url(edge_factory, upstream[1])
     headers = {} if given is None else {"X-Request-Id": given}
@@ -215,7 +270,9 @@ async def test_request_id_is_kept_when_sane_else_generated(
 
 
 async def test_unreachable_upstream_is_502_problem(
-    edge_factory: EdgeFactory, session: aiohttp.ClientSession, tenant: str,
+    edge_factory: EdgeFactory,
+    session: aiohttp.ClientSession,
+    tenant: str,
 ) -> None:
     base = await _proxy_url(edge_factory, f"http://127.0.0.1:{free_port()}")
     async with session.get(f"{base}/api/{tenant}/x", headers={"X-Device-Id": "d"}) as response:
@@ -225,8 +282,10 @@ async def test_unreachable_upstream_is_502_problem(
 
 
 async def test_slow_upstream_is_504_problem(
-    edge_factory: EdgeFactory, upstream: tuple[ProbeUpstream, str],
-    session: aiohttp.ClientSession, tenant: str,
+    edge_factory: EdgeFactory,
+    upstream: tuple[ProbeUpstream, str],
+    session: aiohttp.ClientSession,
+    tenant: str,
 ) -> None:
     base = await _proxy_url(edge_factory, upstream[1], upstream_read_timeout=0.3)
     async with session.get(f"{base}/slow?s=2") as response:
@@ -237,8 +296,10 @@ async def test_slow_upstream_is_504_problem(
 
 
 async def test_body_over_the_limit_is_413_and_not_forwarded(
-    edge_factory: EdgeFactory, upstream: tuple[ProbeUpstream, str],
-    session: aiohttp.ClientSession, tenant: str,
+    edge_factory: EdgeFactory,
+    upstream: tuple[ProbeUpstream, str],
+    session: aiohttp.ClientSession,
+    tenant: str,
 ) -> None:
     server, url = upstream
     base = await _proxy_url(edge_factory, url, max_body_bytes=1000)
@@ -258,7 +319,8 @@ async def test_body_over_the_limit_is_413_and_not_forwarded(
 
 
 async def test_chunked_upload_is_forwarded_chunked(
-    edge_factory: EdgeFactory, upstream: tuple[ProbeUpstream, str],
+    edge_factory: EdgeFactory,
+    upstream: tuple[ProbeUpstream, str],
     session: aiohttp.ClientSession,
 ) -> None:
     base = await _proxy_url(edge_factory, upstream[1])
@@ -272,8 +334,10 @@ async def test_chunked_upload_is_forwarded_chunked(
 
 
 async def test_websocket_upgrade_is_proxied(
-    edge_factory: EdgeFactory, upstream: tuple[ProbeUpstream, str],
-    session: aiohttp.ClientSession, tenant: str,
+    edge_factory: EdgeFactory,
+    upstream: tuple[ProbeUpstream, str],
+    session: aiohttp.ClientSession,
+    tenant: str,
 ) -> None:
     base = await _proxy_url(edge_factory, upstream[1])
     async with session.ws_connect(f"{base}/ws", headers={"X-Device-Id": "ws-1"}) as socket:
@@ -284,8 +348,10 @@ async def test_websocket_upgrade_is_proxied(
 
 
 async def test_upstream_connections_are_kept_alive_and_reused(
-    edge_factory: EdgeFactory, upstream: tuple[ProbeUpstream, str],
-    session: aiohttp.ClientSession, tenant: str,
+    edge_factory: EdgeFactory,
+    upstream: tuple[ProbeUpstream, str],
+    session: aiohttp.ClientSession,
+    tenant: str,
 ) -> None:
     server, url = upstream
     base = await _proxy_url(edge_factory, url)
@@ -308,14 +374,29 @@ def _peak_rss_kib(pid: int) -> int:
 
 
 @pytest.fixture
-def proxy_process(stores: Stores, upstream: tuple[ProbeUpstream, str]) -> Iterator[
-        tuple[int, str]]:
+def proxy_process(stores: Stores, upstream: tuple[ProbeUpstream, str]) -> Iterator[tuple[int, str]]:
     port, metrics_port = free_port(), free_port()
-    env = dict(os.environ, GATEKEEPER_DATABASE_URL=stores.pg_url,
-               GATEKEEPER_REDIS_URL=stores.redis_url, GATEKEEPER_LOG_LEVEL="WARNING")
+    env = dict(
+        os.environ,
+        GATEKEEPER_DATABASE_URL=stores.pg_url,
+        GATEKEEPER_REDIS_URL=stores.redis_url,
+        GATEKEEPER_LOG_LEVEL="WARNING",
+    )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gatekeeper", "proxy", "--upstream", upstream[1],
-         "--proxy-port", str(port), "--metrics-port", str(metrics_port)], env=env)
+        [
+            sys.executable,
+            "-m",
+            "gatekeeper",
+            "proxy",
+            "--upstream",
+            upstream[1],
+            "--proxy-port",
+            str(port),
+            "--metrics-port",
+            str(metrics_port),
+        ],
+        env=env,
+    )
     try:
         yield proc.pid, f"http://127.0.0.1:{port}"
     finally:
@@ -340,7 +421,8 @@ async def _wait_serving(base: str, session: aiohttp.ClientSession) -> None:
 
 
 async def test_50_mb_upload_and_download_stream_without_buffering(
-    proxy_process: tuple[int, str], session: aiohttp.ClientSession,
+    proxy_process: tuple[int, str],
+    session: aiohttp.ClientSession,
 ) -> None:
     pid, base = proxy_process
     await _wait_serving(base, session)
@@ -356,8 +438,9 @@ async def test_50_mb_upload_and_download_stream_without_buffering(
         for _ in range(200):
             yield block
 
-    async with session.post(f"{base}/sink", data=upload(),
-                            headers={"Content-Length": str(50 * MB)}) as response:
+    async with session.post(
+        f"{base}/sink", data=upload(), headers={"Content-Length": str(50 * MB)}
+    ) as response:
         assert (await response.json())["bytes"] == 50 * MB
     for length in ("1", "0"):  # with a Content-Length, and chunked
         received = 0
@@ -372,7 +455,9 @@ async def test_50_mb_upload_and_download_stream_without_buffering(
 
 
 async def test_upstream_closing_idle_connections_costs_no_request(
-    edge_factory: EdgeFactory, session: aiohttp.ClientSession, tenant: str,
+    edge_factory: EdgeFactory,
+    session: aiohttp.ClientSession,
+    tenant: str,
 ) -> None:
     server = ProbeUpstream()
     # The upstream drops idle keep-alive connections almost at once, as upstreams do after

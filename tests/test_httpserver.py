@@ -37,12 +37,14 @@ def _responses(raw: bytes) -> list[tuple[int, dict[str, str], bytes]]:
 
 
 async def test_pipelined_requests_are_answered_in_order(
-    edge_factory: EdgeFactory, tenant: str,
+    edge_factory: EdgeFactory,
+    tenant: str,
 ) -> None:
     edge = await edge_factory()
     payload = b"".join(
         f"GET /api/{tenant}/n/{i} HTTP/1.1\r\nHost: x\r\nX-Device-Id: p-{i}\r\n\r\n".encode()
-        for i in range(5))
+        for i in range(5)
+    )
     payload += f"GET /api/{tenant}/last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
     responses = _responses(await _exchange(edge.proxy_port, payload))
     paths = [json.loads(body)["path"] for _, _, body in responses]
@@ -51,7 +53,8 @@ async def test_pipelined_requests_are_answered_in_order(
 
 
 async def test_http_10_request_gets_an_answer_and_a_close(
-    edge_factory: EdgeFactory, tenant: str,
+    edge_factory: EdgeFactory,
+    tenant: str,
 ) -> None:
     edge = await edge_factory()
     raw = await _exchange(edge.proxy_port, f"GET /api/{tenant}/old HTTP/1.0\r\n\r\n".encode())
@@ -80,6 +83,7 @@ async def test_too_many_or_too_large_headers_are_431(edge_factory: EdgeFactory) 
     status, headers, _ = _responses(raw)[0]
     assert status == 431 and headers["content-type"] == "application/problem+json"
     # The proxy keeps serving.
-    raw = await _exchange(edge.proxy_port,
-                          b"GET /ok HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    raw = await _exchange(
+        edge.proxy_port, b"GET /ok HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
     assert _responses(raw)[0][0] == 200

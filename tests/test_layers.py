@@ -17,14 +17,34 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("gatekeeper", "admin_api")
 
 # Libraries that do I/O (or run an event loop): pure domain code imports none of them.
-IO_LIBRARIES = ("asyncio", "asyncpg", "redis", "aiohttp", "httptools", "socket", "subprocess",
-                "uvloop", "prometheus_client", "ssl", "selectors")
+IO_LIBRARIES = (
+    "asyncio",
+    "asyncpg",
+    "redis",
+    "aiohttp",
+    "httptools",
+    "socket",
+    "subprocess",
+    "uvloop",
+    "prometheus_client",
+    "ssl",
+    "selectors",
+)
 # The modules a request passes through: they must not pull in aiohttp (its server costs more
 # than the rest of a proxied request) nor anything of the admin side.
-HOT_PATH = ("gatekeeper.edge.handler", "gatekeeper.edge.http", "gatekeeper.edge.upstream",
-            "gatekeeper.edge.admission", "gatekeeper.edge.forward", "gatekeeper.edge.blocklist",
-            "gatekeeper.edge.keycache", "gatekeeper.edge.activity", "gatekeeper.problem",
-            "gatekeeper.domain", "gatekeeper.settings")
+HOT_PATH = (
+    "gatekeeper.edge.handler",
+    "gatekeeper.edge.http",
+    "gatekeeper.edge.upstream",
+    "gatekeeper.edge.admission",
+    "gatekeeper.edge.forward",
+    "gatekeeper.edge.blocklist",
+    "gatekeeper.edge.keycache",
+    "gatekeeper.edge.activity",
+    "gatekeeper.problem",
+    "gatekeeper.domain",
+    "gatekeeper.settings",
+)
 
 
 def _module_name(path: Path) -> str:
@@ -65,16 +85,28 @@ def _offences(sources: tuple[str, ...], forbidden: tuple[str, ...]) -> Iterator[
                     yield f"{module} imports {name}"
 
 
-@pytest.mark.parametrize(("sources", "forbidden"), [
-    (("gatekeeper",), ("admin_api",)),
-    (("gatekeeper.edge",), ("gatekeeper.runtime",)),
-    (("gatekeeper.store",), ("gatekeeper.edge", "gatekeeper.runtime")),
-    (("gatekeeper.domain",), ("gatekeeper.edge", "gatekeeper.store", "gatekeeper.runtime",
-                              *IO_LIBRARIES)),
-    (("admin_api",), ("gatekeeper.edge", "gatekeeper.runtime")),
-    (HOT_PATH, ("aiohttp", "admin_api")),
-], ids=["core-not-admin", "edge-not-runtime", "store-not-edge", "domain-is-pure",
-        "admin-uses-the-core-only", "hot-path-without-aiohttp"])
+@pytest.mark.parametrize(
+    ("sources", "forbidden"),
+    [
+        (("gatekeeper",), ("admin_api",)),
+        (("gatekeeper.edge",), ("gatekeeper.runtime",)),
+        (("gatekeeper.store",), ("gatekeeper.edge", "gatekeeper.runtime")),
+        (
+            ("gatekeeper.domain",),
+            ("gatekeeper.edge", "gatekeeper.store", "gatekeeper.runtime", *IO_LIBRARIES),
+        ),
+        (("admin_api",), ("gatekeeper.edge", "gatekeeper.runtime")),
+        (HOT_PATH, ("aiohttp", "admin_api")),
+    ],
+    ids=[
+        "core-not-admin",
+        "edge-not-runtime",
+        "store-not-edge",
+        "domain-is-pure",
+        "admin-uses-the-core-only",
+        "hot-path-without-aiohttp",
+    ],
+)
 def test_import_rule(sources: tuple[str, ...], forbidden: tuple[str, ...]) -> None:
     assert list(_offences(sources, forbidden)) == []
 
@@ -89,7 +121,7 @@ def test_no_import_cycles() -> None:
         state[module] = 1
         for target in sorted(graph[module]):
             if state.get(target) == 1:
-                cycles.append(path[path.index(target):] + [target])
+                cycles.append([*path[path.index(target) :], target])
             elif target not in state:
                 visit(target, [*path, target])
         state[module] = 2
@@ -105,6 +137,11 @@ def test_no_import_cycles() -> None:
 def test_the_rules_see_the_package() -> None:
     """The walk finds the layers at all (a test of the test: an empty walk passes every rule)."""
     names = modules()
-    assert {"gatekeeper.edge.handler", "gatekeeper.domain.identity", "gatekeeper.store.migrate",
-            "gatekeeper.runtime.cli", "admin_api.app"} <= names.keys()
+    assert {
+        "gatekeeper.edge.handler",
+        "gatekeeper.domain.identity",
+        "gatekeeper.store.migrate",
+        "gatekeeper.runtime.cli",
+        "admin_api.app",
+    } <= names.keys()
     assert "gatekeeper.edge.http.request" in imports("gatekeeper.edge.handler")

@@ -69,8 +69,15 @@ def _run(*argv: str, env: dict[str, str]) -> tuple[int, str, float]:
     """Run a command to its end (killed with its whole group at 15 s); its exit code, stderr and
     how long it took. Fails if any process of its group outlives it."""
     started = time.monotonic()
-    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        argv,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         _, stderr = proc.communicate(timeout=15)
         elapsed = time.monotonic() - started
@@ -101,7 +108,8 @@ def _assert_refused(result: tuple[int, str, float], port: int) -> None:
     lines = stderr.splitlines()
     assert code != 0, stderr
     assert lines and lines[-1] == (
-        f"gatekeeper: cannot listen on 127.0.0.1:{port}: address already in use"), stderr
+        f"gatekeeper: cannot listen on 127.0.0.1:{port}: address already in use"
+    ), stderr
     assert "Traceback" not in stderr, stderr
     assert elapsed < EXIT_WITHIN_SECONDS, f"took {elapsed:.1f} s"
 
@@ -110,28 +118,43 @@ GATEKEEPER = (sys.executable, "-m", "gatekeeper")
 
 
 @pytest.mark.parametrize("which", ["proxy-port", "metrics-port"])
-def test_proxy_exits_when_its_port_is_taken(stores: Stores, tmp_path: Path, taken: int,
-                                            which: str) -> None:
+def test_proxy_exits_when_its_port_is_taken(
+    stores: Stores, tmp_path: Path, taken: int, which: str
+) -> None:
     ports = {"proxy-port": 0, "metrics-port": 0, which: taken}
-    result = _run(*GATEKEEPER, "proxy", "--upstream", UPSTREAM,
-                  *(arg for name, port in ports.items() for arg in (f"--{name}", str(port))),
-                  env=_env(stores, tmp_path))
+    result = _run(
+        *GATEKEEPER,
+        "proxy",
+        "--upstream",
+        UPSTREAM,
+        *(arg for name, port in ports.items() for arg in (f"--{name}", str(port))),
+        env=_env(stores, tmp_path),
+    )
     _assert_refused(result, taken)
 
 
 @pytest.mark.parametrize("which", ["proxy-port", "metrics-port"])
 def test_supervisor_exits_before_forking_when_a_port_is_taken(
-        stores: Stores, tmp_path: Path, taken: int, which: str) -> None:
+    stores: Stores, tmp_path: Path, taken: int, which: str
+) -> None:
     ports = {"proxy-port": _free(), "metrics-port": 0, which: taken}
-    result = _run(*GATEKEEPER, "proxy", "--workers", "2", "--upstream", UPSTREAM,
-                  *(arg for name, port in ports.items() for arg in (f"--{name}", str(port))),
-                  env=_env(stores, tmp_path))
+    result = _run(
+        *GATEKEEPER,
+        "proxy",
+        "--workers",
+        "2",
+        "--upstream",
+        UPSTREAM,
+        *(arg for name, port in ports.items() for arg in (f"--{name}", str(port))),
+        env=_env(stores, tmp_path),
+    )
     _assert_refused(result, taken)
     assert "worker" not in result[1], "a worker was forked"
 
 
-def test_worker_that_cannot_listen_exits_with_its_own_code(stores: Stores, tmp_path: Path,
-                                                           taken: int) -> None:
+def test_worker_that_cannot_listen_exits_with_its_own_code(
+    stores: Stores, tmp_path: Path, taken: int
+) -> None:
     """The port taken between the supervisor's check and the worker's bind: the worker exits
     with the code that stops its supervisor from starting another."""
     settings = edge_settings(stores, UPSTREAM, proxy_port=taken)
@@ -140,26 +163,43 @@ def test_worker_that_cannot_listen_exits_with_its_own_code(stores: Stores, tmp_p
     env = _env(stores, tmp_path)
     env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / "metrics")
     (tmp_path / "metrics").mkdir()
-    code, stderr, elapsed = _run(sys.executable, "-m", "gatekeeper.runtime.worker",
-                                 str(settings_file), env=env)
+    code, stderr, elapsed = _run(
+        sys.executable, "-m", "gatekeeper.runtime.worker", str(settings_file), env=env
+    )
     assert code == CANNOT_LISTEN, stderr
     assert stderr.splitlines()[-1] == (
-        f"gatekeeper worker: cannot listen on 127.0.0.1:{taken}: address already in use")
+        f"gatekeeper worker: cannot listen on 127.0.0.1:{taken}: address already in use"
+    )
     assert elapsed < EXIT_WITHIN_SECONDS
 
 
-def test_supervisor_gives_up_when_its_workers_cannot_listen(stores: Stores,
-                                                            tmp_path: Path) -> None:
+def test_supervisor_gives_up_when_its_workers_cannot_listen(stores: Stores, tmp_path: Path) -> None:
     """The port taken after the supervisor's check, before its workers bind (the test binds it
     as soon as the supervisor says it has forked): the command stops and fails, instead of
     replacing workers forever."""
     for _ in range(3):  # the test's bind races the workers'; they rarely win, but may
         port = _free()
-        argv = (*GATEKEEPER, "proxy", "--workers", "2", "--upstream", UPSTREAM,
-                "--proxy-port", str(port), "--metrics-port", "0")
-        proc = subprocess.Popen(argv, cwd=ROOT, env=_env(stores, tmp_path),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)
+        argv = (
+            *GATEKEEPER,
+            "proxy",
+            "--workers",
+            "2",
+            "--upstream",
+            UPSTREAM,
+            "--proxy-port",
+            str(port),
+            "--metrics-port",
+            "0",
+        )
+        proc = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=_env(stores, tmp_path),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         killer = threading.Timer(15, os.killpg, (proc.pid, signal.SIGKILL))
         killer.start()
         try:
@@ -182,8 +222,10 @@ def test_supervisor_gives_up_when_its_workers_cannot_listen(stores: Stores,
             assert code == 1, lines
             taken_line = f"cannot listen on 127.0.0.1:{port}: address already in use"
             assert f"gatekeeper worker: {taken_line}" in lines
-            assert lines[-1] == (f"gatekeeper: cannot listen on 127.0.0.1:{port}: "
-                                 "a worker could not bind (see its log)")
+            assert lines[-1] == (
+                f"gatekeeper: cannot listen on 127.0.0.1:{port}: "
+                "a worker could not bind (see its log)"
+            )
             assert elapsed < EXIT_WITHIN_SECONDS
             deadline = time.monotonic() + 1.0
             while _group_alive(proc.pid) and time.monotonic() < deadline:
@@ -208,23 +250,38 @@ def test_other_bind_errors_are_named_by_the_os(stores: Stores, tmp_path: Path) -
     """Not only "in use": the reason is the OS's own text, lower-cased (192.0.2.1 is a
     documentation address no interface of this machine has)."""
     port = _free()
-    code, stderr, elapsed = _run(*GATEKEEPER, "admin", "--host", "192.0.2.1", "--admin-port",
-                                 str(port), env=_env(stores, tmp_path))
+    code, stderr, elapsed = _run(
+        *GATEKEEPER,
+        "admin",
+        "--host",
+        "192.0.2.1",
+        "--admin-port",
+        str(port),
+        env=_env(stores, tmp_path),
+    )
     assert code != 0
     assert stderr.splitlines()[-1] == (
-        f"gatekeeper: cannot listen on 192.0.2.1:{port}: cannot assign requested address")
+        f"gatekeeper: cannot listen on 192.0.2.1:{port}: cannot assign requested address"
+    )
     assert elapsed < EXIT_WITHIN_SECONDS
 
 
 @pytest.mark.parametrize("which", ["proxy-port", "admin-port", "metrics-port"])
 def test_up_exits_before_starting_anything_when_a_port_is_taken(
-        tmp_path: Path, taken: int, which: str) -> None:
+    tmp_path: Path, taken: int, which: str
+) -> None:
     """With the embedded stores (the default): the ports are checked before they start, so no
     PostgreSQL or Valkey is started only to be stopped again, and none is left behind."""
     ports = {"proxy-port": 0, "admin-port": 0, "metrics-port": 0, which: taken}
-    result = _run(*GATEKEEPER, "up", "--demo-upstream", "--data-dir", str(tmp_path / "data"),
-                  *(arg for name, port in ports.items() for arg in (f"--{name}", str(port))),
-                  env=_env(None, tmp_path))
+    result = _run(
+        *GATEKEEPER,
+        "up",
+        "--demo-upstream",
+        "--data-dir",
+        str(tmp_path / "data"),
+        *(arg for name, port in ports.items() for arg in (f"--{name}", str(port))),
+        env=_env(None, tmp_path),
+    )
     _assert_refused(result, taken)
     assert not (tmp_path / "data" / "postgres").exists()
 
@@ -238,12 +295,14 @@ def _others() -> set[asyncio.Task[object]]:
 
 
 @pytest.mark.parametrize("which", ["proxy_port", "metrics_port"])
-async def test_edge_start_that_fails_unwinds_everything(stores: Stores, taken: int,
-                                                        which: str) -> None:
+async def test_edge_start_that_fails_unwinds_everything(
+    stores: Stores, taken: int, which: str
+) -> None:
     before = _others()
     edge = EdgeServer(edge_settings(stores, UPSTREAM, **{which: taken}))
-    with pytest.raises(ListenError, match=f"^cannot listen on 127.0.0.1:{taken}: "
-                                          "address already in use$"):
+    with pytest.raises(
+        ListenError, match=f"^cannot listen on 127.0.0.1:{taken}: address already in use$"
+    ):
         await edge.start()
     # The HTTP server's sweeper is cancelled, not awaited, by its shutdown: one turn ends it.
     await asyncio.sleep(0)
@@ -274,11 +333,19 @@ async def test_edge_stop_without_start_is_a_no_op(stores: Stores) -> None:
     await EdgeServer(edge_settings(stores, UPSTREAM)).stop()
 
 
-async def test_admin_start_that_fails_closes_its_stores(stores: Stores, taken: int,
-                                                        tmp_path: Path) -> None:
+async def test_admin_start_that_fails_closes_its_stores(
+    stores: Stores, taken: int, tmp_path: Path
+) -> None:
     before = _others()
-    service = AdminService(Settings(database_url=stores.pg_url, redis_url=stores.redis_url,
-                                    admin_port=taken, jwt_secret="lifecycle", data_dir=tmp_path))
+    service = AdminService(
+        Settings(
+            database_url=stores.pg_url,
+            redis_url=stores.redis_url,
+            admin_port=taken,
+            jwt_secret="lifecycle",
+            data_dir=tmp_path,
+        )
+    )
     with pytest.raises(ListenError, match=f"^cannot listen on 127.0.0.1:{taken}: "):
         await service.start()
     await asyncio.sleep(0)
@@ -321,12 +388,14 @@ async def _until(condition: Callable[[], bool]) -> None:
 
 
 def _pool(port: int) -> UpstreamPool:
-    return UpstreamPool("127.0.0.1", port, max_connections=4, connect_timeout=2.0,
-                        read_timeout=30.0)
+    return UpstreamPool(
+        "127.0.0.1", port, max_connections=4, connect_timeout=2.0, read_timeout=30.0
+    )
 
 
 async def test_upstream_close_cuts_busy_connections_after_the_grace(
-        caplog: pytest.LogCaptureFixture) -> None:
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     async def never_answer(reader: asyncio.StreamReader, _: asyncio.StreamWriter) -> None:
         await reader.read()  # until the proxy's side closes
 
@@ -345,7 +414,8 @@ async def test_upstream_close_cuts_busy_connections_after_the_grace(
 
 
 async def test_upstream_close_lets_an_exchange_end_within_the_grace(
-        caplog: pytest.LogCaptureFixture) -> None:
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     async def answer_late(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
         await asyncio.sleep(0.2)

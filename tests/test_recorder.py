@@ -19,11 +19,17 @@ from gatekeeper.store.clients import open_pg_pool
 ATTRS = ("App", "1.0", "Android", "14", "Acme", "X1")
 
 
-def recorder(pool: asyncpg.Pool, *, flush_max: int = 5_000, max_pending: int = 50_000,
-             connections: int = 2) -> ActivityRecorder:
-    return ActivityRecorder(pool, flush_interval=3600.0, flush_max_devices=flush_max,
-                            max_pending=max_pending, retry_max_seconds=1.0,
-                            flush_connections=connections)
+def recorder(
+    pool: asyncpg.Pool, *, flush_max: int = 5_000, max_pending: int = 50_000, connections: int = 2
+) -> ActivityRecorder:
+    return ActivityRecorder(
+        pool,
+        flush_interval=3600.0,
+        flush_max_devices=flush_max,
+        max_pending=max_pending,
+        retry_max_seconds=1.0,
+        flush_connections=connections,
+    )
 
 
 def counter(name: str) -> float:
@@ -31,8 +37,9 @@ def counter(name: str) -> float:
 
 
 async def device(pool: asyncpg.Pool, tenant: str, device_id: str) -> asyncpg.Record:
-    row = await pool.fetchrow("SELECT * FROM devices WHERE tenant_id = $1 AND device_id = $2",
-                              tenant, device_id)
+    row = await pool.fetchrow(
+        "SELECT * FROM devices WHERE tenant_id = $1 AND device_id = $2", tenant, device_id
+    )
     assert row is not None
     return row
 
@@ -40,11 +47,15 @@ async def device(pool: asyncpg.Pool, tenant: str, device_id: str) -> asyncpg.Rec
 async def history(pool: asyncpg.Pool, tenant: str, device_id: str) -> list[asyncpg.Record]:
     return await pool.fetch(
         "SELECT * FROM device_history WHERE tenant_id = $1 AND device_id = $2"
-        " ORDER BY recorded_at, id", tenant, device_id)
+        " ORDER BY recorded_at, id",
+        tenant,
+        device_id,
+    )
 
 
 async def test_older_batch_flushed_after_newer_does_not_move_timestamps_back(
-        pg_pool: asyncpg.Pool, tenant: str) -> None:
+    pg_pool: asyncpg.Pool, tenant: str
+) -> None:
     """Two workers saw one device; the one that saw it earlier flushes last."""
     early, late = recorder(pg_pool), recorder(pg_pool)
     early.record((tenant, "dev"), ATTRS, True)
@@ -64,7 +75,8 @@ async def test_older_batch_flushed_after_newer_does_not_move_timestamps_back(
 
 
 async def test_buffer_bound_drops_and_counts_new_devices_but_existing_ones_coalesce(
-        pg_pool: asyncpg.Pool, tenant: str) -> None:
+    pg_pool: asyncpg.Pool, tenant: str
+) -> None:
     rec = recorder(pg_pool, flush_max=5, max_pending=5)
     dropped_before = counter("gatekeeper_activity_dropped_total")
     for i in range(8):
@@ -78,14 +90,18 @@ async def test_buffer_bound_drops_and_counts_new_devices_but_existing_ones_coale
     assert rec.pending == 5
     assert rec.dropped == 3
     assert await rec.flush_once() == 5
-    rows = await pg_pool.fetch("SELECT device_id, last_data_upload_at FROM devices"
-                               " WHERE tenant_id = $1 ORDER BY device_id", tenant)
+    rows = await pg_pool.fetch(
+        "SELECT device_id, last_data_upload_at FROM devices"
+        " WHERE tenant_id = $1 ORDER BY device_id",
+        tenant,
+    )
     assert [r["device_id"] for r in rows] == ["d0", "d1", "d2", "d3", "d4"]
     assert rows[0]["last_data_upload_at"].timestamp() >= time_before - 0.001
 
 
 async def test_drain_flushes_everything_in_several_batches(
-        pg_pool: asyncpg.Pool, tenant: str) -> None:
+    pg_pool: asyncpg.Pool, tenant: str
+) -> None:
     rec = recorder(pg_pool, flush_max=1_000, max_pending=10_000)
     for i in range(2_500):
         rec.record((tenant, f"d{i:04d}"), ATTRS, False)
@@ -97,7 +113,8 @@ async def test_drain_flushes_everything_in_several_batches(
 
 
 async def test_concurrent_flushers_of_the_same_devices_neither_deadlock_nor_repeat_history(
-        pg_pool: asyncpg.Pool, tenant: str) -> None:
+    pg_pool: asyncpg.Pool, tenant: str
+) -> None:
     """Four workers saw the same 3,000 devices (batches split over connections too)."""
     workers = [recorder(pg_pool, connections=2) for _ in range(4)]
     for n, rec in enumerate(workers):
@@ -105,21 +122,24 @@ async def test_concurrent_flushers_of_the_same_devices_neither_deadlock_nor_repe
         for i in order:
             rec.record((tenant, f"d{i:04d}"), ATTRS, n == 3)
     written = await asyncio.wait_for(
-        asyncio.gather(*(rec.flush_once() for rec in workers)), timeout=60)
+        asyncio.gather(*(rec.flush_once() for rec in workers)), timeout=60
+    )
     assert written == [3_000] * 4
     counts = await pg_pool.fetch(
-        "SELECT count(*) AS n FROM device_history WHERE tenant_id = $1 GROUP BY device_id",
-        tenant)
+        "SELECT count(*) AS n FROM device_history WHERE tenant_id = $1 GROUP BY device_id", tenant
+    )
     assert len(counts) == 3_000
     assert {r["n"] for r in counts} == {1}
     uploads = await pg_pool.fetchval(
         "SELECT count(*) FROM devices WHERE tenant_id = $1 AND last_data_upload_at IS NOT NULL",
-        tenant)
+        tenant,
+    )
     assert uploads == 3_000
 
 
 async def test_changes_between_flushes_each_get_a_record_with_their_own_time(
-        pg_pool: asyncpg.Pool, tenant: str) -> None:
+    pg_pool: asyncpg.Pool, tenant: str
+) -> None:
     rec = recorder(pg_pool)
     rec.record((tenant, "dev"), ATTRS, False)
     first = time.time()
@@ -137,8 +157,13 @@ async def test_changes_between_flushes_each_get_a_record_with_their_own_time(
     assert records[1]["changed_fields"] == ["applicationVersion"]
     assert json.loads(records[1]["previous"])["applicationVersion"] == "1.0"
     assert json.loads(records[1]["current"]) == {
-        "application": "App", "applicationVersion": "1.1", "os": "Android", "osVersion": "14",
-        "manufacturer": "Acme", "model": "X1"}
+        "application": "App",
+        "applicationVersion": "1.1",
+        "os": "Android",
+        "osVersion": "14",
+        "manufacturer": "Acme",
+        "model": "X1",
+    }
     assert records[0]["recorded_at"].timestamp() <= first
     assert first < records[1]["recorded_at"].timestamp() <= second < flush_started
     row = await device(pg_pool, tenant, "dev")
@@ -147,9 +172,9 @@ async def test_changes_between_flushes_each_get_a_record_with_their_own_time(
 
 
 async def test_failed_batch_goes_back_and_merges_with_newer_activity(
-        pg_pool: asyncpg.Pool, tenant: str) -> None:
-    closed = await asyncpg.create_pool(dsn=None, host="127.0.0.1", port=1, min_size=0,
-                                       max_size=1)
+    pg_pool: asyncpg.Pool, tenant: str
+) -> None:
+    closed = await asyncpg.create_pool(dsn=None, host="127.0.0.1", port=1, min_size=0, max_size=1)
     rec = recorder(closed)
     rec.record((tenant, "dev"), ATTRS, False)
     try:
@@ -170,7 +195,8 @@ async def test_failed_batch_goes_back_and_merges_with_newer_activity(
     assert row["last_data_upload_at"] is not None
     assert [r["changed_fields"] for r in await history(pg_pool, tenant, "dev")] == [
         ["application", "applicationVersion", "os", "osVersion", "manufacturer", "model"],
-        ["applicationVersion"]]
+        ["applicationVersion"],
+    ]
 
 
 async def test_deleting_a_device_deletes_its_history(pg_pool: asyncpg.Pool, tenant: str) -> None:
@@ -179,17 +205,23 @@ async def test_deleting_a_device_deletes_its_history(pg_pool: asyncpg.Pool, tena
     rec.record((tenant, "gone"), ATTRS, False)
     rec.record((tenant, "kept"), ATTRS, False)
     await rec.flush_once()
-    await pg_pool.execute("DELETE FROM devices WHERE tenant_id = $1 AND device_id = 'gone'",
-                          tenant)
+    await pg_pool.execute("DELETE FROM devices WHERE tenant_id = $1 AND device_id = 'gone'", tenant)
     assert await history(pg_pool, tenant, "gone") == []
     assert len(await history(pg_pool, tenant, "kept")) == 1
 
 
 async def test_pure_touches_are_deferred_but_news_is_not(
-    pg_pool: asyncpg.Pool, tenant: str,
+    pg_pool: asyncpg.Pool,
+    tenant: str,
 ) -> None:
-    rec = ActivityRecorder(pg_pool, flush_interval=3600.0, flush_max_devices=5_000,
-                           max_pending=50_000, retry_max_seconds=1.0, touch_interval=0.4)
+    rec = ActivityRecorder(
+        pg_pool,
+        flush_interval=3600.0,
+        flush_max_devices=5_000,
+        max_pending=50_000,
+        retry_max_seconds=1.0,
+        touch_interval=0.4,
+    )
     for name in ("quiet", "changes", "uploads"):
         rec.record((tenant, name), ATTRS, False)
     assert await rec.flush_once() == 3  # first sightings are news
@@ -199,21 +231,29 @@ async def test_pure_touches_are_deferred_but_news_is_not(
     rec.record((tenant, "changes"), ("App", "2.0", None, None, None, None), False)
     rec.record((tenant, "uploads"), ATTRS, True)
     assert await rec.flush_once() == 2  # the touch waits
-    assert (await device(pg_pool, tenant, "quiet"))["last_active_at"] == \
-        first["quiet"]["last_active_at"]
+    assert (await device(pg_pool, tenant, "quiet"))["last_active_at"] == first["quiet"][
+        "last_active_at"
+    ]
     assert (await device(pg_pool, tenant, "changes"))["application_version"] == "2.0"
     assert (await device(pg_pool, tenant, "uploads"))["last_data_upload_at"] is not None
     assert rec.pending == 1
 
     await asyncio.sleep(0.45)  # past the touch interval, the touch goes out
     assert await rec.flush_once() == 1
-    assert (await device(pg_pool, tenant, "quiet"))["last_active_at"] > \
-        first["quiet"]["last_active_at"]
+    assert (await device(pg_pool, tenant, "quiet"))["last_active_at"] > first["quiet"][
+        "last_active_at"
+    ]
 
 
 async def test_drain_writes_deferred_touches_too(pg_pool: asyncpg.Pool, tenant: str) -> None:
-    rec = ActivityRecorder(pg_pool, flush_interval=3600.0, flush_max_devices=5_000,
-                           max_pending=50_000, retry_max_seconds=1.0, touch_interval=3600.0)
+    rec = ActivityRecorder(
+        pg_pool,
+        flush_interval=3600.0,
+        flush_max_devices=5_000,
+        max_pending=50_000,
+        retry_max_seconds=1.0,
+        touch_interval=3600.0,
+    )
     rec.record((tenant, "d"), ATTRS, False)
     await rec.flush_once()
     before = (await device(pg_pool, tenant, "d"))["last_active_at"]
@@ -227,17 +267,25 @@ async def test_drain_writes_deferred_touches_too(pg_pool: asyncpg.Pool, tenant: 
 
 
 def hung_recorder(pool: asyncpg.Pool, timeout: float) -> ActivityRecorder:
-    return ActivityRecorder(pool, flush_interval=0.05, flush_max_devices=5_000,
-                            max_pending=50_000, retry_max_seconds=0.2, flush_timeout=timeout)
+    return ActivityRecorder(
+        pool,
+        flush_interval=0.05,
+        flush_max_devices=5_000,
+        max_pending=50_000,
+        retry_max_seconds=0.2,
+        flush_timeout=timeout,
+    )
 
 
 async def test_flush_to_a_hung_postgres_gives_up_in_time_and_keeps_the_batch(
-        stores: Stores, pg_pool: asyncpg.Pool, tenant: str) -> None:
+    stores: Stores, pg_pool: asyncpg.Pool, tenant: str
+) -> None:
     """Postgres accepts the connection and then says nothing (a blackhole in between): the
     flush fails after its timeout, once for the whole batch, not once per piece."""
     async with FaultProxy("127.0.0.1", stores.postgres.port) as fault:
-        pool = await open_pg_pool(f"postgresql://postgres@127.0.0.1:{fault.port}/postgres",
-                                  min_size=2, max_size=4)
+        pool = await open_pg_pool(
+            f"postgresql://postgres@127.0.0.1:{fault.port}/postgres", min_size=2, max_size=4
+        )
         try:
             rec = hung_recorder(pool, timeout=0.5)
             for i in range(600):  # three pieces, two at a time
@@ -261,10 +309,12 @@ async def test_flush_to_a_hung_postgres_gives_up_in_time_and_keeps_the_batch(
 
 
 async def test_background_flusher_counts_errors_while_hung_and_catches_up(
-        stores: Stores, pg_pool: asyncpg.Pool, tenant: str) -> None:
+    stores: Stores, pg_pool: asyncpg.Pool, tenant: str
+) -> None:
     async with FaultProxy("127.0.0.1", stores.postgres.port) as fault:
-        pool = await open_pg_pool(f"postgresql://postgres@127.0.0.1:{fault.port}/postgres",
-                                  min_size=1, max_size=4)
+        pool = await open_pg_pool(
+            f"postgresql://postgres@127.0.0.1:{fault.port}/postgres", min_size=1, max_size=4
+        )
         rec = hung_recorder(pool, timeout=0.3)
         task = asyncio.create_task(rec.run())
         try:
@@ -289,12 +339,12 @@ async def test_background_flusher_counts_errors_while_hung_and_catches_up(
             pool.terminate()
     count = await pg_pool.fetchval(
         "SELECT count(*) FROM devices WHERE tenant_id = $1 AND last_data_upload_at IS NOT NULL",
-        tenant)
+        tenant,
+    )
     assert count == 50
 
 
-async def test_only_committed_pieces_count_as_flushed(
-        pg_pool: asyncpg.Pool, tenant: str) -> None:
+async def test_only_committed_pieces_count_as_flushed(pg_pool: asyncpg.Pool, tenant: str) -> None:
     """One piece of a batch commits, the other fails: the metric, the counter and the buffer
     agree with what Postgres holds."""
     rec = recorder(pg_pool)
@@ -312,10 +362,12 @@ async def test_only_committed_pieces_count_as_flushed(
 
 
 async def test_drain_gives_up_at_its_deadline_and_counts_what_it_drops(
-        stores: Stores, tenant: str) -> None:
+    stores: Stores, tenant: str
+) -> None:
     async with FaultProxy("127.0.0.1", stores.postgres.port) as fault:
-        pool = await open_pg_pool(f"postgresql://postgres@127.0.0.1:{fault.port}/postgres",
-                                  min_size=1, max_size=2)
+        pool = await open_pg_pool(
+            f"postgresql://postgres@127.0.0.1:{fault.port}/postgres", min_size=1, max_size=2
+        )
         try:
             rec = hung_recorder(pool, timeout=5.0)  # longer than the deadline
             for i in range(10):

@@ -29,9 +29,30 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.timeout(30)
 def test_soak_for_a_few_seconds_samples_every_process(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "soak", "--seconds", "4", "--interval", "0.5",
-         "--rate", "150", "--devices", "300", "--no-admin", "--quiet", "--out", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=28, check=False)
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            "soak",
+            "--seconds",
+            "4",
+            "--interval",
+            "0.5",
+            "--rate",
+            "150",
+            "--devices",
+            "300",
+            "--no-admin",
+            "--quiet",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=28,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result: dict[str, Any] = json.loads((tmp_path / "soak-latest.json").read_text())
     samples = result["samples"]
@@ -41,8 +62,11 @@ def test_soak_for_a_few_seconds_samples_every_process(tmp_path: Path) -> None:
         for proc in sample["processes"].values():
             assert proc["rss_kb"] > 0 and proc["fds"] > 0 and proc["tcp"] >= 1  # a listener
     # Under load each worker holds client connections besides its listener.
-    assert any(s["processes"]["worker-1"]["tcp_states"].get("established", 0) > 0
-               for s in samples if s["load"])
+    assert any(
+        s["processes"]["worker-1"]["tcp_states"].get("established", 0) > 0
+        for s in samples
+        if s["load"]
+    )
     assert result["client"]["sent"] > 0 and result["client"]["blocked_forwarded"] == 0
     analysis = result["analysis"]
     assert analysis["verdict"] and analysis["rule"]
@@ -51,18 +75,43 @@ def test_soak_for_a_few_seconds_samples_every_process(tmp_path: Path) -> None:
 
 
 def _sample(t: float, rss_mib: float, load: bool = True) -> dict[str, Any]:
-    proc = {"pid": 7, "rss_kb": int(rss_mib * 1024), "anon_kb": 1, "fds": 20, "tcp": 5,
-            "tcp_states": {"established": 4, "listen": 1}}
-    return {"t": t, "rps": 100.0, "load": load, "time_wait": 0, "metrics": {"pending": 3.0},
-            "client": {"sent": int(t * 100), "t": t}, "processes": {"worker-1": proc}}
+    proc = {
+        "pid": 7,
+        "rss_kb": int(rss_mib * 1024),
+        "anon_kb": 1,
+        "fds": 20,
+        "tcp": 5,
+        "tcp_states": {"established": 4, "listen": 1},
+    }
+    return {
+        "t": t,
+        "rps": 100.0,
+        "load": load,
+        "time_wait": 0,
+        "metrics": {"pending": 3.0},
+        "client": {"sent": int(t * 100), "t": t},
+        "processes": {"worker-1": proc},
+    }
 
 
 def _soak(rss: list[float]) -> dict[str, Any]:
-    return {"machine": {"cpus": 2}, "client": {"sent": 1000, "ok": 990, "denied": 10},
-            "admin_statuses": {}, "samples": [_sample(5.0 * i, v) for i, v in enumerate(rss)],
-            "options": {"seconds": 60.0, "rate": 100.0, "connections": 8,
-                        "fresh_connections": 2, "devices": 100, "new_per_second": 1.0,
-                        "post_share": 0.1, "workers": 1, "admin": False}}
+    return {
+        "machine": {"cpus": 2},
+        "client": {"sent": 1000, "ok": 990, "denied": 10},
+        "admin_statuses": {},
+        "samples": [_sample(5.0 * i, v) for i, v in enumerate(rss)],
+        "options": {
+            "seconds": 60.0,
+            "rate": 100.0,
+            "connections": 8,
+            "fresh_connections": 2,
+            "devices": 100,
+            "new_per_second": 1.0,
+            "post_share": 0.1,
+            "workers": 1,
+            "admin": False,
+        },
+    }
 
 
 def test_verdict_tells_a_plateau_from_steady_growth() -> None:
@@ -75,24 +124,43 @@ def test_verdict_tells_a_plateau_from_steady_growth() -> None:
 
 
 def test_report_renders_every_probe_and_marks_missing_ones(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     figures = tmp_path / "figures.jsonl"
     monkeypatch.setenv(reliability_log.ENV, str(figures))
-    reliability_log.record("postgres.stopped", requests=500, failed=0, leaked_blocked=0,
-                           acked_writes=40, lost_writes=0, detect_seconds=0.4,
-                           recover_seconds=1.25)
+    reliability_log.record(
+        "postgres.stopped",
+        requests=500,
+        failed=0,
+        leaked_blocked=0,
+        acked_writes=40,
+        lost_writes=0,
+        detect_seconds=0.4,
+        recover_seconds=1.25,
+    )
     reliability_log.record("bypass.header-case", cases=120, leaked=0, reached_upstream=0)
-    reliability_log.record("bypass.absolute-form", cases=30, leaked=0, reached_upstream=4,
-                           twins_forwarded=4)
+    reliability_log.record(
+        "bypass.absolute-form", cases=30, leaked=0, reached_upstream=4, twins_forwarded=4
+    )
     reliability_log.record("durability.admin-block", acked=25, survived=25)
     records = read_records(figures)
     for record in records:
         record["source"] = "tests/test_store_faults.py"
     runs = [
-        FileRun("tests/test_store_faults.py", "faults", "pytest tests/test_store_faults.py",
-                "passed (4 passed)", 12.5, records),
-        FileRun("tests/test_durability.py", "durability", "pytest tests/test_durability.py",
-                "not run (file missing)"),
+        FileRun(
+            "tests/test_store_faults.py",
+            "faults",
+            "pytest tests/test_store_faults.py",
+            "passed (4 passed)",
+            12.5,
+            records,
+        ),
+        FileRun(
+            "tests/test_durability.py",
+            "durability",
+            "pytest tests/test_durability.py",
+            "not run (file missing)",
+        ),
     ]
     meta = Meta(date="2024-01-02", commit="abc123", soak_command="python -m benchmarks soak")
     page = render(runs, analyse(_soak([50, 51, 51.2, 51.3, 51.3, 51.3, 51.4])), meta)
@@ -114,8 +182,13 @@ def test_report_renders_every_probe_and_marks_missing_ones(
     assert "not run (file missing)" in page
     assert "memory plateaus" in page and "abc123" in page and "2024-01-02" in page
     headings = [ln for ln in page.splitlines() if ln.startswith("## ")]
-    assert headings == ["## Store faults", "## Blocked-device bypass corpus", "## Other probes",
-                        "## Soak", "## Probes"]
+    assert headings == [
+        "## Store faults",
+        "## Blocked-device bypass corpus",
+        "## Other probes",
+        "## Soak",
+        "## Probes",
+    ]
 
     empty = render([], None, meta)  # nothing ran: every section is still there
     assert [ln for ln in empty.splitlines() if ln.startswith("## ")] == headings

@@ -51,8 +51,9 @@ async def test_keys_issue_and_revoke(
     pg_pool: asyncpg.Pool, redis_client: aioredis.Redis, tenant: str
 ) -> None:
     await _add_device(pg_pool, tenant, "dev-2")
-    issued = await store.issue_key(pg_pool, redis_client, tenant, kind="device",
-                                   prefix=DEVICE_KEY_PREFIX, device_id="dev-2")
+    issued = await store.issue_key(
+        pg_pool, redis_client, tenant, kind="device", prefix=DEVICE_KEY_PREFIX, device_id="dev-2"
+    )
     assert issued.secret.startswith("gkd_") and issued.secret not in repr(issued)
     digest = digest_secret(issued.secret)
     stored = await pg_pool.fetchval("SELECT digest FROM api_keys WHERE key_id = $1", issued.key_id)
@@ -70,7 +71,8 @@ async def test_reconcile_rebuilds_the_edge_view(
 ) -> None:
     await _add_device(pg_pool, tenant, "dev-3")
     await pg_pool.execute(
-        "UPDATE devices SET is_blocked = true, blocked_at = now() WHERE tenant_id = $1", tenant)
+        "UPDATE devices SET is_blocked = true, blocked_at = now() WHERE tenant_id = $1", tenant
+    )
     counts = await store.reconcile(pg_pool, redis_client)
     assert counts["blocked"] >= 1
     assert await redis_client.sismember(edgeview.BLOCKED_SET, edgeview.member(tenant, "dev-3"))

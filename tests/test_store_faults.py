@@ -72,8 +72,11 @@ class Traffic:
             device, expected = (BLOCKED[0], 403) if i % 3 == 0 else (f"ok-{n}-{i:05d}", 200)
             sent = time.monotonic()
             try:
-                async with self._session.get(self._url, headers={"X-Device-Id": device},
-                                             timeout=aiohttp.ClientTimeout(total=5)) as response:
+                async with self._session.get(
+                    self._url,
+                    headers={"X-Device-Id": device},
+                    timeout=aiohttp.ClientTimeout(total=5),
+                ) as response:
                     await response.read()
                     status = response.status
             except (aiohttp.ClientError, TimeoutError):
@@ -118,8 +121,9 @@ def _fault_shows(kind: str, checks: dict[str, bool]) -> bool:
     return not checks["postgres_flushing"] if kind == "postgres" else not checks["blocklist_fresh"]
 
 
-async def _wait_for(session: aiohttp.ClientSession, edge: EdgeServer, kind: str, showing: bool,
-                    within: float) -> float:
+async def _wait_for(
+    session: aiohttp.ClientSession, edge: EdgeServer, kind: str, showing: bool, within: float
+) -> float:
     """Seconds until /readyz shows the fault (``showing``) or shows it cleared."""
     started = time.monotonic()
     while True:
@@ -165,10 +169,17 @@ async def _kept_blocks(pair: Stores, tenant: str) -> int:
     conn = await asyncpg.connect(pair.pg_url)
     redis = open_redis(pair.redis_url)
     try:
-        in_postgres = {r[0] for r in await conn.fetch(
-            "SELECT device_id FROM devices WHERE tenant_id = $1 AND is_blocked", tenant)}
-        in_redis = {d for d in BLOCKED if await redis.sismember(
-            edgeview.BLOCKED_SET, edgeview.member(tenant, d))}
+        in_postgres = {
+            r[0]
+            for r in await conn.fetch(
+                "SELECT device_id FROM devices WHERE tenant_id = $1 AND is_blocked", tenant
+            )
+        }
+        in_redis = {
+            d
+            for d in BLOCKED
+            if await redis.sismember(edgeview.BLOCKED_SET, edgeview.member(tenant, d))
+        }
     finally:
         await conn.close()
         await redis.aclose()
@@ -178,8 +189,10 @@ async def _kept_blocks(pair: Stores, tenant: str) -> int:
 async def _stored_devices(pair: Stores, tenant: str) -> set[str]:
     conn = await asyncpg.connect(pair.pg_url)
     try:
-        return {r[0] for r in await conn.fetch(
-            "SELECT device_id FROM devices WHERE tenant_id = $1", tenant)}
+        return {
+            r[0]
+            for r in await conn.fetch("SELECT device_id FROM devices WHERE tenant_id = $1", tenant)
+        }
     finally:
         await conn.close()
 
@@ -199,13 +212,17 @@ def _flushed(edge: EdgeServer, tenant: str) -> set[str]:
 @pytest.mark.parametrize("fault", ["stopped", "hung", "crashed"])
 @pytest.mark.parametrize("kind", ["postgres", "redis"])
 async def test_store_fault_under_traffic(
-    kind: str, fault: str, durable_stores: Stores, edge_factory: EdgeFactory,
-    upstream: CountingUpstream, session: aiohttp.ClientSession, tenant: str,
+    kind: str,
+    fault: str,
+    durable_stores: Stores,
+    edge_factory: EdgeFactory,
+    upstream: CountingUpstream,
+    session: aiohttp.ClientSession,
+    tenant: str,
 ) -> None:
     pair = durable_stores
     await _block_devices(pair, tenant)
-    edge = await edge_factory(stores_=pair, upstream=upstream.url,
-                              flush_retry_max_seconds=0.5)
+    edge = await edge_factory(stores_=pair, upstream=upstream.url, flush_retry_max_seconds=0.5)
     traffic = Traffic(session, edge, tenant)
     try:
         await _wait_flushed(edge, tenant, at_least=100)
@@ -216,8 +233,9 @@ async def test_store_fault_under_traffic(
         acked_devices = _flushed(edge, tenant)
         detect = await _wait_for(session, edge, kind, True, DETECT_WITHIN.get((kind, fault), 3.0))
         if kind == "redis":
-            assert await metric_value(session, edge.metrics_port,
-                                      "gatekeeper_blocklist_stale") == 1.0
+            assert (
+                await metric_value(session, edge.metrics_port, "gatekeeper_blocklist_stale") == 1.0
+            )
         await asyncio.sleep(HOLD)
         restored = time.monotonic()
         await _restore(pair, kind, fault)
@@ -233,12 +251,15 @@ async def test_store_fault_under_traffic(
     stored = await _stored_devices(pair, tenant)
     lost = (len(BLOCKED) - await _kept_blocks(pair, tenant)) + len(acked_devices - stored)
     figures = {
-        "requests": len(traffic.results), "failed": traffic.failed,
+        "requests": len(traffic.results),
+        "failed": traffic.failed,
         "during_fault": traffic.during(struck, restored),
         "leaked_blocked": upstream.by_device[BLOCKED[0]],
-        "acked_writes": len(BLOCKED) + len(acked_devices), "lost_writes": lost,
+        "acked_writes": len(BLOCKED) + len(acked_devices),
+        "lost_writes": lost,
         "unrecorded": len(traffic.answered_devices() - stored),
-        "detect_seconds": round(detect, 2), "recover_seconds": round(recover, 2),
+        "detect_seconds": round(detect, 2),
+        "recover_seconds": round(recover, 2),
     }
     record(f"{kind}.{fault}", **figures)
     assert figures["during_fault"] > 0, figures
@@ -246,4 +267,3 @@ async def test_store_fault_under_traffic(
     assert figures["leaked_blocked"] == 0, figures
     assert figures["lost_writes"] == 0, figures
     assert figures["unrecorded"] == 0, figures
-

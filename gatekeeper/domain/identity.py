@@ -29,8 +29,7 @@ MAX_DEVICE_ID_LEN = 128
 MAX_VALUE_LEN = 256
 
 # The six tracked attributes, in the order of :data:`Attributes`, under their Device field names.
-ATTRIBUTE_FIELDS = ("application", "applicationVersion", "os", "osVersion", "manufacturer",
-                    "model")
+ATTRIBUTE_FIELDS = ("application", "applicationVersion", "os", "osVersion", "manufacturer", "model")
 Attributes = tuple[str | None, str | None, str | None, str | None, str | None, str | None]
 
 # Lower-case only: an upstream that routes case-insensitively must not read /api/ACME/ as the
@@ -50,8 +49,12 @@ class IdentityError(ValueError):
 
 def valid_device_id(value: str) -> bool:
     """1-128 printable ASCII characters, no space."""
-    return (0 < len(value) <= MAX_DEVICE_ID_LEN and value.isascii() and value.isprintable()
-            and " " not in value)
+    return (
+        0 < len(value) <= MAX_DEVICE_ID_LEN
+        and value.isascii()
+        and value.isprintable()
+        and " " not in value
+    )
 
 
 def valid_tenant_id(value: str) -> bool:
@@ -77,22 +80,38 @@ class IdentityReader:
     """Reads :class:`Identity` from a request's raw path and its header look-up table (lower-case
     header names to raw values, as the proxy's server builds it)."""
 
-    __slots__ = ("_attribute_headers", "_default_tenant", "_device_header", "_device_key",
-                 "_identity_keys", "_known_tenants", "_source", "_tenant_key")
+    __slots__ = (
+        "_attribute_headers",
+        "_default_tenant",
+        "_device_header",
+        "_device_key",
+        "_identity_keys",
+        "_known_tenants",
+        "_source",
+        "_tenant_key",
+    )
 
     def __init__(self, settings: Settings) -> None:
         self._device_header = settings.header_device_id
         self._device_key = settings.header_device_id.lower().encode("latin-1")
         self._attribute_headers = tuple(
-            (name, name.lower().encode("latin-1")) for name in (
-                settings.header_app_name, settings.header_app_version, settings.header_os_name,
-                settings.header_os_version, settings.header_manufacturer, settings.header_model))
+            (name, name.lower().encode("latin-1"))
+            for name in (
+                settings.header_app_name,
+                settings.header_app_version,
+                settings.header_os_name,
+                settings.header_os_version,
+                settings.header_manufacturer,
+                settings.header_model,
+            )
+        )
         self._source = settings.tenant_source
         self._tenant_key = settings.tenant_header.lower().encode("latin-1")
         self._default_tenant = settings.default_tenant
         self._identity_keys = frozenset(
             [self._device_key, *(key for _, key in self._attribute_headers)]
-            + ([self._tenant_key] if self._source == "header" else []))
+            + ([self._tenant_key] if self._source == "header" else [])
+        )
         # Tenants already validated: a handful of strings seen over and over.
         self._known_tenants: set[str] = set()
 
@@ -117,13 +136,15 @@ class IdentityReader:
         if tenant not in self._known_tenants:
             if not valid_tenant_id(tenant):
                 raise IdentityError(
-                    "tenant", "the tenant id must be 1-64 characters of a-z 0-9 . _ ~ -")
+                    "tenant", "the tenant id must be 1-64 characters of a-z 0-9 . _ ~ -"
+                )
             if len(self._known_tenants) < 10_000:
                 self._known_tenants.add(tenant)
         return tenant
 
-    def read(self, path: str, headers: Mapping[bytes, bytes],
-             repeated: AbstractSet[bytes] = frozenset()) -> Identity:
+    def read(
+        self, path: str, headers: Mapping[bytes, bytes], repeated: AbstractSet[bytes] = frozenset()
+    ) -> Identity:
         """The caller's identity; raises :class:`IdentityError` for values the edge refuses.
 
         ``repeated`` names headers sent more than once: for an identity header that is refused,
@@ -154,7 +175,8 @@ class IdentityReader:
                 value = ""
             if not value or len(value) > MAX_VALUE_LEN or not value.isprintable():
                 raise IdentityError(
-                    name, f"{name} must be at most {MAX_VALUE_LEN} printable UTF-8 characters")
+                    name, f"{name} must be at most {MAX_VALUE_LEN} printable UTF-8 characters"
+                )
             values.append(value)
         attributes: Attributes = (values[0], values[1], values[2], values[3], values[4], values[5])
         return Identity(tenant, device_id, attributes)

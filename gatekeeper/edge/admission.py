@@ -84,7 +84,7 @@ def parse_target(method: str, raw: str) -> Target:
         scheme = next((s for s in _SCHEMES if lowered.startswith(s)), None)
         if scheme is None:
             raise _bad("The request target must be a path or an absolute http(s) URI.")
-        rest = raw[len(scheme):]
+        rest = raw[len(scheme) :]
         cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
         authority, raw = rest[:cut], rest[cut:]
         if not authority or "@" in authority:
@@ -165,10 +165,20 @@ class HeadAdmission:
         # The common case in one expression (a third of the general path's cost, measured):
         # HTTP/1.1 with one Host, nothing repeated or underscored, no Expect, and an
         # origin-form target that is already normal. Anything else takes the general path.
-        if (request.version == "1.1" and b"host" in lookup and not request.repeated
-                and not request.underscored and b"expect" not in lookup and raw[:1] == "/"
-                and "%" not in raw and "//" not in raw and "/." not in raw and "\\" not in raw
-                and "#" not in raw and request.method != "CONNECT"):
+        if (
+            request.version == "1.1"
+            and b"host" in lookup
+            and not request.repeated
+            and not request.underscored
+            and b"expect" not in lookup
+            and raw[:1] == "/"
+            and "%" not in raw
+            and "//" not in raw
+            and "/." not in raw
+            and "\\" not in raw
+            and "#" not in raw
+            and request.method != "CONNECT"
+        ):
             return raw.partition("?")[0]
         return self._admit(request)
 
@@ -179,8 +189,9 @@ class HeadAdmission:
             if version != "1.0":
                 if version == "0.9":
                     raise _bad("HTTP/0.9 is not supported.")
-                raise AdmissionError(505, "HTTP version not supported",
-                                     "Only HTTP/1.0 and HTTP/1.1 are served here.")
+                raise AdmissionError(
+                    505, "HTTP version not supported", "Only HTTP/1.0 and HTTP/1.1 are served here."
+                )
             if request.chunked:
                 # HTTP/1.0 has no chunked coding: a hop that ignores the header would frame the
                 # body by its length, and the two would disagree (RFC 9112 §6.1).
@@ -204,8 +215,10 @@ class HeadAdmission:
             aliases = underscore_aliases(request.underscored, self._protected)
             if aliases and not self._drop_aliases:
                 name = aliases[0].decode("latin-1")
-                raise _bad(f"The header {name} would be read as "
-                           f"{name.replace('_', '-')} upstream; send that name instead.")
+                raise _bad(
+                    f"The header {name} would be read as "
+                    f"{name.replace('_', '-')} upstream; send that name instead."
+                )
             for alias in aliases:
                 lookup.pop(alias, None)  # never read by the edge either
             request.underscored = aliases

@@ -46,11 +46,27 @@ UPSTREAM_DURATION = metrics.HotHistogram(metrics.UPSTREAM_DURATION)
 _PROBLEM = PROBLEM_CONTENT_TYPE.encode()
 
 
-def problem(conn: ClientConnection, request: Request, status: int, title: str, detail: str,
-             extra: bytes = b"", *, close: bool = False) -> None:
-    conn.write(simple_response(status, title, problem_body(status, title, detail), _PROBLEM,
-                               extra, close=close or not request.keep_alive,
-                               date=conn.date_header))
+def problem(
+    conn: ClientConnection,
+    request: Request,
+    status: int,
+    title: str,
+    detail: str,
+    extra: bytes = b"",
+    *,
+    close: bool = False,
+) -> None:
+    conn.write(
+        simple_response(
+            status,
+            title,
+            problem_body(status, title, detail),
+            _PROBLEM,
+            extra,
+            close=close or not request.keep_alive,
+            date=conn.date_header,
+        )
+    )
     if close:
         request.keep_alive = False
 
@@ -61,12 +77,15 @@ DENIAL_STATUS_LINE = b"HTTP/1.1 403 Forbidden\r\n"
 
 
 def _denial(title: str, slug: str, keep_alive: bool) -> bytes:
-    whole = simple_response(403, "Forbidden",
-                            problem_body(403, title, f"This device is {title.split()[1]}.",
-                                         type_=slug), _PROBLEM, close=not keep_alive)
+    whole = simple_response(
+        403,
+        "Forbidden",
+        problem_body(403, title, f"This device is {title.split()[1]}.", type_=slug),
+        _PROBLEM,
+        close=not keep_alive,
+    )
     return whole.removeprefix(DENIAL_STATUS_LINE)
 
 
 BLOCKED_RESPONSES = {ka: _denial("Device blocked", "device-blocked", ka) for ka in (True, False)}
-DISABLED_RESPONSES = {ka: _denial("Device disabled", "device-disabled", ka)
-                       for ka in (True, False)}
+DISABLED_RESPONSES = {ka: _denial("Device disabled", "device-disabled", ka) for ka in (True, False)}

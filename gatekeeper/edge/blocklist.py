@@ -29,8 +29,14 @@ from gatekeeper.domain import edgeview
 from gatekeeper.domain.edgeview import EdgeEvent
 from gatekeeper.edge import metrics
 
-__all__ = ["BLOCKED", "DISABLED", "PING_INTERVAL_SECONDS", "PING_TIMEOUT_SECONDS",
-           "BlocklistMirror", "SubscriptionLost"]
+__all__ = [
+    "BLOCKED",
+    "DISABLED",
+    "PING_INTERVAL_SECONDS",
+    "PING_TIMEOUT_SECONDS",
+    "BlocklistMirror",
+    "SubscriptionLost",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -76,11 +82,16 @@ class BlocklistMirror:
         "synced_at",
     )
 
-    def __init__(self, redis: aioredis.Redis, *, resync_seconds: float,
-                 on_key_event: Callable[[EdgeEvent], None] | None = None,
-                 on_resync: Callable[[], None] | None = None,
-                 ping_interval: float = PING_INTERVAL_SECONDS,
-                 ping_timeout: float = PING_TIMEOUT_SECONDS) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        resync_seconds: float,
+        on_key_event: Callable[[EdgeEvent], None] | None = None,
+        on_resync: Callable[[], None] | None = None,
+        ping_interval: float = PING_INTERVAL_SECONDS,
+        ping_timeout: float = PING_TIMEOUT_SECONDS,
+    ) -> None:
         self._redis = redis
         self._resync_seconds = resync_seconds
         self._ping_interval = ping_interval
@@ -106,8 +117,9 @@ class BlocklistMirror:
 
     async def _load(self) -> None:
         blocked = {_key(m) async for m in self._redis.sscan_iter(edgeview.BLOCKED_SET, count=5000)}
-        disabled = {_key(m) async for m in self._redis.sscan_iter(edgeview.DISABLED_SET,
-                                                                   count=5000)}
+        disabled = {
+            _key(m) async for m in self._redis.sscan_iter(edgeview.DISABLED_SET, count=5000)
+        }
         # Swap whole sets: a request never sees a half-loaded mirror.
         self._blocked, self._disabled = blocked, disabled
         self.loaded = True
@@ -195,7 +207,8 @@ class BlocklistMirror:
                 await pubsub.ping(_PING_TOKEN)
             wake = ping_sent + self._ping_timeout if ping_sent is not None else next_ping
             message = await pubsub.get_message(
-                timeout=max(0.01, min(wake, next_resync) - time.monotonic()))
+                timeout=max(0.01, min(wake, next_resync) - time.monotonic())
+            )
             if self._reconnected:
                 self._reconnected = False
                 _log.info("blocklist: subscription re-established; reloading")
@@ -209,7 +222,8 @@ class BlocklistMirror:
                 # the PONG may be queued behind them, and the connection is plainly alive.)
                 if ping_sent is not None and time.monotonic() - ping_sent > self._ping_timeout:
                     raise SubscriptionLost(
-                        f"no PONG on the subscription within {self._ping_timeout}s")
+                        f"no PONG on the subscription within {self._ping_timeout}s"
+                    )
             elif kind == "pong":
                 if ping_sent is not None:
                     # Everything published before the PING has been applied by now.

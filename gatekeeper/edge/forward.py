@@ -13,16 +13,32 @@ import secrets
 
 __all__ = ["EDGE_HEADERS", "HOP_BY_HOP", "RequestHeadBuilder", "RequestIds", "response_head"]
 
-HOP_BY_HOP = frozenset({
-    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
-    b"upgrade", b"proxy-authenticate", b"proxy-authorization",
-})
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+    }
+)
 # Headers the proxy writes itself; a client's copy is dropped (or, for X-Forwarded-*, merged).
 # Expect is answered by the edge (100 Continue once the request is admitted), as Envoy does.
-_REWRITTEN = frozenset({
-    b"host", b"content-length", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
-    b"x-request-id", b"expect",
-})
+_REWRITTEN = frozenset(
+    {
+        b"host",
+        b"content-length",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"x-request-id",
+        b"expect",
+    }
+)
 _DROPPED = HOP_BY_HOP | _REWRITTEN
 # Every header whose client copy the edge drops or replaces: an alias of one of these (X_Host,
 # Transfer_Encoding) must not reach the upstream either.
@@ -48,8 +64,11 @@ class RequestIds:
     def __call__(self, given: bytes | None) -> bytes:
         if given is None:
             return b"%s%016x" % (self._prefix, next(self._counter))
-        if (len(given) <= _MAX_REQUEST_ID and given.isascii()
-                and given.translate(None, _VISIBLE) == b""):
+        if (
+            len(given) <= _MAX_REQUEST_ID
+            and given.isascii()
+            and given.translate(None, _VISIBLE) == b""
+        ):
             return given
         return b"%s%016x" % (self._prefix, next(self._counter))
 
@@ -63,23 +82,40 @@ class RequestHeadBuilder:
         self._host = upstream_host.encode("ascii")
         self._trust_forwarded = trust_forwarded
 
-    def build(self, method: str, raw_path: str, raw: list[tuple[bytes, bytes]],
-              connection: bytes | None, *, client_ip: str, scheme: bytes, host: bytes | None,
-              req_id: bytes, content_length: int | None, chunked: bool,
-              upgrade: bool = False, drop: list[bytes] | None = None) -> bytes:
+    def build(
+        self,
+        method: str,
+        raw_path: str,
+        raw: list[tuple[bytes, bytes]],
+        connection: bytes | None,
+        *,
+        client_ip: str,
+        scheme: bytes,
+        host: bytes | None,
+        req_id: bytes,
+        content_length: int | None,
+        chunked: bool,
+        upgrade: bool = False,
+        drop: list[bytes] | None = None,
+    ) -> bytes:
         """``drop`` names (lower-case) further headers not to forward."""
         named = _named_by_connection(connection) if connection is not None else frozenset()
         if drop:
             named = named.union(drop)
-        out = [f"{method} {raw_path} HTTP/1.1\r\n".encode("latin-1"), b"Host: ", self._host,
-               b"\r\n"]
+        out = [
+            f"{method} {raw_path} HTTP/1.1\r\n".encode("latin-1"),
+            b"Host: ",
+            self._host,
+            b"\r\n",
+        ]
         forwarded: dict[bytes, bytes] = {}
         for name, value in raw:
             lname = name.lower()
             if lname in _DROPPED or (named and lname in named):
                 if lname in _FORWARDED and self._trust_forwarded:
-                    forwarded[lname] = (forwarded[lname] + b", " + value
-                                        if lname in forwarded else value)
+                    forwarded[lname] = (
+                        forwarded[lname] + b", " + value if lname in forwarded else value
+                    )
                 continue
             out += (name, b": ", value, b"\r\n")
         out += self._forwarded_headers(forwarded, client_ip, scheme, host)
@@ -96,13 +132,19 @@ class RequestHeadBuilder:
         return b"".join(out)
 
     @staticmethod
-    def _forwarded_headers(trusted: dict[bytes, bytes], client_ip: str, scheme: bytes,
-                           host: bytes | None) -> list[bytes]:
+    def _forwarded_headers(
+        trusted: dict[bytes, bytes], client_ip: str, scheme: bytes, host: bytes | None
+    ) -> list[bytes]:
         """X-Forwarded-For/-Proto/-Host: this hop appended to trusted values, else fresh."""
         ip = client_ip.encode("latin-1")
         chain = trusted.get(b"x-forwarded-for")
-        out = [b"X-Forwarded-For: ", ip if chain is None else chain + b", " + ip,
-               b"\r\nX-Forwarded-Proto: ", trusted.get(b"x-forwarded-proto", scheme), b"\r\n"]
+        out = [
+            b"X-Forwarded-For: ",
+            ip if chain is None else chain + b", " + ip,
+            b"\r\nX-Forwarded-Proto: ",
+            trusted.get(b"x-forwarded-proto", scheme),
+            b"\r\n",
+        ]
         forwarded_host = trusted.get(b"x-forwarded-host", host)
         if forwarded_host:
             out += (b"X-Forwarded-Host: ", forwarded_host, b"\r\n")
@@ -116,8 +158,15 @@ def _named_by_connection(value: bytes) -> frozenset[bytes]:
     return frozenset(t.strip().lower() for t in value.split(b",")) - HOP_BY_HOP
 
 
-def response_head(status: int, reason: bytes, raw: list[tuple[bytes, bytes]], req_id: bytes, *,
-                  framing: bytes, keep_alive: bool) -> bytes:
+def response_head(
+    status: int,
+    reason: bytes,
+    raw: list[tuple[bytes, bytes]],
+    req_id: bytes,
+    *,
+    framing: bytes,
+    keep_alive: bool,
+) -> bytes:
     """The response head for the client: the upstream's status and headers minus hop-by-hop
     ones (and its framing, replaced by ``framing``), plus X-Request-Id."""
     kept: list[tuple[bytes, bytes, bytes]] = []

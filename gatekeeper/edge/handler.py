@@ -69,12 +69,20 @@ class EdgeHandler:
     """The request handler of one proxy worker (for
     :class:`gatekeeper.edge.http.server.HttpServer`)."""
 
-    def __init__(self, settings: Settings, *, mirror: BlocklistMirror, recorder: ActivityRecorder,
-                 upstream: UpstreamPool, keys: KeyCache | None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        mirror: BlocklistMirror,
+        recorder: ActivityRecorder,
+        upstream: UpstreamPool,
+        keys: KeyCache | None,
+    ) -> None:
         self._identity = IdentityReader(settings)
         self._admission = HeadAdmission(
             self._identity.header_keys | _CREDENTIAL_HEADERS | EDGE_HEADERS,
-            drop_aliases=settings.underscore_headers == "drop")
+            drop_aliases=settings.underscore_headers == "drop",
+        )
         self._mirror = mirror
         self._recorder = recorder
         self._upstream = upstream
@@ -130,15 +138,15 @@ class EdgeHandler:
                 conn.close()
             self._done(request, conn, started)
 
-        upstream.send_nowait(self._head(request, conn, req_id), request.method == "HEAD",
-                             answered)
+        upstream.send_nowait(self._head(request, conn, req_id), request.method == "HEAD", answered)
 
     def _done(self, request: Request, conn: ClientConnection, started: float) -> None:
         REQUEST_DURATION.observe(time.perf_counter() - started)
         conn.request_done(request)
 
-    async def _enforced(self, request: Request, conn: ClientConnection, identity: Identity,
-                        started: float) -> None:
+    async def _enforced(
+        self, request: Request, conn: ClientConnection, identity: Identity, started: float
+    ) -> None:
         try:
             grant = await self._authorized(request, conn, identity)
             if grant is None:
@@ -152,16 +160,22 @@ class EdgeHandler:
         finally:
             REQUEST_DURATION.observe(time.perf_counter() - started)
 
-    async def _proceed(self, request: Request, conn: ClientConnection, started: float | None,
-                       req_id: bytes | None = None) -> None:
+    async def _proceed(
+        self,
+        request: Request,
+        conn: ClientConnection,
+        started: float | None,
+        req_id: bytes | None = None,
+    ) -> None:
         """Forward (or upgrade) an admitted request, in a task; with ``started``, it also
         observes the request's duration (the enforce path observes its own)."""
         try:
             if request.upgrade:
                 await self._upgrade(request, conn)
                 return
-            await self._forward(request, conn,
-                                req_id or self._request_ids(request.lookup.get(b"x-request-id")))
+            await self._forward(
+                request, conn, req_id or self._request_ids(request.lookup.get(b"x-request-id"))
+            )
         except (ConnectionError, OSError):
             conn.close()  # the client went away; nothing to answer
         finally:
@@ -176,8 +190,11 @@ class EdgeHandler:
             identity = self._identity.read(path, request.lookup, request.repeated)
         except AdmissionError as exc:
             COUNT_INVALID.inc()
-            extra = b"Allow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n" \
-                if exc.status == 405 else b""
+            extra = (
+                b"Allow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n"
+                if exc.status == 405
+                else b""
+            )
             problem(conn, request, exc.status, exc.title, exc.detail, extra, close=True)
             return None
         except IdentityError as exc:
@@ -186,8 +203,14 @@ class EdgeHandler:
             return None
         if not self._mirror.loaded and not self._fail_open:
             COUNT_UNAVAILABLE.inc()
-            problem(conn, request, 503, "Service unavailable", "The blocklist is not loaded yet.",
-                     b"Retry-After: 1\r\n")
+            problem(
+                conn,
+                request,
+                503,
+                "Service unavailable",
+                "The blocklist is not loaded yet.",
+                b"Retry-After: 1\r\n",
+            )
             return None
         return identity
 
@@ -211,19 +234,32 @@ class EdgeHandler:
         length = request.content_length
         if length is not None and length > self._max_body:
             COUNT_TOO_LARGE.inc()
-            problem(conn, request, 413, "Request body too large",
-                     f"The body limit is {self._max_body} bytes.", close=True)
+            problem(
+                conn,
+                request,
+                413,
+                "Request body too large",
+                f"The body limit is {self._max_body} bytes.",
+                close=True,
+            )
             return False
         return True
 
-    async def _authorized(self, request: Request, conn: ClientConnection,
-                          identity: Identity) -> KeyGrant | None:
+    async def _authorized(
+        self, request: Request, conn: ClientConnection, identity: Identity
+    ) -> KeyGrant | None:
         """The grant of the presented key, or None after answering 401 (or 503)."""
         assert self._keys is not None
         if request.repeated and not request.repeated.isdisjoint(_CREDENTIAL_HEADERS):
             COUNT_UNAUTHORIZED.inc()
-            problem(conn, request, 401, "Unauthorized", "Send one credential, once.",
-                     b"WWW-Authenticate: Bearer\r\n")
+            problem(
+                conn,
+                request,
+                401,
+                "Unauthorized",
+                "Send one credential, once.",
+                b"WWW-Authenticate: Bearer\r\n",
+            )
             return None
         secret = request.lookup.get(b"x-api-key")
         if secret is None:
@@ -232,38 +268,70 @@ class EdgeHandler:
                 secret = auth[7:].strip()
         if not secret:
             COUNT_UNAUTHORIZED.inc()
-            problem(conn, request, 401, "Unauthorized",
-                     "An API key or personal access token is required.",
-                     b"WWW-Authenticate: Bearer\r\n")
+            problem(
+                conn,
+                request,
+                401,
+                "Unauthorized",
+                "An API key or personal access token is required.",
+                b"WWW-Authenticate: Bearer\r\n",
+            )
             return None
         digest = self._keys.digest(secret.decode("latin-1"))
         try:
             grant = await self._keys.grant(digest)
         except (RedisError, OSError):
             COUNT_UNAVAILABLE.inc()
-            problem(conn, request, 503, "Service unavailable", "Keys cannot be checked right now.",
-                     b"Retry-After: 1\r\n")
+            problem(
+                conn,
+                request,
+                503,
+                "Service unavailable",
+                "Keys cannot be checked right now.",
+                b"Retry-After: 1\r\n",
+            )
             return None
         device_id = identity.device_id
-        if (grant is None or grant.tenant_id != identity.tenant_id
-                or (grant.device_id is not None and device_id is not None
-                    and grant.device_id != device_id)):
+        if (
+            grant is None
+            or grant.tenant_id != identity.tenant_id
+            or (
+                grant.device_id is not None
+                and device_id is not None
+                and grant.device_id != device_id
+            )
+        ):
             COUNT_UNAUTHORIZED.inc()
-            problem(conn, request, 401, "Unauthorized", "The key is not valid for this request.",
-                     b"WWW-Authenticate: Bearer\r\n")
+            problem(
+                conn,
+                request,
+                401,
+                "Unauthorized",
+                "The key is not valid for this request.",
+                b"WWW-Authenticate: Bearer\r\n",
+            )
             return None
         self._recorder.note_key_use(digest)
         return grant
 
-    def _head(self, request: Request, conn: ClientConnection, req_id: bytes,
-              upgrade: bool = False) -> bytes:
+    def _head(
+        self, request: Request, conn: ClientConnection, req_id: bytes, upgrade: bool = False
+    ) -> bytes:
         lookup = request.lookup
         has_body = request.body is not None
         return self._heads.build(
-            request.method, request.target, request.headers, lookup.get(b"connection"),
-            client_ip=conn.client_ip, scheme=b"http", host=lookup.get(b"host"), req_id=req_id,
+            request.method,
+            request.target,
+            request.headers,
+            lookup.get(b"connection"),
+            client_ip=conn.client_ip,
+            scheme=b"http",
+            host=lookup.get(b"host"),
+            req_id=req_id,
             content_length=request.content_length if has_body else None,
-            chunked=has_body and request.chunked, upgrade=upgrade, drop=request.underscored,
+            chunked=has_body and request.chunked,
+            upgrade=upgrade,
+            drop=request.underscored,
         )
 
     async def _request_body(self, request: Request) -> AsyncIterator[bytes]:
@@ -290,12 +358,21 @@ class EdgeHandler:
         sent = time.perf_counter()
         try:
             upstream = await self._upstream.send(
-                head, body, head_request=request.method == "HEAD",
-                retryable=request.method in _IDEMPOTENT)
+                head,
+                body,
+                head_request=request.method == "HEAD",
+                retryable=request.method in _IDEMPOTENT,
+            )
         except _BodyTooLarge:
             COUNT_TOO_LARGE.inc()
-            problem(conn, request, 413, "Request body too large",
-                     f"The body limit is {self._max_body} bytes.", close=True)
+            problem(
+                conn,
+                request,
+                413,
+                "Request body too large",
+                f"The body limit is {self._max_body} bytes.",
+                close=True,
+            )
             return
         except BadRequestBody as exc:
             COUNT_INVALID.inc()
@@ -303,8 +380,14 @@ class EdgeHandler:
             return
         except ClientBodyTimeout:
             COUNT_INVALID.inc()
-            problem(conn, request, 408, "Request timeout",
-                     "The request body stopped arriving.", close=True)
+            problem(
+                conn,
+                request,
+                408,
+                "Request timeout",
+                "The request body stopped arriving.",
+                close=True,
+            )
             return
         except UpstreamError as exc:
             self._upstream_failed(request, conn, exc)
@@ -312,19 +395,27 @@ class EdgeHandler:
         if self._respond(request, conn, upstream, req_id, sent):
             await self._stream_response(request, conn, upstream, req_id)
 
-    def _upstream_failed(self, request: Request, conn: ClientConnection,
-                         error: Exception | None) -> None:
+    def _upstream_failed(
+        self, request: Request, conn: ClientConnection, error: Exception | None
+    ) -> None:
         if isinstance(error, UpstreamTimeout):
             COUNT_UPSTREAM_TIMEOUT.inc()
-            problem(conn, request, 504, "Upstream timed out",
-                     "The upstream did not answer in time.")
+            problem(
+                conn, request, 504, "Upstream timed out", "The upstream did not answer in time."
+            )
         else:
             COUNT_UPSTREAM_ERROR.inc()
             _log.debug("upstream error: %s", error)
             problem(conn, request, 502, "Bad gateway", "The upstream could not be reached.")
 
-    def _respond(self, request: Request, conn: ClientConnection, upstream: UpstreamResponse,
-                 req_id: bytes, sent: float) -> bool:
+    def _respond(
+        self,
+        request: Request,
+        conn: ClientConnection,
+        upstream: UpstreamResponse,
+        req_id: bytes,
+        sent: float,
+    ) -> bool:
         """Answer from a response whose head is in; True if its body must still be streamed."""
         UPSTREAM_DURATION.observe(time.perf_counter() - sent)
         COUNT_FORWARDED.inc()
@@ -332,28 +423,52 @@ class EdgeHandler:
         if request.method == "HEAD" or status in _NO_BODY_STATUSES:
             # No body, whatever the upstream's Content-Length says: pass that header through.
             upstream.release()
-            conn.write(response_head(status, upstream.reason, upstream.headers, req_id,
-                                     framing=_length_header(upstream.headers),
-                                     keep_alive=request.keep_alive))
+            conn.write(
+                response_head(
+                    status,
+                    upstream.reason,
+                    upstream.headers,
+                    req_id,
+                    framing=_length_header(upstream.headers),
+                    keep_alive=request.keep_alive,
+                )
+            )
             return False
         whole = upstream.body_if_complete()
         if whole is not None:
             upstream.release()
-            conn.write(response_head(status, upstream.reason, upstream.headers, req_id,
-                                     framing=b"Content-Length: %d\r\n" % len(whole),
-                                     keep_alive=request.keep_alive) + whole)
+            conn.write(
+                response_head(
+                    status,
+                    upstream.reason,
+                    upstream.headers,
+                    req_id,
+                    framing=b"Content-Length: %d\r\n" % len(whole),
+                    keep_alive=request.keep_alive,
+                )
+                + whole
+            )
             return False
         return True
 
-    async def _stream_response(self, request: Request, conn: ClientConnection,
-                               upstream: UpstreamResponse, req_id: bytes) -> None:
+    async def _stream_response(
+        self, request: Request, conn: ClientConnection, upstream: UpstreamResponse, req_id: bytes
+    ) -> None:
         length = _length_header(upstream.headers)
         chunked = not length and request.version == "1.1"
         if not length and not chunked:
             request.keep_alive = False  # an HTTP/1.0 client: the end of the body is the close
         framing = length or (b"Transfer-Encoding: chunked\r\n" if chunked else b"")
-        conn.write(response_head(upstream.status, upstream.reason, upstream.headers, req_id,
-                                 framing=framing, keep_alive=request.keep_alive))
+        conn.write(
+            response_head(
+                upstream.status,
+                upstream.reason,
+                upstream.headers,
+                req_id,
+                framing=framing,
+                keep_alive=request.keep_alive,
+            )
+        )
         try:
             async for chunk in upstream.iter_body():
                 conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
@@ -378,25 +493,40 @@ class EdgeHandler:
         sent = time.perf_counter()
         try:
             answer = await open_websocket(
-                self._upstream.host, self._upstream.port, head,
-                connect_timeout=self._connect_timeout, read_timeout=self._read_timeout)
+                self._upstream.host,
+                self._upstream.port,
+                head,
+                connect_timeout=self._connect_timeout,
+                read_timeout=self._read_timeout,
+            )
         except UpstreamError as exc:
             self._upstream_failed(request, conn, exc)
             return
         UPSTREAM_DURATION.observe(time.perf_counter() - sent)
         COUNT_FORWARDED.inc()
         if isinstance(answer, Refused):
-            conn.write(response_head(answer.status, answer.reason, answer.headers, req_id,
-                                     framing=b"Content-Length: %d\r\n" % len(answer.body),
-                                     keep_alive=request.keep_alive) + answer.body)
+            conn.write(
+                response_head(
+                    answer.status,
+                    answer.reason,
+                    answer.headers,
+                    req_id,
+                    framing=b"Content-Length: %d\r\n" % len(answer.body),
+                    keep_alive=request.keep_alive,
+                )
+                + answer.body
+            )
             return
         await splice(conn, answer)
 
 
 def _is_websocket(request: Request) -> bool:
     upgrade = request.lookup.get(b"upgrade", b"")
-    return (request.method == "GET" and request.body is None
-            and b"websocket" in (t.strip().lower() for t in upgrade.split(b",")))
+    return (
+        request.method == "GET"
+        and request.body is None
+        and b"websocket" in (t.strip().lower() for t in upgrade.split(b","))
+    )
 
 
 def _length_header(headers: list[tuple[bytes, bytes]]) -> bytes:

@@ -48,12 +48,33 @@ __all__ = [
 ]
 
 OUTCOMES = (
-    "forwarded", "blocked", "disabled", "unauthorized", "invalid", "upstream_error",
-    "upstream_timeout", "unavailable", "too_large",
+    "forwarded",
+    "blocked",
+    "disabled",
+    "unauthorized",
+    "invalid",
+    "upstream_error",
+    "upstream_timeout",
+    "unavailable",
+    "too_large",
 )
 
 _LATENCY_BUCKETS = (
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
 )
 
 
@@ -64,61 +85,80 @@ def multiprocess_dir() -> str | None:
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 REQUESTS = Counter(
-    "gatekeeper_requests_total", "Requests at the edge, by outcome.", ["outcome"],
+    "gatekeeper_requests_total",
+    "Requests at the edge, by outcome.",
+    ["outcome"],
     registry=REGISTRY,
 )
 REQUEST_DURATION = Histogram(
     "gatekeeper_request_duration_seconds",
     "Time from request headers received to response headers sent by the proxy.",
-    buckets=_LATENCY_BUCKETS, registry=REGISTRY,
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
 )
 UPSTREAM_DURATION = Histogram(
     "gatekeeper_upstream_duration_seconds",
     "Time from sending a request upstream to receiving its response headers.",
-    buckets=_LATENCY_BUCKETS, registry=REGISTRY,
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
 )
 BLOCKED_DEVICES = Gauge(
-    "gatekeeper_blocked_devices", "Devices in the in-process blocked mirror.",
-    registry=REGISTRY, multiprocess_mode="livemax",
+    "gatekeeper_blocked_devices",
+    "Devices in the in-process blocked mirror.",
+    registry=REGISTRY,
+    multiprocess_mode="livemax",
 )
 BLOCKLIST_LAST_SYNC = Gauge(
     "gatekeeper_blocklist_last_sync_timestamp_seconds",
     "When the mirror was last known to match Redis (full load or live subscription).",
-    registry=REGISTRY, multiprocess_mode="livemin",
+    registry=REGISTRY,
+    multiprocess_mode="livemin",
 )
 BLOCKLIST_STALE = Gauge(
     "gatekeeper_blocklist_stale",
     "1 while Redis is unreachable and the proxy serves from its last mirror.",
-    registry=REGISTRY, multiprocess_mode="livemax",
+    registry=REGISTRY,
+    multiprocess_mode="livemax",
 )
 ACTIVITY_PENDING = Gauge(
-    "gatekeeper_activity_pending", "Devices with activity waiting to be flushed.",
-    registry=REGISTRY, multiprocess_mode="livesum",
+    "gatekeeper_activity_pending",
+    "Devices with activity waiting to be flushed.",
+    registry=REGISTRY,
+    multiprocess_mode="livesum",
 )
 ACTIVITY_FLUSHED = Counter(
-    "gatekeeper_activity_flushed", "Device activity records written to Postgres.",
+    "gatekeeper_activity_flushed",
+    "Device activity records written to Postgres.",
     registry=REGISTRY,
 )
 ACTIVITY_DROPPED = Counter(
-    "gatekeeper_activity_dropped", "Device activity records dropped because the buffer was full.",
+    "gatekeeper_activity_dropped",
+    "Device activity records dropped because the buffer was full.",
     registry=REGISTRY,
 )
 ACTIVITY_FLUSH_ERRORS = Counter(
-    "gatekeeper_activity_flush_errors", "Failed flushes of activity to Postgres.",
+    "gatekeeper_activity_flush_errors",
+    "Failed flushes of activity to Postgres.",
     registry=REGISTRY,
 )
 ACTIVITY_FLUSH_DURATION = Histogram(
-    "gatekeeper_activity_flush_duration_seconds", "Duration of one successful activity flush.",
+    "gatekeeper_activity_flush_duration_seconds",
+    "Duration of one successful activity flush.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
     registry=REGISTRY,
 )
 READY = Gauge(
-    "gatekeeper_ready", "1 when the proxy is ready to serve (mirror loaded, not draining).",
-    registry=REGISTRY, multiprocess_mode="livemin",
+    "gatekeeper_ready",
+    "1 when the proxy is ready to serve (mirror loaded, not draining).",
+    registry=REGISTRY,
+    multiprocess_mode="livemin",
 )
 STORE_UP = Gauge(
-    "gatekeeper_store_up", "1 when the last contact with the store succeeded.", ["store"],
-    registry=REGISTRY, multiprocess_mode="livemin",
+    "gatekeeper_store_up",
+    "1 when the last contact with the store succeeded.",
+    ["store"],
+    registry=REGISTRY,
+    multiprocess_mode="livemin",
 )
 
 if multiprocess_dir() is None:

@@ -23,16 +23,20 @@ Readiness = Callable[[], dict[str, bool]]
 
 def create_ops_app(readiness: Readiness) -> web.Application:
     async def metrics_view(_request: web.Request) -> web.Response:
-        return web.Response(body=metrics.exposition(),
-                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(
+            body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
 
     async def healthz(_request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
     async def readyz(_request: web.Request) -> web.Response:
         checks = readiness()
-        return web.Response(status=200 if checks["ready"] else 503,
-                            body=json.dumps(checks), content_type="application/json")
+        return web.Response(
+            status=200 if checks["ready"] else 503,
+            body=json.dumps(checks),
+            content_type="application/json",
+        )
 
     app = web.Application()
     app.router.add_get("/metrics", metrics_view)

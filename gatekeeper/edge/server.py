@@ -43,8 +43,9 @@ _UPSTREAM_GRACE_SECONDS = 2.0
 
 
 class EdgeServer:
-    def __init__(self, settings: Settings, *, serve_ops: bool = True,
-                 reuse_port: bool = False) -> None:
+    def __init__(
+        self, settings: Settings, *, serve_ops: bool = True, reuse_port: bool = False
+    ) -> None:
         if not settings.database_url or not settings.redis_url or not settings.upstream:
             raise SettingsError("the proxy needs database_url, redis_url and upstream")
         self.settings = settings
@@ -85,18 +86,21 @@ class EdgeServer:
             # what is still busy upstream serves nobody, so it gets only a short grace.
             stack.push_async_callback(self.upstream.close, _UPSTREAM_GRACE_SECONDS)
             stack.push_async_callback(self._flush_activity)
-            self._tasks = [asyncio.create_task(self.mirror.run(), name="blocklist-mirror"),
-                           asyncio.create_task(self.recorder.run(), name="activity-recorder"),
-                           asyncio.create_task(self._update_gauges(), name="gauges")]
+            self._tasks = [
+                asyncio.create_task(self.mirror.run(), name="blocklist-mirror"),
+                asyncio.create_task(self.recorder.run(), name="activity-recorder"),
+                asyncio.create_task(self._update_gauges(), name="gauges"),
+            ]
             stack.push_async_callback(self._stop_tasks)
-            server = self._server = HttpServer(self.handler, on_rejected=_REJECTED.inc,
-                                               body_idle_seconds=s.client_body_timeout)
+            server = self._server = HttpServer(
+                self.handler, on_rejected=_REJECTED.inc, body_idle_seconds=s.client_body_timeout
+            )
             server.start()
             stack.push_async_callback(self._close_connections, server)
             try:
                 self._listener = await asyncio.get_running_loop().create_server(
-                    server, s.host, s.proxy_port, reuse_port=self._reuse_port or None,
-                    backlog=2048)
+                    server, s.host, s.proxy_port, reuse_port=self._reuse_port or None, backlog=2048
+                )
             except OSError as exc:
                 raise listen_error(s.host, s.proxy_port, exc) from exc
             self.proxy_port = self._listener.sockets[0].getsockname()[1]
@@ -115,31 +119,40 @@ class EdgeServer:
         """The proxy's parts that hold no resource of their own until their tasks run."""
         s = self.settings
         assert s.upstream
-        self.keys = (KeyCache(self.redis, max_entries=s.key_cache_size, pepper=s.key_pepper)
-                     if s.auth_mode == "enforce" else None)
+        self.keys = (
+            KeyCache(self.redis, max_entries=s.key_cache_size, pepper=s.key_pepper)
+            if s.auth_mode == "enforce"
+            else None
+        )
         self.mirror = BlocklistMirror(
-            self.redis, resync_seconds=s.blocklist_resync_seconds,
+            self.redis,
+            resync_seconds=s.blocklist_resync_seconds,
             on_key_event=self.keys.on_event if self.keys is not None else None,
             on_resync=self.keys.clear if self.keys is not None else None,
         )
         self.recorder = ActivityRecorder(
-            pool, flush_interval=s.flush_interval_seconds,
-            flush_max_devices=s.flush_max_devices, max_pending=s.activity_buffer_max_devices,
-            retry_max_seconds=s.flush_retry_max_seconds, touch_interval=s.activity_touch_seconds,
+            pool,
+            flush_interval=s.flush_interval_seconds,
+            flush_max_devices=s.flush_max_devices,
+            max_pending=s.activity_buffer_max_devices,
+            retry_max_seconds=s.flush_retry_max_seconds,
+            touch_interval=s.activity_touch_seconds,
         )
         upstream = urlsplit(s.upstream)
         self.upstream = UpstreamPool(
-            upstream.hostname or "127.0.0.1", upstream.port or 80,
-            max_connections=s.upstream_pool_size, connect_timeout=s.upstream_connect_timeout,
+            upstream.hostname or "127.0.0.1",
+            upstream.port or 80,
+            max_connections=s.upstream_pool_size,
+            connect_timeout=s.upstream_connect_timeout,
             read_timeout=s.upstream_read_timeout,
         )
-        self.handler = EdgeHandler(s, mirror=self.mirror, recorder=self.recorder,
-                                   upstream=self.upstream, keys=self.keys)
+        self.handler = EdgeHandler(
+            s, mirror=self.mirror, recorder=self.recorder, upstream=self.upstream, keys=self.keys
+        )
 
     async def _start_ops(self, stack: contextlib.AsyncExitStack) -> None:
         s = self.settings
-        runner = self._ops_runner = web.AppRunner(create_ops_app(self.readiness),
-                                                  access_log=None)
+        runner = self._ops_runner = web.AppRunner(create_ops_app(self.readiness), access_log=None)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
         try:
@@ -176,9 +189,12 @@ class EdgeServer:
             if task.done() and not task.cancelled() and task.exception() is not None:
                 _log.error("stop: task %s had failed: %r", task.get_name(), task.exception())
         if pending:
-            _log.error("stop: %d task(s) ignored cancellation for %.0f s and are abandoned: %s",
-                       len(pending), _TASKS_GRACE_SECONDS,
-                       ", ".join(t.get_name() for t in pending))
+            _log.error(
+                "stop: %d task(s) ignored cancellation for %.0f s and are abandoned: %s",
+                len(pending),
+                _TASKS_GRACE_SECONDS,
+                ", ".join(t.get_name() for t in pending),
+            )
 
     async def _flush_activity(self) -> None:
         # After the tasks stop (no flush of the recorder's own runs alongside), before the

@@ -41,7 +41,10 @@ def load_or_create_local_secret(data_dir: Path) -> str:
 
 
 def mint_token(
-    settings: Settings, tenant_id: str, scopes: list[str], subject: str = "cli",
+    settings: Settings,
+    tenant_id: str,
+    scopes: list[str],
+    subject: str = "cli",
     ttl_seconds: int = 3600,
 ) -> str:
     """An HS256 admin token for ``tenant_id`` with ``scopes``, signed with the local secret."""

@@ -43,8 +43,11 @@ def _parser() -> argparse.ArgumentParser:
     for name in ("proxy-port", "admin-port", "metrics-port"):
         up.add_argument(f"--{name}", dest=name.replace("-", "_"), type=int)
     up.add_argument("--upstream")
-    up.add_argument("--demo-upstream", action="store_true",
-                    help="start a built-in echo upstream and proxy to it")
+    up.add_argument(
+        "--demo-upstream",
+        action="store_true",
+        help="start a built-in echo upstream and proxy to it",
+    )
     up.add_argument("--auth-mode", dest="auth_mode", choices=["passthrough", "enforce"])
 
     proxy = sub.add_parser("proxy", help="run the edge proxy (production)")
@@ -59,15 +62,18 @@ def _parser() -> argparse.ArgumentParser:
     _common(admin)
     admin.add_argument("--admin-port", dest="admin_port", type=int)
 
-    for name, text in (("migrate", "apply database migrations"),
-                       ("reconcile", "rebuild the Redis edge view from Postgres")):
+    for name, text in (
+        ("migrate", "apply database migrations"),
+        ("reconcile", "rebuild the Redis edge view from Postgres"),
+    ):
         _common(sub.add_parser(name, help=text))
 
     token = sub.add_parser("token", help="print a signed admin token")
     _common(token)
     token.add_argument("--tenant", required=True)
-    token.add_argument("--scope", action="append", default=[],
-                       help="repeatable; default: all admin scopes")
+    token.add_argument(
+        "--scope", action="append", default=[], help="repeatable; default: all admin scopes"
+    )
     token.add_argument("--subject", default="cli")
     token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
 
@@ -79,8 +85,7 @@ def _parser() -> argparse.ArgumentParser:
 
 ADMIN_SCOPES = ("Device.Read", "Device.Write", "Token.Read", "Token.Write")
 
-_NOT_SETTINGS = {"command", "config", "tenant", "scope", "subject", "ttl", "demo_upstream",
-                 "port"}
+_NOT_SETTINGS = {"command", "config", "tenant", "scope", "subject", "ttl", "demo_upstream", "port"}
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -112,8 +117,10 @@ def admin_service(settings: Settings) -> Service:
 
 def _require_stores(settings: Settings) -> None:
     if not settings.database_url or not settings.redis_url:
-        raise SettingsError("set GATEKEEPER_DATABASE_URL and GATEKEEPER_REDIS_URL (or the flags);"
-                            " only `gatekeeper up` starts embedded stores")
+        raise SettingsError(
+            "set GATEKEEPER_DATABASE_URL and GATEKEEPER_REDIS_URL (or the flags);"
+            " only `gatekeeper up` starts embedded stores"
+        )
 
 
 async def _proxy(settings: Settings) -> None:
@@ -129,8 +136,11 @@ async def _proxy(settings: Settings) -> None:
         finally:
             await supervisor.stop()
         if supervisor.failed.is_set():
-            raise ListenError(errno.EADDRINUSE, f"cannot listen on {settings.host}:"
-                              f"{settings.proxy_port}: a worker could not bind (see its log)")
+            raise ListenError(
+                errno.EADDRINUSE,
+                f"cannot listen on {settings.host}:"
+                f"{settings.proxy_port}: a worker could not bind (see its log)",
+            )
         return
     edge = EdgeServer(settings)
     await edge.start()
@@ -189,8 +199,15 @@ def _token(args: argparse.Namespace, settings: Settings) -> None:
 
     if settings.jwt_secret is None:
         settings = settings.replace(jwt_secret=load_or_create_local_secret(settings.data_dir))
-    print(mint_token(settings, args.tenant, args.scope or list(ADMIN_SCOPES),
-                     subject=args.subject, ttl_seconds=args.ttl))
+    print(
+        mint_token(
+            settings,
+            args.tenant,
+            args.scope or list(ADMIN_SCOPES),
+            subject=args.subject,
+            ttl_seconds=args.ttl,
+        )
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -200,19 +217,29 @@ def main(argv: list[str] | None = None) -> int:
             run(_demo_upstream(args.host, args.port))
             return 0
         settings = _settings(args)
-        logging.basicConfig(level=settings.log_level,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(
+            level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
         if args.command == "token":
             _token(args, settings)
             return 0
         commands: dict[str, Callable[[Settings], Awaitable[Any]]] = {
-            "proxy": _proxy, "admin": _admin, "migrate": _migrate, "reconcile": _reconcile,
+            "proxy": _proxy,
+            "admin": _admin,
+            "migrate": _migrate,
+            "reconcile": _reconcile,
         }
         if args.command == "up":
             from gatekeeper.runtime.up import run_stack
 
-            run(run_stack(settings, demo_upstream=args.demo_upstream,
-                          until=_until_signalled, admin=admin_service))
+            run(
+                run_stack(
+                    settings,
+                    demo_upstream=args.demo_upstream,
+                    until=_until_signalled,
+                    admin=admin_service,
+                )
+            )
         else:
             run(commands[args.command](settings))  # type: ignore[arg-type]
     except SettingsError as exc:

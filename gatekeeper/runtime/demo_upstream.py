@@ -24,12 +24,14 @@ async def _echo(request: web.Request) -> web.StreamResponse:
     size = 0
     async for chunk in request.content.iter_chunked(65536):
         size += len(chunk)
-    return web.json_response({
-        "method": request.method,
-        "path": request.path_qs,
-        "headers": dict(request.headers),
-        "bodyBytes": size,
-    })
+    return web.json_response(
+        {
+            "method": request.method,
+            "path": request.path_qs,
+            "headers": dict(request.headers),
+            "bodyBytes": size,
+        }
+    )
 
 
 def create_demo_upstream() -> web.Application:

@@ -48,8 +48,9 @@ def _package_dir(package: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def _wait_for_port(host: str, port: int, proc: subprocess.Popen[bytes], log: Path,
-                   timeout: float) -> None:
+def _wait_for_port(
+    host: str, port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -120,8 +121,11 @@ class _DemotedUser:
             try:
                 pwd.getpwnam(self.name)
             except KeyError:
-                subprocess.run(["useradd", "--system", "--no-create-home", self.name],
-                               check=True, capture_output=True)
+                subprocess.run(
+                    ["useradd", "--system", "--no-create-home", self.name],
+                    check=True,
+                    capture_output=True,
+                )
 
     def own(self, path: Path) -> None:
         if self.name is None:
@@ -219,8 +223,14 @@ class EmbeddedPostgres(_ServerProcess):
     _stop_signal = signal.SIGINT
     _stop_timeout = 30.0
 
-    def __init__(self, data_dir: Path, *, port: int | None = None, host: str = "127.0.0.1",
-                 durable: bool = True) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        durable: bool = True,
+    ) -> None:
         super().__init__(data_dir, port=port, host=host)
         self.durable = durable
 
@@ -243,15 +253,29 @@ class EmbeddedPostgres(_ServerProcess):
             pgdata.mkdir(mode=0o700)
             user.own(pgdata)
             subprocess.run(
-                [self._bin("initdb"), "-D", str(pgdata), "-U", "postgres", "--auth=trust",
-                 "--encoding=UTF8", *(() if self.durable else ("--no-sync",))],
-                check=True, capture_output=True, user=user.name,
+                [
+                    self._bin("initdb"),
+                    "-D",
+                    str(pgdata),
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "--encoding=UTF8",
+                    *(() if self.durable else ("--no-sync",)),
+                ],
+                check=True,
+                capture_output=True,
+                user=user.name,
             )
         elif self.durable and not marker.exists():
             # Last run in fast mode (or by a version that always was): its files may still sit
             # in the page cache only, and a checkpoint already counts them as written.
-            subprocess.run([self._bin("initdb"), "--sync-only", "-D", str(pgdata)],
-                           check=True, capture_output=True, user=user.name)
+            subprocess.run(
+                [self._bin("initdb"), "--sync-only", "-D", str(pgdata)],
+                check=True,
+                capture_output=True,
+                user=user.name,
+            )
         if self.durable:
             marker.touch()
         else:
@@ -264,11 +288,27 @@ class EmbeddedPostgres(_ServerProcess):
             (pgdata / "postmaster.pid").unlink()  # left by a killed run; we own this directory
         with log.open("ab") as log_fh:
             self._proc = subprocess.Popen(
-                [self._bin("postgres"), "-D", str(pgdata), "-h", self.host, "-p", str(self.port),
-                 "-k", str(sockets), "-c", "max_connections=200",
-                 *(arg for option in (_DURABLE if self.durable else _FAST)
-                   for arg in ("-c", option))],
-                stdout=log_fh, stderr=subprocess.STDOUT, user=user.name,
+                [
+                    self._bin("postgres"),
+                    "-D",
+                    str(pgdata),
+                    "-h",
+                    self.host,
+                    "-p",
+                    str(self.port),
+                    "-k",
+                    str(sockets),
+                    "-c",
+                    "max_connections=200",
+                    *(
+                        arg
+                        for option in (_DURABLE if self.durable else _FAST)
+                        for arg in ("-c", option)
+                    ),
+                ],
+                stdout=log_fh,
+                stderr=subprocess.STDOUT,
+                user=user.name,
                 start_new_session=True,
             )
         _wait_for_port(self.host, self.port, self._proc, log, timeout)
@@ -281,9 +321,22 @@ class EmbeddedPostgres(_ServerProcess):
         itself can stage one)."""
         if not self.running:
             return
-        subprocess.run([self._bin("pg_ctl"), "stop", "-D", str(self.data_dir / "pgdata"),
-                        "-m", "immediate", "-w", "-t", "30"],
-                       check=True, capture_output=True, user=_DemotedUser().name)
+        subprocess.run(
+            [
+                self._bin("pg_ctl"),
+                "stop",
+                "-D",
+                str(self.data_dir / "pgdata"),
+                "-m",
+                "immediate",
+                "-w",
+                "-t",
+                "30",
+            ],
+            check=True,
+            capture_output=True,
+            user=_DemotedUser().name,
+        )
         _stop(self._proc, signal.SIGKILL, 5)  # reaps it (it has exited by now)
         self._proc = None
 
@@ -314,10 +367,26 @@ class EmbeddedRedis(_ServerProcess):
         # The reconciler can rebuild the edge view from Postgres, but an append-only file lets
         # a restarted server come back with it, without waiting for a rebuild.
         self._proc = subprocess.Popen(
-            [str(binary), "--bind", self.host, "--port", str(self.port),
-             "--dir", str(self.data_dir), "--appendonly", "yes", "--save", "",
-             "--logfile", str(log), "--protected-mode", "yes"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            [
+                str(binary),
+                "--bind",
+                self.host,
+                "--port",
+                str(self.port),
+                "--dir",
+                str(self.data_dir),
+                "--appendonly",
+                "yes",
+                "--save",
+                "",
+                "--logfile",
+                str(log),
+                "--protected-mode",
+                "yes",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         _wait_for_port(self.host, self.port, self._proc, log, timeout)
         return self.url

@@ -50,23 +50,28 @@ class Supervisor:
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(self._dir / "metrics"))
-        return subprocess.Popen([sys.executable, "-m", "gatekeeper.runtime.worker",
-                                 str(self._dir / "settings.json")], env=env)
+        return subprocess.Popen(
+            [sys.executable, "-m", "gatekeeper.runtime.worker", str(self._dir / "settings.json")],
+            env=env,
+        )
 
     def readiness(self) -> dict[str, bool]:
         alive = bool(self._workers) and all(w.poll() is None for w in self._workers)
         metrics_dir = self._dir / "metrics"
         # The aggregated minimum covers only the workers that have written their gauge file: a
         # worker still starting has none, and must not be outvoted by the ready ones.
-        reporting = all((metrics_dir / f"gauge_livemin_{w.pid}.db").exists()
-                        for w in self._workers)
+        reporting = all((metrics_dir / f"gauge_livemin_{w.pid}.db").exists() for w in self._workers)
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=str(metrics_dir))  # type: ignore[no-untyped-call]
-        ready_values = [s.value for m in registry.collect() if m.name == "gatekeeper_ready"
-                        for s in m.samples]
+        ready_values = [
+            s.value for m in registry.collect() if m.name == "gatekeeper_ready" for s in m.samples
+        ]
         workers_ready = reporting and len(ready_values) > 0 and min(ready_values) >= 1
-        return {"ready": alive and workers_ready and not self._stopping,
-                "workers_alive": alive, "workers_ready": workers_ready}
+        return {
+            "ready": alive and workers_ready and not self._stopping,
+            "workers_alive": alive,
+            "workers_ready": workers_ready,
+        }
 
     async def start(self) -> None:
         """Check the proxy port, listen on the metrics port, then fork the workers; raises
@@ -99,8 +104,13 @@ class Supervisor:
             self._monitor = asyncio.create_task(self._replace_dead_workers())
             stack.push_async_callback(self._stop_monitor)
             self._stack = stack.pop_all()
-        _log.info("supervisor: %d workers on %s:%d, metrics on :%d", s.workers,
-                  s.host, s.proxy_port, self.metrics_port)
+        _log.info(
+            "supervisor: %d workers on %s:%d, metrics on :%d",
+            s.workers,
+            s.host,
+            s.proxy_port,
+            self.metrics_port,
+        )
 
     async def _replace_dead_workers(self) -> None:
         while not self._stopping:
@@ -109,14 +119,20 @@ class Supervisor:
                 if worker.poll() is not None and not self._stopping:
                     if worker.returncode == CANNOT_LISTEN:
                         # Another would fail the same way: give up, and let the command stop.
-                        _log.error("worker %d cannot listen on %s:%d; giving up", worker.pid,
-                                   self.settings.host, self.settings.proxy_port)
+                        _log.error(
+                            "worker %d cannot listen on %s:%d; giving up",
+                            worker.pid,
+                            self.settings.host,
+                            self.settings.proxy_port,
+                        )
                         self.failed.set()
                         return
-                    _log.error("worker %d exited with %s; starting another", worker.pid,
-                               worker.returncode)
+                    _log.error(
+                        "worker %d exited with %s; starting another", worker.pid, worker.returncode
+                    )
                     mark_process_dead(  # type: ignore[no-untyped-call]
-                        worker.pid, str(self._dir / "metrics"))
+                        worker.pid, str(self._dir / "metrics")
+                    )
                     self._workers[i] = self._spawn()
 
     async def wait_ready(self, timeout: float = 30.0) -> None:

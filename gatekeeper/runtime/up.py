@@ -33,6 +33,7 @@ class Service(Protocol):
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
 
+
 _DEFAULT_ENVIRONMENT_URL = Settings().environment_url
 
 
@@ -78,16 +79,19 @@ def _with_own_proxy(settings: Settings) -> Settings:
         return settings
     # free_port binds IPv4; for an IPv6 host, a port free on loopback is the best guess.
     port = settings.proxy_port or free_port("127.0.0.1" if ":" in settings.host else settings.host)
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(settings.host,
-                                                                     settings.host)
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(settings.host, settings.host)
     if ":" in host:
         host = f"[{host}]"
     return settings.replace(proxy_port=port, environment_url=f"http://{host}:{port}")
 
 
-async def run_stack(settings: Settings, *, demo_upstream: bool,
-                    until: Callable[[], Awaitable[None]],
-                    admin: Callable[[Settings], Service]) -> None:
+async def run_stack(
+    settings: Settings,
+    *,
+    demo_upstream: bool,
+    until: Callable[[], Awaitable[None]],
+    admin: Callable[[Settings], Service],
+) -> None:
     if not demo_upstream and not settings.upstream:
         raise SettingsError("give --upstream URL, or --demo-upstream for the built-in echo")
     # The configured ports are probed before anything starts: a taken port then fails in
@@ -119,8 +123,10 @@ async def run_stack(settings: Settings, *, demo_upstream: bool,
         print(f"  proxy     http://{host}:{edge.proxy_port}  -> {mask_url(settings.upstream)}")
         print(f"  admin     http://{host}:{admin_service.port}  (docs at /docs)")
         print(f"  metrics   http://{host}:{edge.metrics_port}/metrics  (/healthz, /readyz)")
-        print("  admin token: gatekeeper token --tenant <tenant>   |   Ctrl-C stops everything",
-              flush=True)
+        print(
+            "  admin token: gatekeeper token --tenant <tenant>   |   Ctrl-C stops everything",
+            flush=True,
+        )
         await until()
         print("gatekeeper: stopping (draining requests, flushing activity)...", flush=True)
     print("gatekeeper: stopped", flush=True)

@@ -48,7 +48,8 @@ def main() -> None:
     settings = Settings.from_mapping(json.loads(Path(sys.argv[1]).read_text()))
     logging.basicConfig(
         level=settings.log_level,
-        format="%(asctime)s worker[%(process)d] %(levelname)s %(name)s: %(message)s")
+        format="%(asctime)s worker[%(process)d] %(levelname)s %(name)s: %(message)s",
+    )
     try:
         run(_serve(settings))
     except ListenError as exc:

@@ -47,8 +47,7 @@ async def publish(redis: Redis, events: Iterable[EdgeEvent]) -> None:
         await redis.publish(edgeview.CHANNEL, edgeview.encode(event))
 
 
-async def _sync(redis: Redis, stage: Callable[[Pipeline], object],
-                events: list[EdgeEvent]) -> None:
+async def _sync(redis: Redis, stage: Callable[[Pipeline], object], events: list[EdgeEvent]) -> None:
     """Apply ``stage``'s commands and publish ``events`` in one atomic round trip (MULTI/EXEC):
     a subscriber never sees the announcement before the change, and the change costs one hop."""
     try:
@@ -62,8 +61,14 @@ async def _sync(redis: Redis, stage: Callable[[Pipeline], object],
 
 
 async def set_blocked(
-    pool: Pool, redis: Redis, tenant_id: str, device_id: str, blocked: bool,
-    reason: str | None = None, *, create: bool = False,
+    pool: Pool,
+    redis: Redis,
+    tenant_id: str,
+    device_id: str,
+    blocked: bool,
+    reason: str | None = None,
+    *,
+    create: bool = False,
 ) -> asyncpg.Record | None:
     """Block or unblock a device; idempotent. Returns the device row, None if unknown.
 
@@ -73,7 +78,8 @@ async def set_blocked(
         if create:
             await conn.execute(
                 "INSERT INTO devices (tenant_id, device_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                tenant_id, device_id,
+                tenant_id,
+                device_id,
             )
         # Re-blocking keeps the first blockedAt; the reason is replaced only when one is given.
         row: asyncpg.Record | None = await conn.fetchrow(
@@ -86,20 +92,29 @@ async def set_blocked(
             WHERE tenant_id = $1 AND device_id = $2
             RETURNING *
             """,
-            tenant_id, device_id, blocked, reason,
+            tenant_id,
+            device_id,
+            blocked,
+            reason,
         )
     if row is None:
         return None
     key = edgeview.member(tenant_id, device_id)
 
-    await _sync(redis,
-                lambda pipe: (pipe.sadd if blocked else pipe.srem)(edgeview.BLOCKED_SET, key),
-                [EdgeEvent("block" if blocked else "unblock", key)])
+    await _sync(
+        redis,
+        lambda pipe: (pipe.sadd if blocked else pipe.srem)(edgeview.BLOCKED_SET, key),
+        [EdgeEvent("block" if blocked else "unblock", key)],
+    )
     return row
 
 
 async def set_enabled(
-    pool: Pool, redis: Redis, tenant_id: str, device_id: str, enabled: bool,
+    pool: Pool,
+    redis: Redis,
+    tenant_id: str,
+    device_id: str,
+    enabled: bool,
 ) -> asyncpg.Record | None:
     """Enable or disable a device; idempotent. Returns the device row, None if unknown."""
     row: asyncpg.Record | None = await pool.fetchrow(
@@ -109,15 +124,19 @@ async def set_enabled(
         WHERE tenant_id = $1 AND device_id = $2
         RETURNING *
         """,
-        tenant_id, device_id, enabled,
+        tenant_id,
+        device_id,
+        enabled,
     )
     if row is None:
         return None
     key = edgeview.member(tenant_id, device_id)
 
-    await _sync(redis,
-                lambda pipe: (pipe.srem if enabled else pipe.sadd)(edgeview.DISABLED_SET, key),
-                [EdgeEvent("enable" if enabled else "disable", key)])
+    await _sync(
+        redis,
+        lambda pipe: (pipe.srem if enabled else pipe.sadd)(edgeview.DISABLED_SET, key),
+        [EdgeEvent("enable" if enabled else "disable", key)],
+    )
     return row
 
 
@@ -126,8 +145,9 @@ class IssuedKey:
 
     __slots__ = ("expires_at", "key_id", "prefix", "secret")
 
-    def __init__(self, key_id: uuid.UUID, secret: str, prefix: str,
-                 expires_at: datetime | None) -> None:
+    def __init__(
+        self, key_id: uuid.UUID, secret: str, prefix: str, expires_at: datetime | None
+    ) -> None:
         self.key_id = key_id
         self.secret = secret
         self.prefix = prefix
@@ -137,18 +157,28 @@ class IssuedKey:
         return f"IssuedKey(key_id={self.key_id}, prefix={self.prefix!r}, secret=***)"
 
 
-def _grant_value(tenant_id: str, kind: str, device_id: str | None,
-                 expires_at: datetime | None) -> str:
+def _grant_value(
+    tenant_id: str, kind: str, device_id: str | None, expires_at: datetime | None
+) -> str:
     return KeyGrant(
-        tenant_id, kind,  # type: ignore[arg-type]
-        device_id, None if expires_at is None else expires_at.timestamp(),
+        tenant_id,
+        kind,  # type: ignore[arg-type]
+        device_id,
+        None if expires_at is None else expires_at.timestamp(),
     ).encode()
 
 
 async def issue_key(
-    pool: Pool | asyncpg.Connection, redis: Redis, tenant_id: str, *,
-    kind: Literal["device", "pat"], prefix: str, device_id: str | None = None,
-    name: str | None = None, expires_at: datetime | None = None, created_by: str | None = None,
+    pool: Pool | asyncpg.Connection,
+    redis: Redis,
+    tenant_id: str,
+    *,
+    kind: Literal["device", "pat"],
+    prefix: str,
+    device_id: str | None = None,
+    name: str | None = None,
+    expires_at: datetime | None = None,
+    created_by: str | None = None,
     pepper: str | None = None,
 ) -> IssuedKey:
     """Create a key, store its digest, and make it valid at the edge."""
@@ -161,7 +191,14 @@ async def issue_key(
                               created_by, expires_at)
         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
         """,
-        key_id, tenant_id, kind, device_id, name, digest, display_prefix(secret), created_by,
+        key_id,
+        tenant_id,
+        kind,
+        device_id,
+        name,
+        digest,
+        display_prefix(secret),
+        created_by,
         expires_at,
     )
     value = _grant_value(tenant_id, kind, device_id, expires_at)
@@ -175,12 +212,20 @@ async def _drop_from_edge(redis: Redis, digests: list[bytes]) -> None:
         return
     hexes = [d.hex() for d in digests]
 
-    await _sync(redis, lambda pipe: pipe.hdel(edgeview.KEYS_HASH, *hexes),
-                [EdgeEvent("revoke", h) for h in hexes])
+    await _sync(
+        redis,
+        lambda pipe: pipe.hdel(edgeview.KEYS_HASH, *hexes),
+        [EdgeEvent("revoke", h) for h in hexes],
+    )
 
 
-async def revoke_key(pool: Pool, redis: Redis, tenant_id: str, key_id: uuid.UUID,
-                     kind: Literal["device", "pat"] | None = None) -> bool:
+async def revoke_key(
+    pool: Pool,
+    redis: Redis,
+    tenant_id: str,
+    key_id: uuid.UUID,
+    kind: Literal["device", "pat"] | None = None,
+) -> bool:
     """Revoke one key of the tenant now. False if the tenant has no such (unrevoked) key."""
     digest: bytes | None = await pool.fetchval(
         """
@@ -189,7 +234,9 @@ async def revoke_key(pool: Pool, redis: Redis, tenant_id: str, key_id: uuid.UUID
           AND ($3::text IS NULL OR kind = $3)
         RETURNING digest
         """,
-        tenant_id, key_id, kind,
+        tenant_id,
+        key_id,
+        kind,
     )
     if digest is None:
         return False
@@ -198,8 +245,12 @@ async def revoke_key(pool: Pool, redis: Redis, tenant_id: str, key_id: uuid.UUID
 
 
 async def revoke_device_keys(
-    pool: Pool | asyncpg.Connection, redis: Redis, tenant_id: str, device_id: str,
-    *, grace_seconds: float = 0.0,
+    pool: Pool | asyncpg.Connection,
+    redis: Redis,
+    tenant_id: str,
+    device_id: str,
+    *,
+    grace_seconds: float = 0.0,
 ) -> int:
     """Revoke every live key of a device, at once or after ``grace_seconds``.
 
@@ -213,22 +264,33 @@ async def revoke_device_keys(
             WHERE tenant_id = $1 AND device_id = $2 AND revoked_at IS NULL
             RETURNING digest, expires_at
             """,
-            tenant_id, device_id, grace_seconds,
+            tenant_id,
+            device_id,
+            grace_seconds,
         )
-        values = {r["digest"].hex(): _grant_value(tenant_id, "device", device_id, r["expires_at"])
-                  for r in rows}
+        values = {
+            r["digest"].hex(): _grant_value(tenant_id, "device", device_id, r["expires_at"])
+            for r in rows
+        }
         if values:
-            await _sync(redis, lambda pipe: pipe.hset(edgeview.KEYS_HASH, mapping=values),
-                        [EdgeEvent("revoke", h) for h in values])
+            await _sync(
+                redis,
+                lambda pipe: pipe.hset(edgeview.KEYS_HASH, mapping=values),
+                [EdgeEvent("revoke", h) for h in values],
+            )
         return len(values)
-    digests = [r["digest"] for r in await pool.fetch(
-        """
+    digests = [
+        r["digest"]
+        for r in await pool.fetch(
+            """
         UPDATE api_keys SET revoked_at = now()
         WHERE tenant_id = $1 AND device_id = $2 AND revoked_at IS NULL
         RETURNING digest
         """,
-        tenant_id, device_id,
-    )]
+            tenant_id,
+            device_id,
+        )
+    ]
     await _drop_from_edge(redis, digests)
     return len(digests)
 
@@ -236,20 +298,32 @@ async def revoke_device_keys(
 async def reconcile(pool: Pool, redis: Redis) -> dict[str, int]:
     """Rebuild the whole Redis edge view from Postgres, atomically, then announce a resync."""
     async with pool.acquire() as conn:
-        blocked = [edgeview.member(r[0], r[1]) for r in await conn.fetch(
-            "SELECT tenant_id, device_id FROM devices WHERE is_blocked")]
-        disabled = [edgeview.member(r[0], r[1]) for r in await conn.fetch(
-            "SELECT tenant_id, device_id FROM devices WHERE NOT is_enabled")]
-        keys = {r["digest"].hex(): _grant_value(r["tenant_id"], r["kind"], r["device_id"],
-                                                r["expires_at"])
-                for r in await conn.fetch(
-                    "SELECT tenant_id, kind, device_id, digest, expires_at FROM api_keys"
-                    " WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())")}
+        blocked = [
+            edgeview.member(r[0], r[1])
+            for r in await conn.fetch("SELECT tenant_id, device_id FROM devices WHERE is_blocked")
+        ]
+        disabled = [
+            edgeview.member(r[0], r[1])
+            for r in await conn.fetch(
+                "SELECT tenant_id, device_id FROM devices WHERE NOT is_enabled"
+            )
+        ]
+        keys = {
+            r["digest"].hex(): _grant_value(
+                r["tenant_id"], r["kind"], r["device_id"], r["expires_at"]
+            )
+            for r in await conn.fetch(
+                "SELECT tenant_id, kind, device_id, digest, expires_at FROM api_keys"
+                " WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())"
+            )
+        }
     suffix = uuid.uuid4().hex
     try:
         async with redis.pipeline(transaction=True) as pipe:
-            for name, members in ((edgeview.BLOCKED_SET, blocked),
-                                  (edgeview.DISABLED_SET, disabled)):
+            for name, members in (
+                (edgeview.BLOCKED_SET, blocked),
+                (edgeview.DISABLED_SET, disabled),
+            ):
                 staging = f"{name}:staging:{suffix}"
                 if members:
                     pipe.sadd(staging, *members)

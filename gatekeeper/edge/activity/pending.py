@@ -13,8 +13,14 @@ __all__ = ["PendingDevice", "merge_attributes"]
 
 def merge_attributes(new: Attributes, old: Attributes) -> Attributes:
     """A header left out of a request means "unchanged", not "cleared"."""
-    return (new[0] or old[0], new[1] or old[1], new[2] or old[2], new[3] or old[3],
-            new[4] or old[4], new[5] or old[5])
+    return (
+        new[0] or old[0],
+        new[1] or old[1],
+        new[2] or old[2],
+        new[3] or old[3],
+        new[4] or old[4],
+        new[5] or old[5],
+    )
 
 
 class PendingDevice:

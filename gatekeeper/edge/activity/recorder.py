@@ -53,14 +53,36 @@ def _describe(exc: BaseException) -> str:
 
 
 class ActivityRecorder:
-    __slots__ = ("_flush_max", "_interval", "_known", "_max_pending", "_parallel", "_pending",
-                 "_pool", "_retry_max", "_timeout", "_touch", "_wake", "dropped", "flushed_rows",
-                 "key_uses", "last_flush_ok")
+    __slots__ = (
+        "_flush_max",
+        "_interval",
+        "_known",
+        "_max_pending",
+        "_parallel",
+        "_pending",
+        "_pool",
+        "_retry_max",
+        "_timeout",
+        "_touch",
+        "_wake",
+        "dropped",
+        "flushed_rows",
+        "key_uses",
+        "last_flush_ok",
+    )
 
-    def __init__(self, pool: asyncpg.Pool, *, flush_interval: float, flush_max_devices: int,
-                 max_pending: int, retry_max_seconds: float, flush_connections: int = 2,
-                 touch_interval: float = 0.0,
-                 flush_timeout: float = FLUSH_TIMEOUT_SECONDS) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        flush_interval: float,
+        flush_max_devices: int,
+        max_pending: int,
+        retry_max_seconds: float,
+        flush_connections: int = 2,
+        touch_interval: float = 0.0,
+        flush_timeout: float = FLUSH_TIMEOUT_SECONDS,
+    ) -> None:
         self._pool = pool
         self._timeout = flush_timeout
         # Devices this process has written, with when (monotonic): their flushes skip the
@@ -93,8 +115,9 @@ class ActivityRecorder:
                 metrics.ACTIVITY_DROPPED.inc()
                 return
             written = self._known.get(key)
-            news = (is_post or written is None
-                    or merge_attributes(attributes, written[1]) != written[1])
+            news = (
+                is_post or written is None or merge_attributes(attributes, written[1]) != written[1]
+            )
             pending[key] = PendingDevice(attributes, now, is_post, news)
             if len(pending) % self._flush_max == 0:
                 self._wake.set()  # a batch's worth more (deferred touches may stay behind)
@@ -136,12 +159,12 @@ class ActivityRecorder:
             for start in range(0, len(snapshot), _SCAN_SLICE):
                 if start:
                     await asyncio.sleep(0)
-                for key, entry in snapshot[start:start + _SCAN_SLICE]:
+                for key, entry in snapshot[start : start + _SCAN_SLICE]:
                     written = known.get(key)
                     if entry.news or written is None or written[0] <= stale_before:
                         keys.append(key)
                 if len(keys) >= self._flush_max:
-                    del keys[self._flush_max:]
+                    del keys[self._flush_max :]
                     break
         pending = self._pending
         return {key: pending.pop(key) for key in keys if key in pending}
@@ -168,8 +191,10 @@ class ActivityRecorder:
         if len(batch) <= _PIECE_DEVICES:
             return [batch]
         keys = sorted(batch)
-        return [{key: batch[key] for key in keys[i:i + _PIECE_DEVICES]}
-                for i in range(0, len(keys), _PIECE_DEVICES)]
+        return [
+            {key: batch[key] for key in keys[i : i + _PIECE_DEVICES]}
+            for i in range(0, len(keys), _PIECE_DEVICES)
+        ]
 
     async def flush_once(self, everything: bool = False) -> int:
         """Write one batch; returns devices written. Raises on a database error (batch kept).
@@ -199,8 +224,13 @@ class ActivityRecorder:
                     return  # stays unwritten: restored below, retried with backoff
                 await asyncio.sleep(0)  # let waiting requests in before preparing this piece
                 try:
-                    await write_batch(self._pool, parts[index], uses if index == 0 else {},
-                                      self._known, timeout=self._timeout)
+                    await write_batch(
+                        self._pool,
+                        parts[index],
+                        uses if index == 0 else {},
+                        self._known,
+                        timeout=self._timeout,
+                    )
                 except Exception as exc:
                     failures.append(exc)
                     return
@@ -209,16 +239,22 @@ class ActivityRecorder:
             # flushes instead of arriving as one large batch every interval.
             now = time.monotonic()
             spread = self._touch / 2
-            self._known.update({key: (now - spread * random.random(), entry.attributes)
-                                for key, entry in parts[index].items()})
+            self._known.update(
+                {
+                    key: (now - spread * random.random(), entry.attributes)
+                    for key, entry in parts[index].items()
+                }
+            )
             written.add(index)
 
         try:
             await asyncio.gather(*(write(i) for i in range(len(parts))))
         finally:
             if len(written) < len(parts):
-                self._restore([p for i, p in enumerate(parts) if i not in written],
-                              uses if 0 not in written else {})
+                self._restore(
+                    [p for i, p in enumerate(parts) if i not in written],
+                    uses if 0 not in written else {},
+                )
             # Only committed pieces count, whatever happened to the others.
             done = sum(len(parts[i]) for i in written)
             metrics.ACTIVITY_FLUSHED.inc(done)
@@ -228,8 +264,9 @@ class ActivityRecorder:
         metrics.ACTIVITY_FLUSH_DURATION.observe(time.perf_counter() - started)
         return done
 
-    def _restore(self, failed: list[dict[DeviceKey, PendingDevice]],
-                 uses: dict[str, float]) -> None:
+    def _restore(
+        self, failed: list[dict[DeviceKey, PendingDevice]], uses: dict[str, float]
+    ) -> None:
         batch = failed[0]
         for part in failed[1:]:
             batch.update(part)
@@ -256,8 +293,11 @@ class ActivityRecorder:
                     # would lose everything silently), but say so every time.
                     _log.exception("activity flush failed unexpectedly; retrying")
                 elif self.last_flush_ok:
-                    _log.warning("activity flush failed (%s); keeping %d devices and retrying",
-                                 _describe(exc), self.pending)
+                    _log.warning(
+                        "activity flush failed (%s); keeping %d devices and retrying",
+                        _describe(exc),
+                        self.pending,
+                    )
                 self.last_flush_ok = False
                 backoff = min(max(backoff * 2, 0.1), self._retry_max)
                 continue
@@ -277,8 +317,11 @@ class ActivityRecorder:
                     await self.flush_once(everything=True)
             except _STORE_ERRORS as exc:
                 if time.monotonic() >= deadline:
-                    _log.error("shutdown: %d devices could not be flushed: %s", self.pending,
-                               _describe(exc))
+                    _log.error(
+                        "shutdown: %d devices could not be flushed: %s",
+                        self.pending,
+                        _describe(exc),
+                    )
                     self.dropped += self.pending
                     metrics.ACTIVITY_DROPPED.inc(self.pending)
                     return False

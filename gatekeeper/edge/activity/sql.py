@@ -41,20 +41,29 @@ _Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
 def _columns(names: str, types: Sequence[str]) -> str:
     """``(e->>0)::type AS name, …`` for rows sent as a JSON array of arrays."""
-    return ", ".join(f"(e->>{i})::{kind} AS {name}"
-                     for i, (name, kind) in enumerate(zip(names.split(), types, strict=True)))
+    return ", ".join(
+        f"(e->>{i})::{kind} AS {name}"
+        for i, (name, kind) in enumerate(zip(names.split(), types, strict=True))
+    )
 
 
 # A device row: tenant, device, the six attributes, attributes seen at, first seen, last active,
 # last upload (times as epoch seconds).
 _DEVICE_ROWS = "SELECT {cols} FROM json_array_elements(${n}::json) AS x(e)".replace(
-    "{cols}", _columns("t d a v o ov m mo seen first_seen last_active last_upload",
-                       ("text",) * 8 + ("float8",) * 4))
+    "{cols}",
+    _columns(
+        "t d a v o ov m mo seen first_seen last_active last_upload", ("text",) * 8 + ("float8",) * 4
+    ),
+)
 # A history record: tenant, device, seen at, is-first-sighting, the six previous attributes, the
 # six current attributes.
 _HISTORY_INPUT = "SELECT {cols} FROM json_array_elements(${n}::json) AS x(e)".replace(
-    "{cols}", _columns("t d r first pa pv po pov pm pmo ca cv co cov cm cmo",
-                       ("text", "text", "float8", "bool") + ("text",) * 12))
+    "{cols}",
+    _columns(
+        "t d r first pa pv po pov pm pmo ca cv co cov cm cmo",
+        ("text", "text", "float8", "bool") + ("text",) * 12,
+    ),
+)
 
 _HISTORY_ROWS = """
 SELECT h.t, h.d, to_timestamp(h.r),
@@ -157,13 +166,20 @@ class _History:
     def __init__(self) -> None:
         self.rows: list[list[object]] = []
 
-    def add(self, key: DeviceKey, seen: float, previous: Attributes | None,
-            current: Attributes) -> None:
-        self.rows.append([key[0], key[1], seen, previous is None, *(previous or _NO_ATTRIBUTES),
-                          *current])
+    def add(
+        self, key: DeviceKey, seen: float, previous: Attributes | None, current: Attributes
+    ) -> None:
+        self.rows.append(
+            [key[0], key[1], seen, previous is None, *(previous or _NO_ATTRIBUTES), *current]
+        )
 
-    def add_from(self, key: DeviceKey, entry: PendingDevice, state: Attributes | None,
-                 stored_seen: float | None) -> tuple[Attributes | None, float | None]:
+    def add_from(
+        self,
+        key: DeviceKey,
+        entry: PendingDevice,
+        state: Attributes | None,
+        stored_seen: float | None,
+    ) -> tuple[Attributes | None, float | None]:
         """Records for ``entry``'s sightings on top of ``state``; returns the final state."""
         applied_at: float | None = None
         for seen, attributes in entry.changes:
@@ -176,13 +192,25 @@ class _History:
         return state, applied_at
 
 
-def _device_rows(keys: Sequence[DeviceKey], batch: Mapping[DeviceKey, PendingDevice],
-                 finals: Sequence[tuple[Attributes | None, float | None]]) -> str:
+def _device_rows(
+    keys: Sequence[DeviceKey],
+    batch: Mapping[DeviceKey, PendingDevice],
+    finals: Sequence[tuple[Attributes | None, float | None]],
+) -> str:
     rows = []
     for key, (state, seen) in zip(keys, finals, strict=True):
         entry = batch[key]
-        rows.append([key[0], key[1], *(state or _NO_ATTRIBUTES), seen, entry.first_seen,
-                     entry.last_active, entry.last_upload])
+        rows.append(
+            [
+                key[0],
+                key[1],
+                *(state or _NO_ATTRIBUTES),
+                seen,
+                entry.first_seen,
+                entry.last_active,
+                entry.last_upload,
+            ]
+        )
     return json.dumps(rows, separators=(",", ":"))
 
 
@@ -190,8 +218,9 @@ def _json(rows: list[list[object]]) -> str:
     return json.dumps(rows, separators=(",", ":"))
 
 
-async def _insert_new(conn: _Connection, keys: list[DeviceKey],
-                      batch: Mapping[DeviceKey, PendingDevice]) -> list[DeviceKey]:
+async def _insert_new(
+    conn: _Connection, keys: list[DeviceKey], batch: Mapping[DeviceKey, PendingDevice]
+) -> list[DeviceKey]:
     """Phase 1; returns the keys that already existed (in key order)."""
     history = _History()
     finals = [history.add_from(key, batch[key], None, None) for key in keys]
@@ -199,8 +228,9 @@ async def _insert_new(conn: _Connection, keys: list[DeviceKey],
     return [keys[row[0]] for row in rows]
 
 
-async def _update_known(conn: _Connection, keys: list[DeviceKey],
-                        batch: Mapping[DeviceKey, PendingDevice]) -> None:
+async def _update_known(
+    conn: _Connection, keys: list[DeviceKey], batch: Mapping[DeviceKey, PendingDevice]
+) -> None:
     """Phase 2: lock, compare with what is stored, upsert, and write the changes."""
     locked = await conn.fetch(_LOCK_CURRENT, _json([[k[0], k[1]] for k in keys]))
     current = {(r[0], r[1]): r for r in locked}
@@ -210,16 +240,22 @@ async def _update_known(conn: _Connection, keys: list[DeviceKey],
         old = current.get(key)
         stored_seen: float | None = old[8] if old is not None else None
         state: Attributes | None = (
-            None if old is None or stored_seen is None
-            else (old[2], old[3], old[4], old[5], old[6], old[7]))
+            None
+            if old is None or stored_seen is None
+            else (old[2], old[3], old[4], old[5], old[6], old[7])
+        )
         finals.append(history.add_from(key, batch[key], state, stored_seen))
     await conn.execute(_UPSERT, _device_rows(keys, batch, finals))
     if history.rows:
         await conn.execute(_HISTORY, _json(history.rows))
 
 
-async def _write(conn: _Connection, batch: Mapping[DeviceKey, PendingDevice],
-                 key_uses: Mapping[str, float], known: Container[DeviceKey] | None) -> None:
+async def _write(
+    conn: _Connection,
+    batch: Mapping[DeviceKey, PendingDevice],
+    key_uses: Mapping[str, float],
+    known: Container[DeviceKey] | None,
+) -> None:
     keys = sorted(batch)
     if keys:
         new = keys if known is None else [k for k in keys if k not in known]
@@ -229,13 +265,17 @@ async def _write(conn: _Connection, batch: Mapping[DeviceKey, PendingDevice],
         if existing:
             await _update_known(conn, existing, batch)
     if key_uses:
-        await conn.execute(_KEY_USES, [bytes.fromhex(d) for d in key_uses],
-                           list(key_uses.values()))
+        await conn.execute(_KEY_USES, [bytes.fromhex(d) for d in key_uses], list(key_uses.values()))
 
 
-async def write_batch(pool: asyncpg.Pool, batch: Mapping[DeviceKey, PendingDevice],
-                      key_uses: Mapping[str, float],
-                      known: Container[DeviceKey] | None = None, *, timeout: float) -> None:
+async def write_batch(
+    pool: asyncpg.Pool,
+    batch: Mapping[DeviceKey, PendingDevice],
+    key_uses: Mapping[str, float],
+    known: Container[DeviceKey] | None = None,
+    *,
+    timeout: float,
+) -> None:
     """Write ``batch`` in one transaction, within ``timeout`` seconds from acquiring a
     connection to the commit; devices in ``known`` are already in Postgres (phase 1 skips them).
 
@@ -251,8 +291,10 @@ async def write_batch(pool: asyncpg.Pool, batch: Mapping[DeviceKey, PendingDevic
             # Server-side limits in the same round trip as BEGIN: a statement stuck behind a row
             # lock is abandoned by Postgres itself, and if this client vanishes mid-transaction
             # (a partition, no FIN) its row locks are released instead of blocking other flushes.
-            await conn.execute(f"BEGIN; SET LOCAL statement_timeout = {ms};"
-                               f" SET LOCAL idle_in_transaction_session_timeout = {ms}")
+            await conn.execute(
+                f"BEGIN; SET LOCAL statement_timeout = {ms};"
+                f" SET LOCAL idle_in_transaction_session_timeout = {ms}"
+            )
             await _write(conn, batch, key_uses, known)
             await conn.execute("COMMIT")
     except BaseException:

@@ -14,13 +14,30 @@ _HIGH_WATER = 256 * 1024
 _LOW_WATER = 64 * 1024
 
 
-def simple_response(status: int, reason: str, body: bytes, content_type: bytes,
-                    extra: bytes = b"", *, close: bool = False, date: bytes = b"") -> bytes:
+def simple_response(
+    status: int,
+    reason: str,
+    body: bytes,
+    content_type: bytes,
+    extra: bytes = b"",
+    *,
+    close: bool = False,
+    date: bytes = b"",
+) -> bytes:
     """A complete response with a fixed body (denials, errors)."""
-    return b"".join((
-        b"HTTP/1.1 %d %s\r\n" % (status, reason.encode()), date,
-        b"Server: gatekeeper\r\nContent-Type: ", content_type, b"\r\nContent-Length: %d\r\n"
-        % len(body), extra, b"Connection: close\r\n" if close else b"", b"\r\n", body))
+    return b"".join(
+        (
+            b"HTTP/1.1 %d %s\r\n" % (status, reason.encode()),
+            date,
+            b"Server: gatekeeper\r\nContent-Type: ",
+            content_type,
+            b"\r\nContent-Length: %d\r\n" % len(body),
+            extra,
+            b"Connection: close\r\n" if close else b"",
+            b"\r\n",
+            body,
+        )
+    )
 
 
 class BadRequestBody(Exception):
@@ -47,8 +64,16 @@ class ClientBodyTimeout(Exception):
 class RequestBody:
     """A request body as it arrives, with back-pressure on the client connection."""
 
-    __slots__ = ("_chunks", "_conn", "_done", "_error", "_idle_timeout", "_size", "_waiter",
-                 "received")
+    __slots__ = (
+        "_chunks",
+        "_conn",
+        "_done",
+        "_error",
+        "_idle_timeout",
+        "_size",
+        "_waiter",
+        "received",
+    )
 
     def __init__(self, conn: BodySource, idle_timeout: float) -> None:
         self._conn = conn
@@ -118,12 +143,32 @@ class Request:
     name to its last value. ``target`` is what the edge checks and forwards: the raw target until
     the handler has normalised it (gatekeeper.edge.admission)."""
 
-    __slots__ = ("body", "chunked", "content_length", "headers", "keep_alive", "lookup", "method",
-                 "raw_path", "repeated", "target", "underscored", "upgrade", "version")
+    __slots__ = (
+        "body",
+        "chunked",
+        "content_length",
+        "headers",
+        "keep_alive",
+        "lookup",
+        "method",
+        "raw_path",
+        "repeated",
+        "target",
+        "underscored",
+        "upgrade",
+        "version",
+    )
 
-    def __init__(self, method: str, raw_path: str, version: str,
-                 headers: list[tuple[bytes, bytes]], lookup: dict[bytes, bytes],
-                 keep_alive: bool, upgrade: bool) -> None:
+    def __init__(
+        self,
+        method: str,
+        raw_path: str,
+        version: str,
+        headers: list[tuple[bytes, bytes]],
+        lookup: dict[bytes, bytes],
+        keep_alive: bool,
+        upgrade: bool,
+    ) -> None:
         self.method = method
         self.raw_path = raw_path
         self.target = raw_path

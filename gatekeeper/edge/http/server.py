@@ -190,9 +190,13 @@ class ClientConnection(asyncio.Protocol):
             return
         parser = self._parser
         request = Request(
-            parser.get_method().decode("ascii", "replace"), self._url.decode("latin-1"),
-            parser.get_http_version(), self._headers, self._lookup,
-            parser.should_keep_alive() and not self._server.draining, parser.should_upgrade(),
+            parser.get_method().decode("ascii", "replace"),
+            self._url.decode("latin-1"),
+            parser.get_http_version(),
+            self._headers,
+            self._lookup,
+            parser.should_keep_alive() and not self._server.draining,
+            parser.should_upgrade(),
         )
         request.repeated = self._repeated
         request.underscored = self._underscored
@@ -233,8 +237,7 @@ class ClientConnection(asyncio.Protocol):
         self._server.tasks.add(task)
         task.add_done_callback(self._server.tasks.discard)
 
-    async def _finish_in_task(self, request: Request,
-                              work: Coroutine[Any, Any, None]) -> None:
+    async def _finish_in_task(self, request: Request, work: Coroutine[Any, Any, None]) -> None:
         try:
             await work
         except ClientDisconnected:
@@ -301,8 +304,16 @@ class ClientConnection(asyncio.Protocol):
         self._server.on_rejected()
         if not self._busy:
             body = problem_body(status, title, detail)
-            self.write(simple_response(status, title, body, b"application/problem+json",
-                                       close=True, date=self._server.date_header))
+            self.write(
+                simple_response(
+                    status,
+                    title,
+                    body,
+                    b"application/problem+json",
+                    close=True,
+                    date=self._server.date_header,
+                )
+            )
         self.close()
 
     # --- upgrades ---------------------------------------------------------------------------
@@ -343,10 +354,15 @@ class HttpServer:
     """Owns the listening socket's connections: their handler, the shared Date header, the
     timeout sweep, and draining."""
 
-    def __init__(self, handler: Handler, *, on_rejected: Callable[[], None] = lambda: None,
-                 keepalive_seconds: float = KEEPALIVE_SECONDS,
-                 header_seconds: float = HEADER_SECONDS,
-                 body_idle_seconds: float = BODY_IDLE_SECONDS) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        on_rejected: Callable[[], None] = lambda: None,
+        keepalive_seconds: float = KEEPALIVE_SECONDS,
+        header_seconds: float = HEADER_SECONDS,
+        body_idle_seconds: float = BODY_IDLE_SECONDS,
+    ) -> None:
         self.handler = handler
         self.on_rejected = on_rejected
         self.connections: set[ClientConnection] = set()

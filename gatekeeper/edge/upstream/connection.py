@@ -47,8 +47,13 @@ class UpstreamResponse:
 
     __slots__ = ("_conn", "complete", "headers", "keep_alive", "reason", "status")
 
-    def __init__(self, conn: UpstreamConnection, status: int, reason: bytes,
-                 headers: list[tuple[bytes, bytes]]) -> None:
+    def __init__(
+        self,
+        conn: UpstreamConnection,
+        status: int,
+        reason: bytes,
+        headers: list[tuple[bytes, bytes]],
+    ) -> None:
         self._conn = conn
         self.status = status
         self.reason = reason
@@ -152,8 +157,10 @@ class UpstreamConnection(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         # A response delimited by the end of the connection ends here.
         if self._response is not None and not self._body_done and not self._response.complete:
-            with_length = any(n.lower() in (b"content-length", b"transfer-encoding")
-                              for n, _ in self._response.headers)
+            with_length = any(
+                n.lower() in (b"content-length", b"transfer-encoding")
+                for n, _ in self._response.headers
+            )
             if not with_length:
                 self.on_message_complete()
         return None
@@ -283,8 +290,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._arm_timer()
         self.write(head)
 
-    def expect_response(self, head_request: bool, *,
-                        armed: bool = True) -> asyncio.Future[UpstreamResponse]:
+    def expect_response(
+        self, head_request: bool, *, armed: bool = True
+    ) -> asyncio.Future[UpstreamResponse]:
         """The future of the response head; its read timeout starts now if ``armed``, else
         at :meth:`arm_read_timeout` (once a request body has been sent)."""
         self._head_request = head_request
@@ -340,8 +348,14 @@ class UpstreamConnection(asyncio.Protocol):
 
     def finish(self) -> None:
         response = self._response
-        reusable = (response is not None and response.complete and response.keep_alive
-                    and self.reusable and not self.closed and not self._body)
+        reusable = (
+            response is not None
+            and response.complete
+            and response.keep_alive
+            and self.reusable
+            and not self.closed
+            and not self._body
+        )
         self._cancel_timer()
         self._reset()
         if reusable:

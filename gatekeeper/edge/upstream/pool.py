@@ -24,8 +24,13 @@ from gatekeeper.edge.upstream.connection import (
     UpstreamTimeout,
 )
 
-__all__ = ["UpstreamConnectError", "UpstreamError", "UpstreamPool", "UpstreamResponse",
-           "UpstreamTimeout"]
+__all__ = [
+    "UpstreamConnectError",
+    "UpstreamError",
+    "UpstreamPool",
+    "UpstreamResponse",
+    "UpstreamTimeout",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -33,8 +38,15 @@ _log = logging.getLogger(__name__)
 class UpstreamPool:
     """Keep-alive connections to one ``host:port``, at most ``max_connections`` at once."""
 
-    def __init__(self, host: str, port: int, *, max_connections: int, connect_timeout: float,
-                 read_timeout: float) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        max_connections: int,
+        connect_timeout: float,
+        read_timeout: float,
+    ) -> None:
         self.host = host
         self.port = port
         self.read_timeout = read_timeout
@@ -45,7 +57,8 @@ class UpstreamPool:
         self._watchdog: asyncio.Task[None] | None = None
         self._open = 0
         self._waiters: collections.deque[asyncio.Future[UpstreamConnection | None]] = (
-            collections.deque())
+            collections.deque()
+        )
         self._closing = False
 
     def idle_connection(self) -> UpstreamConnection | None:
@@ -90,7 +103,8 @@ class UpstreamPool:
         try:
             async with asyncio.timeout(self._connect_timeout):
                 _, protocol = await loop.create_connection(
-                    lambda: UpstreamConnection(self), self.host, self.port)
+                    lambda: UpstreamConnection(self), self.host, self.port
+                )
         except TimeoutError as exc:
             self._open -= 1
             self._hand_over(None)
@@ -126,8 +140,14 @@ class UpstreamPool:
         elif self._waiters:
             self._hand_over(None)
 
-    async def send(self, head: bytes, body: AsyncIterator[bytes] | None, *,
-                   head_request: bool = False, retryable: bool = False) -> UpstreamResponse:
+    async def send(
+        self,
+        head: bytes,
+        body: AsyncIterator[bytes] | None,
+        *,
+        head_request: bool = False,
+        retryable: bool = False,
+    ) -> UpstreamResponse:
         """Send one request and wait for its response head.
 
         ``head`` is the encoded request line and headers; ``body`` yields the already-framed
@@ -147,9 +167,13 @@ class UpstreamPool:
         conn = await self._connect()
         return await self._exchange(conn, head, None, head_request)
 
-    async def _exchange(self, conn: UpstreamConnection, head: bytes,
-                        body: AsyncIterator[bytes] | None,
-                        head_request: bool) -> UpstreamResponse:
+    async def _exchange(
+        self,
+        conn: UpstreamConnection,
+        head: bytes,
+        body: AsyncIterator[bytes] | None,
+        head_request: bool,
+    ) -> UpstreamResponse:
         if conn.closed:
             raise UpstreamError("upstream connection closed")
         # The read timeout runs only while the upstream owes the proxy something: an answer
@@ -192,8 +216,9 @@ class UpstreamPool:
             await asyncio.sleep(min(0.02, max(0.0, deadline - time.monotonic())))
         busy = self._busy()
         if busy:
-            _log.warning("upstream: %d busy connection(s) cut at shutdown after %.1f s",
-                         len(busy), grace)
+            _log.warning(
+                "upstream: %d busy connection(s) cut at shutdown after %.1f s", len(busy), grace
+            )
             for conn in busy:
                 conn.close()
         if self._watchdog is not None:

@@ -83,12 +83,14 @@ class _Answer:
             self.complete = True
 
     def framed_by_close(self) -> bool:
-        return not any(n.lower() in (b"content-length", b"transfer-encoding")
-                       for n, _ in self.headers)
+        return not any(
+            n.lower() in (b"content-length", b"transfer-encoding") for n, _ in self.headers
+        )
 
 
-async def open_websocket(host: str, port: int, head: bytes, *, connect_timeout: float,
-                         read_timeout: float) -> Switched | Refused:
+async def open_websocket(
+    host: str, port: int, head: bytes, *, connect_timeout: float, read_timeout: float
+) -> Switched | Refused:
     """Send the upgrade request ``head`` on a new connection and read the answer."""
     try:
         async with asyncio.timeout(connect_timeout):
@@ -108,8 +110,9 @@ async def open_websocket(host: str, port: int, head: bytes, *, connect_timeout: 
     return outcome
 
 
-async def _read_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                       read_timeout: float) -> Switched | Refused:
+async def _read_answer(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, read_timeout: float
+) -> Switched | Refused:
     answer = _Answer()
     received = bytearray()
     while True:
@@ -131,7 +134,7 @@ async def _read_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
                 raise UpstreamError("upstream switched protocols without a 101") from None
             offset = upgrade.args[0] if upgrade.args else len(data)
             rest = data[offset:]
-            return Switched(reader, writer, bytes(received[:len(received) - len(rest)]), rest)
+            return Switched(reader, writer, bytes(received[: len(received) - len(rest)]), rest)
         except httptools.HttpParserError as exc:
             raise UpstreamError(f"malformed response from upstream: {exc}") from exc
         if answer.head_done and answer.status == 101:
