@@ -11,6 +11,7 @@ install:
 	$(BIN)/pip install -q -e '.[dev]'
 
 lint:
+	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 
 format:
