@@ -14,17 +14,29 @@ from admin_api.audit import list_audit
 from admin_api.auth import VERIFIER, TokenVerifier
 from admin_api.context import PG_POOL, REDIS, SETTINGS
 from admin_api.edgesync import EDGE_SYNC, EdgeSync
-from admin_api.errors import problem_middleware
+from admin_api.errors import Handler, Problem, problem_middleware
 from admin_api.metrics import METRICS, AdminMetrics, metrics_handler, metrics_middleware
 from admin_api.server import MAX_FIELD_BYTES
+from gatekeeper.domain.identity import TENANT_ID_RULE, valid_tenant_id
 from gatekeeper.settings import Settings
 
-__all__ = ["MAX_BODY_BYTES", "create_app"]
+__all__ = ["MAX_BODY_BYTES", "create_app", "tenant_middleware"]
 
 # Admin bodies are small JSON documents; anything larger is refused with 413 before parsing.
 MAX_BODY_BYTES: Final = 64 * 1024
 
 _DEV = "/api/{tenantId}/devices/{deviceId}"
+
+
+@web.middleware
+async def tenant_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """404 for a ``{tenantId}`` the edge would refuse (upper case, too long, ...): no tenant of
+    that name can exist, so no token, device or key of it can either. Checked before the token,
+    as an unknown route is, so the answer is the same with or without credentials."""
+    tenant = request.match_info.get("tenantId")
+    if tenant is not None and not valid_tenant_id(tenant):
+        raise Problem(404, f"No such tenant: {TENANT_ID_RULE}", type_="unknown-tenant")
+    return await handler(request)
 
 
 def _routes() -> list[web.RouteDef]:
@@ -70,7 +82,7 @@ def create_app(
     ``verifier`` replaces the one built from ``settings`` (tests). Serve it with
     :class:`admin_api.server.AdminRunner`."""
     app = web.Application(
-        middlewares=[metrics_middleware, problem_middleware],
+        middlewares=[metrics_middleware, problem_middleware, tenant_middleware],
         client_max_size=MAX_BODY_BYTES,
         handler_args={"max_field_size": MAX_FIELD_BYTES},
     )

@@ -33,11 +33,11 @@ from admin_api.serialize import (
 from admin_api.validation import (
     check_query,
     cursor_param,
-    is_device_id,
     parse_limit,
     read_json,
     validator,
 )
+from gatekeeper.domain.identity import valid_device_id
 from gatekeeper.store import edge_writes as store
 
 __all__ = [
@@ -61,7 +61,7 @@ _EMPTY = validator({"type": "object", "properties": {}, "additionalProperties": 
 def device_id_param(request: web.Request) -> str:
     """The path's device id; 404 when it cannot name a device at all."""
     device_id = request.match_info["deviceId"]
-    if not is_device_id(device_id):
+    if not valid_device_id(device_id):
         raise not_found("No such device")
     return device_id
 

@@ -19,12 +19,12 @@ from admin_api.auth import DEVICE_READ, DEVICE_WRITE, TOKEN_READ, TOKEN_WRITE
 from admin_api.schemas import (
     API_KEY,
     CURSOR,
-    DEVICE_ID_PATTERN,
     REQUEST_SCHEMAS,
     RESPONSE_SCHEMAS,
     SEARCH_TEXT,
 )
 from admin_api.validation import DEFAULT_LIMIT, MAX_LIMIT
+from gatekeeper.domain.identity import DEVICE_ID_PATTERN, TENANT_ID_PATTERN
 
 __all__ = ["OPERATIONS", "Operation", "build_document", "docs_page", "openapi_json"]
 
@@ -243,8 +243,8 @@ _PARAMETERS: Final[dict[str, dict[str, Any]]] = {
     "tenantId": {
         "in": "path",
         "required": True,
-        "schema": {"type": "string"},
-        "description": "Must equal the token's tenant claim",
+        "schema": {"type": "string", "pattern": TENANT_ID_PATTERN},
+        "description": "Must equal the token's tenant claim; any other form is 404",
     },
     "deviceId": {
         "in": "path",

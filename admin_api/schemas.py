@@ -15,13 +15,14 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from gatekeeper.domain.identity import ATTRIBUTE_FIELDS, DEVICE_ID_PATTERN
+
 __all__ = [
     "API_KEY",
     "BLOCK_REQUEST",
     "CREATE_DEVICE",
     "CREATE_TOKEN",
     "CURSOR",
-    "DEVICE_ID_PATTERN",
     "DEVICE_TYPES",
     "HTTP_URL_PATTERN",
     "REQUEST_SCHEMAS",
@@ -34,8 +35,6 @@ __all__ = [
 
 Schema = dict[str, Any]
 
-# The edge's rule for device ids: 1-128 printable ASCII characters, no spaces.
-DEVICE_ID_PATTERN: Final = r"^[\x21-\x7e]{1,128}$"
 # Text Postgres can store: no NUL (lone surrogates cannot be said in a pattern; they are 422 too).
 _NO_NUL_PATTERN: Final = r"^[^\x00]*$"
 # An http or https URL with a host (a name, IPv4 or [IPv6]) and an optional port, in printable
@@ -186,17 +185,7 @@ REQUEST_SCHEMAS: Final[dict[str, Schema]] = {
 
 _ATTRIBUTES: Schema = {
     "type": "object",
-    "properties": {
-        name: _NULLABLE_TEXT
-        for name in (
-            "application",
-            "applicationVersion",
-            "os",
-            "osVersion",
-            "manufacturer",
-            "model",
-        )
-    },
+    "properties": {name: _NULLABLE_TEXT for name in ATTRIBUTE_FIELDS},
 }
 
 DEVICE: Final[Schema] = {

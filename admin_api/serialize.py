@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Protocol
 
 from admin_api.errors import FieldError, bad_request
+from gatekeeper.domain.identity import ATTRIBUTE_FIELDS
 
 __all__ = [
-    "ATTRIBUTE_FIELDS",
     "DEVICE_FIELDS",
     "Row",
     "audit_json",
@@ -62,14 +62,6 @@ _DEVICE_COLUMNS: Final = {
     "updatedAt": "updated_at",
 }
 DEVICE_FIELDS: Final = tuple(_DEVICE_COLUMNS)
-ATTRIBUTE_FIELDS: Final = (
-    "application",
-    "applicationVersion",
-    "os",
-    "osVersion",
-    "manufacturer",
-    "model",
-)
 _ATTRIBUTE_ALIASES: Final[dict[str, str]] = {
     **{f: f for f in ATTRIBUTE_FIELDS},
     **{str(_DEVICE_COLUMNS[f]): f for f in ATTRIBUTE_FIELDS},

@@ -44,7 +44,6 @@ MAX_LIMIT: Final = 1000
 # No valid body nests more than three levels; refusing anything deeper than this keeps the
 # recursive checks below (and jsonschema's) far from Python's recursion limit.
 MAX_JSON_DEPTH: Final = 32
-_DEVICE_ID = re.compile(schemas.DEVICE_ID_PATTERN)
 
 
 @functools.cache
@@ -228,10 +227,6 @@ def parse_timestamp(value: str, field: str) -> datetime:
         raise unprocessable(
             [FieldError(field=field, message="is not a valid date and time")]
         ) from None
-
-
-def is_device_id(value: str) -> bool:
-    return _DEVICE_ID.fullmatch(value) is not None
 
 
 def check_query(request: web.Request, allowed: Iterable[str]) -> None:

@@ -92,6 +92,30 @@ async def test_other_tenants_token_is_refused(
 
 
 @pytest.mark.parametrize(("method", "suffix", "scope"), ROUTES)
+async def test_a_tenant_id_the_edge_would_refuse_is_404_with_or_without_a_token(
+    api: Api, method: str, suffix: str, scope: str
+) -> None:
+    """Upper case, too long, or outside a-z 0-9 . _ ~ -: no tenant can have that id, so nothing
+    under it exists; the answer does not depend on credentials (docs/decisions.md)."""
+    for tenant in (api.tenant.upper(), "t" * 65, "t%21x"):
+        for headers in ({}, {"Authorization": f"Bearer {api.token(tenant=tenant)}"}):
+            response = await api.client.request(
+                method, api.path(suffix, tenant), headers=headers, json=BODIES.get((method, suffix))
+            )
+            body = await problem(response, 404)
+            assert body["type"].endswith("unknown-tenant")
+            assert "a-z 0-9 . _ ~ -" in body["detail"]
+
+
+async def test_device_connect_under_a_refused_tenant_id_is_404(api: Api) -> None:
+    response = await api.client.post(
+        api.path("/devices/dev/connect", api.tenant.upper()), headers={"X-Api-Key": "gk_x"}
+    )
+    body = await problem(response, 404)
+    assert body["type"].endswith("unknown-tenant")
+
+
+@pytest.mark.parametrize(("method", "suffix", "scope"), ROUTES)
 async def test_missing_or_invalid_token_is_401(
     api: Api, method: str, suffix: str, scope: str
 ) -> None:

@@ -15,8 +15,11 @@ from gatekeeper.settings import Settings
 
 __all__ = [
     "ATTRIBUTE_FIELDS",
+    "DEVICE_ID_PATTERN",
     "MAX_DEVICE_ID_LEN",
     "MAX_VALUE_LEN",
+    "TENANT_ID_PATTERN",
+    "TENANT_ID_RULE",
     "Attributes",
     "Identity",
     "IdentityError",
@@ -32,9 +35,16 @@ MAX_VALUE_LEN = 256
 ATTRIBUTE_FIELDS = ("application", "applicationVersion", "os", "osVersion", "manufacturer", "model")
 Attributes = tuple[str | None, str | None, str | None, str | None, str | None, str | None]
 
+# The two id rules as regular expressions that mean the same in Python and in ECMA-262, so the
+# admin API's OpenAPI document states exactly the rule the edge applies (a test holds them equal).
+DEVICE_ID_PATTERN = rf"^[\x21-\x7e]{{1,{MAX_DEVICE_ID_LEN}}}$"
+"""1-128 printable ASCII characters, no space: what :func:`valid_device_id` accepts."""
 # Lower-case only: an upstream that routes case-insensitively must not read /api/ACME/ as the
 # tenant "acme" while the edge checked a tenant "ACME" with no blocks (docs/decisions.md).
-_TENANT_RE = re.compile(r"[a-z0-9._~-]{1,64}")
+TENANT_ID_PATTERN = r"^[a-z0-9._~-]{1,64}$"
+"""What :func:`valid_tenant_id` accepts."""
+TENANT_ID_RULE = "the tenant id must be 1-64 characters of a-z 0-9 . _ ~ -"
+_TENANT_RE = re.compile(TENANT_ID_PATTERN)
 _PREFIX = "/api/"
 
 
@@ -48,7 +58,7 @@ class IdentityError(ValueError):
 
 
 def valid_device_id(value: str) -> bool:
-    """1-128 printable ASCII characters, no space."""
+    """1-128 printable ASCII characters, no space (:data:`DEVICE_ID_PATTERN`, without a regex)."""
     return (
         0 < len(value) <= MAX_DEVICE_ID_LEN
         and value.isascii()
@@ -135,9 +145,7 @@ class IdentityReader:
             return self._default_tenant
         if tenant not in self._known_tenants:
             if not valid_tenant_id(tenant):
-                raise IdentityError(
-                    "tenant", "the tenant id must be 1-64 characters of a-z 0-9 . _ ~ -"
-                )
+                raise IdentityError("tenant", TENANT_ID_RULE)
             if len(self._known_tenants) < 10_000:
                 self._known_tenants.add(tenant)
         return tenant
