@@ -2,19 +2,15 @@
 
 Everything a request needs is built once per worker in :class:`EdgeHandler`; a request does no
 I/O but the upstream exchange (and, in enforce mode, one Redis read the first time a key is seen).
-Responses are written as bytes: the upstream's status line and headers pass through without being
-decoded, and denials are pre-encoded.
+This module decides; the upstream exchange is gatekeeper.edge.relay's, the key check
+gatekeeper.edge.enforce's, and what the edge answers itself gatekeeper.edge.answers'.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
 
-from redis.exceptions import RedisError
-
-from gatekeeper.domain.edgeview import KeyGrant
 from gatekeeper.domain.identity import Identity, IdentityError, IdentityReader
 from gatekeeper.edge.activity.recorder import ActivityRecorder
 from gatekeeper.edge.admission import AdmissionError, HeadAdmission
@@ -22,47 +18,27 @@ from gatekeeper.edge.answers import (
     BLOCKED_RESPONSES,
     COUNT_BLOCKED,
     COUNT_DISABLED,
-    COUNT_FORWARDED,
     COUNT_INVALID,
     COUNT_TOO_LARGE,
-    COUNT_UNAUTHORIZED,
     COUNT_UNAVAILABLE,
-    COUNT_UPSTREAM_ERROR,
-    COUNT_UPSTREAM_TIMEOUT,
     DENIAL_STATUS_LINE,
     DISABLED_RESPONSES,
     REQUEST_DURATION,
-    UPSTREAM_DURATION,
     problem,
 )
 from gatekeeper.edge.blocklist import BLOCKED, BlocklistMirror
-from gatekeeper.edge.forward import EDGE_HEADERS, RequestHeadBuilder, RequestIds, response_head
-from gatekeeper.edge.http.request import BadRequestBody, ClientBodyTimeout, Request
+from gatekeeper.edge.enforce import CREDENTIAL_HEADERS, KeyCheck
+from gatekeeper.edge.forward import EDGE_HEADERS
+from gatekeeper.edge.http.request import Request
 from gatekeeper.edge.http.server import ClientConnection
 from gatekeeper.edge.keycache import KeyCache
-from gatekeeper.edge.upstream.pool import (
-    UpstreamError,
-    UpstreamPool,
-    UpstreamResponse,
-    UpstreamTimeout,
-)
-from gatekeeper.edge.upstream.tunnel import Refused, open_websocket, splice
+from gatekeeper.edge.relay import IDEMPOTENT, Relay
+from gatekeeper.edge.upstream.pool import UpstreamPool, UpstreamResponse, UpstreamTimeout
 from gatekeeper.settings import Settings
 
 __all__ = ["EdgeHandler"]
 
 _log = logging.getLogger(__name__)
-
-_BEARER = b"bearer "
-_NO_BODY_STATUSES = frozenset({204, 304})
-_CREDENTIAL_HEADERS = frozenset({b"x-api-key", b"authorization"})
-# RFC 9110 §9.2.2: safe to send twice (what nginx retries by default).
-_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-
-
-class _BodyTooLarge(Exception):
-    pass
 
 
 class EdgeHandler:
@@ -80,20 +56,24 @@ class EdgeHandler:
     ) -> None:
         self._identity = IdentityReader(settings)
         self._admission = HeadAdmission(
-            self._identity.header_keys | _CREDENTIAL_HEADERS | EDGE_HEADERS,
+            self._identity.header_keys | CREDENTIAL_HEADERS | EDGE_HEADERS,
             drop_aliases=settings.underscore_headers == "drop",
         )
         self._mirror = mirror
         self._recorder = recorder
         self._upstream = upstream
-        self._keys = keys
+        self._keys = None if keys is None else KeyCheck(keys, recorder)
         self._fail_open = settings.fail_open
         self._max_body = settings.max_body_bytes
-        self._connect_timeout = settings.upstream_connect_timeout
-        self._read_timeout = settings.upstream_read_timeout
-        host = upstream.host if upstream.port == 80 else f"{upstream.host}:{upstream.port}"
-        self._heads = RequestHeadBuilder(host, trust_forwarded=settings.trust_forwarded_headers)
-        self._request_ids = RequestIds()
+        relay = Relay(settings, upstream)
+        # Bound once: the fast path calls these on every request.
+        self._request_ids = relay.request_ids
+        self._head = relay.head
+        self._respond = relay.respond
+        self._stream_response = relay.stream
+        self._upstream_failed = relay.failed
+        self._forward = relay.forward
+        self._upgrade = relay.upgrade
 
     def __call__(self, request: Request, conn: ClientConnection) -> None:
         """Answer ``request``. The common case (a body-less request, an idle upstream connection)
@@ -122,7 +102,7 @@ class EdgeHandler:
         def answered(response: UpstreamResponse | None, error: Exception | None) -> None:
             try:
                 if response is None:
-                    if isinstance(error, UpstreamTimeout) or request.method not in _IDEMPOTENT:
+                    if isinstance(error, UpstreamTimeout) or request.method not in IDEMPOTENT:
                         self._upstream_failed(request, conn, error)
                     else:
                         # A kept-alive connection that died before answering (most often closed
@@ -148,7 +128,8 @@ class EdgeHandler:
         self, request: Request, conn: ClientConnection, identity: Identity, started: float
     ) -> None:
         try:
-            grant = await self._authorized(request, conn, identity)
+            assert self._keys is not None
+            grant = await self._keys(request, conn, identity)
             if grant is None:
                 return
             if identity.device_id is None and grant.device_id is not None:
@@ -244,293 +225,3 @@ class EdgeHandler:
             )
             return False
         return True
-
-    async def _authorized(
-        self, request: Request, conn: ClientConnection, identity: Identity
-    ) -> KeyGrant | None:
-        """The grant of the presented key, or None after answering 401 (or 503)."""
-        assert self._keys is not None
-        if request.repeated and not request.repeated.isdisjoint(_CREDENTIAL_HEADERS):
-            COUNT_UNAUTHORIZED.inc()
-            problem(
-                conn,
-                request,
-                401,
-                "Unauthorized",
-                "Send one credential, once.",
-                b"WWW-Authenticate: Bearer\r\n",
-            )
-            return None
-        secret = request.lookup.get(b"x-api-key")
-        if secret is None:
-            auth = request.lookup.get(b"authorization", b"")
-            if auth[:7].lower() == _BEARER:
-                secret = auth[7:].strip()
-        if not secret:
-            COUNT_UNAUTHORIZED.inc()
-            problem(
-                conn,
-                request,
-                401,
-                "Unauthorized",
-                "An API key or personal access token is required.",
-                b"WWW-Authenticate: Bearer\r\n",
-            )
-            return None
-        digest = self._keys.digest(secret.decode("latin-1"))
-        try:
-            grant = await self._keys.grant(digest)
-        except (RedisError, OSError):
-            COUNT_UNAVAILABLE.inc()
-            problem(
-                conn,
-                request,
-                503,
-                "Service unavailable",
-                "Keys cannot be checked right now.",
-                b"Retry-After: 1\r\n",
-            )
-            return None
-        device_id = identity.device_id
-        if (
-            grant is None
-            or grant.tenant_id != identity.tenant_id
-            or (
-                grant.device_id is not None
-                and device_id is not None
-                and grant.device_id != device_id
-            )
-        ):
-            COUNT_UNAUTHORIZED.inc()
-            problem(
-                conn,
-                request,
-                401,
-                "Unauthorized",
-                "The key is not valid for this request.",
-                b"WWW-Authenticate: Bearer\r\n",
-            )
-            return None
-        self._recorder.note_key_use(digest)
-        return grant
-
-    def _head(
-        self, request: Request, conn: ClientConnection, req_id: bytes, upgrade: bool = False
-    ) -> bytes:
-        lookup = request.lookup
-        has_body = request.body is not None
-        return self._heads.build(
-            request.method,
-            request.target,
-            request.headers,
-            lookup.get(b"connection"),
-            client_ip=conn.client_ip,
-            scheme=b"http",
-            host=lookup.get(b"host"),
-            req_id=req_id,
-            content_length=request.content_length if has_body else None,
-            chunked=has_body and request.chunked,
-            upgrade=upgrade,
-            drop=request.underscored,
-        )
-
-    async def _request_body(self, request: Request) -> AsyncIterator[bytes]:
-        assert request.body is not None
-        total = 0
-        limit = self._max_body
-        chunked = request.chunked
-        async for chunk in request.body.chunks():
-            total += len(chunk)
-            if total > limit:
-                raise _BodyTooLarge
-            yield b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk
-        if chunked:
-            yield b"0\r\n\r\n"
-
-    async def _forward(self, request: Request, conn: ClientConnection, req_id: bytes) -> None:
-        head = self._head(request, conn, req_id)
-        body = None
-        if request.body is not None:
-            body = self._request_body(request)
-            if b"expect" in request.lookup and request.body.received == 0:
-                # Admitted: now the client may send the body it has been holding back.
-                conn.write(_CONTINUE)
-        sent = time.perf_counter()
-        try:
-            upstream = await self._upstream.send(
-                head,
-                body,
-                head_request=request.method == "HEAD",
-                retryable=request.method in _IDEMPOTENT,
-            )
-        except _BodyTooLarge:
-            COUNT_TOO_LARGE.inc()
-            problem(
-                conn,
-                request,
-                413,
-                "Request body too large",
-                f"The body limit is {self._max_body} bytes.",
-                close=True,
-            )
-            return
-        except BadRequestBody as exc:
-            COUNT_INVALID.inc()
-            problem(conn, request, 400, "Bad request", str(exc), close=True)
-            return
-        except ClientBodyTimeout:
-            COUNT_INVALID.inc()
-            problem(
-                conn,
-                request,
-                408,
-                "Request timeout",
-                "The request body stopped arriving.",
-                close=True,
-            )
-            return
-        except UpstreamError as exc:
-            self._upstream_failed(request, conn, exc)
-            return
-        if self._respond(request, conn, upstream, req_id, sent):
-            await self._stream_response(request, conn, upstream, req_id)
-
-    def _upstream_failed(
-        self, request: Request, conn: ClientConnection, error: Exception | None
-    ) -> None:
-        if isinstance(error, UpstreamTimeout):
-            COUNT_UPSTREAM_TIMEOUT.inc()
-            problem(
-                conn, request, 504, "Upstream timed out", "The upstream did not answer in time."
-            )
-        else:
-            COUNT_UPSTREAM_ERROR.inc()
-            _log.debug("upstream error: %s", error)
-            problem(conn, request, 502, "Bad gateway", "The upstream could not be reached.")
-
-    def _respond(
-        self,
-        request: Request,
-        conn: ClientConnection,
-        upstream: UpstreamResponse,
-        req_id: bytes,
-        sent: float,
-    ) -> bool:
-        """Answer from a response whose head is in; True if its body must still be streamed."""
-        UPSTREAM_DURATION.observe(time.perf_counter() - sent)
-        COUNT_FORWARDED.inc()
-        status = upstream.status
-        if request.method == "HEAD" or status in _NO_BODY_STATUSES:
-            # No body, whatever the upstream's Content-Length says: pass that header through.
-            upstream.release()
-            conn.write(
-                response_head(
-                    status,
-                    upstream.reason,
-                    upstream.headers,
-                    req_id,
-                    framing=_length_header(upstream.headers),
-                    keep_alive=request.keep_alive,
-                )
-            )
-            return False
-        whole = upstream.body_if_complete()
-        if whole is not None:
-            upstream.release()
-            conn.write(
-                response_head(
-                    status,
-                    upstream.reason,
-                    upstream.headers,
-                    req_id,
-                    framing=b"Content-Length: %d\r\n" % len(whole),
-                    keep_alive=request.keep_alive,
-                )
-                + whole
-            )
-            return False
-        return True
-
-    async def _stream_response(
-        self, request: Request, conn: ClientConnection, upstream: UpstreamResponse, req_id: bytes
-    ) -> None:
-        length = _length_header(upstream.headers)
-        chunked = not length and request.version == "1.1"
-        if not length and not chunked:
-            request.keep_alive = False  # an HTTP/1.0 client: the end of the body is the close
-        framing = length or (b"Transfer-Encoding: chunked\r\n" if chunked else b"")
-        conn.write(
-            response_head(
-                upstream.status,
-                upstream.reason,
-                upstream.headers,
-                req_id,
-                framing=framing,
-                keep_alive=request.keep_alive,
-            )
-        )
-        try:
-            async for chunk in upstream.iter_body():
-                conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
-                await conn.drain()
-            if chunked:
-                conn.write(b"0\r\n\r\n")
-        except UpstreamError as exc:
-            # The head is already sent: the only honest signal left is to cut the connection.
-            _log.debug("streaming aborted: %r", exc)
-            conn.close()
-        finally:
-            upstream.release()
-
-    async def _upgrade(self, request: Request, conn: ClientConnection) -> None:
-        req_id = self._request_ids(request.lookup.get(b"x-request-id"))
-        if not _is_websocket(request):
-            # Only WebSocket is proxied as an upgrade; anything else (h2c, ...) is an ordinary
-            # request, its Upgrade header dropped as hop-by-hop, as nginx does.
-            await self._forward(request, conn, req_id)
-            return
-        head = self._head(request, conn, req_id, upgrade=True)
-        sent = time.perf_counter()
-        try:
-            answer = await open_websocket(
-                self._upstream.host,
-                self._upstream.port,
-                head,
-                connect_timeout=self._connect_timeout,
-                read_timeout=self._read_timeout,
-            )
-        except UpstreamError as exc:
-            self._upstream_failed(request, conn, exc)
-            return
-        UPSTREAM_DURATION.observe(time.perf_counter() - sent)
-        COUNT_FORWARDED.inc()
-        if isinstance(answer, Refused):
-            conn.write(
-                response_head(
-                    answer.status,
-                    answer.reason,
-                    answer.headers,
-                    req_id,
-                    framing=b"Content-Length: %d\r\n" % len(answer.body),
-                    keep_alive=request.keep_alive,
-                )
-                + answer.body
-            )
-            return
-        await splice(conn, answer)
-
-
-def _is_websocket(request: Request) -> bool:
-    upgrade = request.lookup.get(b"upgrade", b"")
-    return (
-        request.method == "GET"
-        and request.body is None
-        and b"websocket" in (t.strip().lower() for t in upgrade.split(b","))
-    )
-
-
-def _length_header(headers: list[tuple[bytes, bytes]]) -> bytes:
-    for name, value in headers:
-        if name.lower() == b"content-length":
-            return b"Content-Length: " + value + b"\r\n"
-    return b""
