@@ -15,12 +15,19 @@ from faultproxy import FaultProxy
 from gatekeeper.edge import metrics
 from gatekeeper.edge.activity.recorder import ActivityRecorder
 from gatekeeper.store.clients import open_pg_pool
+from gatekeeper.types import SYSTEM_CLOCK, Clock, ManualClock
 
 ATTRS = ("App", "1.0", "Android", "14", "Acme", "X1")
 
 
 def recorder(
-    pool: asyncpg.Pool, *, flush_max: int = 5_000, max_pending: int = 50_000, connections: int = 2
+    pool: asyncpg.Pool,
+    *,
+    flush_max: int = 5_000,
+    max_pending: int = 50_000,
+    connections: int = 2,
+    touch_interval: float = 0.0,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> ActivityRecorder:
     return ActivityRecorder(
         pool,
@@ -29,6 +36,8 @@ def recorder(
         max_pending=max_pending,
         retry_max_seconds=1.0,
         flush_connections=connections,
+        touch_interval=touch_interval,
+        clock=clock,
     )
 
 
@@ -57,9 +66,10 @@ async def test_older_batch_flushed_after_newer_does_not_move_timestamps_back(
     pg_pool: asyncpg.Pool, tenant: str
 ) -> None:
     """Two workers saw one device; the one that saw it earlier flushes last."""
-    early, late = recorder(pg_pool), recorder(pg_pool)
+    clock = ManualClock()
+    early, late = recorder(pg_pool, clock=clock), recorder(pg_pool, clock=clock)
     early.record((tenant, "dev"), ATTRS, True)
-    await asyncio.sleep(0.05)
+    clock.advance(0.05)
     late.record((tenant, "dev"), ("App", "2.0", "Android", "14", "Acme", "X1"), True)
     assert await late.flush_once() == 1
     newest = await device(pg_pool, tenant, "dev")
@@ -140,16 +150,17 @@ async def test_concurrent_flushers_of_the_same_devices_neither_deadlock_nor_repe
 async def test_changes_between_flushes_each_get_a_record_with_their_own_time(
     pg_pool: asyncpg.Pool, tenant: str
 ) -> None:
-    rec = recorder(pg_pool)
+    clock = ManualClock()
+    rec = recorder(pg_pool, clock=clock)
     rec.record((tenant, "dev"), ATTRS, False)
-    first = time.time()
-    await asyncio.sleep(0.02)
+    first = clock.wall()
+    clock.advance(0.02)
     rec.record((tenant, "dev"), ("App", "1.1", None, None, None, None), False)  # missing = same
-    second = time.time()
-    await asyncio.sleep(0.02)
+    second = clock.wall()
+    clock.advance(0.02)
     rec.record((tenant, "dev"), ("App", "1.1", "Android", "14", "Acme", "X1"), False)  # no change
-    await asyncio.sleep(0.2)
-    flush_started = time.time()
+    clock.advance(0.2)
+    flush_started = clock.wall()
     await rec.flush_once()
     records = await history(pg_pool, tenant, "dev")
     assert len(records) == 2
@@ -164,8 +175,11 @@ async def test_changes_between_flushes_each_get_a_record_with_their_own_time(
         "manufacturer": "Acme",
         "model": "X1",
     }
-    assert records[0]["recorded_at"].timestamp() <= first
-    assert first < records[1]["recorded_at"].timestamp() <= second < flush_started
+    # Each record carries the time its request was seen (to Postgres's microsecond), not the
+    # flush's.
+    assert records[0]["recorded_at"].timestamp() == pytest.approx(first, abs=1e-6)
+    assert records[1]["recorded_at"].timestamp() == pytest.approx(second, abs=1e-6)
+    assert second < flush_started - 0.1
     row = await device(pg_pool, tenant, "dev")
     assert row["application_version"] == "1.1"
     assert row["os"] == "Android"
@@ -214,19 +228,14 @@ async def test_pure_touches_are_deferred_but_news_is_not(
     pg_pool: asyncpg.Pool,
     tenant: str,
 ) -> None:
-    rec = ActivityRecorder(
-        pg_pool,
-        flush_interval=3600.0,
-        flush_max_devices=5_000,
-        max_pending=50_000,
-        retry_max_seconds=1.0,
-        touch_interval=0.4,
-    )
+    clock = ManualClock()
+    rec = recorder(pg_pool, touch_interval=0.4, clock=clock)
     for name in ("quiet", "changes", "uploads"):
         rec.record((tenant, name), ATTRS, False)
     assert await rec.flush_once() == 3  # first sightings are news
     first = {name: await device(pg_pool, tenant, name) for name in ("quiet", "changes", "uploads")}
 
+    clock.advance(0.01)
     rec.record((tenant, "quiet"), ATTRS, False)  # only "active again"
     rec.record((tenant, "changes"), ("App", "2.0", None, None, None, None), False)
     rec.record((tenant, "uploads"), ATTRS, True)
@@ -238,7 +247,7 @@ async def test_pure_touches_are_deferred_but_news_is_not(
     assert (await device(pg_pool, tenant, "uploads"))["last_data_upload_at"] is not None
     assert rec.pending == 1
 
-    await asyncio.sleep(0.45)  # past the touch interval, the touch goes out
+    clock.advance(0.45)  # past the touch interval, the touch goes out
     assert await rec.flush_once() == 1
     assert (await device(pg_pool, tenant, "quiet"))["last_active_at"] > first["quiet"][
         "last_active_at"

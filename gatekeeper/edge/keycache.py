@@ -8,7 +8,6 @@ Negative entries expire after a few seconds: keys are random, so only a guess is
 
 from __future__ import annotations
 
-import time
 from collections import OrderedDict
 
 import redis.asyncio as aioredis
@@ -16,6 +15,7 @@ import redis.asyncio as aioredis
 from gatekeeper.domain import edgeview
 from gatekeeper.domain.credentials import digest_secret
 from gatekeeper.domain.edgeview import EdgeEvent, KeyGrant
+from gatekeeper.types import SYSTEM_CLOCK, Clock
 
 __all__ = ["KeyCache"]
 
@@ -23,10 +23,18 @@ _NEGATIVE_TTL = 5.0
 
 
 class KeyCache:
-    __slots__ = ("_entries", "_generation", "_max", "_pepper", "_redis")
+    __slots__ = ("_clock", "_entries", "_generation", "_max", "_pepper", "_redis")
 
-    def __init__(self, redis: aioredis.Redis, *, max_entries: int, pepper: str | None) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        max_entries: int,
+        pepper: str | None,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
         self._redis = redis
+        self._clock = clock
         self._max = max_entries
         self._pepper = pepper
         # digest hex -> (grant or None, monotonic time cached)
@@ -41,7 +49,7 @@ class KeyCache:
     async def grant(self, digest: str) -> KeyGrant | None:
         """The grant of a digest, or None if no valid key has it. May raise RedisError on a miss."""
         entry = self._entries.get(digest)
-        now = time.monotonic()
+        now = self._clock.monotonic()
         if entry is not None:
             grant, cached_at = entry
             if grant is not None or now - cached_at < _NEGATIVE_TTL:
@@ -55,9 +63,9 @@ class KeyCache:
                 self._entries.popitem(last=False)
         return self._live(grant)
 
-    @staticmethod
-    def _live(grant: KeyGrant | None) -> KeyGrant | None:
-        if grant is not None and grant.expires_at is not None and grant.expires_at <= time.time():
+    def _live(self, grant: KeyGrant | None) -> KeyGrant | None:
+        expires_at = grant.expires_at if grant is not None else None
+        if expires_at is not None and expires_at <= self._clock.wall():
             return None
         return grant
 

@@ -26,12 +26,11 @@ from gatekeeper.domain.identity import Attributes
 from gatekeeper.edge import metrics
 from gatekeeper.edge.activity.pending import PendingDevice, merge_attributes
 from gatekeeper.edge.activity.sql import write_batch
+from gatekeeper.types import SYSTEM_CLOCK, Clock, DeviceKey
 
 __all__ = ["FLUSH_TIMEOUT_SECONDS", "ActivityRecorder", "PendingDevice"]
 
 _log = logging.getLogger(__name__)
-
-DeviceKey = tuple[str, str]
 
 # A batch is written in pieces of at most this many devices, up to ``flush_connections`` at once
 # (so Postgres works on several cores). Preparing a piece holds the event loop for well under a
@@ -54,6 +53,7 @@ def _describe(exc: BaseException) -> str:
 
 class ActivityRecorder:
     __slots__ = (
+        "_clock",
         "_flush_max",
         "_interval",
         "_known",
@@ -82,8 +82,12 @@ class ActivityRecorder:
         flush_connections: int = 2,
         touch_interval: float = 0.0,
         flush_timeout: float = FLUSH_TIMEOUT_SECONDS,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._pool = pool
+        # What a request is stamped with and when a touch is due; the flush loop's own waits
+        # (interval, backoff) and the shutdown deadline stay on the event loop's clock.
+        self._clock = clock
         self._timeout = flush_timeout
         # Devices this process has written, with when (monotonic): their flushes skip the
         # insert-new phase, and a device that only "was active again" is rewritten at most every
@@ -106,7 +110,7 @@ class ActivityRecorder:
 
     def record(self, key: DeviceKey, attributes: Attributes, is_post: bool) -> None:
         """Note one request of a device. Hot path: keep it allocation-light."""
-        now = time.time()
+        now = self._clock.wall()
         entry = self._pending.get(key)
         if entry is None:
             pending = self._pending
@@ -134,7 +138,7 @@ class ActivityRecorder:
                 entry.news = True
 
     def note_key_use(self, digest: str) -> None:
-        self.key_uses[digest] = time.time()
+        self.key_uses[digest] = self._clock.wall()
 
     @property
     def pending(self) -> int:
@@ -150,7 +154,7 @@ class ActivityRecorder:
                 return pending
             keys = list(pending)[: self._flush_max]
         else:
-            stale_before = time.monotonic() - self._touch
+            stale_before = self._clock.monotonic() - self._touch
             known = self._known
             keys = []
             # A snapshot, scanned in slices with the loop served in between: requests keep
@@ -237,7 +241,7 @@ class ActivityRecorder:
             # Committed. Stamp each device a random part of the touch interval early, so devices
             # first written together do not all come due together: touches spread over the
             # flushes instead of arriving as one large batch every interval.
-            now = time.monotonic()
+            now = self._clock.monotonic()
             spread = self._touch / 2
             self._known.update(
                 {

@@ -32,10 +32,10 @@ import asyncpg
 
 from gatekeeper.domain.identity import Attributes
 from gatekeeper.edge.activity.pending import PendingDevice, merge_attributes
+from gatekeeper.types import DeviceKey
 
 __all__ = ["write_batch"]
 
-DeviceKey = tuple[str, str]
 _Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
 
