@@ -3,108 +3,18 @@ failures (502/504), the body limit (413), WebSockets and upstream connection reu
 
 from __future__ import annotations
 
-import asyncio
-import os
-import signal
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import EdgeFactory, Stores
+from conftest import EdgeFactory
+from proberig import ProbeUpstream
 
 from gatekeeper.runtime.embedded import free_port
 
 MB = 1024 * 1024
-
-
-class ProbeUpstream:
-    """An upstream that shows the proxy's effects: echo, sink, source, slow, odd headers."""
-
-    def __init__(self) -> None:
-        self.requests = 0
-        self.peers: set[tuple[str, int]] = set()
-        app = web.Application(client_max_size=1024**3)
-        app.router.add_route("*", "/sink", self.sink)
-        app.router.add_get("/source", self.source)
-        app.router.add_get("/slow", self.slow)
-        app.router.add_get("/hop", self.hop)
-        app.router.add_get("/ws", self.ws)
-        app.router.add_route("*", "/{tail:.*}", self.echo)
-        self.app = app
-
-    def _count(self, request: web.Request) -> None:
-        self.requests += 1
-        peer = request.transport.get_extra_info("peername") if request.transport else None
-        if peer:
-            self.peers.add((peer[0], peer[1]))
-
-    async def echo(self, request: web.Request) -> web.Response:
-        self._count(request)
-        body = await request.read()
-        return web.json_response(
-            {
-                "method": request.method,
-                "path": request.path_qs,
-                "headers": dict(request.headers),
-                "body": body.decode(),
-            }
-        )
-
-    async def sink(self, request: web.Request) -> web.Response:
-        self._count(request)
-        size = 0
-        async for chunk in request.content.iter_chunked(MB):
-            size += len(chunk)
-        return web.json_response({"bytes": size, "chunked": "Transfer-Encoding" in request.headers})
-
-    async def source(self, request: web.Request) -> web.StreamResponse:
-        self._count(request)
-        total = int(request.query["bytes"])
-        response = web.StreamResponse()
-        if request.query.get("length") == "1":
-            response.content_length = total
-        await response.prepare(request)
-        block = b"x" * (256 * 1024)
-        sent = 0
-        while sent < total:
-            piece = block[: min(len(block), total - sent)]
-            await response.write(piece)
-            sent += len(piece)
-        await response.write_eof()
-        return response
-
-    async def slow(self, request: web.Request) -> web.Response:
-        self._count(request)
-        await asyncio.sleep(float(request.query.get("s", "1")))
-        return web.Response(text="late")
-
-    async def hop(self, request: web.Request) -> web.Response:
-        self._count(request)
-        return web.Response(
-            text="hop",
-            headers={
-                "Connection": "keep-alive, X-Resp-Private",
-                "X-Resp-Private": "secret",
-                "Keep-Alive": "timeout=5",
-                "X-Resp-Public": "ok",
-                "Proxy-Authenticate": "Basic",
-            },
-        )
-
-    async def ws(self, request: web.Request) -> web.WebSocketResponse:
-        self._count(request)
-        socket = web.WebSocketResponse()
-        await socket.prepare(request)
-        async for msg in socket:
-            if msg.type == aiohttp.WSMsgType.TEXT:
-                await socket.send_str("echo:" + msg.data)
-            elif msg.type == aiohttp.WSMsgType.BINARY:
-                await socket.send_bytes(msg.data[::-1])
-        return socket
 
 
 @pytest.fixture
@@ -360,117 +270,3 @@ async def test_upstream_connections_are_kept_alive_and_reused(
             assert response.status == 200
     assert server.requests == 50
     assert len(server.peers) == 1
-
-
-# --- large bodies through a proxy process, watching its memory -------------------------------
-
-
-def _peak_rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmHWM")
-
-
-@pytest.fixture
-def proxy_process(stores: Stores, upstream: tuple[ProbeUpstream, str]) -> Iterator[tuple[int, str]]:
-    port, metrics_port = free_port(), free_port()
-    env = dict(
-        os.environ,
-        GATEKEEPER_DATABASE_URL=stores.pg_url,
-        GATEKEEPER_REDIS_URL=stores.redis_url,
-        GATEKEEPER_LOG_LEVEL="WARNING",
-    )
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gatekeeper",
-            "proxy",
-            "--upstream",
-            upstream[1],
-            "--proxy-port",
-            str(port),
-            "--metrics-port",
-            str(metrics_port),
-        ],
-        env=env,
-    )
-    try:
-        yield proc.pid, f"http://127.0.0.1:{port}"
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-async def _wait_serving(base: str, session: aiohttp.ClientSession) -> None:
-    for _ in range(200):
-        try:
-            async with session.get(f"{base}/warm") as response:
-                if response.status == 200:
-                    return
-        except aiohttp.ClientConnectionError:
-            pass
-        await asyncio.sleep(0.05)
-    raise AssertionError("proxy process did not serve")
-
-
-async def test_50_mb_upload_and_download_stream_without_buffering(
-    proxy_process: tuple[int, str],
-    session: aiohttp.ClientSession,
-) -> None:
-    pid, base = proxy_process
-    await _wait_serving(base, session)
-    # Warm both paths with small bodies so steady-state allocations are already counted.
-    async with session.post(f"{base}/sink", data=b"w" * MB) as response:
-        assert (await response.json())["bytes"] == MB
-    async with session.get(f"{base}/source?bytes={MB}") as response:
-        assert len(await response.read()) == MB
-    before = _peak_rss_kib(pid)
-
-    async def upload() -> AsyncIterator[bytes]:
-        block = b"u" * (256 * 1024)
-        for _ in range(200):
-            yield block
-
-    async with session.post(
-        f"{base}/sink", data=upload(), headers={"Content-Length": str(50 * MB)}
-    ) as response:
-        assert (await response.json())["bytes"] == 50 * MB
-    for length in ("1", "0"):  # with a Content-Length, and chunked
-        received = 0
-        async with session.get(f"{base}/source?bytes={50 * MB}&length={length}") as response:
-            assert response.status == 200
-            async for chunk in response.content.iter_chunked(MB):
-                received += len(chunk)
-        assert received == 50 * MB
-    growth_mib = (_peak_rss_kib(pid) - before) / 1024
-    print(f"\nproxy peak RSS growth over 3 x 50 MB transfers: {growth_mib:.1f} MiB")
-    assert growth_mib < 8
-
-
-async def test_upstream_closing_idle_connections_costs_no_request(
-    edge_factory: EdgeFactory,
-    session: aiohttp.ClientSession,
-    tenant: str,
-) -> None:
-    server = ProbeUpstream()
-    # The upstream drops idle keep-alive connections almost at once, as upstreams do after
-    # their own keep-alive timeout: the proxy must not answer 502 for that.
-    runner = web.AppRunner(server.app, access_log=None, keepalive_timeout=0.05)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        base = await _proxy_url(edge_factory, f"http://127.0.0.1:{runner.addresses[0][1]}")
-        for method in ("GET", "DELETE", "GET"):
-            async with session.request(method, f"{base}/api/{tenant}/idle") as response:
-                assert response.status == 200
-            await asyncio.sleep(0.2)
-        assert server.requests == 3
-    finally:
-        await runner.cleanup()
