@@ -14,17 +14,12 @@ import aiohttp
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
-from conftest import EdgeFactory, Stores
+from conftest import EdgeFactory
 from edgerig import CountingUpstream, eventually
-from faultproxy import FaultProxy
+from keyrig import call_edge, call_status, issue_device_key, issue_pat
 
-from gatekeeper.domain import edgeview
-from gatekeeper.domain.credentials import DEVICE_KEY_PREFIX, TOKEN_PREFIX
-from gatekeeper.domain.edgeview import EdgeEvent
-from gatekeeper.edge.keycache import KeyCache
 from gatekeeper.edge.server import EdgeServer
 from gatekeeper.store import edge_writes as store
-from gatekeeper.store.clients import open_redis
 
 PROBLEM = "application/problem+json"
 LIMIT_SECONDS = 1.0
@@ -47,55 +42,6 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
         yield client
 
 
-async def _call(
-    session: aiohttp.ClientSession,
-    edge: EdgeServer,
-    tenant: str,
-    device: str | None,
-    **headers: str,
-) -> tuple[int, aiohttp.ClientResponse]:
-    sent = {k.replace("_", "-"): v for k, v in headers.items()}
-    if device is not None:
-        sent["X-Device-Id"] = device
-    async with session.get(
-        f"http://127.0.0.1:{edge.proxy_port}/api/{tenant}/things", headers=sent
-    ) as response:
-        await response.read()
-        return response.status, response
-
-
-async def _status(
-    session: aiohttp.ClientSession,
-    edge: EdgeServer,
-    tenant: str,
-    device: str | None,
-    **headers: str,
-) -> int:
-    return (await _call(session, edge, tenant, device, **headers))[0]
-
-
-async def _device_key(
-    pool: asyncpg.Pool,
-    redis: aioredis.Redis,
-    tenant: str,
-    device: str,
-    expires_at: datetime | None = None,
-) -> store.IssuedKey:
-    return await store.issue_key(
-        pool,
-        redis,
-        tenant,
-        kind="device",
-        prefix=DEVICE_KEY_PREFIX,
-        device_id=device,
-        expires_at=expires_at,
-    )
-
-
-async def _pat(pool: asyncpg.Pool, redis: aioredis.Redis, tenant: str) -> store.IssuedKey:
-    return await store.issue_key(pool, redis, tenant, kind="pat", prefix=TOKEN_PREFIX, name="ci")
-
-
 async def test_device_key_is_accepted_in_x_api_key_and_bearer(
     edge: EdgeServer,
     upstream: CountingUpstream,
@@ -104,14 +50,16 @@ async def test_device_key_is_accepted_in_x_api_key_and_bearer(
     redis_client: aioredis.Redis,
     tenant: str,
 ) -> None:
-    key = await _device_key(pg_pool, redis_client, tenant, "dev-1")
+    key = await issue_device_key(pg_pool, redis_client, tenant, "dev-1")
     assert key.secret.startswith("gkd_")
-    assert await _status(session, edge, tenant, "dev-1", X_Api_Key=key.secret) == 200
+    assert await call_status(session, edge, tenant, "dev-1", X_Api_Key=key.secret) == 200
     assert (
-        await _status(session, edge, tenant, "dev-1", Authorization=f"Bearer {key.secret}") == 200
+        await call_status(session, edge, tenant, "dev-1", Authorization=f"Bearer {key.secret}")
+        == 200
     )
     assert (
-        await _status(session, edge, tenant, "dev-1", Authorization=f"bearer {key.secret}") == 200
+        await call_status(session, edge, tenant, "dev-1", Authorization=f"bearer {key.secret}")
+        == 200
     )
     assert upstream.by_device["dev-1"] == 3
 
@@ -124,14 +72,14 @@ async def test_personal_access_token_is_accepted_for_any_device(
     redis_client: aioredis.Redis,
     tenant: str,
 ) -> None:
-    pat = await _pat(pg_pool, redis_client, tenant)
+    pat = await issue_pat(pg_pool, redis_client, tenant)
     assert pat.secret.startswith("gkp_")
     for device in ("dev-a", "dev-b", None):
         assert (
-            await _status(session, edge, tenant, device, Authorization=f"Bearer {pat.secret}")
+            await call_status(session, edge, tenant, device, Authorization=f"Bearer {pat.secret}")
             == 200
         )
-    assert await _status(session, edge, tenant, "dev-a", X_Api_Key=pat.secret) == 200
+    assert await call_status(session, edge, tenant, "dev-a", X_Api_Key=pat.secret) == 200
     assert upstream.requests == 4
 
 
@@ -142,7 +90,7 @@ async def _assert_401(
     device: str | None,
     **headers: str,
 ) -> None:
-    status, response = await _call(session, edge, tenant, device, **headers)
+    status, response = await call_edge(session, edge, tenant, device, **headers)
     assert status == 401, headers
     assert response.headers["WWW-Authenticate"].startswith("Bearer")
     assert response.headers["Content-Type"] == PROBLEM
@@ -156,10 +104,10 @@ async def test_missing_wrong_or_foreign_keys_are_401_and_not_forwarded(
     redis_client: aioredis.Redis,
     tenant: str,
 ) -> None:
-    key = await _device_key(pg_pool, redis_client, tenant, "dev-1")
-    pat = await _pat(pg_pool, redis_client, tenant)
-    other_tenant_key = await _device_key(pg_pool, redis_client, tenant + "o", "dev-1")
-    other_tenant_pat = await _pat(pg_pool, redis_client, tenant + "o")
+    key = await issue_device_key(pg_pool, redis_client, tenant, "dev-1")
+    pat = await issue_pat(pg_pool, redis_client, tenant)
+    other_tenant_key = await issue_device_key(pg_pool, redis_client, tenant + "o", "dev-1")
+    other_tenant_pat = await issue_pat(pg_pool, redis_client, tenant + "o")
     await _assert_401(session, edge, tenant, "dev-1")
     await _assert_401(session, edge, tenant, None)
     await _assert_401(session, edge, tenant, "dev-1", Authorization="Bearer ")
@@ -175,12 +123,12 @@ async def test_missing_wrong_or_foreign_keys_are_401_and_not_forwarded(
     await _assert_401(session, edge, tenant, "dev-2", X_Api_Key=key.secret)
     assert upstream.requests == 0
     # The same keys where they belong.
-    assert await _status(session, edge, tenant, "dev-1", X_Api_Key=key.secret) == 200
+    assert await call_status(session, edge, tenant, "dev-1", X_Api_Key=key.secret) == 200
     assert (
-        await _status(session, edge, tenant + "o", "dev-1", X_Api_Key=other_tenant_key.secret)
+        await call_status(session, edge, tenant + "o", "dev-1", X_Api_Key=other_tenant_key.secret)
         == 200
     )
-    assert await _status(session, edge, tenant, "dev-2", X_Api_Key=pat.secret) == 200
+    assert await call_status(session, edge, tenant, "dev-2", X_Api_Key=pat.secret) == 200
 
 
 async def _rejection_delay(
@@ -196,7 +144,7 @@ async def _rejection_delay(
     stop_at = time.perf_counter() + 5.0
     revoked_at: float | None = None
     while time.perf_counter() < stop_at:
-        status = await _status(session, edge, tenant, device, X_Api_Key=secret)
+        status = await call_status(session, edge, tenant, device, X_Api_Key=secret)
         seen = time.perf_counter()
         if revoke.done() and revoked_at is None:
             revoked_at = seen
@@ -215,11 +163,11 @@ async def test_revoked_keys_are_refused_within_a_second(
     redis_client: aioredis.Redis,
     tenant: str,
 ) -> None:
-    key = await _device_key(pg_pool, redis_client, tenant, "dev-1")
-    pat = await _pat(pg_pool, redis_client, tenant)
+    key = await issue_device_key(pg_pool, redis_client, tenant, "dev-1")
+    pat = await issue_pat(pg_pool, redis_client, tenant)
     for issued, device in ((key, "dev-1"), (pat, "dev-2")):
         # Cached at the edge first: revocation must evict it, not wait for a miss.
-        assert await _status(session, edge, tenant, device, X_Api_Key=issued.secret) == 200
+        assert await call_status(session, edge, tenant, device, X_Api_Key=issued.secret) == 200
         revoke: asyncio.Task[object] = asyncio.create_task(
             store.revoke_key(pg_pool, redis_client, tenant, issued.key_id)
         )
@@ -239,16 +187,18 @@ async def test_expired_keys_are_refused(
     tenant: str,
 ) -> None:
     now = datetime.now(UTC)
-    expired = await _device_key(pg_pool, redis_client, tenant, "dev-1", now - timedelta(hours=1))
+    expired = await issue_device_key(
+        pg_pool, redis_client, tenant, "dev-1", now - timedelta(hours=1)
+    )
     await _assert_401(session, edge, tenant, "dev-1", X_Api_Key=expired.secret)
     # A key that expires while cached at the edge stops working at its expiry.
-    expiring = await _device_key(
+    expiring = await issue_device_key(
         pg_pool, redis_client, tenant, "dev-2", now + timedelta(seconds=1.0)
     )
-    assert await _status(session, edge, tenant, "dev-2", X_Api_Key=expiring.secret) == 200
+    assert await call_status(session, edge, tenant, "dev-2", X_Api_Key=expiring.secret) == 200
 
     async def refused() -> bool:
-        return await _status(session, edge, tenant, "dev-2", X_Api_Key=expiring.secret) == 401
+        return await call_status(session, edge, tenant, "dev-2", X_Api_Key=expiring.secret) == 401
 
     assert await eventually(refused, 3.0, 0.02)
     assert datetime.now(UTC) >= now + timedelta(seconds=1.0)
@@ -261,111 +211,26 @@ async def test_grace_period_keeps_the_old_key_valid_then_refuses_it(
     redis_client: aioredis.Redis,
     tenant: str,
 ) -> None:
-    old = await _device_key(pg_pool, redis_client, tenant, "dev-1")
-    assert await _status(session, edge, tenant, "dev-1", X_Api_Key=old.secret) == 200
+    old = await issue_device_key(pg_pool, redis_client, tenant, "dev-1")
+    assert await call_status(session, edge, tenant, "dev-1", X_Api_Key=old.secret) == 200
     grace = 1.5
     started = time.monotonic()
     assert (
         await store.revoke_device_keys(pg_pool, redis_client, tenant, "dev-1", grace_seconds=grace)
         == 1
     )
-    new = await _device_key(pg_pool, redis_client, tenant, "dev-1")
+    new = await issue_device_key(pg_pool, redis_client, tenant, "dev-1")
     # Within the grace period both keys work (a device switching over mid-flight).
-    assert await _status(session, edge, tenant, "dev-1", X_Api_Key=old.secret) == 200
-    assert await _status(session, edge, tenant, "dev-1", X_Api_Key=new.secret) == 200
+    assert await call_status(session, edge, tenant, "dev-1", X_Api_Key=old.secret) == 200
+    assert await call_status(session, edge, tenant, "dev-1", X_Api_Key=new.secret) == 200
     assert time.monotonic() - started < grace  # the checks above ran inside the period
 
     async def refused() -> bool:
-        return await _status(session, edge, tenant, "dev-1", X_Api_Key=old.secret) == 401
+        return await call_status(session, edge, tenant, "dev-1", X_Api_Key=old.secret) == 401
 
     assert await eventually(refused, grace + LIMIT_SECONDS, 0.02)
     assert time.monotonic() - started >= grace - 0.05  # not before the period ended
-    assert await _status(session, edge, tenant, "dev-1", X_Api_Key=new.secret) == 200
-
-
-def _redis_port(stores: Stores) -> int:
-    return int(stores.redis_url.rsplit(":", 1)[1].split("/")[0])
-
-
-async def test_revocation_missed_during_a_connection_blip_is_caught_on_reconnect(
-    stores: Stores,
-    edge_factory: EdgeFactory,
-    upstream: CountingUpstream,
-    session: aiohttp.ClientSession,
-    pg_pool: asyncpg.Pool,
-    redis_client: aioredis.Redis,
-    tenant: str,
-) -> None:
-    async with FaultProxy("127.0.0.1", _redis_port(stores)) as fault:
-        edge = await edge_factory(
-            upstream=upstream.url,
-            auth_mode="enforce",
-            redis_url=fault.url,
-            blocklist_resync_seconds=300,
-        )
-        key = await _device_key(pg_pool, redis_client, tenant, "dev-1")
-        assert await _status(session, edge, tenant, "dev-1", X_Api_Key=key.secret) == 200
-        await fault.blackhole()  # the revocation's message is lost on the way to the edge
-        assert await store.revoke_key(pg_pool, redis_client, tenant, key.key_id)
-        assert await _status(session, edge, tenant, "dev-1", X_Api_Key=key.secret) == 200
-        await fault.reset()  # the edge reconnects at once; it must not trust its cache
-
-        async def refused() -> bool:
-            return await _status(session, edge, tenant, "dev-1", X_Api_Key=key.secret) == 401
-
-        assert await eventually(refused, 5.0)
-
-
-async def test_key_lookup_survives_a_dropped_redis_connection(
-    stores: Stores,
-    edge_factory: EdgeFactory,
-    upstream: CountingUpstream,
-    session: aiohttp.ClientSession,
-    pg_pool: asyncpg.Pool,
-    redis_client: aioredis.Redis,
-    tenant: str,
-) -> None:
-    """A pooled connection that died (Redis restarted, an idle connection cut) costs a
-    reconnect, not a 503 to the request that happened to draw it."""
-    async with FaultProxy("127.0.0.1", _redis_port(stores)) as fault:
-        edge = await edge_factory(upstream=upstream.url, auth_mode="enforce", redis_url=fault.url)
-        first = await _device_key(pg_pool, redis_client, tenant, "dev-1")
-        assert await _status(session, edge, tenant, "dev-1", X_Api_Key=first.secret) == 200
-        await fault.reset()
-        second = await _device_key(pg_pool, redis_client, tenant, "dev-2")  # not cached yet
-        assert await _status(session, edge, tenant, "dev-2", X_Api_Key=second.secret) == 200
-
-
-async def test_a_lookup_in_flight_during_a_revocation_is_not_cached(
-    stores: Stores,
-    pg_pool: asyncpg.Pool,
-    redis_client: aioredis.Redis,
-    tenant: str,
-) -> None:
-    """The race: the cache asks Redis, Redis answers "valid", the revocation event arrives,
-    then the answer. The answer may serve that one request, but must not stay cached."""
-    key = await _device_key(pg_pool, redis_client, tenant, "dev-1")
-    async with FaultProxy("127.0.0.1", _redis_port(stores)) as fault:
-        client = open_redis(fault.url)
-        try:
-            cache = KeyCache(client, max_entries=100, pepper=None)
-            digest = cache.digest(key.secret)
-            await client.ping()  # connected before the race starts
-            fault.hold()
-            lookup = asyncio.create_task(cache.grant(digest))
-
-            async def answered_by_redis() -> bool:
-                return bool(fault.held)
-
-            assert await eventually(answered_by_redis, 2.0)
-            assert await store.revoke_key(pg_pool, redis_client, tenant, key.key_id)
-            cache.on_event(EdgeEvent("revoke", digest))  # as the mirror delivers it
-            fault.release()
-            assert (await lookup) is not None  # Redis's answer from before the revocation
-            assert await client.hget(edgeview.KEYS_HASH, digest) is None
-            assert await cache.grant(digest) is None
-        finally:
-            await client.aclose()
+    assert await call_status(session, edge, tenant, "dev-1", X_Api_Key=new.secret) == 200
 
 
 async def test_key_is_checked_before_the_block_is_revealed(
@@ -376,16 +241,16 @@ async def test_key_is_checked_before_the_block_is_revealed(
     redis_client: aioredis.Redis,
     tenant: str,
 ) -> None:
-    key = await _device_key(pg_pool, redis_client, tenant, "blk-1")
+    key = await issue_device_key(pg_pool, redis_client, tenant, "blk-1")
     await store.set_blocked(pg_pool, redis_client, tenant, "blk-1", True, create=True)
 
     async def denied() -> bool:
-        return await _status(session, edge, tenant, "blk-1", X_Api_Key=key.secret) == 403
+        return await call_status(session, edge, tenant, "blk-1", X_Api_Key=key.secret) == 403
 
     assert await eventually(denied, LIMIT_SECONDS)
     # Without a key, the caller learns nothing about the device: 401, not 403.
-    assert await _status(session, edge, tenant, "blk-1") == 401
-    assert await _status(session, edge, tenant, "blk-1", X_Api_Key="gkd_wrong") == 401
+    assert await call_status(session, edge, tenant, "blk-1") == 401
+    assert await call_status(session, edge, tenant, "blk-1", X_Api_Key="gkd_wrong") == 401
     assert upstream.requests == 0
 
 
@@ -397,12 +262,12 @@ async def test_device_key_without_device_header_still_obeys_the_block(
     redis_client: aioredis.Redis,
     tenant: str,
 ) -> None:
-    key = await _device_key(pg_pool, redis_client, tenant, "blk-2")
-    assert await _status(session, edge, tenant, None, X_Api_Key=key.secret) == 200
+    key = await issue_device_key(pg_pool, redis_client, tenant, "blk-2")
+    assert await call_status(session, edge, tenant, None, X_Api_Key=key.secret) == 200
     await store.set_blocked(pg_pool, redis_client, tenant, "blk-2", True, create=True)
 
     async def denied() -> bool:
-        return await _status(session, edge, tenant, None, X_Api_Key=key.secret) == 403
+        return await call_status(session, edge, tenant, None, X_Api_Key=key.secret) == 403
 
     assert await eventually(denied, LIMIT_SECONDS)
 
@@ -414,7 +279,7 @@ async def test_a_repeated_credential_header_is_refused(
     redis_client: aioredis.Redis,
     tenant: str,
 ) -> None:
-    key = await _device_key(pg_pool, redis_client, tenant, "dup-1")
+    key = await issue_device_key(pg_pool, redis_client, tenant, "dup-1")
     reader, writer = await asyncio.open_connection("127.0.0.1", edge.proxy_port)
     try:
         writer.write(
