@@ -11,6 +11,12 @@ simply says nothing. So the task PINGs on the subscription connection every ``pi
 seconds; the PONG comes back behind every message published before it, so it is what marks the
 mirror synced. No PONG within ``ping_timeout`` seconds and the connection counts as lost: stale,
 reconnect, reload.
+
+One cancellation ends the task. That needs care on Python 3.11: redis-py sends every command
+through ``asyncio.wait_for``, which returns the command's result, and drops the cancellation,
+when the cancellation lands after the send finished but before the caller resumed (CPython
+gh-86296, fixed in 3.12). The request stays counted on the task, so the mirror checks
+``Task.cancelling()`` after each Redis call and raises what was dropped.
 """
 
 from __future__ import annotations
@@ -18,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable
 
 import redis.asyncio as aioredis
@@ -28,6 +33,7 @@ from redis.exceptions import RedisError
 from gatekeeper.domain import edgeview
 from gatekeeper.domain.edgeview import EdgeEvent
 from gatekeeper.edge import metrics
+from gatekeeper.types import SYSTEM_CLOCK, Clock, DeviceKey
 
 __all__ = [
     "BLOCKED",
@@ -42,8 +48,6 @@ _log = logging.getLogger(__name__)
 
 BLOCKED = "blocked"
 DISABLED = "disabled"
-
-DeviceKey = tuple[str, str]
 
 # A PING a second costs Redis nothing, and keeps "last sync" as fine-grained as it was when a
 # quiet subscription counted as a sync. Two seconds for its PONG is ~10,000 times a loopback
@@ -62,12 +66,22 @@ def _key(member: str) -> DeviceKey:
     return edgeview.split_member(member)
 
 
+def _raise_lost_cancellation() -> None:
+    """Raise the cancellation a Redis call swallowed (see the module docstring): call right
+    after each one. Nothing in the mirror catches a cancellation on purpose, so a request
+    still counted on the task is one that was lost."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class BlocklistMirror:
     """Blocked and disabled devices of every tenant, as this process last heard from Redis."""
 
     __slots__ = (
         "__weakref__",  # redis-py holds connect callbacks as weak methods
         "_blocked",
+        "_clock",
         "_disabled",
         "_on_key_event",
         "_on_resync",
@@ -91,8 +105,10 @@ class BlocklistMirror:
         on_resync: Callable[[], None] | None = None,
         ping_interval: float = PING_INTERVAL_SECONDS,
         ping_timeout: float = PING_TIMEOUT_SECONDS,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._redis = redis
+        self._clock = clock
         self._resync_seconds = resync_seconds
         self._ping_interval = ping_interval
         self._ping_timeout = ping_timeout
@@ -120,6 +136,7 @@ class BlocklistMirror:
         disabled = {
             _key(m) async for m in self._redis.sscan_iter(edgeview.DISABLED_SET, count=5000)
         }
+        _raise_lost_cancellation()
         # Swap whole sets: a request never sees a half-loaded mirror.
         self._blocked, self._disabled = blocked, disabled
         self.loaded = True
@@ -130,7 +147,7 @@ class BlocklistMirror:
         _log.info("blocklist mirror loaded: %d blocked, %d disabled", len(blocked), len(disabled))
 
     def _mark_synced(self, at: float | None = None) -> None:
-        self.synced_at = time.time() if at is None else at
+        self.synced_at = self._clock.wall() if at is None else at
         self.stale = False
         metrics.BLOCKLIST_LAST_SYNC.set(self.synced_at)
         metrics.BLOCKLIST_STALE.set(0)
@@ -155,6 +172,7 @@ class BlocklistMirror:
         """Keep the mirror fresh until cancelled; reconnect with backoff on any Redis failure."""
         backoff = 0.1
         while True:
+            _raise_lost_cancellation()  # lost while closing the subscription of a failed follow
             try:
                 await self._follow()
             except asyncio.CancelledError:
@@ -180,6 +198,7 @@ class BlocklistMirror:
         connection = None
         try:
             await pubsub.subscribe(edgeview.CHANNEL)
+            _raise_lost_cancellation()
             # A client with retries reconnects and resubscribes by itself, without a word:
             # whatever was published while the connection was down is lost, so hear of it.
             connection = pubsub.connection
@@ -197,30 +216,33 @@ class BlocklistMirror:
     async def _listen(self, pubsub: aioredis.client.PubSub) -> None:
         """Apply messages as they come; PING to prove the subscription is alive; reload when due.
         Returns only by raising (a lost connection, or cancellation)."""
-        next_resync = time.monotonic() + self._resync_seconds
-        next_ping = time.monotonic() + self._ping_interval
+        clock = self._clock
+        next_resync = clock.monotonic() + self._resync_seconds
+        next_ping = clock.monotonic() + self._ping_interval
         ping_sent: float | None = None  # monotonic time of the PING not yet answered
         ping_wall = 0.0  # the same instant, wall clock: what its PONG proves the mirror is as of
         while True:
-            if ping_sent is None and time.monotonic() >= next_ping:
-                ping_sent, ping_wall = time.monotonic(), time.time()
+            if ping_sent is None and clock.monotonic() >= next_ping:
+                ping_sent, ping_wall = clock.monotonic(), clock.wall()
                 await pubsub.ping(_PING_TOKEN)
+                _raise_lost_cancellation()
             wake = ping_sent + self._ping_timeout if ping_sent is not None else next_ping
             message = await pubsub.get_message(
-                timeout=max(0.01, min(wake, next_resync) - time.monotonic())
+                timeout=max(0.01, min(wake, next_resync) - clock.monotonic())
             )
+            _raise_lost_cancellation()  # a due health check sends a PING of its own
             if self._reconnected:
                 self._reconnected = False
                 _log.info("blocklist: subscription re-established; reloading")
                 await self._load()
-                next_resync = time.monotonic() + self._resync_seconds
+                next_resync = clock.monotonic() + self._resync_seconds
                 ping_sent = None  # sent on the connection that went away
-                next_ping = time.monotonic() + self._ping_interval
+                next_ping = clock.monotonic() + self._ping_interval
             kind = message.get("type") if message is not None else None
             if kind is None:
                 # Silence past the deadline. (Only silence: while messages are still arriving
                 # the PONG may be queued behind them, and the connection is plainly alive.)
-                if ping_sent is not None and time.monotonic() - ping_sent > self._ping_timeout:
+                if ping_sent is not None and clock.monotonic() - ping_sent > self._ping_timeout:
                     raise SubscriptionLost(
                         f"no PONG on the subscription within {self._ping_timeout}s"
                     )
@@ -229,13 +251,13 @@ class BlocklistMirror:
                     # Everything published before the PING has been applied by now.
                     self._mark_synced(ping_wall)
                 ping_sent = None
-                next_ping = time.monotonic() + self._ping_interval
+                next_ping = clock.monotonic() + self._ping_interval
             elif kind == "message" and message is not None:
                 event = edgeview.decode(message["data"])
                 if event is not None and event.kind == "resync":
                     await self._load()
                 elif event is not None:
                     self.apply(event)
-            if time.monotonic() >= next_resync:
+            if clock.monotonic() >= next_resync:
                 await self._load()
-                next_resync = time.monotonic() + self._resync_seconds
+                next_resync = clock.monotonic() + self._resync_seconds

@@ -174,10 +174,10 @@ class EdgeServer:
     async def _stop_tasks(self) -> None:
         """Cancel the background tasks and wait for them, within a deadline.
 
-        Cancelled again while they run: a task can swallow one cancellation (the blocklist
-        mirror was seen reading its pub/sub on, cancellation requested, after the event loop's
-        shutdown cancelled it; a second cancellation ended it), and a task left running would
-        hang the event loop's own shutdown, which waits for all."""
+        Cancelled again while they run: on Python 3.11 ``asyncio.wait_for`` (inside redis-py
+        and asyncpg) drops a cancellation that lands as the awaited call completes. The
+        blocklist mirror now raises such a lost cancellation itself; the repeat is for any
+        other task, since one left running would hang the event loop's shutdown."""
         tasks, self._tasks = self._tasks, []
         deadline = time.monotonic() + _TASKS_GRACE_SECONDS
         pending = set(tasks)
