@@ -92,6 +92,7 @@ def _assert_png(path: Path) -> None:
     assert width > 0 and height > 0
 
 
+@pytest.mark.slow
 def test_quick_with_fallbacks(tmp_path: Path) -> None:
     """Without nginx and wrk (forced here), every built-in fallback runs."""
     report = _run(tmp_path, "--no-nginx", "--no-wrk")
@@ -110,6 +111,7 @@ def test_quick_with_fallbacks(tmp_path: Path) -> None:
     _assert_png(tmp_path / "latest.png")
 
 
+@pytest.mark.slow
 def test_quick_with_installed_tools(tmp_path: Path) -> None:
     """With whatever is installed (nginx and wrk if present); only the non-gatekeeper part."""
     report = _run(tmp_path, "--only", "direct,nginx,naive")
