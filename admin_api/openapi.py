@@ -1,6 +1,6 @@
 """The OpenAPI 3.1 document of the admin API and a self-contained browsable page of it.
 
-The document is built from the table :data:`OPERATIONS` and the schemas of
+The document is built from the table of :mod:`admin_api.operations` and the schemas of
 :mod:`admin_api.schemas`; a test checks that it names exactly the routes the app serves.
 ``/docs`` renders the same document as plain HTML on the server (no script, no CDN), so it
 works offline and behind strict content security policies.
@@ -10,29 +10,20 @@ from __future__ import annotations
 
 import html
 import json
-from dataclasses import dataclass, field
 from typing import Any, Final
 
 from aiohttp import web
 
-from admin_api.auth import DEVICE_READ, DEVICE_WRITE, TOKEN_READ, TOKEN_WRITE
-from admin_api.schemas import (
-    API_KEY,
-    CURSOR,
-    REQUEST_SCHEMAS,
-    RESPONSE_SCHEMAS,
-    SEARCH_TEXT,
-)
-from admin_api.validation import DEFAULT_LIMIT, MAX_LIMIT
-from gatekeeper.domain.identity import DEVICE_ID_PATTERN, TENANT_ID_PATTERN
+from admin_api.operations import OPERATIONS, PARAMETERS, Operation
+from admin_api.schemas import REQUEST_SCHEMAS, RESPONSE_SCHEMAS
 
-__all__ = ["OPERATIONS", "Operation", "build_document", "docs_page", "openapi_json"]
+__all__ = ["build_document", "docs_page", "openapi_json"]
 
 _ERRORS: Final = {
     400: "Malformed request: not valid HTTP, or malformed JSON or query parameters",
     401: "Missing or invalid credentials",
     403: "Wrong tenant, missing scope, or (connect) a blocked or disabled device",
-    404: "Unknown resource",
+    404: "Unknown resource (also: a tenant id of a form no tenant can have)",
     409: "Conflict with the resource's state",
     413: "Request body too large",
     415: "Request body is not application/json",
@@ -45,234 +36,7 @@ _AUTH_ERRORS: Final = (401, 403)
 # The HTTP layer answers these before any route is chosen (admin_api.server), so every
 # operation can: a request aiohttp cannot parse, a header line over the limit.
 _HTTP_ERRORS: Final = (400, 431)
-_BODY_ERRORS: Final = (400, 413, 415, 422)
 
-
-@dataclass(frozen=True)
-class Operation:
-    method: str
-    path: str
-    summary: str
-    tag: str
-    scope: str | None = None  # None: no bearer token (ops routes, device connect)
-    params: tuple[str, ...] = ()
-    body: str | None = None
-    body_required: bool = True
-    status: int = 200
-    result: str | None = None  # a component schema name, or None for no body
-    media: str = "application/json"
-    errors: tuple[int, ...] = ()
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-_DEV = "/api/{tenantId}/devices/{deviceId}"
-_LINK = {"Link": 'RFC 8288 link to the next page: `<url>; rel="next"`, absent on the last page'}
-
-OPERATIONS: Final[tuple[Operation, ...]] = (
-    Operation(
-        "get",
-        "/api/{tenantId}/devices",
-        "List devices (most recently active first; "
-        "never-active last; ties by deviceId descending). `Accept: text/csv` streams CSV: "
-        "the whole list, or one page when `limit` is given.",
-        "devices",
-        DEVICE_READ,
-        ("tenantId", "q", "blocked", "limit", "cursor"),
-        result="DeviceList",
-        errors=(400,),
-        headers=_LINK,
-    ),
-    Operation(
-        "post",
-        "/api/{tenantId}/devices",
-        "Create a device (deviceId optional; generated when absent)",
-        "devices",
-        DEVICE_WRITE,
-        ("tenantId",),
-        body="CreateDevice",
-        status=201,
-        result="Device",
-        errors=(*_BODY_ERRORS, 409),
-        headers={"Location": "URL of the new device"},
-    ),
-    Operation(
-        "get",
-        _DEV,
-        "Read a device",
-        "devices",
-        DEVICE_READ,
-        ("tenantId", "deviceId"),
-        result="Device",
-        errors=(404,),
-    ),
-    Operation(
-        "put",
-        _DEV,
-        "Update name, description and/or isEnabled (fields not given are kept)",
-        "devices",
-        DEVICE_WRITE,
-        ("tenantId", "deviceId"),
-        body="UpdateDevice",
-        result="Device",
-        errors=(*_BODY_ERRORS, 404),
-    ),
-    Operation(
-        "delete",
-        _DEV,
-        "Delete a device and revoke its API keys",
-        "devices",
-        DEVICE_WRITE,
-        ("tenantId", "deviceId"),
-        status=204,
-        errors=(404, 409),
-    ),
-    Operation(
-        "post",
-        _DEV + "/block",
-        "Block a device (idempotent)",
-        "devices",
-        DEVICE_WRITE,
-        ("tenantId", "deviceId"),
-        body="BlockRequest",
-        body_required=False,
-        result="Device",
-        errors=(*_BODY_ERRORS, 404),
-    ),
-    Operation(
-        "post",
-        _DEV + "/unblock",
-        "Unblock a device (idempotent)",
-        "devices",
-        DEVICE_WRITE,
-        ("tenantId", "deviceId"),
-        result="Device",
-        errors=(*_BODY_ERRORS, 404),
-    ),
-    Operation(
-        "get",
-        _DEV + "/history",
-        "Attribute changes, newest first",
-        "devices",
-        DEVICE_READ,
-        ("tenantId", "deviceId", "limit", "cursor"),
-        result="HistoryList",
-        errors=(400, 404),
-        headers=_LINK,
-    ),
-    Operation(
-        "post",
-        _DEV + "/connect",
-        "A device connects with its API key and gets its settings",
-        "connections",
-        None,
-        ("tenantId", "deviceId", "X-Api-Key"),
-        result="ConnectResult",
-        errors=(*_BODY_ERRORS, 401, 403),
-    ),
-    Operation(
-        "post",
-        _DEV + "/connections/reset",
-        "Issue a new API key; old keys are revoked now or after graceSeconds",
-        "connections",
-        DEVICE_WRITE,
-        ("tenantId", "deviceId"),
-        body="ResetRequest",
-        body_required=False,
-        result="ConnectionReset",
-        errors=(*_BODY_ERRORS, 404, 503),
-    ),
-    Operation(
-        "post",
-        "/api/{tenantId}/tokens",
-        "Create a personal access token (the secret is shown only in this response)",
-        "tokens",
-        TOKEN_WRITE,
-        ("tenantId",),
-        body="CreateToken",
-        status=201,
-        result="CreatedToken",
-        errors=(*_BODY_ERRORS, 503),
-        headers={"Location": "URL of the new token"},
-    ),
-    Operation(
-        "get",
-        "/api/{tenantId}/tokens",
-        "List personal access tokens (no secrets)",
-        "tokens",
-        TOKEN_READ,
-        ("tenantId",),
-        result="TokenList",
-        errors=(400,),
-    ),
-    Operation(
-        "delete",
-        "/api/{tenantId}/tokens/{tokenId}",
-        "Revoke a personal access token (idempotent)",
-        "tokens",
-        TOKEN_WRITE,
-        ("tenantId", "tokenId"),
-        status=204,
-        errors=(404,),
-    ),
-    Operation(
-        "get",
-        "/api/{tenantId}/audit",
-        "Audit log, newest first",
-        "audit",
-        DEVICE_READ,
-        ("tenantId", "limit", "cursor"),
-        result="AuditList",
-        errors=(400,),
-        headers=_LINK,
-    ),
-    Operation("get", "/openapi.json", "This document", "meta", result="OpenApiDocument"),
-    Operation("get", "/docs", "A browsable page of this document", "meta", media="text/html"),
-    Operation("get", "/metrics", "Prometheus metrics", "ops", media="text/plain"),
-    Operation("get", "/healthz", "Liveness", "ops", result="Health"),
-    Operation(
-        "get",
-        "/readyz",
-        "Readiness: Postgres and Redis reachable",
-        "ops",
-        result="Health",
-        errors=(503,),
-    ),
-)
-
-_PARAMETERS: Final[dict[str, dict[str, Any]]] = {
-    "tenantId": {
-        "in": "path",
-        "required": True,
-        "schema": {"type": "string", "pattern": TENANT_ID_PATTERN},
-        "description": "Must equal the token's tenant claim; any other form is 404",
-    },
-    "deviceId": {
-        "in": "path",
-        "required": True,
-        "schema": {"type": "string", "pattern": DEVICE_ID_PATTERN},
-    },
-    "tokenId": {"in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}},
-    "q": {
-        "in": "query",
-        "schema": SEARCH_TEXT,
-        "description": "Case-insensitive substring of name or deviceId",
-    },
-    "blocked": {
-        "in": "query",
-        "schema": {"type": "string", "enum": ["all", "hide", "only"], "default": "all"},
-    },
-    "limit": {
-        "in": "query",
-        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
-    },
-    "cursor": {"in": "query", "schema": CURSOR, "description": CURSOR["description"]},
-    "X-Api-Key": {
-        "in": "header",
-        "required": True,
-        "schema": API_KEY,
-        "description": "The device's API key",
-    },
-}
 
 _EXTRA_SCHEMAS: Final[dict[str, Any]] = {
     "HistoryList": {"type": "array", "items": {"$ref": "#/components/schemas/HistoryRecord"}},
@@ -299,10 +63,19 @@ def _operation(op: Operation) -> dict[str, Any]:
             for name, text in op.headers.items()
         }
     responses: dict[str, Any] = {str(op.status): success}
-    # Every route under /api needs Postgres: down, hung or saturated, it answers 503.
+    # Every route under /api needs Postgres: down, hung or saturated, it answers 503; and a
+    # tenant id of a form no tenant can have is 404 on every one of them (admin_api.app).
     store_errors = (503,) if op.path.startswith("/api/") else ()
+    tenant_errors = (404,) if "tenantId" in op.params else ()
     errors = sorted(
-        {*op.errors, *(_AUTH_ERRORS if op.scope else ()), *store_errors, *_HTTP_ERRORS, 500}
+        {
+            *op.errors,
+            *(_AUTH_ERRORS if op.scope else ()),
+            *store_errors,
+            *tenant_errors,
+            *_HTTP_ERRORS,
+            500,
+        }
     )
     for status in errors:
         responses[str(status)] = {"$ref": f"#/components/responses/Error{status}"}
@@ -314,7 +87,7 @@ def _operation(op: Operation) -> dict[str, Any]:
         .replace(".", "_"),
         "summary": op.summary,
         "tags": [op.tag],
-        "parameters": [{"name": name, **_PARAMETERS[name]} for name in op.params],
+        "parameters": [{"name": name, **PARAMETERS[name]} for name in op.params],
         "responses": responses,
         "security": [{"bearerAuth": [op.scope]}]
         if op.scope
