@@ -30,6 +30,7 @@ __all__ = [
     "RawResponse",
     "eventually",
     "metric_value",
+    "raw_bytes",
     "raw_exchange",
 ]
 
@@ -116,21 +117,32 @@ class RawResponse:
     body: bytes = field(repr=False)
 
 
-async def raw_exchange(port: int, data: bytes, timeout: float = 5.0) -> RawResponse:
-    """Send ``data`` as is on a fresh connection and read the answer until the server closes
-    (send ``Connection: close``; the server closes after a parse error anyway)."""
+async def raw_bytes(
+    port: int, data: bytes, timeout: float = 5.0, *, quiet_after: float | None = None
+) -> bytes:
+    """Send ``data`` as is on a fresh connection; everything the server answers until it closes.
+    With ``quiet_after``, stop waiting after that long instead of failing (a connection kept
+    alive, or a head left unfinished on purpose)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    raw = b""
     try:
         writer.write(data)
         await writer.drain()
-        raw = b""
-        async with asyncio.timeout(timeout):
-            while chunk := await reader.read(65536):
-                raw += chunk
+        with contextlib.suppress(*(() if quiet_after is None else (TimeoutError, ConnectionError))):
+            async with asyncio.timeout(timeout if quiet_after is None else quiet_after):
+                while chunk := await reader.read(65536):
+                    raw += chunk
     finally:
         writer.close()
         with contextlib.suppress(ConnectionError):
             await writer.wait_closed()
+    return raw
+
+
+async def raw_exchange(port: int, data: bytes, timeout: float = 5.0) -> RawResponse:
+    """Send ``data`` as is on a fresh connection and read the answer until the server closes
+    (send ``Connection: close``; the server closes after a parse error anyway)."""
+    raw = await raw_bytes(port, data, timeout)
     if not raw:
         return RawResponse(0, {}, b"")  # closed without an answer
     head, _, body = raw.partition(b"\r\n\r\n")

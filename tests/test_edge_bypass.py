@@ -11,7 +11,6 @@ be no, for every case. Seeded (``derandomize``) and bounded, so CI runs the same
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
@@ -19,6 +18,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 from conftest import EdgeFactory
+from edgerig import raw_bytes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from recording_upstream import RecordingUpstream
@@ -74,22 +74,9 @@ def _run(coro: Coroutine[Any, Any, None]) -> None:
 
 
 async def _send(port: int, data: bytes, wait: float = 2.0) -> bytes:
-    """Send ``data``; what comes back until the proxy closes or ``wait`` passes (a head the
-    fuzzer left unfinished is still waiting for more)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(data)
-        await writer.drain()
-        raw = b""
-        with contextlib.suppress(TimeoutError, ConnectionError):
-            async with asyncio.timeout(wait):
-                while chunk := await reader.read(65536):
-                    raw += chunk
-        return raw
-    finally:
-        writer.close()
-        with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()
+    """What comes back until the proxy closes or ``wait`` passes (a head the fuzzer left
+    unfinished is still waiting for more)."""
+    return await raw_bytes(port, data, quiet_after=wait)
 
 
 class Corpus:

@@ -17,7 +17,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 from conftest import EdgeFactory
-from edgerig import raw_exchange
+from edgerig import raw_bytes, raw_exchange
 from recording_upstream import RecordingUpstream
 
 from gatekeeper.edge.server import EdgeServer
@@ -66,23 +66,6 @@ def _get(target: bytes, *headers: bytes, close: bool = True) -> bytes:
     )
 
 
-async def _exchange_all(port: int, data: bytes, timeout: float = 5.0) -> bytes:
-    """Everything the proxy answers to ``data`` on one connection, until it closes."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(data)
-        await writer.drain()
-        raw = b""
-        async with asyncio.timeout(timeout):
-            while chunk := await reader.read(65536):
-                raw += chunk
-        return raw
-    finally:
-        writer.close()
-        with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()
-
-
 def _statuses(raw: bytes) -> list[int]:
     return [int(code) for code in re.findall(rb"HTTP/1\.1 (\d{3}) ", raw)]
 
@@ -104,7 +87,7 @@ async def test_a_refused_upgrade_does_not_open_a_tunnel(
     edge: EdgeServer, upstream: RecordingUpstream, upgrade: bytes
 ) -> None:
     smuggled = _get(b"/api/acme/secret", b"X-Device-Id: " + BLOCKED.encode())
-    raw = await _exchange_all(
+    raw = await raw_bytes(
         edge.proxy_port,
         b"GET /api/acme/refuse HTTP/1.1\r\nHost: edge\r\nX-Device-Id: fine\r\n"
         + upgrade
@@ -136,7 +119,7 @@ async def test_a_websocket_tunnel_opens_only_after_101(
 
 
 async def test_connect_is_405(edge: EdgeServer, upstream: RecordingUpstream) -> None:
-    raw = await _exchange_all(
+    raw = await raw_bytes(
         edge.proxy_port,
         b"CONNECT upstream:80 HTTP/1.1\r\nHost: upstream:80\r\n\r\n"
         + _get(b"/api/acme/x", b"X-Device-Id: " + BLOCKED.encode()),

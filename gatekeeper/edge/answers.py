@@ -28,6 +28,7 @@ __all__ = [
     "DISABLED_RESPONSES",
     "REQUEST_DURATION",
     "UPSTREAM_DURATION",
+    "body_too_large",
     "problem",
 ]
 
@@ -69,6 +70,20 @@ def problem(
     )
     if close:
         request.keep_alive = False
+
+
+def body_too_large(conn: ClientConnection, request: Request, limit: int) -> None:
+    """413, by its declared length or by what arrived; the connection closes (the rest of the
+    body is never read)."""
+    COUNT_TOO_LARGE.inc()
+    problem(
+        conn,
+        request,
+        413,
+        "Request body too large",
+        f"The body limit is {limit} bytes.",
+        close=True,
+    )
 
 
 # Denials are pre-encoded (status line, then the Date, then the rest): the hot path for a

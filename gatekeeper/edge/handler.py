@@ -19,11 +19,11 @@ from gatekeeper.edge.answers import (
     COUNT_BLOCKED,
     COUNT_DISABLED,
     COUNT_INVALID,
-    COUNT_TOO_LARGE,
     COUNT_UNAVAILABLE,
     DENIAL_STATUS_LINE,
     DISABLED_RESPONSES,
     REQUEST_DURATION,
+    body_too_large,
     problem,
 )
 from gatekeeper.edge.blocklist import BLOCKED, BlocklistMirror
@@ -214,14 +214,6 @@ class EdgeHandler:
                 return False
         length = request.content_length
         if length is not None and length > self._max_body:
-            COUNT_TOO_LARGE.inc()
-            problem(
-                conn,
-                request,
-                413,
-                "Request body too large",
-                f"The body limit is {self._max_body} bytes.",
-                close=True,
-            )
+            body_too_large(conn, request, self._max_body)
             return False
         return True

@@ -14,10 +14,10 @@ from collections.abc import AsyncIterator
 from gatekeeper.edge.answers import (
     COUNT_FORWARDED,
     COUNT_INVALID,
-    COUNT_TOO_LARGE,
     COUNT_UPSTREAM_ERROR,
     COUNT_UPSTREAM_TIMEOUT,
     UPSTREAM_DURATION,
+    body_too_large,
     problem,
 )
 from gatekeeper.edge.forward import RequestHeadBuilder, RequestIds, response_head
@@ -108,15 +108,7 @@ class Relay:
                 retryable=request.method in IDEMPOTENT,
             )
         except _BodyTooLarge:
-            COUNT_TOO_LARGE.inc()
-            problem(
-                conn,
-                request,
-                413,
-                "Request body too large",
-                f"The body limit is {self._max_body} bytes.",
-                close=True,
-            )
+            body_too_large(conn, request, self._max_body)
             return
         except BadRequestBody as exc:
             COUNT_INVALID.inc()
