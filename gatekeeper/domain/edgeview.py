@@ -18,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from gatekeeper.types import DeviceKey
+
 __all__ = [
     "BLOCKED_SET",
     "CHANNEL",
@@ -44,7 +46,7 @@ def member(tenant_id: str, device_id: str) -> str:
     return f"{tenant_id} {device_id}"
 
 
-def split_member(value: str) -> tuple[str, str]:
+def split_member(value: str) -> DeviceKey:
     tenant_id, _, device_id = value.partition(" ")
     return tenant_id, device_id
 
