@@ -4,8 +4,13 @@ the drain left; a failed start leaves nothing behind (docs/decisions.md, "Shutdo
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
+import time
 
-from conftest import Stores
+import pytest
+from conftest import EdgeFactory, Stores
+from edgerig import CountingUpstream, eventually, raw_bytes
 
 from gatekeeper.edge.blocklist import BlocklistMirror
 from gatekeeper.store.clients import open_redis
@@ -33,3 +38,43 @@ async def test_one_cancel_ends_the_mirror(stores: Stores) -> None:
             assert task.cancelled()
     finally:
         await redis.aclose()
+
+
+async def test_stop_cuts_what_the_drain_left(
+    edge_factory: EdgeFactory, tenant: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A request still waiting on its upstream at the drain deadline: its task is cancelled and
+    awaited by stop(), its connection is cut, and one WARNING line counts it."""
+    async with CountingUpstream(delay=4.0) as slow:
+        edge = await edge_factory(upstream=slow.url, shutdown_drain_seconds=0.2)
+        assert edge._server is not None
+        server = edge._server
+        call = asyncio.create_task(
+            raw_bytes(
+                edge.proxy_port,
+                f"GET /api/{tenant}/slow HTTP/1.1\r\nHost: x\r\nX-Device-Id: d1\r\n\r\n".encode(),
+            )
+        )
+
+        async def in_flight() -> bool:
+            return slow.in_flight == 1
+
+        assert await eventually(in_flight)
+        (task,) = server.tasks
+        caplog.set_level(logging.WARNING)
+        started = time.monotonic()
+        await edge.stop()
+        assert task.cancelled()
+        assert not server.tasks and not server.connections
+        assert await call == b""  # cut: no answer rather than a late one
+        assert time.monotonic() - started < 2.0  # the drain, then the hard phase at once
+    cut = [r for r in caplog.records if r.name == "gatekeeper.edge.http.server"]
+    assert [(r.levelno, r.getMessage()) for r in cut] == [
+        (
+            logging.WARNING,
+            "http shutdown: 1 request(s) still in flight after the 0.2 s drain were cut "
+            "(1 handler task(s) cancelled)",
+        )
+    ]
+    gc.collect()  # a task destroyed while pending would be reported now
+    assert not [r for r in caplog.records if "destroyed but it is pending" in r.getMessage()]

@@ -3,9 +3,10 @@
 Why not aiohttp's server here: per request it builds a request object, a case-insensitive header
 multidict, a response object and a writer, which cost more than the rest of a proxied request.
 The proxy needs less: the raw request line and headers as bytes, a body stream with
-back-pressure, and a way to write bytes back. Parsing is llhttp's (via httptools); this module only
-frames connections: keep-alive, pipelining (answered in order), limits, timeouts, draining, and
-handing an upgraded connection (WebSocket) over as a raw byte stream.
+back-pressure, and a way to write bytes back. Parsing is llhttp's (via httptools); each
+connection (:mod:`gatekeeper.edge.http.connection`) frames itself: keep-alive, pipelining
+(answered in order), limits, and handing an upgraded connection (WebSocket) over as a raw byte
+stream. This module owns them all: the shared Date header, timeouts, draining and shutdown.
 
 The admin API and the ops endpoints keep using aiohttp's full server.
 """
@@ -13,341 +14,23 @@ The admin API and the ops endpoints keep using aiohttp's full server.
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from email.utils import formatdate
-from typing import Any, cast
 
-import httptools
+from gatekeeper.edge.http.connection import ClientConnection, ClientDisconnected, Handler
 
-from gatekeeper.edge.http.flow import FlowControl
-from gatekeeper.edge.http.request import BadRequestBody, Request, RequestBody, simple_response
-from gatekeeper.problem import problem_body
-
-__all__ = ["ClientConnection", "ClientDisconnected", "HttpServer"]
+__all__ = ["ClientConnection", "ClientDisconnected", "Handler", "HttpServer"]
 
 _log = logging.getLogger(__name__)
 
-MAX_HEADERS = 100
-MAX_HEADER_BYTES = 32 * 1024  # request line + headers, as nginx's large_client_header_buffers
 KEEPALIVE_SECONDS = 75.0  # nginx's keepalive_timeout
 HEADER_SECONDS = 30.0  # time allowed to send a whole request head (slowloris guard)
 BODY_IDLE_SECONDS = 60.0  # longest pause between two pieces of a request body (nginx's default)
-
-Handler = Callable[["Request", "ClientConnection"], None]
-"""Starts answering a request; must end, now or later, with ``conn.request_done(request)``
-(directly, or by handing the rest to ``conn.spawn``)."""
-
-
-class ClientDisconnected(ConnectionResetError):
-    """The client went away while its answer was stuck in a paused buffer: raised by
-    :meth:`ClientConnection.drain`, so a handler stops streaming to nobody."""
-
-    def __str__(self) -> str:
-        return "client went away"
-
-
-class ClientConnection(asyncio.Protocol):
-    """One client connection: parses requests, runs the handler for each in order."""
-
-    __slots__ = (
-        "_broken",
-        "_busy",
-        "_flow",
-        "_handler",
-        "_head_bytes",
-        "_headers",
-        "_lookup",
-        "_parser",
-        "_parsing",
-        "_paused",
-        "_queue",
-        "_repeated",
-        "_server",
-        "_tunnel",
-        "_underscored",
-        "_upgrade_buffer",
-        "_url",
-        "busy_since",
-        "client_ip",
-        "closed",
-        "idle_since",
-        "transport",
-    )
-
-    def __init__(self, server: HttpServer) -> None:
-        self._server = server
-        self._handler = server.handler
-        self._parser = httptools.HttpRequestParser(self)
-        self.transport: asyncio.Transport | None = None
-        self.client_ip = ""
-        self.closed = False
-        self._url = b""
-        self._headers: list[tuple[bytes, bytes]] = []
-        self._lookup: dict[bytes, bytes] = {}
-        self._repeated: set[bytes] = set()
-        self._underscored: list[bytes] = []
-        self._head_bytes = 0
-        self._parsing: Request | None = None
-        self._queue: collections.deque[Request] = collections.deque()
-        self._busy = False  # a request is being answered (by a callback chain or a task)
-        self._broken = False  # the byte stream broke HTTP framing: read no further
-        self._paused = False
-        self._flow = FlowControl()
-        self._tunnel: Callable[[bytes | None], None] | None = None
-        # Bytes past an upgrade request's head, held until the handler decides: a tunnel (after
-        # the upstream's 101) or HTTP again (anything else). None: not upgrading.
-        self._upgrade_buffer: bytes | None = None
-        self.idle_since = time.monotonic()
-        self.busy_since = 0.0  # when the current request head began (0: none in progress)
-
-    # --- asyncio.Protocol -------------------------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-        peer = transport.get_extra_info("peername")
-        self.client_ip = peer[0] if peer else ""
-        self._server.connections.add(self)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self._server.connections.discard(self)
-        if self._tunnel is not None:
-            self._tunnel(None)
-        if self._parsing is not None and self._parsing.body is not None:
-            self._parsing.body._wake()
-        self._flow.connection_lost(ClientDisconnected)
-
-    def data_received(self, data: bytes) -> None:
-        if self._tunnel is not None:
-            self._tunnel(data)
-            return
-        if self._upgrade_buffer is not None:
-            self._upgrade_buffer += data
-            return
-        if self._broken:
-            return
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as upgrade:
-            offset = upgrade.args[0] if upgrade.args else len(data)
-            self._upgrade_leftover(data[offset:])
-        except httptools.HttpParserError as exc:
-            # httptools wraps exceptions raised in callbacks; ours says the head is too large.
-            cause = exc.__context__
-            body = self._parsing.body if self._parsing is not None else None
-            if self._busy and body is not None and not body._done:
-                # The head was handed over and its body turned out malformed: the handler is
-                # still the one to answer (400), then the connection closes.
-                self._broken = True
-                self._pause_reading()
-                body._fail(BadRequestBody(f"malformed request body: {exc}"))
-            elif isinstance(cause, _HeadTooLarge):
-                self._reject(431, "Request header fields too large", str(cause))
-            else:
-                self._reject(400, "Bad request", f"Malformed HTTP request: {exc}")
-
-    def pause_writing(self) -> None:
-        self._flow.pause_writing()
-
-    def resume_writing(self) -> None:
-        self._flow.resume_writing()
-
-    # --- httptools callbacks ----------------------------------------------------------------
-    def on_message_begin(self) -> None:
-        self._url = b""
-        self._headers = []
-        self._lookup = {}
-        self._repeated = set()
-        self._underscored = []
-        self._head_bytes = 0
-        self.busy_since = time.monotonic()
-
-    def on_url(self, url: bytes) -> None:
-        self._url += url
-        self._head_bytes += len(url)
-        if self._head_bytes > MAX_HEADER_BYTES:
-            raise _HeadTooLarge("the request line is too long")
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_bytes += len(name) + len(value) + 4
-        if self._head_bytes > MAX_HEADER_BYTES:
-            raise _HeadTooLarge(f"request headers exceed {MAX_HEADER_BYTES} bytes")
-        if len(self._headers) >= MAX_HEADERS:
-            raise _HeadTooLarge(f"more than {MAX_HEADERS} request headers")
-        self._headers.append((name, value))
-        lname = name.lower()
-        if 95 in name:  # b"_": an int look-up is a memchr; a bytes one costs ~10x (measured)
-            self._underscored.append(lname)
-        if lname in self._lookup:
-            # Which copy would the upstream believe? Let the handler refuse where it matters.
-            self._repeated.add(lname)
-        self._lookup[lname] = value
-
-    def on_headers_complete(self) -> None:
-        if self.closed:
-            return
-        parser = self._parser
-        request = Request(
-            parser.get_method().decode("ascii", "replace"),
-            self._url.decode("latin-1"),
-            parser.get_http_version(),
-            self._headers,
-            self._lookup,
-            parser.should_keep_alive() and not self._server.draining,
-            parser.should_upgrade(),
-        )
-        request.repeated = self._repeated
-        request.underscored = self._underscored
-        if request.chunked or (request.content_length or 0) > 0:
-            request.body = RequestBody(self, self._server.body_idle_seconds)
-        self._parsing = request
-        self.busy_since = 0.0
-        if not self._busy:
-            self._start(request)
-        else:
-            # Pipelined: answer in order. Stop reading until the queue is worked off.
-            self._queue.append(request)
-            self._pause_reading()
-
-    def on_body(self, body: bytes) -> None:
-        request = self._parsing
-        if request is not None and request.body is not None:
-            request.body._feed(body)
-
-    def on_message_complete(self) -> None:
-        request = self._parsing
-        if request is not None and request.body is not None:
-            request.body._finish()
-
-    # --- running handlers -------------------------------------------------------------------
-    def _start(self, request: Request) -> None:
-        self._busy = True
-        try:
-            self._handler(request, self)
-        except Exception:
-            _log.exception("unhandled error in the proxy handler")
-            self.close()
-            self.request_done(request)
-
-    def spawn(self, request: Request, work: Coroutine[Any, Any, None]) -> None:
-        """Finish ``request`` in a task (for handlers that must wait); ends with request_done."""
-        task = asyncio.get_running_loop().create_task(self._finish_in_task(request, work))
-        self._server.tasks.add(task)
-        task.add_done_callback(self._server.tasks.discard)
-
-    async def _finish_in_task(self, request: Request, work: Coroutine[Any, Any, None]) -> None:
-        try:
-            await work
-        except ClientDisconnected:
-            pass  # the client left mid-answer: nobody to answer, and no fault of the handler
-        except Exception:
-            _log.exception("unhandled error in the proxy handler")
-            self.close()
-        self.request_done(request)
-
-    def request_done(self, request: Request) -> None:
-        """The handler has answered ``request``: go on with the connection's next request."""
-        if not self._busy:
-            return
-        self._busy = False
-        if self.closed or self._tunnel is not None:
-            return
-        if not request.keep_alive or (request.body is not None and not request.body.complete):
-            # The client asked to close, or part of its body was never read: the parser can't be
-            # trusted to find the next request, so close rather than guess.
-            self.close()
-            return
-        self.idle_since = time.monotonic()
-        if request.upgrade:
-            self._resume_http()
-            return
-        if self._queue:
-            self._start(self._queue.popleft())
-            if not self._queue:
-                self._resume_reading()
-        elif self._server.draining:
-            self.close()
-
-    # --- writing ----------------------------------------------------------------------------
-    def write(self, data: bytes) -> None:
-        if not self.closed and self.transport is not None:
-            self.transport.write(data)
-
-    def drain(self) -> Coroutine[Any, Any, None]:
-        """Await after a write: returns once the client has taken enough of the buffer, raises
-        :class:`ClientDisconnected` if it went away meanwhile."""
-        return self._flow.drain()  # not a coroutine of its own: one allocation per drain, not two
-
-    def close(self) -> None:
-        if not self.closed and self.transport is not None:
-            self.closed = True
-            self.transport.close()
-
-    @property
-    def date_header(self) -> bytes:
-        return self._server.date_header
-
-    # --- flow control and errors ------------------------------------------------------------
-    def _pause_reading(self) -> None:
-        if not self._paused and self.transport is not None and not self.closed:
-            self._paused = True
-            self.transport.pause_reading()
-
-    def _resume_reading(self) -> None:
-        if self._paused and self.transport is not None and not self.closed and not self._queue:
-            self._paused = False
-            self.transport.resume_reading()
-
-    def _reject(self, status: int, title: str, detail: str) -> None:
-        self._server.on_rejected()
-        if not self._busy:
-            body = problem_body(status, title, detail)
-            self.write(
-                simple_response(
-                    status,
-                    title,
-                    body,
-                    b"application/problem+json",
-                    close=True,
-                    date=self._server.date_header,
-                )
-            )
-        self.close()
-
-    # --- upgrades ---------------------------------------------------------------------------
-    def take_over(self, sink: Callable[[bytes | None], None]) -> bytes:
-        """Route every further byte from the client to ``sink`` (None when the client closes);
-        returns what had already arrived past the upgrade request's head. Call only once the
-        upstream has switched protocols (101): until then the bytes are HTTP."""
-        self._tunnel = sink
-        leftover, self._upgrade_buffer = self._upgrade_buffer or b"", None
-        self._resume_reading()
-        return leftover
-
-    def _upgrade_leftover(self, data: bytes) -> None:
-        # llhttp stops at an upgrade request's head. What follows is the new protocol only if
-        # the upstream agrees (101); hold it, and read no more, until the handler has decided.
-        self._upgrade_buffer = data
-        self._pause_reading()
-
-    def _resume_http(self) -> None:
-        """An upgrade that did not happen (refused, denied, or not a WebSocket): what the client
-        sent after it is HTTP again, parsed and checked like any other request (a fresh parser,
-        since llhttp stays in its upgraded state)."""
-        held, self._upgrade_buffer = self._upgrade_buffer or b"", None
-        self._parser = httptools.HttpRequestParser(self)
-        self._parsing = None
-        self._resume_reading()
-        if held:
-            self.data_received(held)
-        elif self._server.draining:
-            self.close()
-
-
-class _HeadTooLarge(Exception):
-    pass
+# How long the hard phase waits for cancelled handler tasks. They end at their next await; the
+# deadline is for one that does not (Python 3.11's wait_for can drop a cancellation).
+CANCEL_GRACE_SECONDS = 1.0
 
 
 class HttpServer:
@@ -398,17 +81,72 @@ class HttpServer:
                     conn.close()
 
     async def shutdown(self, timeout: float) -> None:
-        """Close idle connections now, let busy ones finish their request, then close all."""
+        """Drain, then cut. Call once the listener has stopped accepting (a connection accepted
+        during the drain would only be cut at its deadline).
+
+        Graceful phase, up to ``timeout`` seconds: idle connections close now, busy ones finish
+        their request and close after it (draining turns keep-alive off). Hard phase, for what
+        is left at the deadline: :meth:`terminate`, then wait for the cancelled handler tasks,
+        with one WARNING line counting what was cut. Cancelled itself, it still terminates: a
+        shutdown never leaves sockets open or tasks running."""
         self.draining = True
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        try:
+            await self._drain(time.monotonic() + timeout)
+        except BaseException:
+            self.terminate()
+            raise
+        requests = sum(conn.requests_in_flight for conn in self.connections)
+        tasks = self.terminate()
+        if requests or tasks:
+            _log.warning(
+                "http shutdown: %d request(s) still in flight after the %.1f s drain were cut "
+                "(%d handler task(s) cancelled)",
+                requests,
+                timeout,
+                len(tasks),
+            )
+        if self._sweeper is not None:
+            tasks.append(self._sweeper)
+        await _wait_cancelled(tasks)
+
+    async def _drain(self, deadline: float) -> None:
+        while True:
             for conn in list(self.connections):
-                if not conn._busy and not conn._queue and not conn.busy_since:
+                if not conn.requests_in_flight:
                     conn.close()
-            if not self.connections:
-                break
+            if (not self.connections and not self.tasks) or time.monotonic() >= deadline:
+                return
             await asyncio.sleep(0.02)
-        for conn in list(self.connections):
-            conn.close()
+
+    def terminate(self) -> list[asyncio.Task[None]]:
+        """Stop at once: cancel the handler tasks and the sweep, cut every connection. Returns
+        the handler tasks it cancelled, for the caller to await (``shutdown`` does)."""
+        self.draining = True
+        # Tasks are cancelled before their connections are cut: a cancelled handler stops at
+        # its next await, instead of first running on against a closed connection.
+        tasks = [task for task in self.tasks if not task.done()]
+        for task in tasks:
+            task.cancel()
         if self._sweeper is not None:
             self._sweeper.cancel()
+        # abort(), not close(): what was not sent yet would go to a client whose answer is cut.
+        for conn in list(self.connections):
+            conn.abort()
+        return tasks
+
+
+async def _wait_cancelled(tasks: list[asyncio.Task[None]]) -> None:
+    """Wait for cancelled tasks to end, cancelling again one that lost its cancellation."""
+    pending = {task for task in tasks if not task.done()}
+    for _ in range(2):
+        if not pending:
+            return
+        _, pending = await asyncio.wait(pending, timeout=CANCEL_GRACE_SECONDS / 2)
+        for task in pending:
+            task.cancel()
+    if pending:
+        _log.error(
+            "http shutdown: %d task(s) ignored cancellation and are abandoned: %s",
+            len(pending),
+            ", ".join(t.get_name() for t in pending),
+        )
