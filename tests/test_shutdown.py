@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import time
 
 import pytest
@@ -78,3 +79,15 @@ async def test_stop_cuts_what_the_drain_left(
     ]
     gc.collect()  # a task destroyed while pending would be reported now
     assert not [r for r in caplog.records if "destroyed but it is pending" in r.getMessage()]
+
+
+async def test_an_edge_server_leaves_the_process_settings_alone(
+    edge_factory: EdgeFactory,
+) -> None:
+    """GC tuning and the environment are the process's: the commands set them
+    (``gatekeeper.runtime.gc_tuning``), not the library class a test or an embedder starts."""
+    threshold, frozen, environ = gc.get_threshold(), gc.get_freeze_count(), dict(os.environ)
+    edge = await edge_factory()
+    await edge.stop()
+    assert (gc.get_threshold(), gc.get_freeze_count()) == (threshold, frozen)
+    assert dict(os.environ) == environ

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import socket
 import time
@@ -107,12 +106,6 @@ class EdgeServer:
             for sock in self._listener.sockets:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._stack = stack.pop_all()
-        # Everything allocated so far lives as long as the process: keep the collector from
-        # walking it again and again, and let the young generation grow before a pass (each
-        # full pass over a large heap is a pause every request in flight waits for).
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(50_000, 50, 1000)
         _log.info("proxy listening on %s:%d, upstream %s", s.host, self.proxy_port, s.upstream)
 
     def _build(self, pool: asyncpg.Pool) -> None:

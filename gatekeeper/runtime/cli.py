@@ -126,6 +126,7 @@ def _require_stores(settings: Settings) -> None:
 async def _proxy(settings: Settings) -> None:
     _require_stores(settings)
     from gatekeeper.edge.server import EdgeServer
+    from gatekeeper.runtime.gc_tuning import tune_gc_after_start
     from gatekeeper.runtime.supervisor import Supervisor
 
     if settings.workers > 1:
@@ -144,6 +145,7 @@ async def _proxy(settings: Settings) -> None:
         return
     edge = EdgeServer(settings)
     await edge.start()
+    tune_gc_after_start()
     try:
         await _until_signalled()
     finally:

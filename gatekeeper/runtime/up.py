@@ -17,6 +17,7 @@ from gatekeeper.edge.server import EdgeServer
 from gatekeeper.listening import check_port
 from gatekeeper.runtime.demo_upstream import create_demo_upstream
 from gatekeeper.runtime.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from gatekeeper.runtime.gc_tuning import tune_gc_after_start
 from gatekeeper.settings import Settings, SettingsError, mask_url
 from gatekeeper.store.migrate import migrate
 
@@ -119,6 +120,7 @@ async def run_stack(
         edge = EdgeServer(settings)
         await edge.start()
         stack.push_async_callback(edge.stop)
+        tune_gc_after_start()
         host = settings.host
         print(f"  proxy     http://{host}:{edge.proxy_port}  -> {mask_url(settings.upstream)}")
         print(f"  admin     http://{host}:{admin_service.port}  (docs at /docs)")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from gatekeeper.edge.server import EdgeServer
 from gatekeeper.listening import CANNOT_LISTEN, ListenError
+from gatekeeper.runtime.gc_tuning import tune_gc_after_start
 from gatekeeper.runtime.loop import run
 from gatekeeper.settings import Settings
 
@@ -36,6 +37,7 @@ async def _serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     edge = EdgeServer(settings, serve_ops=False, reuse_port=True)
     await edge.start()
+    tune_gc_after_start()
     watch = asyncio.create_task(_orphaned(os.getppid()))
     signalled = asyncio.create_task(stop.wait())
     await asyncio.wait([watch, signalled], return_when=asyncio.FIRST_COMPLETED)
