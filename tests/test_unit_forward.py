@@ -155,11 +155,7 @@ def test_a_sane_request_id_is_kept(given: bytes) -> None:
 @pytest.mark.parametrize(
     "given",
     [
-        # Found by this test; forward.py is outside this change. xfail_strict: fixing it makes
-        # this fail until the mark is removed.
-        pytest.param(
-            b"", marks=pytest.mark.xfail(reason="an empty X-Request-Id is kept as the id")
-        ),
+        b"",
         b"has space",
         b"x" * 201,
         b"caf\xc3\xa9",

@@ -65,7 +65,7 @@ class RequestIds:
         if given is None:
             return b"%s%016x" % (self._prefix, next(self._counter))
         if (
-            len(given) <= _MAX_REQUEST_ID
+            0 < len(given) <= _MAX_REQUEST_ID
             and given.isascii()
             and given.translate(None, _VISIBLE) == b""
         ):
