@@ -9,11 +9,15 @@ import logging
 import os
 import time
 
+import aiohttp
 import pytest
-from conftest import EdgeFactory, Stores
+from conftest import EdgeFactory, Stores, edge_settings
 from edgerig import CountingUpstream, eventually, raw_bytes
+from prometheus_client import CollectorRegistry, Histogram
 
+from gatekeeper.edge import metrics
 from gatekeeper.edge.blocklist import BlocklistMirror
+from gatekeeper.runtime.supervisor import Supervisor
 from gatekeeper.store.clients import open_redis
 
 
@@ -90,4 +94,49 @@ async def test_an_edge_server_leaves_the_process_settings_alone(
     edge = await edge_factory()
     await edge.stop()
     assert (gc.get_threshold(), gc.get_freeze_count()) == (threshold, frozen)
+    assert dict(os.environ) == environ
+
+
+def test_a_hot_histogram_adds_what_observe_would() -> None:
+    """``bulk_observer`` reaches into prometheus-client's Histogram: its bulk adds must expose
+    exactly what one ``observe()`` per value would."""
+    registry = CollectorRegistry()
+    direct = Histogram("direct_seconds", "d", buckets=(0.1, 1.0), registry=registry)
+    bulk = Histogram("bulk_seconds", "b", buckets=(0.1, 1.0), registry=registry)
+    hot = metrics.HotHistogram(bulk)
+    for value in (0.05, 0.1, 0.5, 3.0, 3.0):
+        direct.observe(value)
+        hot.observe(value)
+    hot.flush()
+
+    def samples(name: str) -> list[tuple[str, dict[str, str], float]]:
+        (family,) = [f for f in registry.collect() if f.name == name]
+        return [
+            (s.name.removeprefix(name), s.labels, s.value)
+            for s in family.samples
+            if not s.name.endswith("_created")
+        ]
+
+    assert samples("bulk_seconds") == samples("direct_seconds")
+
+
+async def test_a_supervisor_leaves_the_environment_alone(
+    stores: Stores, echo_upstream: str
+) -> None:
+    """The supervisor names its workers' metrics directory to its /metrics view instead of
+    writing ``PROMETHEUS_MULTIPROC_DIR`` into the process it shares with the command."""
+    environ = dict(os.environ)
+    supervisor = Supervisor(edge_settings(stores, echo_upstream, workers=2))
+    await supervisor.start()
+    try:
+        assert dict(os.environ) == environ
+        await supervisor.wait_ready()
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{supervisor.metrics_port}/metrics") as response,
+        ):
+            assert response.status == 200
+            assert "gatekeeper_ready" in await response.text()
+    finally:
+        await supervisor.stop()
     assert dict(os.environ) == environ

@@ -1,10 +1,10 @@
 """The proxy's Prometheus metrics, on a registry of their own.
 
-With several worker processes, ``PROMETHEUS_MULTIPROC_DIR`` is set before this module is imported
-(the supervisor does it), every worker writes its values to files there, and the
-supervisor's ``/metrics`` sums them. Gauges say how live workers combine: ``max`` for the
-mirror size, ``min`` for the last sync time (the stalest worker is the one to page about),
-``sum`` for pending activity.
+With several worker processes, ``PROMETHEUS_MULTIPROC_DIR`` is in each worker's environment
+from its start (the supervisor spawns them so), every worker writes its values to files there,
+and the supervisor's ``/metrics`` sums them (``exposition(directory)``). Gauges say how live
+workers combine: ``max`` for the mirror size, ``min`` for the last sync time (the stalest worker
+is the one to page about), ``sum`` for pending activity.
 
 Labels never carry a device id, a key or free-form text; the only label is a fixed outcome.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from bisect import bisect_left
+from collections.abc import Callable
 
 from prometheus_client import (
     CollectorRegistry,
@@ -42,6 +43,7 @@ __all__ = [
     "UPSTREAM_DURATION",
     "HotCounter",
     "HotHistogram",
+    "bulk_observer",
     "exposition",
     "flush_hot_metrics",
     "multiprocess_dir",
@@ -195,11 +197,10 @@ class HotCounter:
 class HotHistogram:
     """A histogram for the per-request path, flushed like :class:`HotCounter`."""
 
-    __slots__ = ("_bounds", "_counts", "_sum", "_target")
+    __slots__ = ("_add", "_bounds", "_counts", "_sum")
 
     def __init__(self, target: Histogram) -> None:
-        self._target = target
-        self._bounds: list[float] = list(target._upper_bounds)
+        self._bounds, self._add = bulk_observer(target)
         self._counts = [0] * len(self._bounds)
         self._sum = 0.0
         _HOT.append(self)
@@ -211,14 +212,28 @@ class HotHistogram:
     def flush(self) -> None:
         counts, self._counts = self._counts, [0] * len(self._bounds)
         total, self._sum = self._sum, 0.0
-        if not any(counts):
-            return
-        # The same per-bucket values Histogram.observe increments, added in bulk.
-        buckets = self._target._buckets
+        if any(counts):
+            self._add(counts, total)
+
+
+def bulk_observer(histogram: Histogram) -> tuple[list[float], Callable[[list[int], float], None]]:
+    """A histogram's bucket bounds, and a function that adds per-bucket counts and a sum in
+    bulk: the values ``Histogram.observe`` increments one observation at a time.
+
+    The one place that reads prometheus-client's private ``Histogram`` attributes
+    (``_upper_bounds``, ``_buckets``, ``_sum``: the same from 0.4 to 0.26); the library offers
+    no bulk observe. An upgrade that renames them fails here, at import, not per request."""
+    bounds: list[float] = list(histogram._upper_bounds)
+    buckets = histogram._buckets
+    total = histogram._sum
+
+    def add(counts: list[int], sum_: float) -> None:
         for i, count in enumerate(counts):
             if count:
                 buckets[i].inc(count)
-        self._target._sum.inc(total)
+        total.inc(sum_)
+
+    return bounds, add
 
 
 _HOT: list[HotCounter | HotHistogram] = []
@@ -229,10 +244,12 @@ def flush_hot_metrics() -> None:
         metric.flush()
 
 
-def exposition() -> bytes:
-    """The text exposition: this process's registry, or every worker's sum in multiprocess mode."""
+def exposition(directory: str | None = None) -> bytes:
+    """The text exposition: this process's registry, or every worker's sum in multiprocess mode.
+    ``directory``: the multiprocess directory to sum (the supervisor's, which does not write to
+    its own environment); by default the one this process was started with, if any."""
     flush_hot_metrics()
-    directory = multiprocess_dir()
+    directory = directory or multiprocess_dir()
     if directory is None:
         return generate_latest(REGISTRY)
     registry = CollectorRegistry()

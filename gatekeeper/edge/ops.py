@@ -21,11 +21,13 @@ Readiness = Callable[[], dict[str, bool]]
 """Returns named checks; the first key, ``ready``, is the verdict."""
 
 
-def create_ops_app(readiness: Readiness) -> web.Application:
+def create_ops_app(
+    readiness: Readiness, exposition: Callable[[], bytes] = metrics.exposition
+) -> web.Application:
+    """``exposition``: what ``/metrics`` serves (the supervisor's sums its workers')."""
+
     async def metrics_view(_request: web.Request) -> web.Response:
-        return web.Response(
-            body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST}
-        )
+        return web.Response(body=exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(_request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
+from gatekeeper.edge import metrics
 from gatekeeper.edge.ops import create_ops_app
 from gatekeeper.listening import CANNOT_LISTEN, check_port, listen_error
 from gatekeeper.runtime.embedded import free_port
@@ -90,8 +92,10 @@ class Supervisor:
             settings_file = self._dir / "settings.json"
             settings_file.write_text(json.dumps(s.to_mapping()))
             settings_file.chmod(0o600)
-            os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(self._dir / "metrics")
-            runner = web.AppRunner(create_ops_app(self.readiness), access_log=None)
+            # The workers' directory is named to the /metrics view, not written to this
+            # process's environment: the supervisor runs in the command's process.
+            summed = functools.partial(metrics.exposition, str(self._dir / "metrics"))
+            runner = web.AppRunner(create_ops_app(self.readiness, summed), access_log=None)
             await runner.setup()
             stack.push_async_callback(runner.cleanup)
             try:
