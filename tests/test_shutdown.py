@@ -4,10 +4,14 @@ the drain left; a failed start leaves nothing behind (docs/decisions.md, "Shutdo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
+import socket
 import time
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -17,6 +21,7 @@ from prometheus_client import CollectorRegistry, Histogram
 
 from gatekeeper.edge import metrics
 from gatekeeper.edge.blocklist import BlocklistMirror
+from gatekeeper.edge.server import EdgeServer
 from gatekeeper.runtime.supervisor import Supervisor
 from gatekeeper.store.clients import open_redis
 
@@ -140,3 +145,134 @@ async def test_a_supervisor_leaves_the_environment_alone(
     finally:
         await supervisor.stop()
     assert dict(os.environ) == environ
+
+
+# --- a start against stores that are not there, and stops ---------------------------------
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port  # nothing listens there once the probe is closed
+
+
+def _sockets() -> set[str]:
+    """This process's open sockets (by inode)."""
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the directory's own fd is gone by now
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith("socket:"):
+                found.add(target)
+    return found
+
+
+def _children() -> set[int]:
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                # The fields after the command (which may hold spaces): state, then the ppid.
+                if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid():
+                    found.add(int(entry))
+    return found
+
+
+def _others() -> set[asyncio.Task[object]]:
+    return {t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()}
+
+
+@contextlib.asynccontextmanager
+async def _leaves_nothing() -> AsyncIterator[None]:
+    """Asserts that the block leaves no task, socket or child process behind (a peer's end of
+    a loopback connection may take a few loop turns to close)."""
+    tasks, sockets, children = _others(), _sockets(), _children()
+    yield
+
+    async def clean() -> bool:
+        return _others() <= tasks and _sockets() <= sockets and _children() <= children
+
+    assert await eventually(clean, 2.0), (_others() - tasks, _sockets() - sockets)
+
+
+async def test_a_start_with_postgres_unreachable_serves_and_stops_clean(
+    stores: Stores, echo_upstream: str, tenant: str
+) -> None:
+    """No failure at the Postgres step: the pool opens empty (min_size=0), so the proxy serves
+    while Postgres is down, its activity buffered. Its stop still leaves nothing behind."""
+    async with _leaves_nothing():
+        settings = edge_settings(stores, echo_upstream, shutdown_drain_seconds=0.5)
+        edge = EdgeServer(
+            settings.replace(database_url=f"postgresql://gk@127.0.0.1:{_closed_port()}/gk")
+        )
+        await edge.start()
+        await edge.wait_ready()
+        answer = await raw_bytes(
+            edge.proxy_port,
+            f"GET /api/{tenant}/x HTTP/1.1\r\nHost: x\r\nX-Device-Id: d1\r\n"
+            "Connection: close\r\n\r\n".encode(),
+        )
+        assert answer.startswith(b"HTTP/1.1 200 ")
+        await edge.stop()
+        await edge.stop()  # a no-op
+
+
+async def test_a_start_with_redis_unreachable_is_unready_and_stops_clean(
+    stores: Stores, echo_upstream: str
+) -> None:
+    """No failure at the Redis step either: the client connects lazily and the mirror retries
+    in the background; the proxy is not ready (it fails closed) until the mirror loads."""
+    async with _leaves_nothing():
+        settings = edge_settings(stores, echo_upstream)
+        edge = EdgeServer(settings.replace(redis_url=f"redis://127.0.0.1:{_closed_port()}/0"))
+        await edge.start()
+        await asyncio.sleep(0.3)  # the mirror has failed and is backing off
+        assert not edge.readiness()["ready"] and edge.mirror.stale
+        started = time.monotonic()
+        await edge.stop()
+        assert time.monotonic() - started < 1.0  # one cancellation ends the mirror
+        await edge.stop()
+
+
+async def test_a_start_that_fails_at_the_redis_step_leaves_nothing(
+    stores: Stores, echo_upstream: str
+) -> None:
+    """What can fail there is the URL itself (redis-py checks it when the client is made)."""
+    async with _leaves_nothing():
+        settings = edge_settings(stores, echo_upstream)
+        edge = EdgeServer(settings.replace(redis_url="redis://127.0.0.1:1/0?socket_timeout=x"))
+        with pytest.raises(ValueError, match="socket_timeout"):
+            await edge.start()
+        await edge.stop()  # nothing to do
+        await edge.stop()
+        assert not edge.draining
+
+
+async def test_stop_during_traffic_answers_every_request_in_flight(
+    stores: Stores, tenant: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    n = 20
+    async with CountingUpstream(delay=0.5) as slow, _leaves_nothing():
+        edge = EdgeServer(edge_settings(stores, slow.url, shutdown_drain_seconds=5.0))
+        await edge.start()
+        await edge.wait_ready()
+        head = "GET /api/{}/x HTTP/1.1\r\nHost: x\r\nX-Device-Id: t{}\r\n\r\n"
+        calls = [
+            asyncio.create_task(raw_bytes(edge.proxy_port, head.format(tenant, i).encode()))
+            for i in range(n)
+        ]
+
+        async def all_in_flight() -> bool:
+            return slow.in_flight == n
+
+        assert await eventually(all_in_flight)
+        caplog.set_level(logging.WARNING)
+        await asyncio.gather(edge.stop(), edge.stop())  # the second finds nothing to do
+        answers = await asyncio.gather(*calls)
+        # Each answered in full, then its connection closed by the drain (raw_bytes reads to
+        # the close): these clients asked to keep it alive.
+        assert all(a.startswith(b"HTTP/1.1 200 ") and a.endswith(b"upstream ok") for a in answers)
+        await edge.stop()
+    assert not [r for r in caplog.records if r.name.startswith("gatekeeper.edge.http")]
