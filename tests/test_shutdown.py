@@ -22,6 +22,8 @@ from prometheus_client import CollectorRegistry, Histogram
 from gatekeeper.domain import edgeview
 from gatekeeper.edge import metrics
 from gatekeeper.edge.blocklist import BlocklistMirror
+from gatekeeper.edge.http.request import Request
+from gatekeeper.edge.http.server import ClientConnection, Handler, HttpServer
 from gatekeeper.edge.server import EdgeServer
 from gatekeeper.runtime.supervisor import Supervisor
 from gatekeeper.store.clients import open_redis
@@ -321,3 +323,95 @@ async def test_stop_during_traffic_answers_every_request_in_flight(
         assert all(a.startswith(b"HTTP/1.1 200 ") and a.endswith(b"upstream ok") for a in answers)
         await edge.stop()
     assert not [r for r in caplog.records if r.name.startswith("gatekeeper.edge.http")]
+
+
+# --- HttpServer on its own ------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def _http_server(handler: Handler) -> AsyncIterator[tuple[HttpServer, int]]:
+    server = HttpServer(handler)
+    server.start()
+    listener = await asyncio.get_running_loop().create_server(server, "127.0.0.1", 0)
+    try:
+        yield server, listener.sockets[0].getsockname()[1]
+    finally:
+        listener.close()
+        server.terminate()
+        await listener.wait_closed()
+
+
+async def _send(port: int, data: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    await writer.drain()
+    return reader, writer
+
+
+async def _closed_by_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+    try:
+        with contextlib.suppress(ConnectionError):
+            return await asyncio.wait_for(reader.read(), 2.0)
+        return b""
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+async def test_a_cancelled_shutdown_still_terminates() -> None:
+    """Cancelled during its drain, shutdown() cancels the handler tasks and cuts the
+    connections before it gives in: nothing is left running or open."""
+
+    async def never_answers() -> None:
+        await asyncio.Event().wait()
+
+    def handler(request: Request, conn: ClientConnection) -> None:
+        conn.spawn(request, never_answers())
+
+    async with _http_server(handler) as (server, port):
+        client = await _send(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+
+        async def spawned() -> bool:
+            return len(server.tasks) == 1
+
+        assert await eventually(spawned)
+        (task,) = server.tasks
+        shutdown = asyncio.create_task(server.shutdown(30.0))
+        await asyncio.sleep(0.1)
+        shutdown.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await shutdown
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        assert task.cancelled()
+        assert await _closed_by_server(*client) == b""
+        assert not server.connections
+
+
+async def test_the_hard_phase_counts_requests_without_tasks(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A request answered on callbacks (no task) and a head still arriving are cut and counted
+    as requests; no task was cancelled."""
+    answering: list[ClientConnection] = []
+
+    def handler(request: Request, conn: ClientConnection) -> None:
+        answering.append(conn)  # answers later, on a callback that never comes
+
+    async with _http_server(handler) as (server, port):
+        waiting = await _send(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        slow_head = await _send(port, b"GET / HTTP/1.1\r\nHost: x\r\n")
+
+        async def both_in_flight() -> bool:
+            return sum(c.requests_in_flight for c in server.connections) == 2
+
+        assert await eventually(both_in_flight)
+        caplog.set_level(logging.WARNING)
+        await server.shutdown(0.1)
+        assert await _closed_by_server(*waiting) == b""
+        assert await _closed_by_server(*slow_head) == b""
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("gatekeeper")] == [
+        "http shutdown: 2 request(s) still in flight after the 0.1 s drain were cut "
+        "(0 handler task(s) cancelled)"
+    ]
