@@ -105,6 +105,7 @@ async def _until_signalled(failed: asyncio.Event | None = None) -> None:
     finally:
         for wait in waits:
             wait.cancel()
+        await asyncio.wait(waits)  # ended, not left for the loop's shutdown to find
 
 
 def admin_service(settings: Settings) -> Service:

@@ -160,8 +160,13 @@ class Supervisor:
         self._stopping = True
         if self._monitor is not None:
             self._monitor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._monitor
+            # wait(), not a suppressed await: suppress(CancelledError) would also swallow a
+            # cancellation of stop() itself.
+            await asyncio.wait([self._monitor])
+            if not self._monitor.cancelled() and self._monitor.exception() is not None:
+                _log.error(
+                    "supervisor: the worker monitor had failed: %r", self._monitor.exception()
+                )
 
     async def _stop_workers(self) -> None:
         # SIGTERM to all first, so they drain together; then SIGKILL past the drain deadline.

@@ -43,6 +43,7 @@ async def _serve(settings: Settings) -> None:
     await asyncio.wait([watch, signalled], return_when=asyncio.FIRST_COMPLETED)
     watch.cancel()
     signalled.cancel()
+    await asyncio.wait([watch, signalled])  # ended, not left for the loop's shutdown to find
     await edge.stop()
 
 
