@@ -156,7 +156,8 @@ class EdgeServer:
 
     async def _close_connections(self, server: HttpServer) -> None:
         # Stop accepting first, then let the requests in flight finish: a connection accepted
-        # during the drain would only be cut at its deadline.
+        # during the drain would only be cut at its deadline. The server's shutdown cuts, and
+        # awaits, whatever the drain left (its hard phase).
         if self._listener is not None:
             self._listener.close()
         await server.shutdown(self.settings.shutdown_drain_seconds)
