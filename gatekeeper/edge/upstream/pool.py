@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -223,8 +222,9 @@ class UpstreamPool:
                 conn.close()
         if self._watchdog is not None:
             self._watchdog.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watchdog
+            # asyncio.wait, not `await` under suppress(CancelledError): that would also swallow
+            # a cancellation of close() itself.
+            await asyncio.wait([self._watchdog])
             self._watchdog = None
 
     def _busy(self) -> list[UpstreamConnection]:
