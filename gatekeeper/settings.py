@@ -65,6 +65,8 @@ class Settings:
     upstream_connect_timeout: float = 5.0
     upstream_read_timeout: float = 30.0
     upstream_pool_size: int = 256
+    # An idle upstream keep-alive connection unused this long is closed (nginx: 60 s).
+    upstream_keepalive_timeout: float = 60.0
     max_body_bytes: int = 100 * 1024 * 1024
     # Longest pause between two pieces of a request body before 408 (nginx client_body_timeout).
     client_body_timeout: float = 60.0
@@ -132,6 +134,7 @@ class Settings:
             "key_cache_size",
             "flush_retry_max_seconds",
             "client_body_timeout",
+            "upstream_keepalive_timeout",
         )
         for name in positive:
             if getattr(self, name) <= 0:

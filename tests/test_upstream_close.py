@@ -99,3 +99,39 @@ async def test_upstream_close_lets_an_exchange_end_within_the_grace(
         assert await sending == b"ok"
         assert "cut at shutdown" not in caplog.text
         assert not pool._busy()
+
+
+async def test_an_idle_connection_is_closed_after_the_idle_timeout() -> None:
+    """A connection opened at a peak is not kept for good (nginx's upstream keepalive_timeout);
+    one in use within the timeout is kept."""
+    closed_by_proxy: list[bool] = []
+
+    async def answer_each(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        pending = b""
+        while data := await reader.read(65536):
+            pending += data
+            while b"\r\n\r\n" in pending:
+                pending = pending.partition(b"\r\n\r\n")[2]
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        closed_by_proxy.append(True)  # end of stream: the proxy's side closed
+
+    async with _upstream(answer_each) as (port, connections):
+        pool = UpstreamPool(
+            "127.0.0.1",
+            port,
+            max_connections=4,
+            connect_timeout=2.0,
+            read_timeout=1.0,  # the watchdog looks every 0.1 s
+            idle_timeout=0.4,
+        )
+        try:
+            for _ in range(3):  # reused within the timeout: one connection throughout
+                response = await pool.send(HEAD, None)
+                assert response.body_if_complete() == b"ok"
+                response.release()
+                await asyncio.sleep(0.2)
+            assert len(connections) == 1 and closed_by_proxy == []
+            await _until(lambda: closed_by_proxy == [True])
+            assert pool.idle_connection() is None
+        finally:
+            await pool.close(grace=1.0)

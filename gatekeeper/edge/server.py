@@ -138,6 +138,7 @@ class EdgeServer:
             max_connections=s.upstream_pool_size,
             connect_timeout=s.upstream_connect_timeout,
             read_timeout=s.upstream_read_timeout,
+            idle_timeout=s.upstream_keepalive_timeout,
         )
         self.handler = EdgeHandler(
             s, mirror=self.mirror, recorder=self.recorder, upstream=self.upstream, keys=self.keys

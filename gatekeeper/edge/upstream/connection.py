@@ -107,6 +107,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_status",
         "_waiter",
         "closed",
+        "idle_since",
         "reusable",
         "transport",
     )
@@ -116,6 +117,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._read_timeout = pool.read_timeout
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        self.idle_since = 0.0  # when the pool last put it back (monotonic)
         self._parser = httptools.HttpResponseParser(self)
         self._headers: list[tuple[bytes, bytes]] = []
         self._reason = b""

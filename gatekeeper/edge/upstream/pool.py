@@ -45,8 +45,12 @@ class UpstreamPool:
         max_connections: int,
         connect_timeout: float,
         read_timeout: float,
+        idle_timeout: float = 60.0,
     ) -> None:
         self.host = host
+        # An idle keep-alive connection unused this long is closed (nginx's upstream
+        # keepalive_timeout, 60 s): a concurrency peak's connections are not held for good.
+        self._idle_timeout = idle_timeout
         self.port = port
         self.read_timeout = read_timeout
         self._connect_timeout = connect_timeout
@@ -93,6 +97,18 @@ class UpstreamPool:
             now = time.monotonic()
             for conn in [c for c in self._all if 0.0 < c.overdue_at <= now]:
                 conn.on_timeout()
+            self._close_stale_idle(now)
+
+    def _close_stale_idle(self, now: float) -> None:
+        # The idle list is a stack (most recently used last): the stale ones are at its bottom.
+        idle = self._idle
+        stale = 0
+        while stale < len(idle) and now - idle[stale].idle_since > self._idle_timeout:
+            stale += 1
+        if stale:
+            for conn in idle[:stale]:
+                conn.close()
+            del idle[:stale]
 
     async def _connect(self) -> UpstreamConnection:
         self._open += 1
@@ -128,6 +144,7 @@ class UpstreamPool:
             conn.close()
             return
         if not self._hand_over(conn):
+            conn.idle_since = time.monotonic()
             self._idle.append(conn)
 
     def forget(self, conn: UpstreamConnection) -> None:
