@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 from urllib.parse import urlsplit, urlunsplit
 
+from gatekeeper.domain.ids import TENANT_ID_RULE, valid_tenant_id
+
 __all__ = ["ENV_PREFIX", "AuthMode", "Settings", "SettingsError", "TenantSource", "mask_url"]
 
 ENV_PREFIX = "GATEKEEPER_"
@@ -143,6 +145,8 @@ class Settings:
             raise SettingsError(f"auth_mode must be one of {get_args(AuthMode)}")
         if self.tenant_source not in get_args(TenantSource):
             raise SettingsError(f"tenant_source must be one of {get_args(TenantSource)}")
+        if not valid_tenant_id(self.default_tenant):
+            raise SettingsError(f"default_tenant: {TENANT_ID_RULE}")
         if self.underscore_headers not in get_args(UnderscoreHeaders):
             raise SettingsError(f"underscore_headers must be one of {get_args(UnderscoreHeaders)}")
         if self.upstream is not None:

@@ -129,3 +129,9 @@ def test_to_mapping_round_trips_for_worker_processes() -> None:
     assert mapping["data_dir"] == "/tmp/gk"
     assert Settings.from_mapping(mapping) == settings
     assert settings.replace(workers=4).workers == 4 and settings.workers == 3
+
+
+@pytest.mark.parametrize("tenant", ["ACME", "", "a b", "x" * 65])
+def test_a_default_tenant_the_edge_would_refuse_is_a_settings_error(tenant: str) -> None:
+    with pytest.raises(SettingsError, match="default_tenant"):
+        Settings(default_tenant=tenant)

@@ -6,11 +6,18 @@ everything that can be computed ahead (header names, the tenant rule) is.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
+from gatekeeper.domain.ids import (
+    DEVICE_ID_PATTERN,
+    MAX_DEVICE_ID_LEN,
+    TENANT_ID_PATTERN,
+    TENANT_ID_RULE,
+    valid_device_id,
+    valid_tenant_id,
+)
 from gatekeeper.settings import Settings
 
 __all__ = [
@@ -28,23 +35,12 @@ __all__ = [
     "valid_tenant_id",
 ]
 
-MAX_DEVICE_ID_LEN = 128
 MAX_VALUE_LEN = 256
 
 # The six tracked attributes, in the order of :data:`Attributes`, under their Device field names.
 ATTRIBUTE_FIELDS = ("application", "applicationVersion", "os", "osVersion", "manufacturer", "model")
 Attributes = tuple[str | None, str | None, str | None, str | None, str | None, str | None]
 
-# The two id rules as regular expressions that mean the same in Python and in ECMA-262, so the
-# admin API's OpenAPI document states exactly the rule the edge applies (a test holds them equal).
-DEVICE_ID_PATTERN = rf"^[\x21-\x7e]{{1,{MAX_DEVICE_ID_LEN}}}$"
-"""1-128 printable ASCII characters, no space: what :func:`valid_device_id` accepts."""
-# Lower-case only: an upstream that routes case-insensitively must not read /api/ACME/ as the
-# tenant "acme" while the edge checked a tenant "ACME" with no blocks (docs/decisions.md).
-TENANT_ID_PATTERN = r"^[a-z0-9._~-]{1,64}$"
-"""What :func:`valid_tenant_id` accepts."""
-TENANT_ID_RULE = "the tenant id must be 1-64 characters of a-z 0-9 . _ ~ -"
-_TENANT_RE = re.compile(TENANT_ID_PATTERN)
 _PREFIX = "/api/"
 
 
@@ -55,20 +51,6 @@ class IdentityError(ValueError):
         super().__init__(detail)
         self.field = field
         self.detail = detail
-
-
-def valid_device_id(value: str) -> bool:
-    """1-128 printable ASCII characters, no space (:data:`DEVICE_ID_PATTERN`, without a regex)."""
-    return (
-        0 < len(value) <= MAX_DEVICE_ID_LEN
-        and value.isascii()
-        and value.isprintable()
-        and " " not in value
-    )
-
-
-def valid_tenant_id(value: str) -> bool:
-    return _TENANT_RE.fullmatch(value) is not None
 
 
 def _refuse_prefix_lookalike(path: str) -> None:
