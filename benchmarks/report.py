@@ -50,6 +50,7 @@ def build_report(
     """Assemble the report from what the suite measured."""
     rows = [scenarios[name] for name in _ORDER if name in scenarios]
     rps = {row["name"]: row["rps"] for row in rows}
+    cpu = {row["name"]: row.get("cpu_us_per_request") for row in rows}
     skipped = [
         {"name": row["name"], "reason": row["reason"]} for row in rows if row["status"] != "ok"
     ]
@@ -71,6 +72,7 @@ def build_report(
         "ratios": {
             "gatekeeper_vs_nginx": _ratio(rps.get("gatekeeper-1"), rps.get("nginx")),
             "gatekeeper_vs_naive": _ratio(rps.get("gatekeeper-1"), rps.get("naive")),
+            "gatekeeper_vs_nginx_cpu": _ratio(cpu.get("gatekeeper-1"), cpu.get("nginx")),
         },
         "propagation_ms": _pick(
             extras.get("propagation", {}), "block_p50", "block_p99", "unblock_p99"
@@ -93,6 +95,10 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def _count(value: Any) -> str:
+    return "—" if value is None else f"{value:,.0f}"
+
+
 def markdown(report: Mapping[str, Any]) -> str:
     """The results as Markdown: a scenario table, then the other figures."""
     machine = report["machine"]
@@ -101,14 +107,17 @@ def markdown(report: Mapping[str, Any]) -> str:
         f"`{machine['commit']}`; {machine['cpu_pinning']}.  ",
         f"Load: {machine['load_generator']}; upstream: {machine['upstream']}.",
         "",
-        "| scenario | req/s | p50 ms | p99 ms | status |",
-        "|---|---:|---:|---:|---|",
+        "| scenario | req/s | p50 ms | p99 ms | CPU µs/req | cycles/req | instructions/req "
+        "| status |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in report["scenarios"]:
         status = "ok" if row["status"] == "ok" else f"{row['status']}: {row.get('reason')}"
         lines.append(
             f"| {row['name']} | {_fmt(row['rps'])} | {_fmt(row['p50_ms'])} | "
-            f"{_fmt(row['p99_ms'])} | {status} |"
+            f"{_fmt(row['p99_ms'])} | {_fmt(row.get('cpu_us_per_request'), 1)} | "
+            f"{_count(row.get('cycles_per_request'))} | "
+            f"{_count(row.get('instructions_per_request'))} | {status} |"
         )
     ratios, prop = report["ratios"], report["propagation_ms"]
     wb, half = report["writebehind"], report["half_load"]
@@ -118,6 +127,8 @@ def markdown(report: Mapping[str, Any]) -> str:
         "|---|---:|---|",
         f"| gatekeeper-1 / nginx | {_fmt(ratios['gatekeeper_vs_nginx'])} | ≥ 0.30 |",
         f"| gatekeeper-1 / naive | {_fmt(ratios['gatekeeper_vs_naive'])} | ≥ 3 |",
+        f"| gatekeeper-1 / nginx, CPU per request | "
+        f"{_fmt(ratios.get('gatekeeper_vs_nginx_cpu'))} | |",
         f"| added p50 at half load (ms) | {_fmt(half['added_p50_ms'])} | |",
         f"| added p99 at half load (ms) | {_fmt(half['added_p99_ms'])} | ≤ 1 |",
         f"| block propagation p50 (ms) | {_fmt(prop['block_p50'])} | |",

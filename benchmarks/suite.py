@@ -16,12 +16,13 @@ import statistics
 import subprocess
 import sys
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import propagation, writebehind
+from .cpumeter import CpuMeter, PerfState
 from .loadgen import LoadGen, Summary, pick_loadgen
 from .nginx import nginx_binary, start_nginx_proxy, start_nginx_upstream
 from .procs import Child, CpuPlan, HarnessError, free_port, plan_cpus, python_module, wait_port
@@ -33,6 +34,7 @@ __all__ = ["SCENARIOS", "Options", "Suite"]
 SCENARIOS = ("direct", "nginx", "naive", "gatekeeper-1", "gatekeeper-2")
 EXTRAS = ("half-load", "propagation", "writebehind")
 PATH = "/api/bench/items"
+CPU_KEYS = ("cpu_us_per_request", "cycles_per_request", "instructions_per_request")
 _STARTUP_ALLOWANCE = {
     "direct": 0.0,
     "nginx": 1.0,
@@ -68,6 +70,7 @@ def _skipped(name: str, reason: str) -> dict[str, Any]:
         "rps": None,
         "p50_ms": None,
         "p99_ms": None,
+        **dict.fromkeys(CPU_KEYS),
     }
 
 
@@ -80,7 +83,26 @@ def _failed(name: str, exc: BaseException) -> dict[str, Any]:
         "rps": None,
         "p50_ms": None,
         "p99_ms": None,
+        **dict.fromkeys(CPU_KEYS),
     }
+
+
+def _median(values: Iterable[float | None]) -> float | None:
+    """The median of the measured values, or None when none was measured."""
+    known = [v for v in values if v is not None]
+    return round(statistics.median(known), 3) if known else None
+
+
+def _cpu_line(run: Summary) -> str:
+    if run.get("cpu_us_per_request") is None:
+        return "cpu —"
+    line = f"cpu {run['cpu_us_per_request']:.1f} us/req"
+    if run.get("instructions_per_request") is not None:
+        line += (
+            f"  {run['cycles_per_request']:,.0f} cycles"
+            f"  {run['instructions_per_request']:,.0f} instr/req"
+        )
+    return line
 
 
 def _commit() -> str:
@@ -111,6 +133,8 @@ class Suite:
         self.nginx = nginx_binary() if options.use_nginx else None
         self.notes: list[str] = []
         self.upstream_port = 0
+        self.upstream_pid = 0
+        self.perf = PerfState()
         self.scenarios: dict[str, dict[str, Any]] = {}
         self.extras: dict[str, dict[str, Any]] = {}
 
@@ -138,7 +162,11 @@ class Suite:
         self._describe(gk_reason)
         with contextlib.ExitStack() as stack:
             stack.enter_context(self._upstream())
-            self._scenario("direct", lambda: contextlib.nullcontext(self.upstream_port))
+            # direct: the server under test is the upstream itself, so its CPU is counted.
+            self._scenario(
+                "direct",
+                lambda: contextlib.nullcontext((self.upstream_port, (self.upstream_pid,))),
+            )
             self._scenario("nginx", self._nginx_proxy, self._nginx_missing())
             self._scenario("naive", self._naive_proxy)
             self._gatekeeper(gk_reason)
@@ -169,7 +197,7 @@ class Suite:
     def _scenario(
         self,
         name: str,
-        start: Callable[[], contextlib.AbstractContextManager[int]],
+        start: Callable[[], contextlib.AbstractContextManager[tuple[int, tuple[int, ...]]]],
         skip: str | None = None,
     ) -> dict[str, Any] | None:
         """Start the proxy of ``name``, measure it, stop it; returns the result if measured."""
@@ -181,11 +209,11 @@ class Suite:
             return None
         self.progress.step(name, "starting")
         try:
-            with start() as port:
+            with start() as (port, roots):
                 self.progress.consume(_STARTUP_ALLOWANCE[name])
-                result = self._measure(name, port)
+                result = self._measure(name, port, roots)
                 self.scenarios[name] = result
-                self._after(name, port, result)
+                self._after(name, port, roots, result)
         except Exception as exc:
             self.progress.say(f"{name}: FAILED {exc}")
             self.progress.say(traceback.format_exc(limit=3))
@@ -193,7 +221,14 @@ class Suite:
             return None
         return result
 
-    def _measure(self, name: str, port: int) -> dict[str, Any]:
+    def _metered(self, roots: tuple[int, ...], load: Callable[[], Summary]) -> Summary:
+        """Run ``load``; add the CPU the ``roots`` process trees spent meanwhile, per request."""
+        with CpuMeter(roots, self.work, self.perf, self.cpus.prefix(self.cpus.load)) as meter:
+            summary = load()
+        summary.update(meter.figures(int(summary["requests"])))
+        return summary
+
+    def _measure(self, name: str, port: int, roots: tuple[int, ...]) -> dict[str, Any]:
         opts, prefix = self.opts, self.cpus.prefix(self.cpus.load)
         if opts.warmup > 0:
             self.progress.step(name, f"warm-up {opts.warmup:g}s")
@@ -202,13 +237,17 @@ class Suite:
         runs: list[Summary] = []
         for i in range(opts.runs):
             self.progress.step(name, f"run {i + 1}/{opts.runs} ({opts.duration:g}s)")
-            runs.append(self.loadgen.closed(port, PATH, opts.duration, prefix))
+            runs.append(
+                self._metered(
+                    roots, functools.partial(self.loadgen.closed, port, PATH, opts.duration, prefix)
+                )
+            )
             self.progress.consume(opts.duration)
             last = runs[-1]
             self.progress.say(
                 f"    {last['rps']:,.0f} req/s  p50 {last['p50_ms']:.3f} ms  "
                 f"p99 {last['p99_ms']:.3f} ms  non-2xx {last['non2xx']}  "
-                f"errors {last['errors']}"
+                f"errors {last['errors']}  {_cpu_line(last)}"
             )
         if all(r["requests"] == 0 for r in runs):
             raise HarnessError(f"no request completed against {name}")
@@ -220,28 +259,38 @@ class Suite:
             "p99_ms": round(statistics.median(r["p99_ms"] for r in runs), 3),
             "non2xx": sum(r["non2xx"] for r in runs),
             "errors": sum(r["errors"] for r in runs),
+            **{key: _median(r[key] for r in runs) for key in CPU_KEYS},
             "runs": runs,
         }
 
-    def _after(self, name: str, port: int, result: dict[str, Any]) -> None:
+    def _after(self, name: str, port: int, roots: tuple[int, ...], result: dict[str, Any]) -> None:
         """Measurements that need a scenario's proxy still running (half load on gatekeeper-1)."""
         if name != "gatekeeper-1" or "half-load" not in self.opts.only:
             return
         try:
-            self.extras["half-load"] = self._half_load(port, float(result["rps"]))
+            self.extras["half-load"] = self._half_load(port, roots, float(result["rps"]))
         except Exception as exc:
             self.progress.say(f"half-load: FAILED {exc}")
             self.extras["half-load"] = {"status": "failed", "reason": str(exc)}
 
-    def _half_load(self, port: int, max_rps: float) -> dict[str, Any]:
+    def _half_load(self, port: int, roots: tuple[int, ...], max_rps: float) -> dict[str, Any]:
         rate = max_rps / 2
         prefix = self.cpus.prefix(self.cpus.load)
         measured: dict[str, Summary] = {}
-        for label, target in (("direct", self.upstream_port), ("gatekeeper-1", port)):
+        targets = (
+            ("direct", self.upstream_port, (self.upstream_pid,)),
+            ("gatekeeper-1", port, roots),
+        )
+        for label, target, servers in targets:
             self.progress.step(
                 "half-load", f"{label} at {rate:,.0f} req/s ({self.opts.duration:g}s, paced)"
             )
-            measured[label] = self.loadgen.paced(target, PATH, self.opts.duration, rate, prefix)
+            measured[label] = self._metered(
+                servers,
+                functools.partial(
+                    self.loadgen.paced, target, PATH, self.opts.duration, rate, prefix
+                ),
+            )
             self.progress.consume(self.opts.duration)
         direct, gk = measured["direct"], measured["gatekeeper-1"]
         return {
@@ -274,19 +323,20 @@ class Suite:
                 self.work,
             )
             wait_port(self.upstream_port, 15.0, child)
+        self.upstream_pid = child.proc.pid
         with child:
             yield
 
     @contextlib.contextmanager
-    def _nginx_proxy(self) -> Iterator[int]:
+    def _nginx_proxy(self) -> Iterator[tuple[int, tuple[int, ...]]]:
         port = free_port()
         with start_nginx_proxy(
             self.work, self.cpus.prefix(self.cpus.proxy), port, self.upstream_port
-        ):
-            yield port
+        ) as child:
+            yield port, (child.proc.pid,)
 
     @contextlib.contextmanager
-    def _naive_proxy(self) -> Iterator[int]:
+    def _naive_proxy(self) -> Iterator[tuple[int, tuple[int, ...]]]:
         port = free_port()
         argv = [
             *self.cpus.prefix(self.cpus.proxy),
@@ -300,7 +350,7 @@ class Suite:
         ]
         with Child("naive-proxy", argv, self.work) as child:
             wait_port(port, 20.0, child)
-            yield port
+            yield port, (child.proc.pid,)
 
     def _gatekeeper(self, reason: str | None) -> None:
         names = [n for n in (*SCENARIOS[3:], *EXTRAS) if n in self.opts.only]
@@ -347,12 +397,14 @@ class Suite:
             stack.stop()
 
     @contextlib.contextmanager
-    def _gk_proxy(self, stack: GatekeeperStack, name: str, workers: int) -> Iterator[int]:
+    def _gk_proxy(
+        self, stack: GatekeeperStack, name: str, workers: int
+    ) -> Iterator[tuple[int, tuple[int, ...]]]:
         child, port = stack.start_proxy(
             name, workers, self.upstream_port, self.cpus.prefix(self.cpus.proxy)
         )
         with child:
-            yield port
+            yield port, (child.proc.pid,)
 
     def _extra(self, name: str, measure: Callable[[], dict[str, Any]]) -> None:
         if name not in self.opts.only:
@@ -379,4 +431,7 @@ class Suite:
             "load_generator": self.loadgen.describe(),
             "upstream": "nginx" if self.nginx else "builtin",
         }
-        return build_report(machine, self.opts, self.scenarios, self.extras, self.notes)
+        notes = list(self.notes)
+        if self.perf.reason is not None:
+            notes.append(f"cycles and instructions per request not measured: {self.perf.reason}")
+        return build_report(machine, self.opts, self.scenarios, self.extras, notes)

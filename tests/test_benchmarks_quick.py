@@ -21,6 +21,7 @@ from benchmarks.loadclient import percentile
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ["direct", "nginx", "naive", "gatekeeper-1", "gatekeeper-2"]
+CPU_KEYS = ("cpu_us_per_request", "cycles_per_request", "instructions_per_request")
 TINY = [
     "--quick",
     "--duration",
@@ -65,15 +66,21 @@ def _assert_shape(report: dict[str, Any]) -> None:
     assert isinstance(machine["cpus"], int) and machine["cpus"] >= 1
     assert isinstance(machine["python"], str) and isinstance(machine["commit"], str)
     for row in report["scenarios"]:
-        assert set(row) >= {"name", "rps", "p50_ms", "p99_ms", "status"}
+        assert set(row) >= {"name", "rps", "p50_ms", "p99_ms", "status", *CPU_KEYS}
         assert row["status"] in ("ok", "skipped"), row
         if row["status"] == "ok":
             assert row["rps"] > 0 and row["p50_ms"] >= 0 and row["p99_ms"] >= row["p50_ms"]
+            # CPU from /proc always; cycles and instructions only where perf works.
+            assert isinstance(row["cpu_us_per_request"], float), row
+            assert 0 < row["cpu_us_per_request"] < 100_000, row
+            for key in ("cycles_per_request", "instructions_per_request"):
+                assert row[key] is None or row[key] > 0, row
         else:
             assert row["reason"], row
             assert row["rps"] is None and row["p50_ms"] is None and row["p99_ms"] is None
+            assert all(row[key] is None for key in CPU_KEYS), row
     expected = {
-        "ratios": {"gatekeeper_vs_nginx", "gatekeeper_vs_naive"},
+        "ratios": {"gatekeeper_vs_nginx", "gatekeeper_vs_naive", "gatekeeper_vs_nginx_cpu"},
         "propagation_ms": {"block_p50", "block_p99", "unblock_p99"},
         "writebehind": {"devices_per_s", "rows_per_1000_requests"},
         "half_load": {"added_p50_ms", "added_p99_ms"},
@@ -107,6 +114,8 @@ def test_quick_with_fallbacks(tmp_path: Path) -> None:
         assert report["ratios"]["gatekeeper_vs_naive"] is None
     else:
         assert report["ratios"]["gatekeeper_vs_naive"] is not None
+    # nginx is skipped here (--no-nginx), so there is no CPU ratio to it.
+    assert report["ratios"]["gatekeeper_vs_nginx_cpu"] is None
     assert "|" in (tmp_path / "latest.md").read_text()
     _assert_png(tmp_path / "latest.png")
 
