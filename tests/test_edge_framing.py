@@ -358,3 +358,39 @@ async def test_a_stalled_upload_gets_408(
         with contextlib.suppress(ConnectionError):
             await writer.wait_closed()
     assert raw.startswith(b"HTTP/1.1 408 "), raw
+
+
+# --- a denied request's unread body ------------------------------------------------------------
+
+
+async def test_a_denied_post_with_a_small_body_keeps_the_connection(
+    edge: EdgeServer, upstream: RecordingUpstream
+) -> None:
+    """As nginx: the unread rest of a small body is read and dropped, and the next request on the
+    connection is found where the client put it (and checked like any other)."""
+    body = b"x" * 3000
+    raw = await raw_bytes(
+        edge.proxy_port,
+        b"POST /api/acme/up HTTP/1.1\r\nHost: edge\r\nX-Device-Id: "
+        + BLOCKED.encode()
+        + b"\r\nContent-Length: %d\r\n\r\n" % len(body)
+        + body
+        + _get(b"/api/acme/next", b"X-Device-Id: fine", close=False)
+        + _get(b"/api/acme/again", b"X-Device-Id: " + BLOCKED.encode()),
+    )
+    assert _statuses(raw) == [403, 200, 403]
+    assert [s.target for s in upstream.seen] == ["/api/acme/next"]
+    assert upstream.leaks(BLOCKED, TENANTS) == []
+
+
+async def test_a_denied_post_with_a_large_body_closes_the_connection(
+    edge: EdgeServer, upstream: RecordingUpstream
+) -> None:
+    head = (
+        b"POST /api/acme/up HTTP/1.1\r\nHost: edge\r\nX-Device-Id: "
+        + BLOCKED.encode()
+        + b"\r\nContent-Length: 1000000\r\n\r\n"
+    )
+    raw = await raw_bytes(edge.proxy_port, head + b"x" * 1000)
+    assert _statuses(raw) == [403]  # and then the proxy closed: raw_bytes read to the end
+    assert upstream.seen == []

@@ -28,6 +28,9 @@ __all__ = [
     "Handler",
 ]
 
+# An unread request body this small is read and dropped rather than closing the connection.
+DISCARD_LIMIT = 64 * 1024
+
 _log = logging.getLogger(__name__)
 
 MAX_HEADERS = 100
@@ -265,9 +268,9 @@ class ClientConnection(asyncio.Protocol):
         self._busy = False
         if self.closed or self._tunnel is not None:
             return
-        if not request.keep_alive or (request.body is not None and not request.body.complete):
-            # The client asked to close, or part of its body was never read: the parser can't be
-            # trusted to find the next request, so close rather than guess.
+        body = request.body
+        if not request.keep_alive or (body is not None and not self._discard_rest(request)):
+            # The client asked to close, or too much of its body was never read to wait for it.
             self.close()
             return
         self.idle_since = time.monotonic()
@@ -280,6 +283,26 @@ class ClientConnection(asyncio.Protocol):
                 self._resume_reading()
         elif self._server.draining:
             self.close()
+
+    def _discard_rest(self, request: Request) -> bool:
+        """An answered request whose body was not (all) read, e.g. a denied POST: read and drop
+        the rest when it is small and its length known, as nginx does, so the connection stays
+        usable; llhttp still frames it, so the next request starts exactly where it should.
+        False when the connection must close instead."""
+        body = request.body
+        assert body is not None
+        if body.complete:
+            return True
+        length = request.content_length
+        if not body._done and (length is None or length - body.received > DISCARD_LIMIT):
+            return False  # chunked of unknown size, or too much left to wait for
+        if b"expect" in request.lookup and body.received == 0 and not body._done:
+            # Refused before any 100 Continue: the client may never send the body, and its next
+            # request would be read as that body. Close, as RFC 9110 §10.1.1 allows.
+            return False
+        body.discard()
+        self._resume_reading()
+        return True
 
     # --- writing ----------------------------------------------------------------------------
     def write(self, data: bytes) -> None:

@@ -67,6 +67,7 @@ class RequestBody:
     __slots__ = (
         "_chunks",
         "_conn",
+        "_discarding",
         "_done",
         "_error",
         "_idle_timeout",
@@ -78,6 +79,7 @@ class RequestBody:
     def __init__(self, conn: BodySource, idle_timeout: float) -> None:
         self._conn = conn
         self._idle_timeout = idle_timeout
+        self._discarding = False
         self._chunks: collections.deque[bytes] = collections.deque()
         self._size = 0
         self._done = False
@@ -86,12 +88,22 @@ class RequestBody:
         self.received = 0
 
     def _feed(self, chunk: bytes) -> None:
+        if self._discarding:
+            self.received += len(chunk)
+            return
         self._chunks.append(chunk)
         self._size += len(chunk)
         self.received += len(chunk)
         if self._size > _HIGH_WATER:
             self._conn._pause_reading()
         self._wake()
+
+    def discard(self) -> None:
+        """Nobody will read this body: drop what arrived and what is still to come (the
+        connection reads on, so the next request's head is found where the client put it)."""
+        self._discarding = True
+        self._chunks.clear()
+        self._size = 0
 
     def _finish(self) -> None:
         self._done = True
