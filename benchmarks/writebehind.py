@@ -4,6 +4,9 @@ and how many rows 1,000 requests of one device cost.
 * ``devices_per_s``: the recorder is driven directly (no proxy in the way), every flush carrying
   distinct, never-seen devices (so each one is an insert plus its first history record), for a
   fixed time; flushed devices divided by the wall time.
+* ``touches_per_s``: N known devices (written by a first flush), each touched once (the same
+  attributes, no upload) and flushed, in rounds for a fixed time; touched devices flushed per
+  second of flushing. A touch is an upsert of ``last_active_at`` after comparing attributes.
 * ``rows_per_1000_requests``: 1,000 requests of one new device go through a one-worker gatekeeper
   proxy; the proxy is stopped (it flushes on shutdown and its connections end, which makes
   PostgreSQL publish their statistics) and the rows written are the change of
@@ -30,7 +33,7 @@ _ROWS_SQL = "SELECT coalesce(sum(n_tup_ins + n_tup_upd), 0)::bigint FROM pg_stat
 
 def estimate(seconds: float) -> float:
     """Planned seconds for the progress display."""
-    return seconds + 8.0
+    return 2 * seconds + 10.0
 
 
 async def _rows_written(dsn: str) -> int:
@@ -63,6 +66,53 @@ async def _one_device(port: int, requests: int) -> None:
             conn.transport.close()
 
 
+_TOUCH_DEVICES = 20_000
+_TOUCH_BATCH = 5_000
+
+
+async def touch_rate(dsn: str, seconds: float) -> dict[str, Any]:
+    """Known devices touched once each and flushed, in rounds; touches per second of flushing."""
+    from gatekeeper.edge.activity.recorder import ActivityRecorder
+    from gatekeeper.store.clients import open_pg_pool
+
+    pool = await open_pg_pool(dsn, min_size=1, max_size=4)
+    attributes = ("bench-app", "1.0.0", "Linux", "6.1", "Bench", "B-1")
+    keys = [("bench-touch", f"touch-{i:06d}") for i in range(_TOUCH_DEVICES)]
+    try:
+        recorder = ActivityRecorder(
+            pool,
+            flush_interval=0.25,
+            flush_max_devices=_TOUCH_BATCH,
+            max_pending=2 * _TOUCH_DEVICES,
+            retry_max_seconds=1.0,
+        )
+        for key in keys:
+            recorder.record(key, attributes, False)
+        while recorder.pending:
+            await recorder.flush_once(everything=True)
+        touched = 0
+        rounds = 0
+        flush_s = 0.0
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            for key in keys:
+                recorder.record(key, attributes, False)
+            started = time.perf_counter()
+            while recorder.pending:
+                touched += await recorder.flush_once(everything=True)
+            flush_s += time.perf_counter() - started
+            rounds += 1
+    finally:
+        await pool.close()
+    return {
+        "touches_per_s": round(touched / flush_s, 1) if flush_s else None,
+        "touches_flushed": touched,
+        "touch_rounds": rounds,
+        "touch_devices": _TOUCH_DEVICES,
+        "touch_s": round(flush_s, 3),
+    }
+
+
 def rows_per_1000(stack: GatekeeperStack, upstream_port: int) -> float:
     """Rows written for 1,000 requests of one device through a one-worker proxy."""
     before = uvloop.run(_rows_written(stack.database_url))
@@ -78,7 +128,12 @@ def measure(
     stack: GatekeeperStack, upstream_port: int, seconds: float, progress: Progress
 ) -> dict[str, Any]:
     """Both write-behind figures; a part that cannot run is reported with its reason."""
-    result: dict[str, Any] = {"status": "ok", "devices_per_s": None, "rows_per_1000_requests": None}
+    result: dict[str, Any] = {
+        "status": "ok",
+        "devices_per_s": None,
+        "touches_per_s": None,
+        "rows_per_1000_requests": None,
+    }
     progress.step("writebehind", f"recorder flush rate ({seconds:g}s, distinct devices)")
     reason = recorder_adapter.unavailable()
     if reason is None:
@@ -89,6 +144,11 @@ def measure(
     if reason is not None:
         result["devices_per_s_skipped"] = reason
         progress.say(f"writebehind: devices/s skipped ({reason})")
+    progress.step("writebehind", f"known-device touches ({seconds:g}s)")
+    try:
+        result.update(uvloop.run(touch_rate(stack.database_url, seconds)))
+    except Exception as exc:
+        result["touches_per_s_skipped"] = f"failed: {type(exc).__name__}: {exc}"
     progress.step("writebehind", "1,000 requests of one device through a proxy")
     result["rows_per_1000_requests"] = rows_per_1000(stack, upstream_port)
     progress.consume(estimate(seconds))

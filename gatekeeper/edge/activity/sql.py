@@ -49,7 +49,7 @@ def _columns(names: str, types: Sequence[str]) -> str:
 
 # A device row: tenant, device, the six attributes, attributes seen at, first seen, last active,
 # last upload (times as epoch seconds).
-_DEVICE_ROWS = "SELECT {cols} FROM json_array_elements(${n}::json) AS x(e)".replace(
+_DEVICE_ROWS = "SELECT {cols} FROM jsonb_array_elements(${n}::jsonb) AS x(e)".replace(
     "{cols}",
     _columns(
         "t d a v o ov m mo seen first_seen last_active last_upload", ("text",) * 8 + ("float8",) * 4
@@ -57,7 +57,7 @@ _DEVICE_ROWS = "SELECT {cols} FROM json_array_elements(${n}::json) AS x(e)".repl
 )
 # A history record: tenant, device, seen at, is-first-sighting, the six previous attributes, the
 # six current attributes.
-_HISTORY_INPUT = "SELECT {cols} FROM json_array_elements(${n}::json) AS x(e)".replace(
+_HISTORY_INPUT = "SELECT {cols} FROM jsonb_array_elements(${n}::jsonb) AS x(e)".replace(
     "{cols}",
     _columns(
         "t d r first pa pv po pov pm pmo ca cv co cov cm cmo",
@@ -112,7 +112,7 @@ _LOCK_CURRENT = """
 SELECT d.tenant_id, d.device_id, d.application, d.application_version, d.os, d.os_version,
        d.manufacturer, d.model, extract(epoch FROM d.attributes_seen_at)::float8
 FROM devices d
-JOIN (SELECT e->>0 AS tenant_id, e->>1 AS device_id FROM json_array_elements($1::json) AS x(e))
+JOIN (SELECT e->>0 AS tenant_id, e->>1 AS device_id FROM jsonb_array_elements($1::jsonb) AS x(e))
     AS k USING (tenant_id, device_id)
 ORDER BY d.tenant_id, d.device_id
 FOR UPDATE OF d
