@@ -5,7 +5,10 @@
    seen after it in this batch) and returns which devices already existed. For a batch of new
    devices that is the whole flush: one round trip, nothing locked beyond the new rows.
 2. The devices that already existed are locked in key order (``ORDER BY … FOR UPDATE``), compared
-   with what is stored, and upserted; their history records are written.
+   with what is stored, and upserted; their history records are written. When every device of
+   the piece has a single sighting in the batch (a touch, or one attribute change), lock,
+   comparison, upsert and history are one statement (``_KNOWN_ONE_SIGHTING``); otherwise the
+   comparison happens in Python between a lock select and the upsert.
 
 Both phases take their row locks in key order, and phase 1 only waits for other inserters of the
 same new keys, so several workers or nodes flushing overlapping devices queue instead of
@@ -17,6 +20,8 @@ phase 2.
 Rows travel as one JSON text parameter per statement (an array of arrays), not as parallel
 ``unnest`` arrays: asyncpg encodes arrays element by element in Python-level code, while
 ``json.dumps`` is C, and the parsing then happens in Postgres, on another core than the proxy's.
+The parameter is ``jsonb``: parsed once, where ``->>`` on ``json`` re-parses the element for every
+column read.
 Times travel as epoch seconds and become ``timestamptz`` in SQL; history documents and
 changed-field lists are built in SQL too.
 """
@@ -144,6 +149,58 @@ ON CONFLICT (tenant_id, device_id) DO UPDATE SET
     last_data_upload_at = GREATEST(d.last_data_upload_at, EXCLUDED.last_data_upload_at)
 """
 
+# Phase 2 in one statement, for pieces whose every device has one sighting in the batch (a touch,
+# or one attribute change): the lock, the comparison with what is stored (as ``_History.add_from``
+# does it) and the upsert and history happen in Postgres, without a round trip in between. Locks
+# are taken in key order by ``stored``, as ``_LOCK_CURRENT`` takes them.
+_KNOWN_ONE_SIGHTING = f"""
+WITH input AS (
+    SELECT rows.*, row_number() OVER () AS i FROM ({_DEVICE_ROWS.format(n=1)}) AS rows
+), stored AS (
+    SELECT s.tenant_id, s.device_id, s.application, s.application_version, s.os, s.os_version,
+           s.manufacturer, s.model, extract(epoch FROM s.attributes_seen_at)::float8 AS seen
+    FROM devices s
+    JOIN input ON input.t = s.tenant_id AND input.d = s.device_id
+    ORDER BY s.tenant_id, s.device_id
+    FOR UPDATE OF s
+), compared AS (
+    SELECT input.*, s.seen IS NULL AS first, s.seen IS NOT NULL AND input.seen < s.seen AS stale,
+           CASE WHEN s.seen IS NOT NULL THEN s.application END AS pa,
+           CASE WHEN s.seen IS NOT NULL THEN s.application_version END AS pv,
+           CASE WHEN s.seen IS NOT NULL THEN s.os END AS po,
+           CASE WHEN s.seen IS NOT NULL THEN s.os_version END AS pov,
+           CASE WHEN s.seen IS NOT NULL THEN s.manufacturer END AS pm,
+           CASE WHEN s.seen IS NOT NULL THEN s.model END AS pmo
+    FROM input
+    LEFT JOIN stored AS s ON s.tenant_id = input.t AND s.device_id = input.d
+), merged AS (
+    SELECT c.*,
+           CASE WHEN first THEN a ELSE COALESCE(NULLIF(a, ''), pa) END AS ca,
+           CASE WHEN first THEN v ELSE COALESCE(NULLIF(v, ''), pv) END AS cv,
+           CASE WHEN first THEN o ELSE COALESCE(NULLIF(o, ''), po) END AS co,
+           CASE WHEN first THEN ov ELSE COALESCE(NULLIF(ov, ''), pov) END AS cov,
+           CASE WHEN first THEN m ELSE COALESCE(NULLIF(m, ''), pm) END AS cm,
+           CASE WHEN first THEN mo ELSE COALESCE(NULLIF(mo, ''), pmo) END AS cmo
+    FROM compared AS c
+), upsert AS (
+    INSERT INTO devices AS d (tenant_id, device_id, application, application_version, os,
+                              os_version, manufacturer, model, attributes_seen_at, first_seen_at,
+                              last_active_at, last_data_upload_at)
+    SELECT t, d, ca, cv, co, cov, cm, cmo, CASE WHEN NOT stale THEN to_timestamp(seen) END,
+           to_timestamp(first_seen), to_timestamp(last_active), to_timestamp(last_upload)
+    FROM merged ORDER BY i
+    ON CONFLICT (tenant_id, device_id) DO UPDATE SET{_UPSERT.split("DO UPDATE SET", 1)[1]}
+)
+INSERT INTO device_history (tenant_id, device_id, recorded_at, changed_fields, previous, current)
+{
+    _HISTORY_ROWS.format(
+        rows="SELECT t, d, seen AS r, first, pa, pv, po, pov, pm, pmo, ca, cv, co, cov, cm, cmo"
+        " FROM merged WHERE NOT stale AND (first OR (pa, pv, po, pov, pm, pmo)"
+        " IS DISTINCT FROM (ca, cv, co, cov, cm, cmo))"
+    )
+}
+"""
+
 _HISTORY = f"""
 INSERT INTO device_history (tenant_id, device_id, recorded_at, changed_fields, previous, current)
 {_HISTORY_ROWS.format(rows=_HISTORY_INPUT.format(n=1))}
@@ -214,6 +271,26 @@ def _device_rows(
     return json.dumps(rows, separators=(",", ":"))
 
 
+def _one_sighting_rows(keys: Sequence[DeviceKey], batch: Mapping[DeviceKey, PendingDevice]) -> str:
+    """``_DEVICE_ROWS`` with each device's only sighting, before comparing with what is stored."""
+    rows = []
+    for key in keys:
+        entry = batch[key]
+        seen, attributes = entry.changes[0]
+        rows.append(
+            [
+                key[0],
+                key[1],
+                *attributes,
+                seen,
+                entry.first_seen,
+                entry.last_active,
+                entry.last_upload,
+            ]
+        )
+    return json.dumps(rows, separators=(",", ":"))
+
+
 def _json(rows: list[list[object]]) -> str:
     return json.dumps(rows, separators=(",", ":"))
 
@@ -232,6 +309,11 @@ async def _update_known(
     conn: _Connection, keys: list[DeviceKey], batch: Mapping[DeviceKey, PendingDevice]
 ) -> None:
     """Phase 2: lock, compare with what is stored, upsert, and write the changes."""
+    # All or none: both forms take their locks in one key-ordered pass, and a piece split between
+    # them would take two, which could deadlock with another worker's piece split differently.
+    if all(len(batch[key].changes) == 1 for key in keys):
+        await conn.execute(_KNOWN_ONE_SIGHTING, _one_sighting_rows(keys, batch))
+        return
     locked = await conn.fetch(_LOCK_CURRENT, _json([[k[0], k[1]] for k in keys]))
     current = {(r[0], r[1]): r for r in locked}
     history = _History()
