@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import itertools
 import secrets
+from collections.abc import Sequence
 
 __all__ = ["EDGE_HEADERS", "HOP_BY_HOP", "RequestHeadBuilder", "RequestIds", "response_head"]
 
@@ -96,7 +97,7 @@ class RequestHeadBuilder:
         content_length: int | None,
         chunked: bool,
         upgrade: bool = False,
-        drop: list[bytes] | None = None,
+        drop: Sequence[bytes] = (),
     ) -> bytes:
         """``drop`` names (lower-case) further headers not to forward."""
         named = _named_by_connection(connection) if connection is not None else frozenset()

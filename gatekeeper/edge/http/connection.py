@@ -29,6 +29,7 @@ __all__ = [
 ]
 
 # An unread request body this small is read and dropped rather than closing the connection.
+_NONE_REPEATED: frozenset[bytes] = frozenset()
 DISCARD_LIMIT = 64 * 1024
 
 _log = logging.getLogger(__name__)
@@ -101,8 +102,8 @@ class ClientConnection(asyncio.Protocol):
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._lookup: dict[bytes, bytes] = {}
-        self._repeated: set[bytes] = set()
-        self._underscored: list[bytes] = []
+        self._repeated: set[bytes] | frozenset[bytes] = _NONE_REPEATED
+        self._underscored: list[bytes] | tuple[()] = ()
         self._head_bytes = 0
         self._parsing: Request | None = None
         self._queue: collections.deque[Request] = collections.deque()
@@ -173,8 +174,10 @@ class ClientConnection(asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._lookup = {}
-        self._repeated = set()
-        self._underscored = []
+        # Shared empties: most requests repeat no header and have no "_" in a name, so the
+        # containers are made only when one is needed.
+        self._repeated = _NONE_REPEATED
+        self._underscored = ()
         self._head_bytes = 0
         self.busy_since = time.monotonic()
 
@@ -193,10 +196,10 @@ class ClientConnection(asyncio.Protocol):
         self._headers.append((name, value))
         lname = name.lower()
         if 95 in name:  # b"_": an int look-up is a memchr; a bytes one costs ~10x (measured)
-            self._underscored.append(lname)
+            self._underscored = [*self._underscored, lname]
         if lname in self._lookup:
             # Which copy would the upstream believe? Let the handler refuse where it matters.
-            self._repeated.add(lname)
+            self._repeated = self._repeated | {lname}
         self._lookup[lname] = value
 
     def on_headers_complete(self) -> None:
@@ -211,9 +214,9 @@ class ClientConnection(asyncio.Protocol):
             self._lookup,
             parser.should_keep_alive() and not self._server.draining,
             parser.should_upgrade(),
+            self._repeated,
+            self._underscored,
         )
-        request.repeated = self._repeated
-        request.underscored = self._underscored
         if request.chunked or (request.content_length or 0) > 0:
             request.body = RequestBody(self, self._server.body_idle_seconds)
         self._parsing = request

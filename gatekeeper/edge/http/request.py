@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from collections.abc import Set as AbstractSet
 from typing import Protocol
 
 __all__ = ["BadRequestBody", "ClientBodyTimeout", "Request", "RequestBody", "simple_response"]
@@ -180,6 +181,8 @@ class Request:
         lookup: dict[bytes, bytes],
         keep_alive: bool,
         upgrade: bool,
+        repeated: AbstractSet[bytes] = frozenset(),
+        underscored: Sequence[bytes] = (),
     ) -> None:
         self.method = method
         self.raw_path = raw_path
@@ -190,8 +193,8 @@ class Request:
         self.keep_alive = keep_alive
         self.upgrade = upgrade
         self.body: RequestBody | None = None
-        self.repeated: set[bytes] = set()  # lower-case names sent more than once
-        self.underscored: list[bytes] = []  # lower-case names containing "_"
+        self.repeated = repeated  # lower-case names sent more than once
+        self.underscored = underscored  # lower-case names containing "_"
         length = lookup.get(b"content-length")
         self.content_length = int(length) if length is not None else None
         self.chunked = b"transfer-encoding" in lookup
