@@ -30,6 +30,8 @@ __all__ = [
     "UPSTREAM_DURATION",
     "body_too_large",
     "problem",
+    "unauthorized",
+    "unavailable",
 ]
 
 _R = metrics.REQUESTS
@@ -84,6 +86,18 @@ def body_too_large(conn: ClientConnection, request: Request, limit: int) -> None
         f"The body limit is {limit} bytes.",
         close=True,
     )
+
+
+def unauthorized(conn: ClientConnection, request: Request, detail: str) -> None:
+    """401 with the challenge (enforce mode)."""
+    COUNT_UNAUTHORIZED.inc()
+    problem(conn, request, 401, "Unauthorized", detail, b"WWW-Authenticate: Bearer\r\n")
+
+
+def unavailable(conn: ClientConnection, request: Request, detail: str) -> None:
+    """503 for what the edge cannot decide yet (no mirror loaded, keys unreachable)."""
+    COUNT_UNAVAILABLE.inc()
+    problem(conn, request, 503, "Service unavailable", detail, b"Retry-After: 1\r\n")
 
 
 # Denials are pre-encoded (status line, then the Date, then the rest): the hot path for a

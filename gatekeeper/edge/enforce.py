@@ -9,7 +9,7 @@ from redis.exceptions import RedisError
 from gatekeeper.domain.edgeview import KeyGrant
 from gatekeeper.domain.identity import Identity
 from gatekeeper.edge.activity.recorder import ActivityRecorder
-from gatekeeper.edge.answers import COUNT_UNAUTHORIZED, COUNT_UNAVAILABLE, problem
+from gatekeeper.edge.answers import unauthorized, unavailable
 from gatekeeper.edge.http.request import Request
 from gatekeeper.edge.http.server import ClientConnection
 from gatekeeper.edge.keycache import KeyCache
@@ -34,15 +34,7 @@ class KeyCheck:
     ) -> KeyGrant | None:
         """The grant of the presented key, or None after answering 401 (or 503)."""
         if request.repeated and not request.repeated.isdisjoint(CREDENTIAL_HEADERS):
-            COUNT_UNAUTHORIZED.inc()
-            problem(
-                conn,
-                request,
-                401,
-                "Unauthorized",
-                "Send one credential, once.",
-                b"WWW-Authenticate: Bearer\r\n",
-            )
+            unauthorized(conn, request, "Send one credential, once.")
             return None
         secret = request.lookup.get(b"x-api-key")
         if secret is None:
@@ -50,29 +42,13 @@ class KeyCheck:
             if auth[:7].lower() == _BEARER:
                 secret = auth[7:].strip()
         if not secret:
-            COUNT_UNAUTHORIZED.inc()
-            problem(
-                conn,
-                request,
-                401,
-                "Unauthorized",
-                "An API key or personal access token is required.",
-                b"WWW-Authenticate: Bearer\r\n",
-            )
+            unauthorized(conn, request, "An API key or personal access token is required.")
             return None
         digest = self._keys.digest(secret.decode("latin-1"))
         try:
             grant = await self._keys.grant(digest)
         except (RedisError, OSError):
-            COUNT_UNAVAILABLE.inc()
-            problem(
-                conn,
-                request,
-                503,
-                "Service unavailable",
-                "Keys cannot be checked right now.",
-                b"Retry-After: 1\r\n",
-            )
+            unavailable(conn, request, "Keys cannot be checked right now.")
             return None
         device_id = identity.device_id
         if (
@@ -84,15 +60,7 @@ class KeyCheck:
                 and grant.device_id != device_id
             )
         ):
-            COUNT_UNAUTHORIZED.inc()
-            problem(
-                conn,
-                request,
-                401,
-                "Unauthorized",
-                "The key is not valid for this request.",
-                b"WWW-Authenticate: Bearer\r\n",
-            )
+            unauthorized(conn, request, "The key is not valid for this request.")
             return None
         self._recorder.note_key_use(digest)
         return grant

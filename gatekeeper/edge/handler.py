@@ -19,12 +19,12 @@ from gatekeeper.edge.answers import (
     COUNT_BLOCKED,
     COUNT_DISABLED,
     COUNT_INVALID,
-    COUNT_UNAVAILABLE,
     DENIAL_STATUS_LINE,
     DISABLED_RESPONSES,
     REQUEST_DURATION,
     body_too_large,
     problem,
+    unavailable,
 )
 from gatekeeper.edge.blocklist import BLOCKED, BlocklistMirror
 from gatekeeper.edge.enforce import CREDENTIAL_HEADERS, KeyCheck
@@ -183,15 +183,7 @@ class EdgeHandler:
             problem(conn, request, 400, "Invalid device identification", exc.detail)
             return None
         if not self._mirror.loaded and not self._fail_open:
-            COUNT_UNAVAILABLE.inc()
-            problem(
-                conn,
-                request,
-                503,
-                "Service unavailable",
-                "The blocklist is not loaded yet.",
-                b"Retry-After: 1\r\n",
-            )
+            unavailable(conn, request, "The blocklist is not loaded yet.")
             return None
         return identity
 

@@ -254,21 +254,11 @@ def _device_rows(
     batch: Mapping[DeviceKey, PendingDevice],
     finals: Sequence[tuple[Attributes | None, float | None]],
 ) -> str:
-    rows = []
-    for key, (state, seen) in zip(keys, finals, strict=True):
-        entry = batch[key]
-        rows.append(
-            [
-                key[0],
-                key[1],
-                *(state or _NO_ATTRIBUTES),
-                seen,
-                entry.first_seen,
-                entry.last_active,
-                entry.last_upload,
-            ]
-        )
-    return json.dumps(rows, separators=(",", ":"))
+    rows = [
+        _device_row(key, batch[key], state or _NO_ATTRIBUTES, seen)
+        for key, (state, seen) in zip(keys, finals, strict=True)
+    ]
+    return _json(rows)
 
 
 def _one_sighting_rows(keys: Sequence[DeviceKey], batch: Mapping[DeviceKey, PendingDevice]) -> str:
@@ -277,18 +267,23 @@ def _one_sighting_rows(keys: Sequence[DeviceKey], batch: Mapping[DeviceKey, Pend
     for key in keys:
         entry = batch[key]
         seen, attributes = entry.changes[0]
-        rows.append(
-            [
-                key[0],
-                key[1],
-                *attributes,
-                seen,
-                entry.first_seen,
-                entry.last_active,
-                entry.last_upload,
-            ]
-        )
-    return json.dumps(rows, separators=(",", ":"))
+        rows.append(_device_row(key, entry, attributes, seen))
+    return _json(rows)
+
+
+def _device_row(
+    key: DeviceKey, entry: PendingDevice, attributes: Attributes, seen: float | None
+) -> list[object]:
+    """One row of ``_DEVICE_ROWS``."""
+    return [
+        key[0],
+        key[1],
+        *attributes,
+        seen,
+        entry.first_seen,
+        entry.last_active,
+        entry.last_upload,
+    ]
 
 
 def _json(rows: list[list[object]]) -> str:
