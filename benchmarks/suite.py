@@ -13,10 +13,9 @@ import functools
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import traceback
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from .loadgen import LoadGen, Summary, pick_loadgen
 from .nginx import nginx_binary, start_nginx_proxy, start_nginx_upstream
 from .procs import Child, CpuPlan, HarnessError, free_port, plan_cpus, python_module, wait_port
 from .progress import Progress
+from .scenario_results import CPU_KEYS, commit, cpu_line, failed, median, skipped
 from .stack import GatekeeperStack, blocked_ids, unavailable
 
 __all__ = ["SCENARIOS", "Options", "Suite"]
@@ -34,7 +34,6 @@ __all__ = ["SCENARIOS", "Options", "Suite"]
 SCENARIOS = ("direct", "nginx", "naive", "gatekeeper-1", "gatekeeper-2")
 EXTRAS = ("half-load", "propagation", "writebehind")
 PATH = "/api/bench/items"
-CPU_KEYS = ("cpu_us_per_request", "cycles_per_request", "instructions_per_request")
 _STARTUP_ALLOWANCE = {
     "direct": 0.0,
     "nginx": 1.0,
@@ -60,63 +59,6 @@ class Options:
     pin: bool = True
     only: frozenset[str] = frozenset((*SCENARIOS, *EXTRAS))
     quick: bool = False
-
-
-def _skipped(name: str, reason: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "status": "skipped",
-        "reason": reason,
-        "rps": None,
-        "p50_ms": None,
-        "p99_ms": None,
-        **dict.fromkeys(CPU_KEYS),
-    }
-
-
-def _failed(name: str, exc: BaseException) -> dict[str, Any]:
-    reason = f"failed: {type(exc).__name__}: {exc}".strip()
-    return {
-        "name": name,
-        "status": "failed",
-        "reason": reason,
-        "rps": None,
-        "p50_ms": None,
-        "p99_ms": None,
-        **dict.fromkeys(CPU_KEYS),
-    }
-
-
-def _median(values: Iterable[float | None]) -> float | None:
-    """The median of the measured values, or None when none was measured."""
-    known = [v for v in values if v is not None]
-    return round(statistics.median(known), 3) if known else None
-
-
-def _cpu_line(run: Summary) -> str:
-    if run.get("cpu_us_per_request") is None:
-        return "cpu —"
-    line = f"cpu {run['cpu_us_per_request']:.1f} us/req"
-    if run.get("instructions_per_request") is not None:
-        line += (
-            f"  {run['cycles_per_request']:,.0f} cycles"
-            f"  {run['instructions_per_request']:,.0f} instr/req"
-        )
-    return line
-
-
-def _commit() -> str:
-    try:
-        done = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-    except OSError:
-        return "unknown"
-    return done.stdout.strip() or "unknown"
 
 
 class Suite:
@@ -205,7 +147,7 @@ class Suite:
             return None
         if skip is not None:
             self.progress.say(f"{name}: skipped ({skip})")
-            self.scenarios[name] = _skipped(name, skip)
+            self.scenarios[name] = skipped(name, skip)
             return None
         self.progress.step(name, "starting")
         try:
@@ -217,7 +159,7 @@ class Suite:
         except Exception as exc:
             self.progress.say(f"{name}: FAILED {exc}")
             self.progress.say(traceback.format_exc(limit=3))
-            self.scenarios[name] = _failed(name, exc)
+            self.scenarios[name] = failed(name, exc)
             return None
         return result
 
@@ -247,7 +189,7 @@ class Suite:
             self.progress.say(
                 f"    {last['rps']:,.0f} req/s  p50 {last['p50_ms']:.3f} ms  "
                 f"p99 {last['p99_ms']:.3f} ms  non-2xx {last['non2xx']}  "
-                f"errors {last['errors']}  {_cpu_line(last)}"
+                f"errors {last['errors']}  {cpu_line(last)}"
             )
         if all(r["requests"] == 0 for r in runs):
             raise HarnessError(f"no request completed against {name}")
@@ -259,7 +201,7 @@ class Suite:
             "p99_ms": round(statistics.median(r["p99_ms"] for r in runs), 3),
             "non2xx": sum(r["non2xx"] for r in runs),
             "errors": sum(r["errors"] for r in runs),
-            **{key: _median(r[key] for r in runs) for key in CPU_KEYS},
+            **{key: median(r[key] for r in runs) for key in CPU_KEYS},
             "runs": runs,
         }
 
@@ -357,7 +299,7 @@ class Suite:
         if reason is not None or not names:
             for name in names:
                 if name in SCENARIOS:
-                    self.scenarios[name] = _skipped(name, reason or "not selected")
+                    self.scenarios[name] = skipped(name, reason or "not selected")
                 else:
                     self.extras[name] = {"status": "skipped", "reason": reason}
             return
@@ -390,7 +332,7 @@ class Suite:
             self.progress.say(f"gatekeeper: FAILED {exc}")
             for name in names:
                 if name in SCENARIOS and name not in self.scenarios:
-                    self.scenarios[name] = _failed(name, exc)
+                    self.scenarios[name] = failed(name, exc)
                 elif name in EXTRAS and name not in self.extras:
                     self.extras[name] = {"status": "failed", "reason": str(exc)}
         finally:
@@ -424,7 +366,7 @@ class Suite:
         machine = {
             "cpus": len(os.sched_getaffinity(0)),
             "python": platform.python_version(),
-            "commit": _commit(),
+            "commit": commit(),
             "platform": platform.platform(),
             "implementation": sys.implementation.name,
             "cpu_pinning": self.cpus.describe(),
