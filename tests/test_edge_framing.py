@@ -394,3 +394,59 @@ async def test_a_denied_post_with_a_large_body_closes_the_connection(
     raw = await raw_bytes(edge.proxy_port, head + b"x" * 1000)
     assert _statuses(raw) == [403]  # and then the proxy closed: raw_bytes read to the end
     assert upstream.seen == []
+
+
+# --- a block made while a WebSocket is open ------------------------------------------------------
+
+
+@pytest.mark.parametrize("change", ["block", "disable"])
+async def test_a_block_ends_the_devices_open_websocket(
+    edge: EdgeServer,
+    upstream: RecordingUpstream,
+    pg_pool: asyncpg.Pool,
+    redis_client: aioredis.Redis,
+    change: str,
+) -> None:
+    """A tunnel carries no more requests to check, so the promise ("denied until unblocked")
+    holds only if the block ends the tunnels the device already has open."""
+    device = f"ws-{change}"
+    reader, writer = await asyncio.open_connection("127.0.0.1", edge.proxy_port)
+    try:
+        writer.write(
+            b"GET /api/acme/ws HTTP/1.1\r\nHost: edge\r\nX-Device-Id: " + device.encode() + b"\r\n"
+            b"Upgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 101 ")
+        if change == "block":
+            await store.set_blocked(pg_pool, redis_client, "acme", device, True, create=True)
+        else:
+            await store.set_blocked(pg_pool, redis_client, "acme", device, False, create=True)
+            await store.set_enabled(pg_pool, redis_client, "acme", device, False)
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # the proxy closed the tunnel
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+        await store.set_blocked(pg_pool, redis_client, "acme", device, False)
+        await store.set_enabled(pg_pool, redis_client, "acme", device, True)
+
+
+async def test_a_block_of_another_device_leaves_a_websocket_open(
+    edge: EdgeServer, pg_pool: asyncpg.Pool, redis_client: aioredis.Redis
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", edge.proxy_port)
+    try:
+        writer.write(
+            b"GET /api/acme/ws HTTP/1.1\r\nHost: edge\r\nX-Device-Id: ws-kept\r\n"
+            b"Upgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+        )
+        await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        await store.set_blocked(pg_pool, redis_client, "acme", "ws-other", True, create=True)
+        await asyncio.sleep(0.3)
+        assert not reader.at_eof()
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+        await store.set_blocked(pg_pool, redis_client, "acme", "ws-other", False)

@@ -90,6 +90,7 @@ class BlocklistMirror:
         "_reconnected",
         "_redis",
         "_resync_seconds",
+        "_watchers",
         "changed",
         "loaded",
         "stale",
@@ -114,6 +115,7 @@ class BlocklistMirror:
         self._ping_timeout = ping_timeout
         self._on_key_event = on_key_event
         self._on_resync = on_resync
+        self._watchers: list[Callable[[], None]] = []
         self._blocked: set[DeviceKey] = set()
         self._disabled: set[DeviceKey] = set()
         self._reconnected = False
@@ -143,6 +145,7 @@ class BlocklistMirror:
         self._mark_synced()
         if self._on_resync is not None:
             self._on_resync()
+        self._notify()
         metrics.BLOCKED_DEVICES.set(len(blocked))
         _log.info("blocklist mirror loaded: %d blocked, %d disabled", len(blocked), len(disabled))
 
@@ -157,16 +160,27 @@ class BlocklistMirror:
         kind = event.kind
         if kind == "block":
             self._blocked.add(_key(event.subject))
+            self._notify()
         elif kind == "unblock":
             self._blocked.discard(_key(event.subject))
         elif kind == "disable":
             self._disabled.add(_key(event.subject))
+            self._notify()
         elif kind == "enable":
             self._disabled.discard(_key(event.subject))
         elif kind == "revoke" and self._on_key_event is not None:
             self._on_key_event(event)
         metrics.BLOCKED_DEVICES.set(len(self._blocked))
         self.changed.set()
+
+    def watch(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` whenever a device may have become denied (a block, a disable, a
+        reload): for what a per-request check cannot reach, such as an open WebSocket."""
+        self._watchers.append(callback)
+
+    def _notify(self) -> None:
+        for callback in self._watchers:
+            callback()
 
     async def run(self) -> None:
         """Keep the mirror fresh until cancelled; reconnect with backoff on any Redis failure."""

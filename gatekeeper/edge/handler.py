@@ -34,6 +34,7 @@ from gatekeeper.edge.http.server import ClientConnection
 from gatekeeper.edge.keycache import KeyCache
 from gatekeeper.edge.relay import IDEMPOTENT, Relay
 from gatekeeper.edge.upstream.pool import UpstreamPool, UpstreamResponse, UpstreamTimeout
+from gatekeeper.edge.upstream.tunnel import OpenTunnels
 from gatekeeper.settings import Settings
 
 __all__ = ["EdgeHandler"]
@@ -74,6 +75,8 @@ class EdgeHandler:
         self._upstream_failed = relay.failed
         self._forward = relay.forward
         self._upgrade = relay.upgrade
+        self._tunnels = OpenTunnels(mirror.denial)
+        mirror.watch(self._tunnels.enforce)
 
     def __call__(self, request: Request, conn: ClientConnection) -> None:
         """Answer ``request``. The common case (a body-less request, an idle upstream connection)
@@ -94,7 +97,7 @@ class EdgeHandler:
         if request.body is None and not request.upgrade:
             upstream = self._upstream.idle_connection()
         if upstream is None:
-            conn.spawn(request, self._proceed(request, conn, started))
+            conn.spawn(request, self._proceed(request, conn, started, device=identity))
             return
         req_id = self._request_ids(request.lookup.get(b"x-request-id"))
         sent = time.perf_counter()
@@ -137,7 +140,7 @@ class EdgeHandler:
                 # its block applies (and its activity is recorded).
                 identity = Identity(identity.tenant_id, grant.device_id, identity.attributes)
             if self._admit(request, conn, identity):
-                await self._proceed(request, conn, started=None)
+                await self._proceed(request, conn, started=None, device=identity)
         finally:
             REQUEST_DURATION.observe(time.perf_counter() - started)
 
@@ -147,12 +150,14 @@ class EdgeHandler:
         conn: ClientConnection,
         started: float | None,
         req_id: bytes | None = None,
+        device: Identity | None = None,
     ) -> None:
         """Forward (or upgrade) an admitted request, in a task; with ``started``, it also
-        observes the request's duration (the enforce path observes its own)."""
+        observes the request's duration (the enforce path observes its own). ``device`` is who
+        asked, for a tunnel that a later block must end."""
         try:
             if request.upgrade:
-                await self._upgrade(request, conn)
+                await self._tunnel(request, conn, device)
                 return
             await self._forward(
                 request, conn, req_id or self._request_ids(request.lookup.get(b"x-request-id"))
@@ -162,6 +167,19 @@ class EdgeHandler:
         finally:
             if started is not None:
                 REQUEST_DURATION.observe(time.perf_counter() - started)
+
+    async def _tunnel(
+        self, request: Request, conn: ClientConnection, device: Identity | None
+    ) -> None:
+        if device is None or device.device_id is None:
+            await self._upgrade(request, conn)
+            return
+        key = (device.tenant_id, device.device_id)
+        self._tunnels.add(key, conn)
+        try:
+            await self._upgrade(request, conn)
+        finally:
+            self._tunnels.discard(key, conn)
 
     def _identify(self, request: Request, conn: ClientConnection) -> Identity | None:
         """Who is calling, or None after answering 4xx (a head the edge cannot take as it is, a

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import httptools
 
 from gatekeeper.edge.http.server import ClientConnection
 from gatekeeper.edge.upstream.connection import UpstreamConnectError, UpstreamError, UpstreamTimeout
+from gatekeeper.types import DeviceKey
 
-__all__ = ["Refused", "Switched", "open_websocket", "splice"]
+__all__ = ["OpenTunnels", "Refused", "Switched", "open_websocket", "splice"]
 
 _CHUNK = 64 * 1024
 _MAX_HEAD = 64 * 1024
@@ -182,3 +184,30 @@ async def _close(writer: asyncio.StreamWriter) -> None:
     writer.close()
     with contextlib.suppress(Exception):
         await writer.wait_closed()
+
+
+class OpenTunnels:
+    """Open WebSocket tunnels by the device that opened them. A tunnel carries no more requests
+    to check, so a block (or disable) made while it is open must end it: the mirror calls
+    :meth:`enforce` on every such change, and tunnels are few, so it scans them all."""
+
+    __slots__ = ("_by_device", "_denied")
+
+    def __init__(self, denied: Callable[[DeviceKey], object]) -> None:
+        self._denied = denied
+        self._by_device: dict[DeviceKey, set[ClientConnection]] = {}
+
+    def add(self, key: DeviceKey, conn: ClientConnection) -> None:
+        self._by_device.setdefault(key, set()).add(conn)
+
+    def discard(self, key: DeviceKey, conn: ClientConnection) -> None:
+        conns = self._by_device.get(key)
+        if conns is not None:
+            conns.discard(conn)
+            if not conns:
+                del self._by_device[key]
+
+    def enforce(self) -> None:
+        for key in [k for k in self._by_device if self._denied(k) is not None]:
+            for conn in self._by_device.pop(key):
+                conn.close()  # the splice ends with it, and the upstream side is closed
