@@ -450,3 +450,14 @@ async def test_a_block_of_another_device_leaves_a_websocket_open(
         with contextlib.suppress(ConnectionError):
             await writer.wait_closed()
         await store.set_blocked(pg_pool, redis_client, "acme", "ws-other", False)
+
+
+async def test_a_tenant_with_a_trailing_dot_is_400(
+    edge: EdgeServer, upstream: RecordingUpstream
+) -> None:
+    """Windows-hosted upstreams may read /api/acme./ as tenant "acme"."""
+    answer = await raw_exchange(
+        edge.proxy_port, _get(b"/api/acme./ping", b"X-Device-Id: " + BLOCKED.encode())
+    )
+    assert answer.status == 400
+    assert upstream.seen == []

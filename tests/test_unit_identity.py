@@ -65,6 +65,11 @@ def test_device_id_rule(value: str, ok: bool) -> None:
         ("a b", False),
         ("a/b", False),
         ("acme\n", False),
+        ("acme.", False),
+        (".acme", False),
+        ("acme~", False),
+        ("-acme", False),
+        ("a", True),
     ],
 )
 def test_tenant_id_rule(value: str, ok: bool) -> None:

@@ -25,9 +25,13 @@ DEVICE_ID_PATTERN = rf"^[\x21-\x7e]{{1,{MAX_DEVICE_ID_LEN}}}$"
 """1-128 printable ASCII characters, no space: what :func:`valid_device_id` accepts."""
 # Lower-case only: an upstream that routes case-insensitively must not read /api/ACME/ as the
 # tenant "acme" while the edge checked a tenant "ACME" with no blocks (docs/decisions.md).
-TENANT_ID_PATTERN = r"^[a-z0-9._~-]{1,64}$"
+# Starting and ending with a letter or digit: Windows-hosted upstreams may drop a trailing dot
+# from a path segment and read /api/acme./ as tenant "acme" (docs/decisions.md).
+TENANT_ID_PATTERN = r"^[a-z0-9](?:[a-z0-9._~-]{0,62}[a-z0-9])?$"
 """What :func:`valid_tenant_id` accepts."""
-TENANT_ID_RULE = "the tenant id must be 1-64 characters of a-z 0-9 . _ ~ -"
+TENANT_ID_RULE = (
+    "the tenant id must be 1-64 characters of a-z 0-9 . _ ~ -, starting and ending with a-z 0-9"
+)
 _TENANT_RE = re.compile(TENANT_ID_PATTERN)
 
 
