@@ -3,7 +3,9 @@
 ``python -m benchmarks.cpucost [--requests N]`` starts the built-in upstream and
 ``gatekeeper up --upstream`` (embedded stores, in a temporary data directory), warms it up,
 then sends N keep-alive requests from 1,000 devices over 4 connections while
-``perf stat -e cycles,instructions`` watches the gatekeeper process, and prints both per request.
+``perf stat -e cycles,instructions`` watches the proxy's processes (its worker, the recorder
+process and the supervisor; not the embedded stores), and prints both per request, in all and
+for the worker alone (the serving loop).
 Instruction counts move by well under 1 % between runs on a shared machine where req/s moves by
 20 %, so this is the figure to compare before and after a change to the hot path (run it in
 both trees, interleaved). Needs ``perf`` (Debian: linux-perf). Loopback only; bounded.
@@ -59,6 +61,30 @@ def _wait_ready(metrics_port: int, timeout: float = 60.0) -> None:
     raise SystemExit("gatekeeper up did not become ready")
 
 
+def _proxy_processes(root: int, module: str) -> list[int]:
+    """Descendants of ``root`` running ``python -m module``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            if module.encode() in argv and parent == root:
+                found.append(int(entry.name))
+    if not found:
+        raise SystemExit(f"no {module} process under gatekeeper up ({root})")
+    return found
+
+
+def _start_perf(pids: list[int], out: Path) -> tuple[subprocess.Popen[bytes], Path]:
+    command = ["perf", "stat", "-x,", "-e", "cycles,instructions"]
+    command += ["-p", ",".join(map(str, pids)), "-o", str(out)]
+    return subprocess.Popen(command), out
+
+
 def measure(requests: int) -> dict[str, float]:
     upstream_port, proxy, admin, metrics = (free_port() for _ in range(4))
     with tempfile.TemporaryDirectory() as data_dir:
@@ -89,29 +115,29 @@ def measure(requests: int) -> dict[str, float]:
         try:
             _wait_ready(metrics)
             asyncio.run(_load(proxy, max(requests // 5, _CONNECTIONS)))  # warm-up
-            out = Path(data_dir) / "perf.csv"
-            perf = subprocess.Popen(
-                [
-                    "perf",
-                    "stat",
-                    "-x,",
-                    "-e",
-                    "cycles,instructions",
-                    "-p",
-                    str(stack.pid),
-                    "-o",
-                    str(out),
-                ]
-            )
+            workers = _proxy_processes(stack.pid, "gatekeeper.runtime.worker")
+            recorders = _proxy_processes(stack.pid, "gatekeeper.runtime.recorder")
+            watched = {
+                "": [stack.pid, *workers, *recorders],
+                "worker ": workers,
+            }
+            perfs = {
+                label: _start_perf(pids, Path(data_dir) / f"perf{i}.csv")
+                for i, (label, pids) in enumerate(watched.items())
+            }
             time.sleep(0.3)
             asyncio.run(_load(proxy, requests))
-            perf.send_signal(signal.SIGINT)
-            perf.wait(10)
-            counts = {
-                line.split(",")[2]: float(line.split(",")[0])
-                for line in out.read_text().splitlines()
-                if line and not line.startswith("#") and line.split(",")[0][:1].isdigit()
-            }
+            counts = {}
+            for label, (perf, out) in perfs.items():
+                perf.send_signal(signal.SIGINT)
+                perf.wait(10)
+                counts.update(
+                    {
+                        label + line.split(",")[2]: float(line.split(",")[0])
+                        for line in out.read_text().splitlines()
+                        if line and not line.startswith("#") and line.split(",")[0][:1].isdigit()
+                    }
+                )
         finally:
             for proc in (stack, upstream):
                 proc.send_signal(signal.SIGINT)

@@ -35,10 +35,11 @@ async def flush_rate(dsn: str, seconds: float) -> dict[str, Any]:
     from gatekeeper.store.clients import open_pg_pool
 
     module: Any = importlib.import_module("gatekeeper.edge.activity.recorder")
+    writer: Any = importlib.import_module("gatekeeper.edge.activity.writer")
     pool = await open_pg_pool(dsn, min_size=1, max_size=4)
     try:
         recorder = module.ActivityRecorder(
-            pool,
+            writer.PostgresWriter(pool),
             flush_interval=0.25,
             flush_max_devices=_BATCH,
             max_pending=4 * _BATCH,

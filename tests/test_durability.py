@@ -19,6 +19,7 @@ from conftest import Stores
 from reliability_log import record
 
 from gatekeeper.edge.activity.recorder import ActivityRecorder
+from gatekeeper.edge.activity.writer import PostgresWriter
 from gatekeeper.runtime.embedded import EmbeddedPostgres
 from gatekeeper.store import edge_writes as store
 from gatekeeper.store.clients import open_pg_pool
@@ -81,7 +82,7 @@ async def test_acknowledged_writes_survive_a_postgres_crash(
     pool = await open_pg_pool(migrated.url, min_size=1, max_size=4)
     try:
         recorder = ActivityRecorder(
-            pool,
+            PostgresWriter(pool),
             flush_interval=3600.0,
             flush_max_devices=5_000,
             max_pending=10_000,

@@ -204,7 +204,8 @@ async def _title_is(session: aiohttp.ClientSession, url: str, device: str, title
 
 
 def _per_worker_counts(metrics_dir: Path, outcome: str, scratch: Path) -> list[float]:
-    """gatekeeper_requests_total{outcome} of each worker, read from its own counter file."""
+    """gatekeeper_requests_total{outcome} of each worker, read from its own counter file (the
+    recorder process's file has no request counter: it serves none)."""
     counts = []
     for i, db in enumerate(sorted(metrics_dir.glob("counter_*.db"))):
         alone = scratch / f"w{i}"
@@ -212,14 +213,14 @@ def _per_worker_counts(metrics_dir: Path, outcome: str, scratch: Path) -> list[f
         shutil.copy(db, alone / db.name)
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=str(alone))  # type: ignore[no-untyped-call]
-        counts.append(
-            sum(
-                s.value
-                for m in registry.collect()
-                for s in m.samples
-                if s.name == "gatekeeper_requests_total" and s.labels.get("outcome") == outcome
-            )
-        )
+        samples = [
+            s
+            for m in registry.collect()
+            for s in m.samples
+            if s.name == "gatekeeper_requests_total"
+        ]
+        if samples:
+            counts.append(sum(s.value for s in samples if s.labels.get("outcome") == outcome))
     return counts
 
 

@@ -145,3 +145,28 @@ def test_the_rules_see_the_package() -> None:
         "admin_api.app",
     } <= names.keys()
     assert "gatekeeper.edge.http.request" in imports("gatekeeper.edge.handler")
+
+
+def _reachable(start: str) -> set[str]:
+    """Our modules ``start`` imports, directly or through others (package ``__init__``s too)."""
+    ours = modules()
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        module = todo.pop()
+        if module in seen or module not in ours:
+            continue
+        seen.add(module)
+        parts = module.split(".")
+        todo.extend(".".join(parts[:i]) for i in range(1, len(parts)))
+        todo.extend(imports(module))
+    return seen
+
+
+def test_the_recorder_process_creates_none_of_the_workers_gauges() -> None:
+    """In multiprocess mode a label-less gauge reports 0 from every process that creates it:
+    the recorder process must not import the workers' metrics (gatekeeper_ready and the
+    blocklist's last sync are ``livemin`` across the node)."""
+    reachable = _reachable("gatekeeper.runtime.recorder")
+    assert "gatekeeper.edge.activity.writer" in reachable  # the walk works
+    assert "gatekeeper.edge.metrics" not in reachable

@@ -161,7 +161,12 @@ def test_worker_that_cannot_listen_exits_with_its_own_code(
     env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / "metrics")
     (tmp_path / "metrics").mkdir()
     code, stderr, elapsed = _run(
-        sys.executable, "-m", "gatekeeper.runtime.worker", str(settings_file), env=env
+        sys.executable,
+        "-m",
+        "gatekeeper.runtime.worker",
+        str(settings_file),
+        str(tmp_path / "recorder.sock"),
+        env=env,
     )
     assert code == CANNOT_LISTEN, stderr
     assert stderr.splitlines()[-1] == (

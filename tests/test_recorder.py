@@ -14,6 +14,7 @@ from faultproxy import FaultProxy
 
 from gatekeeper.edge import metrics
 from gatekeeper.edge.activity.recorder import ActivityRecorder
+from gatekeeper.edge.activity.writer import PostgresWriter
 from gatekeeper.store.clients import open_pg_pool
 from gatekeeper.types import SYSTEM_CLOCK, Clock, ManualClock
 
@@ -30,12 +31,11 @@ def recorder(
     clock: Clock = SYSTEM_CLOCK,
 ) -> ActivityRecorder:
     return ActivityRecorder(
-        pool,
+        PostgresWriter(pool, connections=connections),
         flush_interval=3600.0,
         flush_max_devices=flush_max,
         max_pending=max_pending,
         retry_max_seconds=1.0,
-        flush_connections=connections,
         touch_interval=touch_interval,
         clock=clock,
     )
@@ -202,7 +202,7 @@ async def test_failed_batch_goes_back_and_merges_with_newer_activity(
         await closed.close()
     assert rec.pending == 1
     rec.record((tenant, "dev"), ("App", "2.0", None, None, None, None), True)
-    rec._pool = pg_pool  # the same buffer, now against a reachable Postgres
+    rec._sink = PostgresWriter(pg_pool)  # the same buffer, now against a reachable Postgres
     assert await rec.flush_once() == 1
     row = await device(pg_pool, tenant, "dev")
     assert (row["application_version"], row["os"]) == ("2.0", "Android")
@@ -256,7 +256,7 @@ async def test_pure_touches_are_deferred_but_news_is_not(
 
 async def test_drain_writes_deferred_touches_too(pg_pool: asyncpg.Pool, tenant: str) -> None:
     rec = ActivityRecorder(
-        pg_pool,
+        PostgresWriter(pg_pool),
         flush_interval=3600.0,
         flush_max_devices=5_000,
         max_pending=50_000,
@@ -277,12 +277,11 @@ async def test_drain_writes_deferred_touches_too(pg_pool: asyncpg.Pool, tenant: 
 
 def hung_recorder(pool: asyncpg.Pool, timeout: float) -> ActivityRecorder:
     return ActivityRecorder(
-        pool,
+        PostgresWriter(pool, timeout=timeout),
         flush_interval=0.05,
         flush_max_devices=5_000,
         max_pending=50_000,
         retry_max_seconds=0.2,
-        flush_timeout=timeout,
     )
 
 
@@ -354,8 +353,9 @@ async def test_background_flusher_counts_errors_while_hung_and_catches_up(
 
 
 async def test_only_committed_pieces_count_as_flushed(pg_pool: asyncpg.Pool, tenant: str) -> None:
-    """One piece of a batch commits, the other fails: the metric, the counter and the buffer
-    agree with what Postgres holds."""
+    """One piece of a batch commits, the other fails: the metric counts what Postgres holds,
+    and the whole batch stays buffered (the sink reports all or nothing; writing the committed
+    piece again is harmless)."""
     rec = recorder(pg_pool)
     for i in range(249):
         rec.record((tenant, f"a{i:03d}"), ATTRS, False)
@@ -365,9 +365,10 @@ async def test_only_committed_pieces_count_as_flushed(pg_pool: asyncpg.Pool, ten
     with pytest.raises(asyncpg.PostgresError):
         await rec.flush_once()
     stored = await pg_pool.fetchval("SELECT count(*) FROM devices WHERE tenant_id = $1", tenant)
-    assert stored == 250 == rec.flushed_rows
+    assert stored == 250
     assert counter("gatekeeper_activity_flushed_total") - flushed_before == 250
-    assert rec.pending == 250  # the refused piece is back in the buffer, for the retry
+    assert rec.flushed_rows == 0
+    assert rec.pending == 500  # back in the buffer, for the retry
 
 
 async def test_drain_gives_up_at_its_deadline_and_counts_what_it_drops(

@@ -34,7 +34,7 @@ from edgerig import CountingUpstream, metric_value
 from reliability_log import record
 
 from gatekeeper.domain import edgeview
-from gatekeeper.edge.activity.recorder import FLUSH_TIMEOUT_SECONDS
+from gatekeeper.edge.activity.writer import FLUSH_TIMEOUT_SECONDS
 from gatekeeper.edge.blocklist import PING_INTERVAL_SECONDS, PING_TIMEOUT_SECONDS
 from gatekeeper.edge.server import EdgeServer
 from gatekeeper.runtime.embedded import EmbeddedPostgres, EmbeddedRedis

@@ -110,6 +110,7 @@ class BlocklistMirror:
     ) -> None:
         self._redis = redis
         self._clock = clock
+        metrics.STORE_UP.labels("redis")  # reported (as down) from the start, before any contact
         self._resync_seconds = resync_seconds
         self._ping_interval = ping_interval
         self._ping_timeout = ping_timeout

@@ -25,6 +25,13 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from gatekeeper.edge.storemetrics import (
+    ACTIVITY_FLUSH_DURATION,
+    ACTIVITY_FLUSHED,
+    REGISTRY,
+    STORE_UP,
+)
+
 __all__ = [
     "ACTIVITY_DROPPED",
     "ACTIVITY_FLUSHED",
@@ -36,6 +43,7 @@ __all__ = [
     "BLOCKLIST_STALE",
     "OUTCOMES",
     "READY",
+    "RECORDER_UP",
     "REGISTRY",
     "REQUESTS",
     "REQUEST_DURATION",
@@ -84,8 +92,6 @@ def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
-REGISTRY = CollectorRegistry(auto_describe=True)
-
 REQUESTS = Counter(
     "gatekeeper_requests_total",
     "Requests at the edge, by outcome.",
@@ -128,11 +134,6 @@ ACTIVITY_PENDING = Gauge(
     registry=REGISTRY,
     multiprocess_mode="livesum",
 )
-ACTIVITY_FLUSHED = Counter(
-    "gatekeeper_activity_flushed",
-    "Device activity records written to Postgres.",
-    registry=REGISTRY,
-)
 ACTIVITY_DROPPED = Counter(
     "gatekeeper_activity_dropped",
     "Device activity records dropped because the buffer was full.",
@@ -143,22 +144,15 @@ ACTIVITY_FLUSH_ERRORS = Counter(
     "Failed flushes of activity to Postgres.",
     registry=REGISTRY,
 )
-ACTIVITY_FLUSH_DURATION = Histogram(
-    "gatekeeper_activity_flush_duration_seconds",
-    "Duration of one successful activity flush.",
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+RECORDER_UP = Gauge(
+    "gatekeeper_recorder_up",
+    "1 when the worker's last hand-over to the node's recorder process succeeded.",
     registry=REGISTRY,
+    multiprocess_mode="livemin",
 )
 READY = Gauge(
     "gatekeeper_ready",
     "1 when the proxy is ready to serve (mirror loaded, not draining).",
-    registry=REGISTRY,
-    multiprocess_mode="livemin",
-)
-STORE_UP = Gauge(
-    "gatekeeper_store_up",
-    "1 when the last contact with the store succeeded.",
-    ["store"],
     registry=REGISTRY,
     multiprocess_mode="livemin",
 )
@@ -169,8 +163,6 @@ if multiprocess_dir() is None:
 # Pre-bound children: the hot path must not look labels up per request.
 for _outcome in OUTCOMES:
     REQUESTS.labels(_outcome)
-for _store in ("postgres", "redis"):
-    STORE_UP.labels(_store)
 
 
 class HotCounter:

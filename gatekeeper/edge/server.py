@@ -1,5 +1,8 @@
 """One proxy worker: its stores, mirror, recorder, upstream pool, listening socket and ops port.
 
+Started by the supervisor, a worker hands its activity to the node's recorder process over
+``recorder_socket``; started alone (tests, embedding), it writes to Postgres itself.
+
 ``EdgeServer.start()`` returns once the sockets listen (readiness follows when the mirror loads);
 ``stop()`` drains in the order an SRE expects: fail readiness, stop accepting, let in-flight
 requests finish, flush the activity buffer, close the pools.
@@ -18,7 +21,9 @@ import asyncpg
 from aiohttp import web
 
 from gatekeeper.edge import metrics
-from gatekeeper.edge.activity.recorder import ActivityRecorder
+from gatekeeper.edge.activity.link import RecorderLink
+from gatekeeper.edge.activity.recorder import ActivityRecorder, BatchSink
+from gatekeeper.edge.activity.writer import PostgresWriter
 from gatekeeper.edge.blocklist import BlocklistMirror
 from gatekeeper.edge.handler import EdgeHandler
 from gatekeeper.edge.http.server import HttpServer
@@ -43,13 +48,19 @@ _UPSTREAM_GRACE_SECONDS = 2.0
 
 class EdgeServer:
     def __init__(
-        self, settings: Settings, *, serve_ops: bool = True, reuse_port: bool = False
+        self,
+        settings: Settings,
+        *,
+        serve_ops: bool = True,
+        reuse_port: bool = False,
+        recorder_socket: str | None = None,
     ) -> None:
         if not settings.database_url or not settings.redis_url or not settings.upstream:
             raise SettingsError("the proxy needs database_url, redis_url and upstream")
         self.settings = settings
         self._serve_ops = serve_ops
         self._reuse_port = reuse_port
+        self._recorder_socket = recorder_socket
         self._tasks: list[asyncio.Task[None]] = []
         self._server: HttpServer | None = None
         self._listener: asyncio.Server | None = None
@@ -73,10 +84,7 @@ class EdgeServer:
             # in, first out, so stop() is just the stack's aclose() after readiness goes down.
             self.redis = open_redis(s.redis_url)
             stack.push_async_callback(self.redis.aclose)
-            # min_size=0: the proxy starts (and serves) even while Postgres is down.
-            pool = self._pool = await open_pg_pool(s.database_url, min_size=0, max_size=4)
-            stack.push_async_callback(_close_pool, pool)
-            self._build(pool)
+            self._build(await self._activity_sink(stack))
             if self._serve_ops:
                 # The ops port closes after everything but the stores: probes see "draining"
                 # for as long as the drain lasts, not a refused connection.
@@ -108,7 +116,20 @@ class EdgeServer:
             self._stack = stack.pop_all()
         _log.info("proxy listening on %s:%d, upstream %s", s.host, self.proxy_port, s.upstream)
 
-    def _build(self, pool: asyncpg.Pool) -> None:
+    async def _activity_sink(self, stack: contextlib.AsyncExitStack) -> BatchSink:
+        if self._recorder_socket is not None:
+            link = RecorderLink(self._recorder_socket)
+            stack.callback(link.close)
+            return link
+        assert self.settings.database_url
+        # min_size=0: the proxy starts (and serves) even while Postgres is down.
+        pool = self._pool = await open_pg_pool(self.settings.database_url, min_size=0, max_size=4)
+        stack.push_async_callback(_close_pool, pool)
+        # This process is its own recorder: the gauge that watches the hand-over says so.
+        metrics.RECORDER_UP.set(1)
+        return PostgresWriter(pool)
+
+    def _build(self, sink: BatchSink) -> None:
         """The proxy's parts that hold no resource of their own until their tasks run."""
         s = self.settings
         assert s.upstream
@@ -124,7 +145,7 @@ class EdgeServer:
             on_resync=self.keys.clear if self.keys is not None else None,
         )
         self.recorder = ActivityRecorder(
-            pool,
+            sink,
             flush_interval=s.flush_interval_seconds,
             flush_max_devices=s.flush_max_devices,
             max_pending=s.activity_buffer_max_devices,

@@ -125,32 +125,23 @@ def _require_stores(settings: Settings) -> None:
 
 
 async def _proxy(settings: Settings) -> None:
+    """The workers and the recorder process under a supervisor, one worker or many: the
+    serving loops only serve (see docs/decisions.md, "the recorder process")."""
     _require_stores(settings)
-    from gatekeeper.edge.server import EdgeServer
-    from gatekeeper.runtime.gc_tuning import tune_gc_after_start
     from gatekeeper.runtime.supervisor import Supervisor
 
-    if settings.workers > 1:
-        supervisor = Supervisor(settings)
-        await supervisor.start()
-        try:
-            await _until_signalled(supervisor.failed)
-        finally:
-            await supervisor.stop()
-        if supervisor.failed.is_set():
-            raise ListenError(
-                errno.EADDRINUSE,
-                f"cannot listen on {settings.host}:"
-                f"{settings.proxy_port}: a worker could not bind (see its log)",
-            )
-        return
-    edge = EdgeServer(settings)
-    await edge.start()
-    tune_gc_after_start()
+    supervisor = Supervisor(settings)
+    await supervisor.start()
     try:
-        await _until_signalled()
+        await _until_signalled(supervisor.failed)
     finally:
-        await edge.stop()
+        await supervisor.stop()
+    if supervisor.failed.is_set():
+        raise ListenError(
+            errno.EADDRINUSE,
+            f"cannot listen on {settings.host}:"
+            f"{settings.proxy_port}: a worker could not bind (see its log)",
+        )
 
 
 async def _admin(settings: Settings) -> None:

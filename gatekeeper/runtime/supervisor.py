@@ -1,8 +1,10 @@
-"""``gatekeeper proxy --workers N``: N worker processes on one port (SO_REUSEPORT) and one ops port.
+"""``gatekeeper proxy --workers N``: N worker processes on one port (SO_REUSEPORT), the node's
+recorder process, and one ops port.
 
-The supervisor owns the metrics port: its ``/metrics`` sums every worker (prometheus-client's
-multiprocess mode), its ``/readyz`` is ready when every worker is alive and ready. A worker that
-dies is replaced; SIGTERM is passed on to every worker, which drains and flushes before exiting.
+The supervisor owns the metrics port: its ``/metrics`` sums every worker and the recorder
+(prometheus-client's multiprocess mode), its ``/readyz`` is ready when every worker is alive and
+ready. A worker or recorder that dies is replaced. On SIGTERM the workers drain first, handing
+their last activity to the recorder, which is stopped last, once it has written it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from gatekeeper.edge import metrics
 from gatekeeper.edge.ops import create_ops_app
 from gatekeeper.listening import CANNOT_LISTEN, check_port, listen_error
 from gatekeeper.runtime.embedded import free_port
+from gatekeeper.runtime.recorder_process import RecorderProcess
 from gatekeeper.settings import Settings
 
 __all__ = ["Supervisor"]
@@ -49,12 +52,21 @@ class Supervisor:
         # Set when a worker could not take the proxy port: the command then stops and fails.
         self.failed = asyncio.Event()
         self.metrics_port = settings.metrics_port
+        self.recorder: RecorderProcess | None = None
+
+    def _env(self) -> dict[str, str]:
+        return dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(self._dir / "metrics"))
 
     def _spawn(self) -> subprocess.Popen[bytes]:
-        env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(self._dir / "metrics"))
         return subprocess.Popen(
-            [sys.executable, "-m", "gatekeeper.runtime.worker", str(self._dir / "settings.json")],
-            env=env,
+            [
+                sys.executable,
+                "-m",
+                "gatekeeper.runtime.worker",
+                str(self._dir / "settings.json"),
+                str(self._dir / "recorder.sock"),
+            ],
+            env=self._env(),
         )
 
     def readiness(self) -> dict[str, bool]:
@@ -73,6 +85,8 @@ class Supervisor:
             "ready": alive and workers_ready and not self._stopping,
             "workers_alive": alive,
             "workers_ready": workers_ready,
+            # Not a condition of readiness: without it the workers serve and keep coalescing.
+            "recorder_alive": self.recorder is not None and self.recorder.alive,
         }
 
     async def start(self) -> None:
@@ -103,16 +117,23 @@ class Supervisor:
             except OSError as exc:
                 raise listen_error(s.host, s.metrics_port, exc) from exc
             self.metrics_port = runner.addresses[0][1]
+            # Before the workers, stopped after them: they hand it their last batches.
+            recorder = self.recorder = RecorderProcess(
+                settings_file, self._dir / "recorder.sock", self._env(), self._dir / "metrics"
+            )
+            await recorder.start()
+            stack.push_async_callback(recorder.stop, s.shutdown_drain_seconds)
             stack.push_async_callback(self._stop_workers)
             self._workers = [self._spawn() for _ in range(s.workers)]
             self._monitor = asyncio.create_task(self._replace_dead_workers())
             stack.push_async_callback(self._stop_monitor)
             self._stack = stack.pop_all()
         _log.info(
-            "supervisor: %d workers on %s:%d, metrics on :%d",
+            "supervisor: %d workers on %s:%d, recorder process %s, metrics on :%d",
             s.workers,
             s.host,
             s.proxy_port,
+            self.recorder.pid if self.recorder is not None else None,
             self.metrics_port,
         )
 

@@ -7,17 +7,18 @@ of it in reverse order.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
 from aiohttp import web
 
-from gatekeeper.edge.server import EdgeServer
 from gatekeeper.listening import check_port
 from gatekeeper.runtime.demo_upstream import create_demo_upstream
 from gatekeeper.runtime.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from gatekeeper.runtime.gc_tuning import tune_gc_after_start
+from gatekeeper.runtime.supervisor import Supervisor
 from gatekeeper.settings import Settings, SettingsError, mask_url
 from gatekeeper.store.migrate import migrate
 
@@ -117,18 +118,33 @@ async def run_stack(
         admin_service = admin(settings)
         await admin_service.start()
         stack.push_async_callback(admin_service.stop)
-        edge = EdgeServer(settings)
-        await edge.start()
-        stack.push_async_callback(edge.stop)
+        # The proxy as in production: its workers and the recorder process, supervised.
+        proxy = Supervisor(settings)
+        await proxy.start()
+        stack.push_async_callback(proxy.stop)
         tune_gc_after_start()
         host = settings.host
-        print(f"  proxy     http://{host}:{edge.proxy_port}  -> {mask_url(settings.upstream)}")
+        print(
+            f"  proxy     http://{host}:{proxy.settings.proxy_port}"
+            f"  -> {mask_url(settings.upstream)}  ({settings.workers} worker(s) + recorder)"
+        )
         print(f"  admin     http://{host}:{admin_service.port}  (docs at /docs)")
-        print(f"  metrics   http://{host}:{edge.metrics_port}/metrics  (/healthz, /readyz)")
+        print(f"  metrics   http://{host}:{proxy.metrics_port}/metrics  (/healthz, /readyz)")
         print(
             "  admin token: gatekeeper token --tenant <tenant>   |   Ctrl-C stops everything",
             flush=True,
         )
-        await until()
+        await _first_of(until(), proxy.failed.wait())
         print("gatekeeper: stopping (draining requests, flushing activity)...", flush=True)
     print("gatekeeper: stopped", flush=True)
+
+
+async def _first_of(*waits: Awaitable[object]) -> None:
+    """Returns when the first of ``waits`` does (Ctrl-C, or a proxy that cannot go on)."""
+    tasks = [asyncio.ensure_future(wait) for wait in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks)

@@ -1,7 +1,7 @@
 """Entry point of one proxy worker process started by the supervisor (``gatekeeper proxy -w N``).
 
-Run as ``python -m gatekeeper.runtime.worker SETTINGS_JSON``; the supervisor has already set
-``PROMETHEUS_MULTIPROC_DIR`` in this process's environment.
+Run as ``python -m gatekeeper.runtime.worker SETTINGS_JSON RECORDER_SOCKET``; the supervisor has
+already set ``PROMETHEUS_MULTIPROC_DIR`` in this process's environment.
 """
 
 from __future__ import annotations
@@ -30,12 +30,12 @@ async def _orphaned(parent: int) -> None:
         await asyncio.sleep(1.0)
 
 
-async def _serve(settings: Settings) -> None:
+async def _serve(settings: Settings, recorder_socket: str) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    edge = EdgeServer(settings, serve_ops=False, reuse_port=True)
+    edge = EdgeServer(settings, serve_ops=False, reuse_port=True, recorder_socket=recorder_socket)
     await edge.start()
     tune_gc_after_start()
     watch = asyncio.create_task(_orphaned(os.getppid()))
@@ -54,7 +54,7 @@ def main() -> None:
         format="%(asctime)s worker[%(process)d] %(levelname)s %(name)s: %(message)s",
     )
     try:
-        run(_serve(settings))
+        run(_serve(settings, sys.argv[2]))
     except ListenError as exc:
         # The supervisor checks the port before forking; it can still be taken in between.
         # This exit code tells the supervisor not to start another worker on it.

@@ -1,15 +1,16 @@
-"""Device activity: coalesced in memory per request, written to Postgres in set-based batches.
+"""Device activity: coalesced in memory per request, handed over in batches to be written.
 
 :meth:`ActivityRecorder.record` runs on the proxy's hot path: a dict look-up and a few stores, no
-I/O. A background task (:meth:`ActivityRecorder.run`) flushes every ``flush_interval`` or as soon as
-``flush_max_devices`` devices are pending. A device seen 1,000 times between flushes is one row.
-Attribute changes seen in between are kept in order, each with the time its request was seen, so
-history is exact. When Postgres fails, the taken batch is merged back and retried with backoff;
-the buffer is bounded, and a device that does not fit is dropped and counted.
-
-Every piece of a flush is bounded by ``flush_timeout`` (default :data:`FLUSH_TIMEOUT_SECONDS`),
-from acquiring a connection to the commit, so a hung Postgres shows as flush errors and retries,
-never as a flush that waits forever. A device counts as flushed only once its commit returned.
+I/O. A background task (:meth:`ActivityRecorder.run`) hands a batch to its sink every
+``flush_interval`` (on the wall clock's multiples of it, so the workers of a node hand over
+together and the recorder process merges their sightings in request-time order) or as soon as
+``flush_max_devices`` devices are pending. The sink is the node's recorder process
+(:class:`~gatekeeper.edge.activity.channel.RecorderLink`), or a
+:class:`~gatekeeper.edge.activity.writer.PostgresWriter` in this process. A device seen 1,000
+times between flushes is one entry. Attribute changes seen in between are kept in order, each
+with the time its request was seen, so history is exact. When the sink fails, the taken batch is
+merged back and retried with backoff; the buffer is bounded, and a device that does not fit is
+dropped and counted. A device counts as flushed only once the sink says it is committed.
 """
 
 from __future__ import annotations
@@ -19,32 +20,39 @@ import contextlib
 import logging
 import random
 import time
+from collections.abc import Mapping
+from typing import Protocol
 
 import asyncpg
 
 from gatekeeper.domain.identity import Attributes
 from gatekeeper.edge import metrics
+from gatekeeper.edge.activity.channel import RecorderRefused, RecorderUnavailable
 from gatekeeper.edge.activity.pending import PendingDevice, merge_attributes
-from gatekeeper.edge.activity.sql import write_batch
 from gatekeeper.types import SYSTEM_CLOCK, Clock, DeviceKey
 
-__all__ = ["FLUSH_TIMEOUT_SECONDS", "ActivityRecorder", "PendingDevice"]
+__all__ = ["ActivityRecorder", "BatchSink", "PendingDevice"]
 
 _log = logging.getLogger(__name__)
 
-# A batch is written in pieces of at most this many devices, up to ``flush_connections`` at once
-# (so Postgres works on several cores). Preparing a piece holds the event loop for well under a
-# millisecond; a whole 5,000-device batch at once held it for tens of milliseconds, which is what
-# requests waiting behind a flush saw as their p99.
-_PIECE_DEVICES = 250
 _SCAN_SLICE = 2_000
+_STORE_ERRORS = (
+    asyncpg.PostgresError,
+    OSError,
+    asyncpg.InterfaceError,
+    TimeoutError,
+    RecorderRefused,
+)
+# The recorder process restarts within about a second (its supervisor's first backoff): retrying
+# sooner than ``flush_retry_max_seconds`` gets the buffer out as soon as it is back.
+_RECORDER_RETRY_MAX_SECONDS = 1.0
 
-# A piece takes milliseconds; even a loaded Postgres (a checkpoint's I/O, a lock held by an admin
-# transaction) answers in well under a second. Past this a flush is abandoned and retried: long
-# enough not to retry healthy-but-slow work, short enough that a hung server shows within
-# seconds (see docs/decisions.md, "the edge keeps its promise").
-FLUSH_TIMEOUT_SECONDS = 5.0
-_STORE_ERRORS = (asyncpg.PostgresError, OSError, asyncpg.InterfaceError, TimeoutError)
+
+class BatchSink(Protocol):
+    async def write(
+        self, batch: Mapping[DeviceKey, PendingDevice], key_uses: Mapping[str, float]
+    ) -> None:
+        """Return once all of ``batch`` is committed; raise otherwise."""
 
 
 def _describe(exc: BaseException) -> str:
@@ -58,11 +66,9 @@ class ActivityRecorder:
         "_interval",
         "_known",
         "_max_pending",
-        "_parallel",
         "_pending",
-        "_pool",
         "_retry_max",
-        "_timeout",
+        "_sink",
         "_touch",
         "_wake",
         "dropped",
@@ -73,29 +79,24 @@ class ActivityRecorder:
 
     def __init__(
         self,
-        pool: asyncpg.Pool,
+        sink: BatchSink,
         *,
         flush_interval: float,
         flush_max_devices: int,
         max_pending: int,
         retry_max_seconds: float,
-        flush_connections: int = 2,
         touch_interval: float = 0.0,
-        flush_timeout: float = FLUSH_TIMEOUT_SECONDS,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
-        self._pool = pool
+        self._sink = sink
         # What a request is stamped with and when a touch is due; the flush loop's own waits
         # (interval, backoff) and the shutdown deadline stay on the event loop's clock.
         self._clock = clock
-        self._timeout = flush_timeout
-        # Devices this process has written, with when (monotonic): their flushes skip the
-        # insert-new phase, and a device that only "was active again" is rewritten at most every
-        # ``touch_interval``. Bounded by the buffer size; when full it starts over.
+        # Devices this process has handed over, with when (monotonic): a device that only "was
+        # active again" is handed over at most every ``touch_interval``. Bounded by the buffer
+        # size; when full it starts over.
         self._known: dict[DeviceKey, tuple[float, Attributes]] = {}
         self._touch = touch_interval
-        # Concurrent transactions per flush; keep it within the pool's size.
-        self._parallel = max(1, flush_connections)
         self._interval = flush_interval
         self._flush_max = flush_max_devices
         self._max_pending = max_pending
@@ -188,27 +189,9 @@ class ActivityRecorder:
             else:
                 old.absorb(entry)
 
-    @staticmethod
-    def _split(batch: dict[DeviceKey, PendingDevice]) -> list[dict[DeviceKey, PendingDevice]]:
-        """Contiguous key ranges of at most ``_PIECE_DEVICES``: each is one transaction, and the
-        event loop serves requests between preparing one and the next."""
-        if len(batch) <= _PIECE_DEVICES:
-            return [batch]
-        keys = sorted(batch)
-        return [
-            {key: batch[key] for key in keys[i : i + _PIECE_DEVICES]}
-            for i in range(0, len(keys), _PIECE_DEVICES)
-        ]
-
     async def flush_once(self, everything: bool = False) -> int:
-        """Write one batch; returns devices written. Raises on a database error (batch kept).
-
-        A large batch is written as key ranges in a few concurrent transactions; a range that
-        fails goes back to the buffer and the others stay written (writing one again is harmless:
-        its timestamps do not move back and its history is not repeated). After the first failure
-        no further range is started: one timeout is enough to know Postgres is in trouble, and a
-        hung server would otherwise cost a timeout per range.
-        """
+        """Hand one batch to the sink; returns the devices written. Raises on a failure, with
+        the batch back in the buffer (older than what arrived meanwhile)."""
         batch = await self._take(everything)
         uses, self.key_uses = self.key_uses, {}
         if len(self._known) > self._max_pending:
@@ -216,82 +199,49 @@ class ActivityRecorder:
         metrics.ACTIVITY_PENDING.set(len(self._pending))
         if not batch and not uses:
             return 0
-        started = time.perf_counter()
-        parts = self._split(batch)
-        written: set[int] = set()
-        failures: list[Exception] = []
-        slots = asyncio.Semaphore(self._parallel)
-
-        async def write(index: int) -> None:
-            async with slots:
-                if failures:
-                    return  # stays unwritten: restored below, retried with backoff
-                await asyncio.sleep(0)  # let waiting requests in before preparing this piece
-                try:
-                    await write_batch(
-                        self._pool,
-                        parts[index],
-                        uses if index == 0 else {},
-                        self._known,
-                        timeout=self._timeout,
-                    )
-                except Exception as exc:
-                    failures.append(exc)
-                    return
-            # Committed. Stamp each device a random part of the touch interval early, so devices
-            # first written together do not all come due together: touches spread over the
-            # flushes instead of arriving as one large batch every interval.
-            now = self._clock.monotonic()
-            spread = self._touch / 2
-            self._known.update(
-                {
-                    key: (now - spread * random.random(), entry.attributes)
-                    for key, entry in parts[index].items()
-                }
-            )
-            written.add(index)
-
         try:
-            await asyncio.gather(*(write(i) for i in range(len(parts))))
-        finally:
-            if len(written) < len(parts):
-                self._restore(
-                    [p for i, p in enumerate(parts) if i not in written],
-                    uses if 0 not in written else {},
-                )
-            # Only committed pieces count, whatever happened to the others.
-            done = sum(len(parts[i]) for i in written)
-            metrics.ACTIVITY_FLUSHED.inc(done)
-            self.flushed_rows += done
-        if failures:
-            raise failures[0]
-        metrics.ACTIVITY_FLUSH_DURATION.observe(time.perf_counter() - started)
-        return done
+            await self._sink.write(batch, uses)
+        except BaseException:
+            self._restore(batch, uses)
+            raise
+        # Committed. Stamp each device a random part of the touch interval early, so devices
+        # first written together do not all come due together: touches spread over the flushes
+        # instead of arriving as one large batch every interval.
+        now = self._clock.monotonic()
+        spread = self._touch / 2
+        self._known.update(
+            {
+                key: (now - spread * random.random(), entry.attributes)
+                for key, entry in batch.items()
+            }
+        )
+        self.flushed_rows += len(batch)
+        return len(batch)
 
-    def _restore(
-        self, failed: list[dict[DeviceKey, PendingDevice]], uses: dict[str, float]
-    ) -> None:
-        batch = failed[0]
-        for part in failed[1:]:
-            batch.update(part)
+    def _restore(self, batch: dict[DeviceKey, PendingDevice], uses: dict[str, float]) -> None:
         self._put_back(batch)
         for digest, used in uses.items():
             self.key_uses.setdefault(digest, used)
         metrics.ACTIVITY_PENDING.set(len(self._pending))
 
+    def _until_next_tick(self) -> float:
+        """Seconds to the next multiple of ``flush_interval`` on the wall clock: every worker of
+        the node hands over at the same instants, so the recorder process gets a tick's
+        batches together and merges them in request-time order (see docs/decisions.md)."""
+        return self._interval - time.time() % self._interval
+
     async def run(self) -> None:
-        """Flush until cancelled; back off while Postgres fails."""
-        backoff = self._interval
+        """Flush until cancelled; back off while the sink fails."""
+        backoff = 0.0
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), backoff)
+                await asyncio.wait_for(self._wake.wait(), backoff or self._until_next_tick())
             self._wake.clear()
             try:
                 while await self.flush_once() >= self._flush_max:
                     pass  # a full batch: more may be waiting, go again at once
             except Exception as exc:
                 metrics.ACTIVITY_FLUSH_ERRORS.inc()
-                metrics.STORE_UP.labels("postgres").set(0)
                 if not isinstance(exc, _STORE_ERRORS):
                     # Not an outage: a bug. Keep the buffer and keep trying (a dead recorder
                     # would lose everything silently), but say so every time.
@@ -303,13 +253,15 @@ class ActivityRecorder:
                         self.pending,
                     )
                 self.last_flush_ok = False
-                backoff = min(max(backoff * 2, 0.1), self._retry_max)
+                ceiling = self._retry_max
+                if isinstance(exc, RecorderUnavailable):
+                    ceiling = min(ceiling, _RECORDER_RETRY_MAX_SECONDS)
+                backoff = min(max(backoff * 2, 0.1), ceiling)
                 continue
             if not self.last_flush_ok:
                 _log.info("activity flush recovered")
             self.last_flush_ok = True
-            metrics.STORE_UP.labels("postgres").set(1)
-            backoff = self._interval
+            backoff = 0.0
 
     async def drain(self, deadline: float) -> bool:
         """Flush everything before shutdown, retrying until ``deadline`` (monotonic); what is
