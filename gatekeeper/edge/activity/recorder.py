@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import logging
 import random
 import time
@@ -35,7 +37,6 @@ __all__ = ["ActivityRecorder", "BatchSink", "PendingDevice"]
 
 _log = logging.getLogger(__name__)
 
-_SCAN_SLICE = 2_000
 _STORE_ERRORS = (
     asyncpg.PostgresError,
     OSError,
@@ -62,10 +63,13 @@ def _describe(exc: BaseException) -> str:
 class ActivityRecorder:
     __slots__ = (
         "_clock",
+        "_due",
         "_flush_max",
         "_interval",
         "_known",
+        "_later",
         "_max_pending",
+        "_order",
         "_pending",
         "_retry_max",
         "_sink",
@@ -102,6 +106,11 @@ class ActivityRecorder:
         self._max_pending = max_pending
         self._retry_max = retry_max_seconds
         self._pending: dict[DeviceKey, PendingDevice] = {}
+        # Pending devices to hand over at the next tick (insertion-ordered), and deferred
+        # touches: (due at, tie-breaker, key, entry), a heap by due time.
+        self._due: dict[DeviceKey, PendingDevice] = {}
+        self._later: list[tuple[float, int, DeviceKey, PendingDevice]] = []
+        self._order = itertools.count()
         self._wake = asyncio.Event()
         # digest hex -> last use, for personal access tokens' and keys' lastUsedAt.
         self.key_uses: dict[str, float] = {}
@@ -123,20 +132,35 @@ class ActivityRecorder:
             news = (
                 is_post or written is None or merge_attributes(attributes, written[1]) != written[1]
             )
-            pending[key] = PendingDevice(attributes, now, is_post, news)
-            if len(pending) % self._flush_max == 0:
-                self._wake.set()  # a batch's worth more (deferred touches may stay behind)
+            entry = pending[key] = PendingDevice(attributes, now, is_post, news)
+            if news or written is None or self._touch <= 0:
+                self._make_due(key, entry)
+            else:
+                # Only "active again": due when its last hand-over is a touch interval old.
+                heapq.heappush(
+                    self._later, (written[0] + self._touch, next(self._order), key, entry)
+                )
             return
         entry.last_active = now
         if is_post:
             entry.last_upload = now
-            entry.news = True
+            if not entry.news:
+                entry.news = True
+                self._make_due(key, entry)
         if attributes != entry.attributes:
             merged = merge_attributes(attributes, entry.attributes)
             if merged != entry.attributes:
                 entry.attributes = merged
                 entry.changes.append((now, merged))
-                entry.news = True
+                if not entry.news:
+                    entry.news = True
+                    self._make_due(key, entry)
+
+    def _make_due(self, key: DeviceKey, entry: PendingDevice) -> None:
+        due = self._due
+        due[key] = entry
+        if len(due) == self._flush_max:
+            self._wake.set()  # a batch's worth: no need to wait for the tick
 
     def note_key_use(self, digest: str) -> None:
         self.key_uses[digest] = self._clock.wall()
@@ -145,39 +169,51 @@ class ActivityRecorder:
     def pending(self) -> int:
         return len(self._pending)
 
-    async def _take(self, everything: bool = False) -> dict[DeviceKey, PendingDevice]:
+    def _take(self, everything: bool = False) -> dict[DeviceKey, PendingDevice]:
         """The next batch: every device with news, and those only "active again" whose last
-        write is older than the touch interval (all of them when ``everything``)."""
+        hand-over is older than the touch interval (all of them when ``everything``).
+
+        Costs what the batch holds, not what the buffer holds: devices are made due as their
+        news arrives, and deferred touches wait in a heap ordered by when they come due. An
+        entry in either that is no longer the device's pending entry (taken, merged back) is
+        skipped."""
         pending = self._pending
-        if everything or self._touch <= 0:
+        if everything:
             if len(pending) <= self._flush_max:
                 self._pending = {}
+                self._due = {}
+                self._later = []
                 return pending
-            keys = list(pending)[: self._flush_max]
+            keys = list(itertools.islice(pending, self._flush_max))
+            return {key: pending.pop(key) for key in keys}
+        later, due = self._later, self._due
+        now = self._clock.monotonic()
+        while later and later[0][0] <= now:
+            _, _, key, entry = heapq.heappop(later)
+            if pending.get(key) is entry:
+                due[key] = entry
+        if len(due) <= self._flush_max:
+            chosen = list(due.items())
+            self._due = {}
         else:
-            stale_before = self._clock.monotonic() - self._touch
-            known = self._known
-            keys = []
-            # A snapshot, scanned in slices with the loop served in between: requests keep
-            # adding to the buffer meanwhile (what they add waits for the next flush).
-            snapshot = list(pending.items())
-            for start in range(0, len(snapshot), _SCAN_SLICE):
-                if start:
-                    await asyncio.sleep(0)
-                for key, entry in snapshot[start : start + _SCAN_SLICE]:
-                    written = known.get(key)
-                    if entry.news or written is None or written[0] <= stale_before:
-                        keys.append(key)
-                if len(keys) >= self._flush_max:
-                    del keys[self._flush_max :]
-                    break
-        pending = self._pending
-        return {key: pending.pop(key) for key in keys if key in pending}
+            chosen = list(itertools.islice(due.items(), self._flush_max))
+            for key, _ in chosen:
+                del due[key]
+        batch = {}
+        for key, entry in chosen:
+            if pending.get(key) is entry:
+                batch[key] = pending.pop(key)
+        return batch
 
     def _put_back(self, batch: dict[DeviceKey, PendingDevice]) -> None:
-        """Return a failed batch: older than whatever arrived meanwhile, so it goes first."""
+        """Return a failed batch: older than whatever arrived meanwhile, so it goes first; all
+        of it is due again (what arrived meanwhile keeps its place)."""
         newer = self._pending
         self._pending = batch
+        due = dict(batch)
+        for key, entry in self._due.items():
+            due.setdefault(key, entry)  # a device of the batch keeps the batch's entry
+        self._due = due
         for key, entry in newer.items():
             old = batch.get(key)
             if old is None:
@@ -192,7 +228,7 @@ class ActivityRecorder:
     async def flush_once(self, everything: bool = False) -> int:
         """Hand one batch to the sink; returns the devices written. Raises on a failure, with
         the batch back in the buffer (older than what arrived meanwhile)."""
-        batch = await self._take(everything)
+        batch = self._take(everything)
         uses, self.key_uses = self.key_uses, {}
         if len(self._known) > self._max_pending:
             self._known.clear()
