@@ -19,6 +19,7 @@ import asyncpg
 import pytest
 from conftest import Stores, edge_settings
 from edgerig import eventually
+from faultproxy import FaultProxy
 
 from gatekeeper.edge.activity.service import RecorderService
 from gatekeeper.edge.activity.writer import PostgresWriter
@@ -138,6 +139,52 @@ async def test_a_recorder_killed_mid_traffic_is_restarted_and_loses_nothing(
     await asyncio.gather(*(send(http, port, tenant, d) for d in after))
     assert await all_recorded(pg_pool, tenant, before | during | after, 15.0)
     assert supervisor.recorder.restarts == 1
+
+
+async def test_postgres_unreachable_under_traffic_loses_nothing_through_the_recorder(
+    stores: Stores,
+    echo_upstream: str,
+    http: aiohttp.ClientSession,
+    pg_pool: asyncpg.Pool,
+    tenant: str,
+) -> None:
+    """Postgres goes away mid-traffic: the proxy keeps forwarding, the recorder answers each
+    frame with the failure (so the workers keep their batches), the node's /metrics says so,
+    and once Postgres is back every device is written."""
+    async with FaultProxy("127.0.0.1", stores.postgres.port) as fault:
+        settings = edge_settings(
+            stores,
+            echo_upstream,
+            workers=2,
+            database_url=f"postgresql://postgres@127.0.0.1:{fault.port}/postgres",
+            flush_retry_max_seconds=0.5,
+        )
+        running = Supervisor(settings)
+        await running.start()
+        try:
+            await running.wait_ready()
+            port = running.settings.proxy_port
+            before = {f"before-{i}" for i in range(20)}
+            await asyncio.gather(*(send(http, port, tenant, d) for d in before))
+            assert await all_recorded(pg_pool, tenant, before, 10.0)
+            await fault.cut()
+            during = {f"during-{i}" for i in range(40)}
+            await asyncio.gather(*(send(http, port, tenant, d) for d in during))
+
+            async def failing() -> bool:
+                text = await metrics_text(running.metrics_port)
+                return (
+                    sample(text, 'gatekeeper_store_up{store="postgres"}') == 0
+                    and sample(text, "gatekeeper_activity_flush_errors_total") > 0
+                    and sample(text, "gatekeeper_activity_pending") > 0
+                )
+
+            assert await eventually(failing, 15.0, interval=0.1)
+            assert not during & await recorded(pg_pool, tenant)
+            await fault.restore()
+            assert await all_recorded(pg_pool, tenant, before | during, 20.0)
+        finally:
+            await running.stop()
 
 
 async def test_history_is_exact_across_workers(
