@@ -113,6 +113,19 @@ async def test_two_workers_activity_reaches_postgres_through_the_recorder(
     assert sample(text, "gatekeeper_blocklist_last_sync_timestamp_seconds") > 0
 
 
+async def test_idle_workers_still_report_whether_the_recorder_answers(
+    supervisor: Supervisor,
+) -> None:
+    """With no traffic at all the workers hand over empty batches now and then, so
+    ``gatekeeper_recorder_up`` says whether the recorder answers, not only that nothing
+    was sent."""
+
+    async def up() -> bool:
+        return sample(await metrics_text(supervisor.metrics_port), "gatekeeper_recorder_up") == 1
+
+    assert await eventually(up, 5.0, interval=0.1)
+
+
 async def test_a_recorder_killed_mid_traffic_is_restarted_and_loses_nothing(
     supervisor: Supervisor, http: aiohttp.ClientSession, pg_pool: asyncpg.Pool, tenant: str
 ) -> None:

@@ -47,6 +47,8 @@ _STORE_ERRORS = (
 # The recorder process restarts within about a second (its supervisor's first backoff): retrying
 # sooner than ``flush_retry_max_seconds`` gets the buffer out as soon as it is back.
 _RECORDER_RETRY_MAX_SECONDS = 1.0
+# An idle worker hands over an empty batch this often (see flush_once).
+_KEEPALIVE_SECONDS = 1.0
 
 
 class BatchSink(Protocol):
@@ -65,6 +67,7 @@ class ActivityRecorder:
         "_clock",
         "_due",
         "_flush_max",
+        "_handed_over",
         "_interval",
         "_known",
         "_later",
@@ -111,6 +114,7 @@ class ActivityRecorder:
         self._due: dict[DeviceKey, PendingDevice] = {}
         self._later: list[tuple[float, int, DeviceKey, PendingDevice]] = []
         self._order = itertools.count()
+        self._handed_over = 0.0  # monotonic time of the last successful hand-over
         self._wake = asyncio.Event()
         # digest hex -> last use, for personal access tokens' and keys' lastUsedAt.
         self.key_uses: dict[str, float] = {}
@@ -233,13 +237,16 @@ class ActivityRecorder:
         if len(self._known) > self._max_pending:
             self._known.clear()
         metrics.ACTIVITY_PENDING.set(len(self._pending))
-        if not batch and not uses:
+        if not batch and not uses and time.monotonic() - self._handed_over < _KEEPALIVE_SECONDS:
             return 0
+        # Even with nothing to send, a hand-over now and then: an idle worker still learns (and
+        # reports) whether its recorder answers.
         try:
             await self._sink.write(batch, uses)
         except BaseException:
             self._restore(batch, uses)
             raise
+        self._handed_over = time.monotonic()
         # Committed. Stamp each device a random part of the touch interval early, so devices
         # first written together do not all come due together: touches spread over the flushes
         # instead of arriving as one large batch every interval.

@@ -77,8 +77,13 @@ class RecorderService:
                 self._queue.append((batch, key_uses, answer))
                 self._arrived.set()
                 error = await answer
+                if writer.is_closing():
+                    return  # it gave up waiting; it sends the batch again
                 write_frame(writer, marshal.dumps((sequence, error)))
-                await writer.drain()
+                try:
+                    await writer.drain()
+                except ConnectionError:
+                    return
         except Exception:
             # A malformed frame is a bug on the other end; drop that connection, keep serving.
             _log.exception("recorder: dropping a worker connection")
