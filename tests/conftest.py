@@ -142,10 +142,16 @@ async def edge_factory(stores: Stores, echo_upstream: str) -> AsyncIterator[Edge
     started: list[EdgeServer] = []
 
     async def start(
-        *, stores_: Stores | None = None, wait: bool = True, **overrides: Any
+        *,
+        stores_: Stores | None = None,
+        wait: bool = True,
+        recorder_socket: str | None = None,
+        **overrides: Any,
     ) -> EdgeServer:
         overrides.setdefault("upstream", echo_upstream)
-        server = EdgeServer(edge_settings(stores_ or stores, **overrides))
+        server = EdgeServer(
+            edge_settings(stores_ or stores, **overrides), recorder_socket=recorder_socket
+        )
         await server.start()
         started.append(server)
         if wait:

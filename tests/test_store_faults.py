@@ -16,13 +16,19 @@ every server process), then restarted or resumed. Counted:
   ``blocklist_fresh`` false); ``recover_seconds``: from starting the restart (or the SIGCONT) to
   ``/readyz`` clear again.
 
-Both stores are private and durable (the embedded default), so a crash keeps what it
-acknowledged. The figures go to ``docs/reliability.md`` through :func:`reliability_log.record`.
+The proxy hands its activity to a recorder service (the recorder process's work, run in the
+test's process) over its Unix socket, as a worker does in production: "flushed" is what the
+recorder answered as committed. Both stores are private and durable (the embedded default), so
+a crash keeps what it acknowledged. The figures go to ``docs/reliability.md`` through
+:func:`reliability_log.record`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import AsyncIterator
 
@@ -34,7 +40,8 @@ from edgerig import CountingUpstream, metric_value
 from reliability_log import record
 
 from gatekeeper.domain import edgeview
-from gatekeeper.edge.activity.writer import FLUSH_TIMEOUT_SECONDS
+from gatekeeper.edge.activity.service import RecorderService
+from gatekeeper.edge.activity.writer import FLUSH_TIMEOUT_SECONDS, PostgresWriter
 from gatekeeper.edge.blocklist import PING_INTERVAL_SECONDS, PING_TIMEOUT_SECONDS
 from gatekeeper.edge.server import EdgeServer
 from gatekeeper.runtime.embedded import EmbeddedPostgres, EmbeddedRedis
@@ -204,6 +211,29 @@ async def _wait_flushed(edge: EdgeServer, tenant: str, at_least: int) -> None:
         await asyncio.sleep(0.02)
 
 
+class _Recorder:
+    """A recorder service on a Unix socket, with its own pool, as the recorder process runs."""
+
+    def __init__(self, pool: asyncpg.Pool, folder: str) -> None:
+        self._pool = pool
+        self._folder = folder
+        self.path = os.path.join(folder, "recorder.sock")
+        self.service = RecorderService(PostgresWriter(pool), self.path)
+
+    async def stop(self) -> None:
+        await self.service.stop(time.monotonic() + 5)
+        self._pool.terminate()
+        shutil.rmtree(self._folder, ignore_errors=True)
+
+
+async def _start_recorder(pair: Stores) -> _Recorder:
+    pool = await open_pg_pool(pair.pg_url, min_size=0, max_size=3)
+    # A short directory: a Unix socket's path is limited to 107 bytes.
+    recorder = _Recorder(pool, tempfile.mkdtemp(prefix="gk-rec-"))
+    await recorder.service.start()
+    return recorder
+
+
 def _flushed(edge: EdgeServer, tenant: str) -> set[str]:
     """Devices the proxy's recorder has committed (what it counted as flushed)."""
     return {device for t, device in edge.recorder._known if t == tenant}
@@ -222,7 +252,13 @@ async def test_store_fault_under_traffic(
 ) -> None:
     pair = durable_stores
     await _block_devices(pair, tenant)
-    edge = await edge_factory(stores_=pair, upstream=upstream.url, flush_retry_max_seconds=0.5)
+    recorder = await _start_recorder(pair)
+    edge = await edge_factory(
+        stores_=pair,
+        upstream=upstream.url,
+        flush_retry_max_seconds=0.5,
+        recorder_socket=recorder.path,
+    )
     traffic = Traffic(session, edge, tenant)
     try:
         await _wait_flushed(edge, tenant, at_least=100)
@@ -247,6 +283,7 @@ async def test_store_fault_under_traffic(
         await asyncio.to_thread(pair.postgres.resume)
         await asyncio.to_thread(pair.redis.resume)
     await edge.stop()  # drains: everything answered is written now
+    await recorder.stop()
 
     stored = await _stored_devices(pair, tenant)
     lost = (len(BLOCKED) - await _kept_blocks(pair, tenant)) + len(acked_devices - stored)
