@@ -95,6 +95,8 @@ class CpuMeter:
         self.prefix = prefix
         self._start: dict[int, int] = {}
         self.cpu_s: float | None = None
+        # The part of cpu_s spent by a gatekeeper recorder process (None when there is none).
+        self.recorder_cpu_s: float | None = None
         self.counts: dict[str, float] | None = None
         self._perf: subprocess.Popen[bytes] | None = None
         self._out = work / "perf-stat.csv"
@@ -116,8 +118,11 @@ class CpuMeter:
     ) -> None:
         procs = process_times()
         pids = tree(self.roots, procs)
-        ticks = sum(max(0, procs[pid].ticks - self._start.get(pid, 0)) for pid in pids)
-        self.cpu_s = ticks / _TICK
+        spent = {pid: max(0, procs[pid].ticks - self._start.get(pid, 0)) for pid in pids}
+        self.cpu_s = sum(spent.values()) / _TICK
+        recorders = [pid for pid in pids if _runs(pid, b"gatekeeper.runtime.recorder")]
+        if recorders:
+            self.recorder_cpu_s = sum(spent[pid] for pid in recorders) / _TICK
         self.counts = self._stop_perf()
 
     def _start_perf(self, pids: list[int]) -> None:
@@ -174,9 +179,18 @@ class CpuMeter:
             "cycles": counts.get("cycles"),
             "instructions": counts.get("instructions"),
             "cpu_us_per_request": per_request(self.cpu_s, requests, 1e6, 3),
+            "recorder_cpu_us_per_request": per_request(self.recorder_cpu_s, requests, 1e6, 3),
             "cycles_per_request": per_request(counts.get("cycles"), requests, 1, 0),
             "instructions_per_request": per_request(counts.get("instructions"), requests, 1, 0),
         }
+
+
+def _runs(pid: int, module: bytes) -> bool:
+    """Whether process ``pid`` runs ``python -m module``."""
+    try:
+        return module in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
 
 
 def per_request(total: float | None, requests: int, scale: float, digits: int) -> float | None:

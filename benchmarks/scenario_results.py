@@ -12,7 +12,13 @@ from .loadgen import Summary
 
 __all__ = ["CPU_KEYS", "commit", "cpu_line", "failed", "median", "skipped"]
 
-CPU_KEYS = ("cpu_us_per_request", "cycles_per_request", "instructions_per_request")
+CPU_KEYS = (
+    "cpu_us_per_request",
+    "cycles_per_request",
+    "instructions_per_request",
+    # Of cpu_us_per_request, the gatekeeper recorder process's part (None for other servers).
+    "recorder_cpu_us_per_request",
+)
 
 
 def skipped(name: str, reason: str) -> dict[str, Any]:
@@ -47,6 +53,8 @@ def cpu_line(run: Summary) -> str:
     if run.get("cpu_us_per_request") is None:
         return "cpu —"
     line = f"cpu {run['cpu_us_per_request']:.1f} us/req"
+    if run.get("recorder_cpu_us_per_request") is not None:
+        line += f" (recorder {run['recorder_cpu_us_per_request']:.1f})"
     if run.get("instructions_per_request") is not None:
         line += (
             f"  {run['cycles_per_request']:,.0f} cycles"

@@ -21,7 +21,12 @@ from benchmarks.loadclient import percentile
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ["direct", "nginx", "naive", "gatekeeper-1", "gatekeeper-2"]
-CPU_KEYS = ("cpu_us_per_request", "cycles_per_request", "instructions_per_request")
+CPU_KEYS = (
+    "cpu_us_per_request",
+    "cycles_per_request",
+    "instructions_per_request",
+    "recorder_cpu_us_per_request",
+)
 TINY = [
     "--quick",
     "--duration",
@@ -75,6 +80,10 @@ def _assert_shape(report: dict[str, Any]) -> None:
             assert 0 < row["cpu_us_per_request"] < 100_000, row
             for key in ("cycles_per_request", "instructions_per_request"):
                 assert row[key] is None or row[key] > 0, row
+            # Only a gatekeeper has a recorder process (its share may round to nothing).
+            recorder = row["recorder_cpu_us_per_request"]
+            assert recorder is None or row["name"].startswith("gatekeeper-"), row
+            assert recorder is None or 0 < recorder <= row["cpu_us_per_request"], row
         else:
             assert row["reason"], row
             assert row["rps"] is None and row["p50_ms"] is None and row["p99_ms"] is None
