@@ -21,6 +21,9 @@ from conftest import Stores, edge_settings
 from edgerig import eventually
 from faultproxy import FaultProxy
 
+from gatekeeper.edge.activity.channel import RecorderRefused
+from gatekeeper.edge.activity.link import RecorderLink
+from gatekeeper.edge.activity.pending import PendingDevice
 from gatekeeper.edge.activity.service import RecorderService
 from gatekeeper.edge.activity.writer import PostgresWriter
 from gatekeeper.edge.server import EdgeServer
@@ -311,3 +314,35 @@ def _free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
     return port
+
+
+class _HungWriter:
+    """A Postgres that never answers."""
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+
+    async def write(self, _batch: object, _uses: object) -> None:
+        self.entered.set()
+        await asyncio.Event().wait()
+
+
+async def test_a_stop_past_its_deadline_answers_every_frame_with_the_failure(
+    tmp_path: Path,
+) -> None:
+    """A write that hangs through the stop's deadline: the frame is answered as not written
+    (its worker keeps the batch), and the stop returns."""
+    writer = _HungWriter()
+    path = str(tmp_path / "recorder.sock")
+    service = RecorderService(writer, path)
+    await service.start()
+    link = RecorderLink(path)
+    entry = PendingDevice(("A", "1", None, None, None, None), time.time(), False, True)
+    sent = asyncio.create_task(link.write({("t", "d"): entry}, {}))
+    await asyncio.wait_for(writer.entered.wait(), 5)
+    started = time.monotonic()
+    await service.stop(started + 0.3)
+    assert time.monotonic() - started < 2.0
+    with pytest.raises(RecorderRefused, match="recorder stopping"):
+        await asyncio.wait_for(sent, 2)
+    link.close()

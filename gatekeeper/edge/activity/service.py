@@ -30,6 +30,8 @@ _log = logging.getLogger(__name__)
 # Longer than the spread of the workers' hand-overs on one tick (their event loops wake within a
 # millisecond or two of each other; a busy one a few more), far shorter than the tick itself.
 GATHER_SECONDS = 0.025
+# At a stop, how long the connections get to send their last answers.
+_ANSWER_GRACE_SECONDS = 1.0
 
 _Frame = tuple[dict[DeviceKey, PendingDevice], dict[str, float], "asyncio.Future[str | None]"]
 
@@ -53,6 +55,8 @@ class RecorderService:
         self._arrived = asyncio.Event()
         self._server: asyncio.Server | None = None
         self._clients: set[asyncio.StreamWriter] = set()
+        self._unanswered: set[asyncio.Future[str | None]] = set()
+        self._serving: set[asyncio.Task[object]] = set()
         self._run: asyncio.Task[None] | None = None
         self._closing = False
         self._failing = False
@@ -64,6 +68,10 @@ class RecorderService:
         _log.info("recorder listening on %s", self._path)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        this = asyncio.current_task()
+        if this is not None:
+            self._serving.add(this)
+            this.add_done_callback(self._serving.discard)
         self._clients.add(writer)
         loop = asyncio.get_running_loop()
         try:
@@ -75,8 +83,12 @@ class RecorderService:
                 sequence, batch, key_uses = decode_batch(payload)
                 answer: asyncio.Future[str | None] = loop.create_future()
                 self._queue.append((batch, key_uses, answer))
+                self._unanswered.add(answer)
                 self._arrived.set()
-                error = await answer
+                try:
+                    error = await answer
+                finally:
+                    self._unanswered.discard(answer)
                 if writer.is_closing():
                     return  # it gave up waiting; it sends the batch again
                 write_frame(writer, marshal.dumps((sequence, error)))
@@ -142,9 +154,14 @@ class RecorderService:
             if not self._run.done():
                 self._run.cancel()
                 await asyncio.wait([self._run])
-        for _, _, answer in self._queue:
+        # Queued, or in a group whose write was cut at the deadline: the workers keep those.
+        for answer in self._unanswered:
             if not answer.done():
                 answer.set_result("recorder stopping")
+        # Each connection sends its answer, sees the stop and closes; one waiting for a frame
+        # that never comes is closed here.
+        if self._serving:
+            await asyncio.wait(self._serving, timeout=_ANSWER_GRACE_SECONDS)
         for client in list(self._clients):
             client.close()
         if self._server is not None:
