@@ -23,7 +23,7 @@ from admin_api.edgesync import EDGE_SYNC
 from admin_api.server import AdminRunner
 from gatekeeper.listening import listen_error
 from gatekeeper.settings import Settings, SettingsError, mask_url
-from gatekeeper.store.clients import open_redis
+from gatekeeper.store.clients import CONNECT_ERRORS, StoreUnavailable, open_redis
 
 __all__ = ["AdminService"]
 
@@ -57,7 +57,11 @@ class AdminService:
         settings = self._settings
         assert settings.database_url is not None and settings.redis_url is not None
         try:
-            self._pool = await open_admin_pool(settings.database_url)
+            try:
+                self._pool = await open_admin_pool(settings.database_url)
+            except CONNECT_ERRORS as exc:
+                # The command prints this one line and exits: which setting, where, and why.
+                raise StoreUnavailable("database_url", settings.database_url, exc) from exc
             self._redis = open_redis(settings.redis_url)
             app = create_app(settings, self._pool, self._redis)
             self._runner = AdminRunner(

@@ -19,6 +19,7 @@ from gatekeeper.listening import ListenError
 from gatekeeper.runtime.loop import run
 from gatekeeper.runtime.up import Service
 from gatekeeper.settings import Settings, SettingsError
+from gatekeeper.store.clients import StoreUnavailable
 
 __all__ = ["main"]
 
@@ -116,11 +117,20 @@ def admin_service(settings: Settings) -> Service:
     return service
 
 
-def _require_stores(settings: Settings) -> None:
-    if not settings.database_url or not settings.redis_url:
+def _require_stores(settings: Settings, *, redis: bool = True) -> None:
+    """The store settings a command uses, and only those (``migrate`` needs no Redis)."""
+    missing = [
+        name
+        for name, needed, value in (
+            ("GATEKEEPER_DATABASE_URL", True, settings.database_url),
+            ("GATEKEEPER_REDIS_URL", redis, settings.redis_url),
+        )
+        if needed and not value
+    ]
+    if missing:
         raise SettingsError(
-            "set GATEKEEPER_DATABASE_URL and GATEKEEPER_REDIS_URL (or the flags);"
-            " only `gatekeeper up` starts embedded stores"
+            f"set {' and '.join(missing)} (or the flags); only `gatekeeper up` starts"
+            " embedded stores"
         )
 
 
@@ -155,7 +165,7 @@ async def _admin(settings: Settings) -> None:
 
 
 async def _migrate(settings: Settings) -> None:
-    _require_stores(settings)
+    _require_stores(settings, redis=False)
     from gatekeeper.store.migrate import migrate
 
     applied = await migrate(settings.database_url or "")
@@ -164,12 +174,21 @@ async def _migrate(settings: Settings) -> None:
 
 async def _reconcile(settings: Settings) -> None:
     _require_stores(settings)
-    from gatekeeper.store.clients import open_pg_pool, open_redis
+    from gatekeeper.store.clients import (
+        CONNECT_ERRORS,
+        StoreUnavailable,
+        open_pg_pool,
+        open_redis,
+    )
     from gatekeeper.store.edge_writes import reconcile
 
     pool = await open_pg_pool(settings.database_url or "")
     redis = open_redis(settings.redis_url or "")
     try:
+        try:
+            await redis.ping()
+        except CONNECT_ERRORS as exc:
+            raise StoreUnavailable("redis_url", settings.redis_url or "", exc) from exc
         counts = await reconcile(pool, redis)
     finally:
         await pool.close()
@@ -239,9 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"gatekeeper: {exc}", file=sys.stderr)
         return 2
-    except ListenError as exc:
-        # One line, no traceback: the port and the reason are all an operator needs, and every
-        # service has already unwound what it had started.
+    except (ListenError, StoreUnavailable) as exc:
+        # One line, no traceback: the port or the store, and the reason, are all an operator
+        # needs, and every service has already unwound what it had started.
         print(f"gatekeeper: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

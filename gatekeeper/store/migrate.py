@@ -11,6 +11,8 @@ from importlib import resources
 
 import asyncpg
 
+from gatekeeper.store.clients import CONNECT_ERRORS, StoreUnavailable
+
 __all__ = ["migrate"]
 
 _log = logging.getLogger(__name__)
@@ -34,7 +36,10 @@ async def _ensure_table(conn: asyncpg.Connection) -> None:
 
 async def migrate(dsn: str) -> list[str]:
     """Apply every pending migration; return the versions applied."""
-    conn = await asyncpg.connect(dsn)
+    try:
+        conn = await asyncpg.connect(dsn, timeout=10.0)
+    except CONNECT_ERRORS as exc:
+        raise StoreUnavailable("database_url", dsn, exc) from exc
     applied: list[str] = []
     try:
         await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_ID)
