@@ -29,6 +29,14 @@ from gatekeeper.store.clients import open_pg_pool, open_redis
 from gatekeeper.store.migrate import migrate
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_state_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """`gatekeeper up` notes its data directory under $XDG_STATE_HOME: never the real one."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
+        yield
+
+
 @dataclass
 class Stores:
     postgres: EmbeddedPostgres

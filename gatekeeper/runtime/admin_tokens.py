@@ -1,12 +1,16 @@
 """Admin API bearer tokens for the embedded default: a local signing secret and a minting helper.
 
 ``gatekeeper up`` keeps a random HS256 secret in ``<data-dir>/jwt-secret`` so that
-``gatekeeper token`` (a separate process) can sign tokens the running admin API accepts.
-Production uses an identity provider's JWKS instead and never calls :func:`mint_token`.
+``gatekeeper token`` (a separate process) can sign tokens the running admin API accepts, and
+notes where that data directory is (``$XDG_STATE_HOME/gatekeeper/last-data-dir``), so ``token``
+finds it from any directory. ``token`` never creates a secret: one no admin API knows would
+sign tokens that every request then refuses. Production uses an identity provider's JWKS
+instead and never calls :func:`mint_token`.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import time
@@ -17,9 +21,56 @@ import jwt
 
 from gatekeeper.settings import Settings, SettingsError
 
-__all__ = ["SECRET_FILE", "load_or_create_local_secret", "mint_token"]
+__all__ = [
+    "SECRET_FILE",
+    "find_local_secret",
+    "load_or_create_local_secret",
+    "mint_token",
+    "remember_data_dir",
+]
 
 SECRET_FILE = "jwt-secret"
+_log = logging.getLogger(__name__)
+
+
+def _pointer() -> Path:
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "gatekeeper" / "last-data-dir"
+
+
+def remember_data_dir(data_dir: Path) -> None:
+    """Note ``data_dir`` (absolute) as the last ``gatekeeper up``'s; best effort."""
+    pointer = _pointer()
+    try:
+        pointer.parent.mkdir(parents=True, exist_ok=True)
+        pointer.write_text(f"{data_dir.resolve()}\n", encoding="utf-8")
+    except OSError as exc:
+        _log.warning("could not note the data directory in %s (%s)", pointer, exc)
+
+
+def find_local_secret(data_dir: Path, *, explicit: bool) -> str:
+    """The secret of a stack started by ``gatekeeper up``: in ``data_dir``, and unless that was
+    given explicitly, in the last ``up``'s data directory. Raises :class:`SettingsError` (the
+    command exits 2) when there is none."""
+    places = [data_dir]
+    if not explicit:
+        try:
+            places.append(Path(_pointer().read_text(encoding="utf-8").strip()))
+        except OSError:
+            pass
+    for place in places:
+        path = place / SECRET_FILE
+        try:
+            secret = path.read_text(encoding="ascii").strip()
+        except OSError:
+            continue
+        if secret:
+            return secret
+    looked = " or ".join(str(place / SECRET_FILE) for place in places)
+    raise SettingsError(
+        f"no signing secret of a `gatekeeper up` stack in {looked}: start one, give its"
+        " --data-dir, or set GATEKEEPER_JWT_SECRET to the admin API's secret"
+    )
 
 
 def load_or_create_local_secret(data_dir: Path) -> str:

@@ -208,10 +208,13 @@ async def _demo_upstream(host: str, port: int) -> None:
 
 
 def _token(args: argparse.Namespace, settings: Settings) -> None:
-    from gatekeeper.runtime.admin_tokens import load_or_create_local_secret, mint_token
+    from gatekeeper.runtime.admin_tokens import find_local_secret, mint_token
 
     if settings.jwt_secret is None:
-        settings = settings.replace(jwt_secret=load_or_create_local_secret(settings.data_dir))
+        explicit = settings.data_dir != Settings().data_dir
+        settings = settings.replace(
+            jwt_secret=find_local_secret(settings.data_dir, explicit=explicit)
+        )
     print(
         mint_token(
             settings,

@@ -103,9 +103,10 @@ async def run_stack(
         check_port(settings.host, port)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if settings.jwt_secret is None and settings.jwks_url is None:
-        from gatekeeper.runtime.admin_tokens import load_or_create_local_secret
+        from gatekeeper.runtime.admin_tokens import load_or_create_local_secret, remember_data_dir
 
         settings = settings.replace(jwt_secret=load_or_create_local_secret(settings.data_dir))
+        remember_data_dir(settings.data_dir)  # so that `gatekeeper token` finds it anywhere
     print("gatekeeper up:", flush=True)
     async with contextlib.AsyncExitStack() as stack:
         settings = await stack.enter_async_context(_embedded_stores(settings))
