@@ -22,7 +22,7 @@ from admin_api.database import open_admin_pool
 from admin_api.edgesync import EDGE_SYNC
 from admin_api.server import AdminRunner
 from gatekeeper.listening import listen_error
-from gatekeeper.settings import Settings, SettingsError, mask_url
+from gatekeeper.settings import Settings, SettingsError, check_jwt_secret, mask_url
 from gatekeeper.store.clients import CONNECT_ERRORS, StoreUnavailable, open_redis
 
 __all__ = ["AdminService"]
@@ -37,6 +37,8 @@ class AdminService:
     def __init__(self, settings: Settings) -> None:
         if not settings.database_url or not settings.redis_url:
             raise SettingsError("the admin API needs database_url and redis_url")
+        if settings.jwt_secret is not None:
+            check_jwt_secret(settings.jwt_secret)
         self._settings = settings
         self._pool: asyncpg.Pool | None = None
         self._redis: aioredis.Redis | None = None

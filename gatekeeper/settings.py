@@ -18,7 +18,15 @@ from urllib.parse import urlsplit, urlunsplit
 
 from gatekeeper.domain.ids import TENANT_ID_RULE, valid_tenant_id
 
-__all__ = ["ENV_PREFIX", "AuthMode", "Settings", "SettingsError", "TenantSource", "mask_url"]
+__all__ = [
+    "ENV_PREFIX",
+    "AuthMode",
+    "Settings",
+    "SettingsError",
+    "TenantSource",
+    "check_jwt_secret",
+    "mask_url",
+]
 
 ENV_PREFIX = "GATEKEEPER_"
 
@@ -32,6 +40,27 @@ _URL_FIELDS = frozenset({"database_url", "redis_url"})
 
 class SettingsError(ValueError):
     """A setting has a value the gatekeeper cannot run with."""
+
+
+# RFC 7518 §3.2: an HS256 key must be at least as long as the hash output (32 bytes).
+_MIN_HS256_SECRET_BYTES = 32
+_PLACEHOLDERS = ("change-me", "changeme", "change_me", "replace-me", "placeholder", "example")
+
+
+def check_jwt_secret(secret: str) -> None:
+    """Refuse an HS256 secret that is a placeholder or too short to be one (the admin API and
+    ``gatekeeper token`` call this; other commands never use the secret)."""
+    lowered = secret.lower()
+    if any(marker in lowered for marker in _PLACEHOLDERS):
+        raise SettingsError(
+            "jwt_secret is a placeholder: set it to a random value of at least"
+            f" {_MIN_HS256_SECRET_BYTES} bytes (for example `openssl rand -base64 48`)"
+        )
+    if len(secret.encode()) < _MIN_HS256_SECRET_BYTES:
+        raise SettingsError(
+            f"jwt_secret is {len(secret.encode())} bytes; HS256 needs at least"
+            f" {_MIN_HS256_SECRET_BYTES} (for example `openssl rand -base64 48`)"
+        )
 
 
 def mask_url(url: str | None) -> str | None:
@@ -225,10 +254,17 @@ def _read_toml(path: Path) -> dict[str, Any]:
             data = tomllib.load(fh)
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise SettingsError(f"cannot read settings file {path}: {exc}") from exc
-    # Accept both a flat file and one with a [gatekeeper] table.
+    # Accept both a flat file and one with a [gatekeeper] table; with the table, anything
+    # outside it is a mistake (a key above the header, another table) that would otherwise be
+    # silently ignored.
     table = data.get("gatekeeper", data)
     if not isinstance(table, dict):
         raise SettingsError(f"{path}: [gatekeeper] must be a table")
+    outside = sorted(set(data) - {"gatekeeper"}) if "gatekeeper" in data else []
+    if outside:
+        raise SettingsError(
+            f"{path}: {', '.join(outside)} outside the [gatekeeper] table; move into it"
+        )
     return dict(table)
 
 

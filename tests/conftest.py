@@ -203,7 +203,7 @@ async def admin_metrics_text(stores: Stores, tmp_path: Path) -> AsyncIterator[st
             database_url=stores.pg_url,
             redis_url=stores.redis_url,
             admin_port=0,
-            jwt_secret="metrics-test-secret",
+            jwt_secret="metrics-test-secret-0123456789abcdef0123",
             data_dir=tmp_path,
         )
     )

@@ -344,7 +344,7 @@ async def test_admin_start_that_fails_closes_its_stores(
             database_url=stores.pg_url,
             redis_url=stores.redis_url,
             admin_port=taken,
-            jwt_secret="lifecycle",
+            jwt_secret="lifecycle-secret-0123456789abcdef0123",
             data_dir=tmp_path,
         )
     )

@@ -22,7 +22,11 @@ def _closed_port() -> int:
 
 
 def _gatekeeper(*args: str) -> tuple[int, list[str]]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEKEEPER_")}
+    return _gatekeeper_env({}, *args)
+
+
+def _gatekeeper_env(extra: dict[str, str], *args: str) -> tuple[int, list[str]]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEKEEPER_")} | extra
     done = subprocess.run(
         [sys.executable, "-m", "gatekeeper", *args],
         capture_output=True,
@@ -96,3 +100,16 @@ def test_reconcile_with_redis_refused_is_one_line(stores: Stores) -> None:
     )
     assert code == 1, lines
     assert lines == [f"gatekeeper: redis_url redis://127.0.0.1:{port}/0: connection refused"]
+
+
+def test_admin_with_a_placeholder_secret_refuses_before_any_connection() -> None:
+    code, lines = _gatekeeper_env(
+        {"GATEKEEPER_JWT_SECRET": "CHANGE-ME"},
+        "admin",
+        "--database-url",
+        "postgresql://app@127.0.0.1:1/gk",
+        "--redis-url",
+        "redis://127.0.0.1:1/0",
+    )
+    assert code == 2, lines
+    assert len(lines) == 1 and lines[0].startswith("gatekeeper: jwt_secret is a placeholder"), lines

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gatekeeper.settings import Settings, SettingsError, mask_url
+from gatekeeper.settings import Settings, SettingsError, check_jwt_secret, mask_url
 
 
 def test_defaults_are_valid() -> None:
@@ -135,3 +135,29 @@ def test_to_mapping_round_trips_for_worker_processes() -> None:
 def test_a_default_tenant_the_edge_would_refuse_is_a_settings_error(tenant: str) -> None:
     with pytest.raises(SettingsError, match="default_tenant"):
         Settings(default_tenant=tenant)
+
+
+@pytest.mark.parametrize(
+    ("secret", "message"),
+    [
+        ("CHANGE-ME", "placeholder"),
+        ("demo-only-change-me-0123456789abcdef", "placeholder"),
+        ("short-secret", "12 bytes; HS256 needs at least 32"),
+    ],
+)
+def test_placeholder_and_short_jwt_secrets_are_refused(secret: str, message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        check_jwt_secret(secret)
+
+
+def test_a_random_jwt_secret_of_32_bytes_passes() -> None:
+    check_jwt_secret("9f2c4e6a8b0d1f3e5a7c9e1b3d5f7a9c")
+
+
+def test_keys_outside_the_gatekeeper_table_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "gk.toml"
+    path.write_text('workers = 4\n\n[gatekeeper]\nproxy_port = 9000\n\n[proxy]\nhost = "x"\n')
+    with pytest.raises(SettingsError, match=r"proxy, workers outside the \[gatekeeper\] table"):
+        Settings.load(environ={}, config_file=path)
+    path.write_text("workers = 4\nproxy_port = 9000\n")  # a flat file is fine
+    assert Settings.load(environ={}, config_file=path).workers == 4

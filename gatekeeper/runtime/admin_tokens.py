@@ -19,7 +19,7 @@ from pathlib import Path
 
 import jwt
 
-from gatekeeper.settings import Settings, SettingsError
+from gatekeeper.settings import Settings, SettingsError, check_jwt_secret
 
 __all__ = [
     "SECRET_FILE",
@@ -101,6 +101,7 @@ def mint_token(
     """An HS256 admin token for ``tenant_id`` with ``scopes``, signed with the local secret."""
     if not settings.jwt_secret:
         raise SettingsError("jwt_secret is not set; cannot sign an admin token")
+    check_jwt_secret(settings.jwt_secret)
     if ttl_seconds <= 0:
         raise ValueError("ttl_seconds must be positive")
     now = int(time.time())
