@@ -10,8 +10,17 @@ import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+)
 from prometheus_client.exposition import generate_latest
+
+# No `*_created` series, as on the proxy (see gatekeeper/edge/storemetrics.py).
+disable_created_metrics()
 
 __all__ = ["METRICS", "AdminMetrics", "metrics_handler", "metrics_middleware"]
 

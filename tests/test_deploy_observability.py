@@ -185,6 +185,16 @@ def test_alerts_and_dashboard_use_only_exported_metrics(
     assert not missing, f"used but not exported by the proxy or admin API: {missing}"
 
 
+def test_no_created_series(proxy_metrics_text: str, admin_metrics_text: str) -> None:
+    """A ``*_created`` timestamp per counter and histogram is a series nothing reads."""
+    for text in (proxy_metrics_text, admin_metrics_text):
+        samples = [
+            line.split("{")[0].split()[0] for line in text.splitlines() if line[:1].isalpha()
+        ]
+        assert any(name.startswith("gatekeeper_") for name in samples)
+        assert [name for name in samples if name.endswith("_created")] == []
+
+
 # --- Prometheus ----------------------------------------------------------------------------------
 
 

@@ -9,9 +9,19 @@ bound: the Postgres writer binds ``store="postgres"``, the blocklist mirror ``st
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
 
 __all__ = ["ACTIVITY_FLUSHED", "ACTIVITY_FLUSH_DURATION", "REGISTRY", "STORE_UP"]
+
+# No `*_created` series: a timestamp per counter and histogram that Prometheus stores as one
+# more series and no dashboard or alert of ours reads (issue 11).
+disable_created_metrics()
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
