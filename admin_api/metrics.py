@@ -20,7 +20,7 @@ from prometheus_client import (
 from prometheus_client.exposition import generate_latest
 
 # No `*_created` series, as on the proxy (see gatekeeper/edge/storemetrics.py).
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 __all__ = ["METRICS", "AdminMetrics", "metrics_handler", "metrics_middleware"]
 

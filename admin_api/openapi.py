@@ -47,6 +47,16 @@ _EXTRA_SCHEMAS: Final[dict[str, Any]] = {
         "properties": {"status": {"type": "string"}, "checks": {"type": "object"}},
     },
     "OpenApiDocument": {"type": "object"},
+    # The shape of every /readyz (gatekeeper/readiness.py), 200 and 503 alike.
+    "Readiness": {
+        "type": "object",
+        "required": ["status", "checks", "reasons"],
+        "properties": {
+            "status": {"type": "string", "enum": ["ready", "not ready"]},
+            "checks": {"type": "object", "additionalProperties": {"type": "boolean"}},
+            "reasons": {"type": "array", "items": {"type": "string"}},
+        },
+    },
 }
 
 
@@ -79,6 +89,11 @@ def _operation(op: Operation) -> dict[str, Any]:
     )
     for status in errors:
         responses[str(status)] = {"$ref": f"#/components/responses/Error{status}"}
+    if op.result == "Readiness":  # not ready is an answer of the same shape, not a problem
+        responses["503"] = {
+            "description": "Not ready: `reasons` says why",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Readiness"}}},
+        }
     doc: dict[str, Any] = {
         "operationId": f"{op.method}_{op.path}".replace("/", "_")
         .replace("{", "")

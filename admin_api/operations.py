@@ -205,8 +205,7 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
         "/readyz",
         "Readiness: Postgres and Redis reachable",
         "ops",
-        result="Health",
-        errors=(503,),
+        result="Readiness",
     ),
 )
 

@@ -10,7 +10,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from admin_api.context import PG_POOL, REDIS
-from admin_api.errors import Problem
+from gatekeeper.readiness import readiness_answer
 
 __all__ = ["healthz", "readyz"]
 
@@ -39,13 +39,10 @@ async def _redis_ok(request: web.Request) -> bool:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready when Postgres and Redis both answer; 503 naming the failing store otherwise."""
+    """Ready when Postgres and Redis both answer; the shape of every ``/readyz``
+    (:mod:`gatekeeper.readiness`), naming the store that does not."""
     postgres, redis = await asyncio.gather(_postgres_ok(request), _redis_ok(request))
-    checks = {
-        "postgres": "ok" if postgres else "unreachable",
-        "redis": "ok" if redis else "unreachable",
-    }
-    if postgres and redis:
-        return web.json_response({"status": "ready", "checks": checks})
-    failing = ", ".join(name for name, state in checks.items() if state != "ok")
-    raise Problem(503, f"Not ready: {failing} unreachable", type_="not-ready")
+    checks = {"postgres": postgres, "redis": redis}
+    reasons = [f"{name} unreachable" for name, ok in checks.items() if not ok]
+    status, body = readiness_answer(checks, reasons)
+    return web.json_response(body, status=status)

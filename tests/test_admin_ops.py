@@ -95,9 +95,10 @@ async def test_metrics_use_route_templates_on_an_own_registry(api: Api) -> None:
 async def test_health_and_readiness(api: Api) -> None:
     assert (await api.call("GET", "/healthz", auth=False)).status == 200
     ready = await api.call("GET", "/readyz", auth=False)
-    assert ready.status == 200 and (await ready.json())["checks"] == {
-        "postgres": "ok",
-        "redis": "ok",
+    assert ready.status == 200 and await ready.json() == {
+        "status": "ready",
+        "checks": {"postgres": True, "redis": True},
+        "reasons": [],
     }
 
 
@@ -181,7 +182,13 @@ async def test_redis_failure_after_commit_succeeds_and_reconciles(
             assert (
                 metrics.registry.get_sample_value("gatekeeper_admin_edge_sync_errors_total") == 1.0
             )
-            await problem(await api.call("GET", "/readyz", auth=False), 503)
+            unready = await api.call("GET", "/readyz", auth=False)
+            assert unready.status == 503
+            assert await unready.json() == {
+                "status": "not ready",
+                "checks": {"postgres": True, "redis": False},
+                "reasons": ["redis unreachable"],
+            }
             # A new secret whose edge write failed cannot be shown: 503, retry.
             await problem(await api.call("POST", api.path("/tokens"), json={"name": "t"}), 503)
             assert not await redis_client.sismember(edgeview.BLOCKED_SET, member)

@@ -62,7 +62,7 @@ async def _stale(session: aiohttp.ClientSession, edge: EdgeServer) -> float | No
 
 async def _readyz(session: aiohttp.ClientSession, edge: EdgeServer) -> tuple[int, dict[str, bool]]:
     async with session.get(f"http://127.0.0.1:{edge.metrics_port}/readyz") as response:
-        return response.status, await response.json()
+        return response.status, (await response.json())["checks"]
 
 
 def _redis_port(url: str) -> int:
@@ -248,8 +248,12 @@ async def test_proxy_started_while_redis_down_is_unready_then_recovers(
     async with FaultProxy("127.0.0.1", _redis_port(stores.redis_url)) as fault_proxy:
         await fault_proxy.cut()  # the port is known, nothing listens on it
         edge = await edge_factory(redis_url=fault_proxy.url, upstream=upstream.url, wait=False)
-        status, checks = await _readyz(session, edge)
-        assert status == 503 and not checks["ready"] and not checks["blocklist_loaded"]
+        async with session.get(f"http://127.0.0.1:{edge.metrics_port}/readyz") as response:
+            assert response.status == 503
+            body = await response.json()
+        # The shape of every /readyz: the facts, and why it is not ready in words.
+        assert body["status"] == "not ready" and not body["checks"]["blocklist_loaded"]
+        assert body["reasons"] == ["the blocklist mirror has not loaded from Redis yet"]
         for device in ("d1", None):
             async with session.get(
                 f"http://127.0.0.1:{edge.proxy_port}/api/{tenant}/x",

@@ -21,7 +21,7 @@ __all__ = ["ACTIVITY_FLUSHED", "ACTIVITY_FLUSH_DURATION", "REGISTRY", "STORE_UP"
 
 # No `*_created` series: a timestamp per counter and histogram that Prometheus stores as one
 # more series and no dashboard or alert of ours reads (issue 11).
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 

@@ -85,6 +85,7 @@ class Supervisor:
             "ready": alive and workers_ready and not self._stopping,
             "workers_alive": alive,
             "workers_ready": workers_ready,
+            "stopping": self._stopping,
             # Not a condition of readiness: without it the workers serve and keep coalescing.
             "recorder_alive": self.recorder is not None and self.recorder.alive,
         }
