@@ -33,6 +33,7 @@ ENV_PREFIX = "GATEKEEPER_"
 AuthMode = Literal["passthrough", "enforce"]
 TenantSource = Literal["path", "header", "fixed"]
 UnderscoreHeaders = Literal["reject", "drop"]
+LogFormat = Literal["text", "json"]
 
 _SECRET_FIELDS = frozenset({"jwt_secret", "key_pepper"})
 _URL_FIELDS = frozenset({"database_url", "redis_url"})
@@ -146,6 +147,7 @@ class Settings:
     # Observability.
     metrics_tenant_labels: bool = False
     log_level: str = "INFO"
+    log_format: LogFormat = "text"
 
     def __post_init__(self) -> None:
         for port_name in ("proxy_port", "admin_port", "metrics_port"):
@@ -176,6 +178,8 @@ class Settings:
             raise SettingsError(f"tenant_source must be one of {get_args(TenantSource)}")
         if not valid_tenant_id(self.default_tenant):
             raise SettingsError(f"default_tenant: {TENANT_ID_RULE}")
+        if self.log_format not in get_args(LogFormat):
+            raise SettingsError(f"log_format must be one of {get_args(LogFormat)}")
         if self.underscore_headers not in get_args(UnderscoreHeaders):
             raise SettingsError(f"underscore_headers must be one of {get_args(UnderscoreHeaders)}")
         if self.upstream is not None:

@@ -142,13 +142,20 @@ class BlocklistMirror:
         _raise_lost_cancellation()
         # Swap whole sets: a request never sees a half-loaded mirror.
         self._blocked, self._disabled = blocked, disabled
+        first = not self.loaded
         self.loaded = True
         self._mark_synced()
         if self._on_resync is not None:
             self._on_resync()
         self._notify()
         metrics.BLOCKED_DEVICES.set(len(blocked))
-        _log.info("blocklist mirror loaded: %d blocked, %d disabled", len(blocked), len(disabled))
+        # The first load says the proxy can decide; the periodic resyncs after it are routine.
+        _log.log(
+            logging.INFO if first else logging.DEBUG,
+            "blocklist mirror loaded: %d blocked, %d disabled",
+            len(blocked),
+            len(disabled),
+        )
 
     def _mark_synced(self, at: float | None = None) -> None:
         self.synced_at = self._clock.wall() if at is None else at

@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from gatekeeper.listening import ListenError
+from gatekeeper.logs import configure_logging
 from gatekeeper.runtime.loop import run
 from gatekeeper.runtime.up import Service
 from gatekeeper.settings import Settings, SettingsError
@@ -233,9 +234,7 @@ def main(argv: list[str] | None = None) -> int:
             run(_demo_upstream(args.host, args.port))
             return 0
         settings = _settings(args)
-        logging.basicConfig(
-            level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+        configure_logging(settings.log_level, settings.log_format, "gatekeeper")
         if args.command == "token":
             _token(args, settings)
             return 0

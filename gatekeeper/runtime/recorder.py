@@ -19,6 +19,7 @@ from pathlib import Path
 
 from gatekeeper.edge.activity.service import RecorderService
 from gatekeeper.edge.activity.writer import PostgresWriter
+from gatekeeper.logs import configure_logging
 from gatekeeper.runtime.loop import run
 from gatekeeper.settings import Settings
 from gatekeeper.store.clients import open_pg_pool
@@ -68,10 +69,7 @@ async def _serve(settings: Settings, path: str) -> None:
 
 def main() -> None:
     settings = Settings.from_mapping(json.loads(Path(sys.argv[1]).read_text()))
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s recorder[%(process)d] %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(settings.log_level, settings.log_format, "recorder")
     run(_serve(settings, sys.argv[2]))
 
 

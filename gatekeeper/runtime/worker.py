@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import signal
 import sys
@@ -16,6 +15,7 @@ from pathlib import Path
 
 from gatekeeper.edge.server import EdgeServer
 from gatekeeper.listening import CANNOT_LISTEN, ListenError
+from gatekeeper.logs import configure_logging
 from gatekeeper.runtime.gc_tuning import tune_gc_after_start
 from gatekeeper.runtime.loop import run
 from gatekeeper.settings import Settings
@@ -49,10 +49,7 @@ async def _serve(settings: Settings, recorder_socket: str) -> None:
 
 def main() -> None:
     settings = Settings.from_mapping(json.loads(Path(sys.argv[1]).read_text()))
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s worker[%(process)d] %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(settings.log_level, settings.log_format, "worker")
     try:
         run(_serve(settings, sys.argv[2]))
     except ListenError as exc:
