@@ -14,7 +14,13 @@ from admin_api.context import PG_POOL
 from admin_api.metrics import METRICS
 from admin_api.paging import next_link
 from admin_api.serialize import audit_json, decode_cursor, encode_cursor, from_micros, micros
-from admin_api.validation import check_query, cursor_param, parse_limit
+from admin_api.validation import (
+    check_query,
+    cursor_param,
+    parse_limit,
+    text_param,
+    time_param,
+)
 
 __all__ = ["list_audit", "record"]
 
@@ -55,18 +61,33 @@ async def record(
         _log.error("audit record %s %s/%s not written: %s", action, target_type, target_id, exc)
 
 
+# Query parameter -> column, each an exact match.
+_EXACT_FILTERS = (("targetId", "target_id"), ("actor", "actor"), ("action", "action"))
+
+
 async def list_audit(request: web.Request) -> web.Response:
-    """Newest first, keyset-paginated by (at, id)."""
+    """Newest first, keyset-paginated by (at, id); filtered by target, actor, action and a time
+    range (``since`` inclusive, ``until`` exclusive)."""
     principal = await authorize(request, DEVICE_READ)
-    check_query(request, ("limit", "cursor"))
+    check_query(request, ("limit", "cursor", *(p for p, _ in _EXACT_FILTERS), "since", "until"))
     limit = parse_limit(request)
     args: list[Any] = [principal.tenant_id, limit + 1]
     where = "tenant_id = $1"
+    for param, column in _EXACT_FILTERS:
+        value = text_param(request, param)
+        if value is not None:
+            args.append(value)
+            where += f" AND {column} = ${len(args)}"
+    for param, operator in (("since", ">="), ("until", "<")):
+        moment = time_param(request, param)
+        if moment is not None:
+            args.append(moment)
+            where += f" AND at {operator} ${len(args)}"
     cursor = cursor_param(request)
     if cursor is not None:
         at_micros, entry_id = decode_cursor(cursor, int, int)
-        where += " AND (at, id) < ($3, $4)"
         args += [from_micros(at_micros), entry_id]
+        where += f" AND (at, id) < (${len(args) - 1}, ${len(args)})"
     rows = await request.app[PG_POOL].fetch(
         f"SELECT * FROM audit_log WHERE {where} ORDER BY at DESC, id DESC LIMIT $2", *args
     )

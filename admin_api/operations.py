@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from admin_api.auth import DEVICE_READ, DEVICE_WRITE, TOKEN_READ, TOKEN_WRITE
-from admin_api.schemas import API_KEY, CURSOR, SEARCH_TEXT
+from admin_api.schemas import API_KEY, CURSOR, SEARCH_TEXT, TIMESTAMP_PARAM
 from admin_api.validation import DEFAULT_LIMIT, MAX_LIMIT
 from gatekeeper.domain.identity import DEVICE_ID_PATTERN, TENANT_ID_PATTERN
 
@@ -188,10 +188,11 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
     Operation(
         "get",
         "/api/{tenantId}/audit",
-        "Audit log, newest first",
+        "Audit log, newest first; filtered by `targetId`, `actor`, `action` (exact) and a time"
+        " range (`since` inclusive, `until` exclusive)",
         "audit",
         DEVICE_READ,
-        ("tenantId", "limit", "cursor"),
+        ("tenantId", "targetId", "actor", "action", "since", "until", "limit", "cursor"),
         result="AuditList",
         errors=(400,),
         headers=_LINK,
@@ -236,6 +237,15 @@ PARAMETERS: Final[dict[str, dict[str, Any]]] = {
         "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
     },
     "cursor": {"in": "query", "schema": CURSOR, "description": CURSOR["description"]},
+    "targetId": {
+        "in": "query",
+        "schema": SEARCH_TEXT,
+        "description": "The changed device or token",
+    },
+    "actor": {"in": "query", "schema": SEARCH_TEXT, "description": "Who made the change"},
+    "action": {"in": "query", "schema": SEARCH_TEXT, "description": "For example device.block"},
+    "since": {"in": "query", "schema": TIMESTAMP_PARAM, "description": "At or after"},
+    "until": {"in": "query", "schema": TIMESTAMP_PARAM, "description": "Before"},
     "X-Api-Key": {
         "in": "header",
         "required": True,

@@ -30,6 +30,7 @@ __all__ = [
     "RESPONSE_SCHEMAS",
     "RFC3339_PATTERN",
     "SEARCH_TEXT",
+    "TIMESTAMP_PARAM",
     "UPDATE_DEVICE",
 ]
 
@@ -87,6 +88,13 @@ CURSOR: Final[Schema] = {
     "one of this form, is a 400.",
 }
 SEARCH_TEXT: Final[Schema] = {"type": "string", "maxLength": SEARCH_MAX, "pattern": _NO_NUL_PATTERN}
+# A point in time given in a query parameter (the audit log's since and until).
+TIMESTAMP_PARAM: Final[Schema] = {
+    "type": "string",
+    "format": "date-time",
+    "pattern": RFC3339_PATTERN,
+    "description": "RFC 3339 with an offset, for example 2026-11-22T09:00:00Z",
+}
 API_KEY: Final[Schema] = {"type": "string", "minLength": 1, "maxLength": API_KEY_MAX}
 
 CREWCHECK_SETTINGS: Final[Schema] = {

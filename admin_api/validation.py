@@ -283,6 +283,23 @@ def text_param(request: web.Request, name: str) -> str | None:
     return raw
 
 
+_TIMESTAMP = validator(schemas.TIMESTAMP_PARAM)
+
+
+def time_param(request: web.Request, name: str) -> datetime | None:
+    """An optional RFC 3339 query parameter as an aware UTC datetime (400 otherwise)."""
+    message = "must be an RFC 3339 date and time with an offset"
+    raw = _param(request, name, _TIMESTAMP, message)
+    if raw is None:
+        return None
+    try:
+        return datetime.fromisoformat(raw.upper()).astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise bad_request(
+            "Invalid query parameters", [FieldError(field=f"query.{name}", message=message)]
+        ) from None
+
+
 def cursor_param(request: web.Request) -> str | None:
     """The ``cursor`` query parameter, when it has the form of a cursor (decode it after)."""
     return _param(request, "cursor", _CURSOR, "is not a valid cursor")
