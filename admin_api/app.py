@@ -94,5 +94,12 @@ def create_app(
     app[VERIFIER] = verifier or TokenVerifier(settings)
     app[EDGE_SYNC] = EdgeSync(pool, redis, metrics)
     app.cleanup_ctx.append(_edge_sync_ctx)
+    app.on_response_prepare.append(_server_header)
     app.add_routes(_routes())
     return app
+
+
+async def _server_header(_request: web.Request, response: web.StreamResponse) -> None:
+    """No versions in ``Server`` (aiohttp's default names Python's and its own): they only help
+    someone match the service against known vulnerabilities."""
+    response.headers["Server"] = "gatekeeper"
