@@ -11,9 +11,10 @@ Labels never carry a device id, a key or free-form text; the only label is a fix
 
 from __future__ import annotations
 
+import glob
 import os
 from bisect import bisect_left
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from prometheus_client import (
     CollectorRegistry,
@@ -23,6 +24,7 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from gatekeeper.edge.storemetrics import (
@@ -55,6 +57,7 @@ __all__ = [
     "exposition",
     "flush_hot_metrics",
     "multiprocess_dir",
+    "summed_registry",
 ]
 
 OUTCOMES = (
@@ -244,7 +247,34 @@ def exposition(directory: str | None = None) -> bytes:
     directory = directory or multiprocess_dir()
     if directory is None:
         return generate_latest(REGISTRY)
-    registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+    registry = summed_registry(directory)
     ProcessCollector(registry=registry)
     return generate_latest(registry)
+
+
+class _SettledCollector(MultiProcessCollector):
+    """prometheus-client's multiprocess sum, without the files it cannot read yet: a process
+    that is starting creates its file empty and sizes it a moment later, and reading it in
+    between raises (a scrape or a readiness poll would fail for it)."""
+
+    def collect(self) -> Iterable[Metric]:
+        files = []
+        for path in glob.glob(os.path.join(self._path, "*.db")):
+            try:
+                if os.path.getsize(path) >= 8:
+                    files.append(path)
+            except OSError:
+                continue  # a dead process's file, removed meanwhile
+        for _ in range(3):
+            try:
+                return self.merge(files, accumulate=True)  # type: ignore[no-untyped-call,no-any-return]
+            except FileNotFoundError as gone:  # removed between the listing and the read
+                files.remove(str(gone.filename))
+        return self.merge(files, accumulate=True)  # type: ignore[no-untyped-call,no-any-return]
+
+
+def summed_registry(directory: str) -> CollectorRegistry:
+    """A registry whose collection is the sum of the processes writing to ``directory``."""
+    registry = CollectorRegistry()
+    _SettledCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+    return registry

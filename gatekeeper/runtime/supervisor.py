@@ -23,8 +23,7 @@ import time
 from pathlib import Path
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry
-from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.multiprocess import mark_process_dead
 
 from gatekeeper.edge import metrics
 from gatekeeper.edge.ops import create_ops_app
@@ -75,8 +74,7 @@ class Supervisor:
         # The aggregated minimum covers only the workers that have written their gauge file: a
         # worker still starting has none, and must not be outvoted by the ready ones.
         reporting = all((metrics_dir / f"gauge_livemin_{w.pid}.db").exists() for w in self._workers)
-        registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=str(metrics_dir))  # type: ignore[no-untyped-call]
+        registry = metrics.summed_registry(str(metrics_dir))
         ready_values = [
             s.value for m in registry.collect() if m.name == "gatekeeper_ready" for s in m.samples
         ]
