@@ -15,6 +15,7 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Histogram,
+    ProcessCollector,
     disable_created_metrics,
 )
 from prometheus_client.exposition import generate_latest
@@ -35,6 +36,8 @@ class AdminMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        # CPU, memory and open files of the admin process (process_* names).
+        ProcessCollector(registry=self.registry)
         self.requests = Counter(
             "gatekeeper_admin_requests_total",
             "Admin API requests answered.",

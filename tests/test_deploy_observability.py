@@ -185,6 +185,11 @@ def test_alerts_and_dashboard_use_only_exported_metrics(
     assert not missing, f"used but not exported by the proxy or admin API: {missing}"
 
 
+def test_the_admin_api_reports_its_process(admin_metrics_text: str) -> None:
+    names = exposed_sample_names(admin_metrics_text)
+    assert {"process_cpu_seconds_total", "process_resident_memory_bytes"} <= names
+
+
 def test_no_created_series(proxy_metrics_text: str, admin_metrics_text: str) -> None:
     """A ``*_created`` timestamp per counter and histogram is a series nothing reads."""
     for text in (proxy_metrics_text, admin_metrics_text):

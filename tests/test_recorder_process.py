@@ -114,6 +114,11 @@ async def test_two_workers_activity_reaches_postgres_through_the_recorder(
     assert sample(text, "gatekeeper_ready") == 1
     assert sample(text, 'gatekeeper_store_up{store="redis"}') == 1
     assert sample(text, "gatekeeper_blocklist_last_sync_timestamp_seconds") > 0
+    # The node's processes by role, from /proc, at the scrape.
+    for role in ("supervisor", "worker", "recorder"):
+        assert sample(text, f'gatekeeper_process_resident_memory_bytes{{role="{role}"}}') > 1e6
+        assert sample(text, f'gatekeeper_process_open_fds{{role="{role}"}}') > 0
+    assert sample(text, 'gatekeeper_process_cpu_seconds_total{role="worker"}') > 0
 
 
 async def test_idle_workers_still_report_whether_the_recorder_answers(

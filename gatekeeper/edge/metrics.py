@@ -26,6 +26,7 @@ from prometheus_client import (
 )
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 from gatekeeper.edge.storemetrics import (
     ACTIVITY_FLUSH_DURATION,
@@ -239,16 +240,19 @@ def flush_hot_metrics() -> None:
         metric.flush()
 
 
-def exposition(directory: str | None = None) -> bytes:
+def exposition(directory: str | None = None, extra: Iterable[Collector] = ()) -> bytes:
     """The text exposition: this process's registry, or every worker's sum in multiprocess mode.
     ``directory``: the multiprocess directory to sum (the supervisor's, which does not write to
-    its own environment); by default the one this process was started with, if any."""
+    its own environment); by default the one this process was started with, if any. ``extra``:
+    collectors added to the sum (the supervisor's view of its processes)."""
     flush_hot_metrics()
     directory = directory or multiprocess_dir()
     if directory is None:
         return generate_latest(REGISTRY)
     registry = summed_registry(directory)
     ProcessCollector(registry=registry)
+    for collector in extra:
+        registry.register(collector)
     return generate_latest(registry)
 
 

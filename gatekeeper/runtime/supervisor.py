@@ -29,6 +29,7 @@ from gatekeeper.edge import metrics
 from gatekeeper.edge.ops import create_ops_app
 from gatekeeper.listening import CANNOT_LISTEN, check_port, listen_error
 from gatekeeper.runtime.embedded import free_port
+from gatekeeper.runtime.process_metrics import NodeProcessCollector
 from gatekeeper.runtime.recorder_process import RecorderProcess
 from gatekeeper.settings import Settings
 
@@ -67,6 +68,14 @@ class Supervisor:
             ],
             env=self._env(),
         )
+
+    def _processes_by_role(self) -> dict[str, list[int]]:
+        recorder = self.recorder.pid if self.recorder is not None else None
+        return {
+            "supervisor": [os.getpid()],
+            "worker": [w.pid for w in self._workers],
+            "recorder": [recorder] if recorder is not None else [],
+        }
 
     def readiness(self) -> dict[str, bool]:
         alive = bool(self._workers) and all(w.poll() is None for w in self._workers)
@@ -107,7 +116,11 @@ class Supervisor:
             settings_file.chmod(0o600)
             # The workers' directory is named to the /metrics view, not written to this
             # process's environment: the supervisor runs in the command's process.
-            summed = functools.partial(metrics.exposition, str(self._dir / "metrics"))
+            summed = functools.partial(
+                metrics.exposition,
+                str(self._dir / "metrics"),
+                [NodeProcessCollector(self._processes_by_role)],
+            )
             runner = web.AppRunner(create_ops_app(self.readiness, summed), access_log=None)
             await runner.setup()
             stack.push_async_callback(runner.cleanup)
