@@ -1,4 +1,5 @@
-"""The ``gatekeeper`` command: up, proxy, admin, migrate, reconcile, token, demo-upstream."""
+"""The ``gatekeeper`` command: up, proxy, admin, migrate, reconcile, token, demo-upstream, and
+the admin CLI (devices, tokens, audit: clients of a running admin API)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import asyncio
 import errno
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -17,6 +19,7 @@ from aiohttp import web
 
 from gatekeeper.listening import ListenError
 from gatekeeper.logs import configure_logging
+from gatekeeper.runtime import admin_commands
 from gatekeeper.runtime.loop import run
 from gatekeeper.runtime.up import Service
 from gatekeeper.settings import Settings, SettingsError
@@ -82,6 +85,9 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo-upstream", help="run the built-in echo upstream")
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=8000)
+
+    # devices, tokens, audit: HTTP clients of a running admin API (gatekeeper/runtime/admin_*).
+    admin_commands.add_parsers(sub)
     return parser
 
 
@@ -229,6 +235,12 @@ def _token(args: argparse.Namespace, settings: Settings) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in admin_commands.COMMANDS:
+        # A client of the admin API: none of the server settings, its own flags and variables.
+        try:
+            return admin_commands.run(args, os.environ, sys.stdout, sys.stderr)
+        except KeyboardInterrupt:
+            return 130
     try:
         if args.command == "demo-upstream":
             run(_demo_upstream(args.host, args.port))

@@ -1,0 +1,387 @@
+"""The admin CLI: ``gatekeeper devices …``, ``gatekeeper tokens …`` and ``gatekeeper audit``.
+
+Each command is one or a few HTTP calls to a running admin API (:mod:`admin_client`), printed
+as a table for people or, with ``--json``, as the API's JSON. :func:`add_parsers` puts the
+commands on the ``gatekeeper`` parser; :func:`run` runs the one parsed.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, TextIO
+
+from gatekeeper.runtime.admin_client import PAGE_MAX, AdminClient, ApiError, Unreachable
+from gatekeeper.runtime.admin_config import (
+    DEFAULT_URL,
+    ENV_CONFIG,
+    ENV_TENANT,
+    ENV_TOKEN,
+    ENV_URL,
+    AdminConfigError,
+    AdminTarget,
+    resolve_target,
+)
+from gatekeeper.runtime.admin_tables import (
+    AUDIT_COLUMNS,
+    DEVICE_COLUMNS,
+    HISTORY_COLUMNS,
+    TOKEN_COLUMNS,
+    Column,
+    print_device,
+    print_json,
+    print_rows,
+)
+from gatekeeper.runtime.loop import run as run_loop
+
+__all__ = ["COMMANDS", "EXIT_API", "EXIT_USAGE", "add_parsers", "run"]
+
+COMMANDS: Final = frozenset({"devices", "tokens", "audit"})
+EXIT_API: Final = 1
+EXIT_USAGE: Final = 2
+_DEFAULT_LIMIT: Final = 100
+_EPILOG: Final = (
+    "exit status: 0 done; 1 the admin API answered with an error (its title and detail are"
+    " printed) or could not be reached; 2 a usage or configuration error (no tenant or token, a"
+    " bad flag or config file)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Streams:
+    out: TextIO
+    err: TextIO
+
+
+Handler = Callable[[AdminClient, argparse.Namespace, Streams], Awaitable[None]]
+
+
+# --- the parsers -------------------------------------------------------------------------------
+
+
+def _positive(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {raw!r}")
+    return value
+
+
+def _connection_flags() -> argparse.ArgumentParser:
+    """The flags every admin command takes, as an argparse parent."""
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("admin API")
+    group.add_argument(
+        "--url",
+        help=f"admin API base URL (env {ENV_URL}; else url in the config file; default"
+        f" {DEFAULT_URL}, the admin API of `gatekeeper up`)",
+    )
+    group.add_argument(
+        "--tenant",
+        help=f"tenant id (env {ENV_TENANT}; else tenant in the config file; no default: required)",
+    )
+    group.add_argument(
+        "--token",
+        help=f"admin bearer token, e.g. from `gatekeeper token` (env {ENV_TOKEN}; else token in"
+        " the config file; no default: required; prefer the env or the file, as flags show in"
+        " `ps`)",
+    )
+    group.add_argument(
+        "--admin-config",
+        type=Path,
+        metavar="PATH",
+        help=f"TOML file with url, tenant and token (env {ENV_CONFIG}; default"
+        " $XDG_CONFIG_HOME/gatekeeper/admin.toml, i.e. ~/.config/gatekeeper/admin.toml)",
+    )
+    group.add_argument(
+        "--json",
+        action="store_true",
+        help="print the API's JSON instead of a table (default: a table)",
+    )
+    return parent
+
+
+def _paging_flags(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--limit",
+        type=_positive,
+        default=_DEFAULT_LIMIT,
+        help=f"show at most this many {what}, following pages as needed (default"
+        f" {_DEFAULT_LIMIT}; pages of up to {PAGE_MAX})",
+    )
+    parser.add_argument(
+        "--all", action="store_true", help=f"follow every page: all {what} (default: off)"
+    )
+
+
+def _leaf(
+    actions: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    text: str,
+    handler: Handler,
+    parent: argparse.ArgumentParser,
+) -> argparse.ArgumentParser:
+    parser = actions.add_parser(
+        name, help=text, description=text + ".", epilog=_EPILOG, parents=[parent]
+    )
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def _device_id(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("device_id", metavar="DEVICE_ID", help="the device's identifier")
+
+
+def _add_devices(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], parent: argparse.ArgumentParser
+) -> None:
+    devices = sub.add_parser(
+        "devices", help="list, show, block, unblock, rename devices; their history", epilog=_EPILOG
+    )
+    actions = devices.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = _leaf(actions, "list", "list devices, most recently active first", _list, parent)
+    listing.add_argument(
+        "-q",
+        "--search",
+        help="case-insensitive part of the name or identifier (default: every device)",
+    )
+    listing.add_argument(
+        "--blocked",
+        choices=("all", "hide", "only"),
+        default="all",
+        help="all devices, hide blocked ones, or only blocked ones (default all)",
+    )
+    _paging_flags(listing, "devices")
+    listing.add_argument(
+        "--cursor", help="start after this position, as printed when more remain (default: none)"
+    )
+    _device_id(_leaf(actions, "show", "show one device's details", _show, parent))
+    block = _leaf(actions, "block", "block a device: every request gets 403", _block, parent)
+    _device_id(block)
+    block.add_argument("--reason", help="why, kept in the audit log (default: none)")
+    _device_id(_leaf(actions, "unblock", "unblock a device", _unblock, parent))
+    rename = _leaf(actions, "rename", "set or clear a device's custom name", _rename, parent)
+    _device_id(rename)
+    names = rename.add_mutually_exclusive_group(required=True)
+    names.add_argument("name", nargs="?", metavar="NAME", help="the new name")
+    names.add_argument("--clear", action="store_true", help="remove the custom name (default: off)")
+    history = _leaf(
+        actions,
+        "history",
+        "a device's app, OS and hardware changes, newest first",
+        _history,
+        parent,
+    )
+    _device_id(history)
+    _paging_flags(history, "records")
+
+
+def _add_tokens(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], parent: argparse.ArgumentParser
+) -> None:
+    tokens = sub.add_parser(
+        "tokens", help="create, list and revoke personal access tokens", epilog=_EPILOG
+    )
+    actions = tokens.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = _leaf(
+        actions, "create", "create a token; its secret is printed only this once", _create, parent
+    )
+    create.add_argument("name", metavar="NAME", help="what the token is for")
+    create.add_argument(
+        "--expires-at",
+        metavar="RFC3339",
+        help="expiry, e.g. 2030-01-01T00:00:00Z (default: never)",
+    )
+    _leaf(actions, "list", "list tokens, newest first, revoked ones included", _tokens, parent)
+    revoke = _leaf(actions, "revoke", "revoke a token", _revoke, parent)
+    revoke.add_argument("token_id", metavar="TOKEN_ID", help="the token's id (tokens list)")
+
+
+# The audit route's filters: flag, query parameter, help.
+_AUDIT_FILTERS: Final = (
+    ("--target", "targetId", "only entries about this device id or token id"),
+    ("--actor", "actor", "only entries by this actor (the token's subject)"),
+    ("--action", "action", "only this action, e.g. device.block or token.create"),
+    ("--since", "since", "only entries at or after this RFC 3339 time"),
+    ("--until", "until", "only entries before this RFC 3339 time"),
+)
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``devices``, ``tokens`` and ``audit`` to the ``gatekeeper`` command's subparsers."""
+    parent = _connection_flags()
+    _add_devices(sub, parent)
+    _add_tokens(sub, parent)
+    audit = _leaf(
+        sub, "audit", "who did what to which device or token, newest first", _audit, parent
+    )
+    for flag, param, text in _AUDIT_FILTERS:
+        audit.add_argument(flag, dest=param, help=f"{text} (default: any)")
+    _paging_flags(audit, "entries")
+
+
+# --- the commands ------------------------------------------------------------------------------
+
+
+async def _show_list(
+    client: AdminClient,
+    args: argparse.Namespace,
+    io: Streams,
+    segments: Sequence[str],
+    params: Mapping[str, str],
+    columns: Sequence[Column],
+    what: str,
+) -> None:
+    """Fetch pages as ``--limit`` / ``--all`` ask, print them, and say on stderr how to go on
+    when more remain (stdout stays the data alone)."""
+    rows: list[Any] = []
+    more = None
+    async for page in client.pages(
+        client.tenant_path(*segments), params, None if args.all else args.limit
+    ):
+        rows.extend(page.items)
+        more = page.next_url
+    print_rows(rows, columns, what, args.json, io.out, io.err)
+    if more is not None:
+        hint = f"more {what}: use --all or a bigger --limit"
+        cursor = more.query.get("cursor")
+        if cursor and "cursor" in vars(args):
+            hint += f", or continue with --cursor {cursor}"
+        print(hint, file=io.err)
+
+
+async def _list(client: AdminClient, args: argparse.Namespace, io: Streams) -> None:
+    params = {"blocked": args.blocked}
+    if args.search:
+        params["q"] = args.search
+    if args.cursor:
+        params["cursor"] = args.cursor
+    await _show_list(client, args, io, ["devices"], params, DEVICE_COLUMNS, "devices")
+
+
+async def _show(client: AdminClient, args: argparse.Namespace, io: Streams) -> None:
+    device, _ = await client.call("GET", client.tenant_path("devices", args.device_id))
+    if args.json:
+        print_json(device, io.out)
+    else:
+        print_device(device, io.out)
+
+
+async def _device_change(
+    client: AdminClient,
+    args: argparse.Namespace,
+    io: Streams,
+    method: str,
+    suffix: Sequence[str],
+    body: Any,
+    said: str,
+) -> None:
+    device, _ = await client.call(
+        method, client.tenant_path("devices", args.device_id, *suffix), body=body
+    )
+    if args.json:
+        print_json(device, io.out)
+    else:
+        print(said, file=io.out)
+
+
+async def _block(client: AdminClient, args: argparse.Namespace, io: Streams) -> None:
+    body = {"reason": args.reason} if args.reason else {}
+    said = f"blocked {args.device_id}" + (f" (reason: {args.reason})" if args.reason else "")
+    await _device_change(client, args, io, "POST", ["block"], body, said)
+
+
+async def _unblock(client: AdminClient, args: argparse.Namespace, io: Streams) -> None:
+    await _device_change(client, args, io, "POST", ["unblock"], None, f"unblocked {args.device_id}")
+
+
+async def _rename(client: AdminClient, args: argparse.Namespace, io: Streams) -> None:
+    name = None if args.clear else args.name
+    said = f"renamed {args.device_id} to {name!r}" if name else f"cleared {args.device_id}'s name"
+    await _device_change(client, args, io, "PUT", [], {"name": name}, said)
+
+
+async def _history(client: AdminClient, args: argparse.Namespace, io: Streams) -> None:
+    segments = ["devices", args.device_id, "history"]
+    await _show_list(client, args, io, segments, {}, HISTORY_COLUMNS, "history records")
+
+
+async def _create(client: AdminClient, args: argparse.Namespace, io: Streams) -> None:
+    body = {"name": args.name}
+    if args.expires_at:
+        body["expiresAt"] = args.expires_at
+    token, _ = await client.call("POST", client.tenant_path("tokens"), body=body)
+    if args.json:
+        print_json(token, io.out)
+        return
+    # The secret alone on stdout, so `$(gatekeeper tokens create …)` captures just it.
+    print(
+        f"created token {token['tokenId']} ({args.name}); its secret is shown only this once:",
+        file=io.err,
+    )
+    print(token["token"], file=io.out)
+
+
+async def _tokens(client: AdminClient, args: argparse.Namespace, io: Streams) -> None:
+    tokens, _ = await client.call("GET", client.tenant_path("tokens"))
+    print_rows(tokens, TOKEN_COLUMNS, "tokens", args.json, io.out, io.err)
+
+
+async def _revoke(client: AdminClient, args: argparse.Namespace, io: Streams) -> None:
+    await client.call("DELETE", client.tenant_path("tokens", args.token_id))
+    if args.json:
+        print_json({"tokenId": args.token_id, "revoked": True}, io.out)
+    else:
+        print(f"revoked {args.token_id}", file=io.out)
+
+
+async def _audit(client: AdminClient, args: argparse.Namespace, io: Streams) -> None:
+    params = {p: getattr(args, p) for _, p, _ in _AUDIT_FILTERS if getattr(args, p)}
+    await _show_list(client, args, io, ["audit"], params, AUDIT_COLUMNS, "audit entries")
+
+
+# --- running one -------------------------------------------------------------------------------
+
+
+async def _call(
+    handler: Handler, target: AdminTarget, args: argparse.Namespace, io: Streams
+) -> None:
+    async with AdminClient(target) as client:
+        await handler(client, args, io)
+
+
+def run(
+    args: argparse.Namespace,
+    environ: Mapping[str, str],
+    out: TextIO,
+    err: TextIO,
+) -> int:
+    """Run the parsed admin command; the exit status (0, :data:`EXIT_API`, :data:`EXIT_USAGE`).
+
+    Every failure is one line on ``err`` (two when the API names bad fields), never a traceback
+    and never the token."""
+    try:
+        target, warnings = resolve_target(
+            {"url": args.url, "tenant": args.tenant, "token": args.token},
+            environ,
+            args.admin_config,
+        )
+    except AdminConfigError as exc:
+        print(f"gatekeeper: {exc}", file=err)
+        return EXIT_USAGE
+    for warning in warnings:
+        print(f"gatekeeper: warning: {warning}", file=err)
+    try:
+        run_loop(_call(args.handler, target, args, Streams(out, err)))
+    except ApiError as exc:
+        first, *rest = exc.lines()
+        print(f"gatekeeper: {first}", *rest, sep="\n", file=err)
+        return EXIT_API
+    except Unreachable as exc:
+        print(f"gatekeeper: {exc}", file=err)
+        return EXIT_API
+    return 0
