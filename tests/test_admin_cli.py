@@ -348,6 +348,30 @@ async def test_a_missing_token_is_exit_2(tmp_path: Path) -> None:
     assert bad_url.code == 2 and "is not an http:// or https:// URL" in bad_url.err
 
 
+async def test_a_reader_that_leaves_early_is_no_error(api: Api) -> None:
+    """`gatekeeper devices list | head -1`: the closed pipe is neither a traceback nor a
+    failure."""
+    for n in range(3):
+        await api.create_device(f"pipe-{n}")
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first write
+    base = {k: v for k, v in os.environ.items() if k not in ADMIN_ENV}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gatekeeper",
+        "devices",
+        "list",
+        *_flags(api),
+        env=base,
+        stdout=write_end,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    os.close(write_end)
+    _, err = await proc.communicate()
+    assert (proc.returncode, err.decode()) == (0, "")
+
+
 # --- where the settings come from ---------------------------------------------------------------
 
 

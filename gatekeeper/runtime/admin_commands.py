@@ -8,6 +8,7 @@ commands on the ``gatekeeper`` parser; :func:`run` runs the one parsed.
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -384,4 +385,18 @@ def run(
     except Unreachable as exc:
         print(f"gatekeeper: {exc}", file=err)
         return EXIT_API
+    except BrokenPipeError:
+        # The reader has gone (`… | head`): not a failure. Point stdout at /dev/null so the
+        # interpreter's final flush does not report the closed pipe again.
+        _discard(out)
     return 0
+
+
+def _discard(out: TextIO) -> None:
+    try:
+        fd = out.fileno()
+    except (OSError, ValueError):  # not a real file (a test's StringIO)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
