@@ -8,6 +8,7 @@ skipped (for example while the proxy is not written yet).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import os
 import shlex
@@ -90,6 +91,14 @@ class GatekeeperStack:
     def stop(self) -> None:
         self._redis.stop()
         self._postgres.stop()
+
+    def pin(self, cores: tuple[int, ...]) -> None:
+        """Run the stores on ``cores`` (the load side's): in production they are other machines,
+        and on two cores Postgres writing the recorder's batches would otherwise preempt the
+        proxy under test. Backends Postgres forks later inherit the postmaster's affinity."""
+        for pid in [*self._postgres.pids(), *self._redis.pids()]:
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setaffinity(pid, cores)
 
     def env(self) -> dict[str, str]:
         return {

@@ -307,6 +307,8 @@ class Suite:
         stack = GatekeeperStack(self.work)
         try:
             stack.start()
+            if self.cpus.pinned:
+                stack.pin(self.cpus.load)
             stack.block_all(blocked_ids(self.opts.devices))
             self.progress.consume(8.0)
             for workers in (1, 2):
