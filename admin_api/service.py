@@ -11,6 +11,8 @@ Used as ``gatekeeper.services`` entry point ``admin``::
 from __future__ import annotations
 
 import logging
+import ssl
+from collections.abc import Callable
 from typing import Final
 
 import asyncpg
@@ -21,9 +23,11 @@ from admin_api.app import create_app
 from admin_api.database import open_admin_pool
 from admin_api.edgesync import EDGE_SYNC
 from admin_api.server import AdminRunner
+from gatekeeper.hangup import on_hangup
 from gatekeeper.listening import listen_error
 from gatekeeper.settings import Settings, SettingsError, check_jwt_secret, mask_url
 from gatekeeper.store.clients import CONNECT_ERRORS, StoreUnavailable, open_redis
+from gatekeeper.tls import load_chain, server_context
 
 __all__ = ["AdminService"]
 
@@ -44,6 +48,8 @@ class AdminService:
         self._redis: aioredis.Redis | None = None
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
+        self._tls: ssl.SSLContext | None = None
+        self._stop_reloading: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
         return f"AdminService(port={self._port}, database={mask_url(self._settings.database_url)})"
@@ -74,7 +80,10 @@ class AdminService:
             # still starts (not ready) and the background reconciler keeps trying.
             if not await app[EDGE_SYNC].reconcile_now():
                 app[EDGE_SYNC].failed(RuntimeError("reconcile at start failed"))
-            site = web.TCPSite(self._runner, settings.host, settings.admin_port)
+            self._tls = server_context(settings)
+            site = web.TCPSite(
+                self._runner, settings.host, settings.admin_port, ssl_context=self._tls
+            )
             try:
                 await site.start()
             except OSError as exc:
@@ -84,10 +93,23 @@ class AdminService:
             await self.stop()
             raise
         self._port = _bound_port(self._runner)
-        _log.info("admin API listening on http://%s:%d", settings.host, self._port)
+        if self._tls is not None:
+            self._stop_reloading = on_hangup(self.reload_tls)
+        scheme = "https" if self._tls else "http"
+        _log.info("admin API listening on %s://%s:%d", scheme, settings.host, self._port)
+
+    def reload_tls(self) -> None:
+        """Load the certificate chain again (SIGHUP): new handshakes present it, open
+        connections keep theirs."""
+        if self._tls is not None:
+            load_chain(self._tls, self._settings)
+            _log.info("admin API: TLS certificate reloaded")
 
     async def stop(self) -> None:
         """Graceful: stop accepting, let in-flight requests finish, then close the stores."""
+        if self._stop_reloading is not None:
+            self._stop_reloading()
+            self._stop_reloading = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

@@ -56,6 +56,8 @@ class Relay:
         self._read_timeout = settings.upstream_read_timeout
         host = upstream.host if upstream.port == 80 else f"{upstream.host}:{upstream.port}"
         self._heads = RequestHeadBuilder(host, trust_forwarded=settings.trust_forwarded_headers)
+        # X-Forwarded-Proto: every connection of a TLS listener came in over https.
+        self._scheme = b"https" if settings.tls_cert_file else b"http"
         self.request_ids = RequestIds()
 
     def head(
@@ -69,7 +71,7 @@ class Relay:
             request.headers,
             lookup.get(b"connection"),
             client_ip=conn.client_ip,
-            scheme=b"http",
+            scheme=self._scheme,
             host=lookup.get(b"host"),
             req_id=req_id,
             content_length=request.content_length if has_body else None,

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 import time
 from urllib.parse import urlsplit
 
@@ -33,6 +34,7 @@ from gatekeeper.edge.upstream.pool import UpstreamPool
 from gatekeeper.listening import listen_error
 from gatekeeper.settings import Settings, SettingsError
 from gatekeeper.store.clients import open_pg_pool, open_redis
+from gatekeeper.tls import HANDSHAKE_TIMEOUT_SECONDS, load_chain, server_context
 
 __all__ = ["EdgeServer"]
 
@@ -61,6 +63,7 @@ class EdgeServer:
         self._serve_ops = serve_ops
         self._reuse_port = reuse_port
         self._recorder_socket = recorder_socket
+        self._tls: ssl.SSLContext | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._server: HttpServer | None = None
         self._listener: asyncio.Server | None = None
@@ -104,9 +107,16 @@ class EdgeServer:
             )
             server.start()
             stack.push_async_callback(self._close_connections, server)
+            self._tls = server_context(s)
             try:
                 self._listener = await asyncio.get_running_loop().create_server(
-                    server, s.host, s.proxy_port, reuse_port=self._reuse_port or None, backlog=2048
+                    server,
+                    s.host,
+                    s.proxy_port,
+                    reuse_port=self._reuse_port or None,
+                    backlog=2048,
+                    ssl=self._tls,
+                    ssl_handshake_timeout=HANDSHAKE_TIMEOUT_SECONDS if self._tls else None,
                 )
             except OSError as exc:
                 raise listen_error(s.host, s.proxy_port, exc) from exc
@@ -114,7 +124,13 @@ class EdgeServer:
             for sock in self._listener.sockets:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._stack = stack.pop_all()
-        _log.info("proxy listening on %s:%d, upstream %s", s.host, self.proxy_port, s.upstream)
+        _log.info(
+            "proxy listening on %s://%s:%d, upstream %s",
+            "https" if self._tls else "http",
+            s.host,
+            self.proxy_port,
+            s.upstream,
+        )
 
     async def _activity_sink(self, stack: contextlib.AsyncExitStack) -> BatchSink:
         if self._recorder_socket is not None:
@@ -128,6 +144,14 @@ class EdgeServer:
         # This process is its own recorder: the gauge that watches the hand-over says so.
         metrics.RECORDER_UP.set(1)
         return PostgresWriter(pool)
+
+    def reload_tls(self) -> None:
+        """Load the certificate chain again (SIGHUP): new handshakes present it, open
+        connections keep theirs. Raises :class:`SettingsError` (keeping the old chain) when the
+        files cannot be used."""
+        if self._tls is not None:
+            load_chain(self._tls, self.settings)
+            _log.info("proxy: TLS certificate reloaded from %s", self.settings.tls_cert_file)
 
     def _build(self, sink: BatchSink) -> None:
         """The proxy's parts that hold no resource of their own until their tasks run."""

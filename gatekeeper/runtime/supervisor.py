@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -27,11 +28,13 @@ from prometheus_client.multiprocess import mark_process_dead
 
 from gatekeeper.edge import metrics
 from gatekeeper.edge.ops import create_ops_app
+from gatekeeper.hangup import on_hangup
 from gatekeeper.listening import CANNOT_LISTEN, check_port, listen_error
 from gatekeeper.runtime.embedded import free_port
 from gatekeeper.runtime.process_metrics import NodeProcessCollector
 from gatekeeper.runtime.recorder_process import RecorderProcess
 from gatekeeper.settings import Settings
+from gatekeeper.tls import server_context
 
 __all__ = ["Supervisor"]
 
@@ -107,6 +110,7 @@ class Supervisor:
         # Before any fork: a worker that cannot bind only exits, and the supervisor would
         # replace it forever; the probe makes a taken port a prompt error instead.
         check_port(s.host, s.proxy_port)
+        server_context(s)  # unreadable TLS files: one line now, not N workers failing later
         async with contextlib.AsyncExitStack() as stack:
             self._dir = Path(tempfile.mkdtemp(prefix="gatekeeper-metrics-"))
             stack.callback(shutil.rmtree, self._dir, ignore_errors=True)
@@ -139,6 +143,7 @@ class Supervisor:
             self._workers = [self._spawn() for _ in range(s.workers)]
             self._monitor = asyncio.create_task(self._replace_dead_workers())
             stack.push_async_callback(self._stop_monitor)
+            stack.callback(on_hangup(self._pass_hangup_on))
             self._stack = stack.pop_all()
         _log.info(
             "supervisor: %d workers on %s:%d, recorder process %s, metrics on :%d",
@@ -148,6 +153,12 @@ class Supervisor:
             self.recorder.pid if self.recorder is not None else None,
             self.metrics_port,
         )
+
+    def _pass_hangup_on(self) -> None:
+        """SIGHUP reloads the workers' TLS certificate: each worker loads it again itself."""
+        for worker in self._workers:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGHUP)
 
     async def _replace_dead_workers(self) -> None:
         while not self._stopping:

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from gatekeeper.edge.server import EdgeServer
+from gatekeeper.hangup import on_hangup
 from gatekeeper.listening import CANNOT_LISTEN, ListenError
 from gatekeeper.logs import configure_logging
 from gatekeeper.runtime.gc_tuning import tune_gc_after_start
@@ -37,6 +38,7 @@ async def _serve(settings: Settings, recorder_socket: str) -> None:
         loop.add_signal_handler(sig, stop.set)
     edge = EdgeServer(settings, serve_ops=False, reuse_port=True, recorder_socket=recorder_socket)
     await edge.start()
+    stop_reloading = on_hangup(edge.reload_tls)  # the supervisor passes SIGHUP on
     tune_gc_after_start()
     watch = asyncio.create_task(_orphaned(os.getppid()))
     signalled = asyncio.create_task(stop.wait())
@@ -44,6 +46,7 @@ async def _serve(settings: Settings, recorder_socket: str) -> None:
     watch.cancel()
     signalled.cancel()
     await asyncio.wait([watch, signalled])  # ended, not left for the loop's shutdown to find
+    stop_reloading()
     await edge.stop()
 
 
