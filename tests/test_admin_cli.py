@@ -13,6 +13,7 @@ import io
 import json
 import os
 import re
+import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -436,3 +437,21 @@ def _main_help(argv: list[str]) -> str:
         main(argv)
     assert exit_info.value.code == 0
     return out.getvalue()
+
+
+def test_bash_completion_knows_the_commands_and_flags(tmp_path: Path) -> None:
+    script = tmp_path / "gatekeeper.bash"
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert main(["completion", "bash"]) == 0
+    script.write_text(out.getvalue())
+    probe = (
+        f"source {script}\n"
+        'complete_words() { COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1)); _shtab_gatekeeper;'
+        ' echo "${COMPREPLY[*]}"; }\n'
+        "complete_words gatekeeper devices bl\n"
+        "complete_words gatekeeper tokens c\n"
+        "complete_words gatekeeper devices list --te\n"
+    )
+    done = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.splitlines() == ["block", "create", "--tenant"]

@@ -1,5 +1,5 @@
 """The ``gatekeeper`` command: up, proxy, admin, migrate, reconcile, token, demo-upstream, and
-the admin CLI (devices, tokens, audit: clients of a running admin API)."""
+the admin CLI (devices, tokens, audit: clients of a running admin API), completion."""
 
 from __future__ import annotations
 
@@ -28,6 +28,9 @@ from gatekeeper.store.clients import StoreUnavailable
 __all__ = ["main"]
 
 _log = logging.getLogger("gatekeeper")
+
+
+COMPLETION_SHELLS = ("bash", "zsh", "tcsh")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -88,6 +91,12 @@ def _parser() -> argparse.ArgumentParser:
 
     # devices, tokens, audit: HTTP clients of a running admin API (gatekeeper/runtime/admin_*).
     admin_commands.add_parsers(sub)
+
+    completion = sub.add_parser(
+        "completion",
+        help="print a shell completion script, e.g. source <(gatekeeper completion bash)",
+    )
+    completion.add_argument("shell", choices=COMPLETION_SHELLS, help="the shell to complete in")
     return parser
 
 
@@ -235,6 +244,11 @@ def _token(args: argparse.Namespace, settings: Settings) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "completion":
+        import shtab
+
+        print(shtab.complete(_parser(), shell=args.shell))
+        return 0
     if args.command in admin_commands.COMMANDS:
         # A client of the admin API: none of the server settings, its own flags and variables.
         try:
