@@ -268,7 +268,7 @@ async def test_sigterm_writes_everything_the_workers_held(
         GATEKEEPER_REDIS_URL=stores.redis_url,
         GATEKEEPER_FLUSH_INTERVAL_SECONDS="3600",
     )
-    proxy_port = _free_port()
+    proxy_port, metrics_port = _free_port(), _free_port()
     log = (tmp_path / "stderr").open("wb")
     command = subprocess.Popen(
         [
@@ -283,7 +283,7 @@ async def test_sigterm_writes_everything_the_workers_held(
             "--proxy-port",
             str(proxy_port),
             "--metrics-port",
-            "0",
+            str(metrics_port),
         ],
         env=env,
         stderr=log,
@@ -292,13 +292,15 @@ async def test_sigterm_writes_everything_the_workers_held(
     try:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
             deadline = time.monotonic() + 30
-            while True:
+            while True:  # every worker ready, not just the one a probe happens to reach
                 try:
-                    await send(http, proxy_port, tenant, "probe")
-                    break
-                except (aiohttp.ClientError, AssertionError):
-                    assert time.monotonic() < deadline, "the proxy never served"
-                    await asyncio.sleep(0.1)
+                    async with http.get(f"http://127.0.0.1:{metrics_port}/readyz") as ready:
+                        if ready.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                assert time.monotonic() < deadline, "the proxy never became ready"
+                await asyncio.sleep(0.1)
             await asyncio.gather(*(send(http, proxy_port, tenant, d) for d in devices))
         assert not devices & await recorded(pg_pool, tenant), "written before the stop"
         command.send_signal(signal.SIGTERM)
