@@ -25,11 +25,17 @@ from typing import Any
 
 import asyncpg
 import pytest
-from test_admin_helpers import Api
+from conftest import Stores
+from test_admin_helpers import ALL_SCOPES, Api, admin_settings
+from test_tls_listener import ThrowawayCA, ca
 
+from admin_api.service import AdminService
 from gatekeeper.domain.credentials import TOKEN_PREFIX
 from gatekeeper.runtime import admin_client
+from gatekeeper.runtime.admin_tokens import mint_token
 from gatekeeper.runtime.cli import main
+
+__all__ = ["ca"]  # the throwaway CA's fixture, used here too
 
 ADMIN_ENV = (
     "GATEKEEPER_ADMIN_URL",
@@ -371,6 +377,39 @@ async def test_a_reader_that_leaves_early_is_no_error(api: Api) -> None:
     os.close(write_end)
     _, err = await proc.communicate()
     assert (proc.returncode, err.decode()) == (0, "")
+
+
+async def test_https_with_a_ca_file(
+    ca: ThrowawayCA, stores: Stores, tmp_path: Path, tenant: str
+) -> None:
+    cert, key = ca.issue(tmp_path, serial=3001)
+    settings = admin_settings(
+        stores.pg_url, stores.redis_url, tls_cert_file=str(cert), tls_key_file=str(key)
+    )
+    service = AdminService(settings)
+    await service.start()
+    try:
+        url = f"https://127.0.0.1:{service.port}"
+        flags = [
+            "--url",
+            url,
+            "--tenant",
+            tenant,
+            "--token",
+            mint_token(settings, tenant, ALL_SCOPES),
+        ]
+        trusted = await gk("audit", *flags, "--ca-file", str(ca.pem))
+        assert (trusted.code, trusted.out, trusted.err) == (0, "", "no audit entries\n")
+        untrusted = await gk("audit", *flags)
+        assert untrusted.code == 1 and len(untrusted.err.splitlines()) == 1
+        assert untrusted.err.startswith(
+            f"gatekeeper: cannot reach the admin API at {url}: certificate not trusted ("
+        )
+        assert untrusted.err.endswith("; give the CA with --ca-file\n")
+        missing = await gk("audit", *flags, "--ca-file", str(tmp_path / "none.pem"))
+        assert missing.code == 2 and "CA file" in missing.err
+    finally:
+        await service.stop()
 
 
 # --- where the settings come from ---------------------------------------------------------------

@@ -8,6 +8,7 @@ It speaks HTTP only: the core never imports ``admin_api`` (tests/test_layers.py)
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
 from typing import Any, Final
@@ -79,6 +80,9 @@ def _problem(status: int, body: bytes) -> ApiError:
 def _cause(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timed out"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        verify = getattr(exc.certificate_error, "verify_message", None) or exc.certificate_error
+        return f"certificate not trusted ({verify}); give the CA with --ca-file"
     if isinstance(exc, aiohttp.ClientConnectorError):
         if isinstance(exc.os_error, ConnectionRefusedError):
             return "connection refused"
@@ -95,7 +99,11 @@ class AdminClient:
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> AdminClient:
+        ssl_context: ssl.SSLContext | bool = True  # aiohttp's default: the system's CAs
+        if self.target.ca_file is not None:
+            ssl_context = ssl.create_default_context(cafile=str(self.target.ca_file))
         self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=ssl_context),
             timeout=_TIMEOUT,
             headers={
                 "Authorization": f"Bearer {self.target.token}",

@@ -11,18 +11,13 @@ import argparse
 import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final, TextIO
 
 from gatekeeper.runtime.admin_client import PAGE_MAX, AdminClient, ApiError, Unreachable
 from gatekeeper.runtime.admin_config import (
-    DEFAULT_URL,
-    ENV_CONFIG,
-    ENV_TENANT,
-    ENV_TOKEN,
-    ENV_URL,
     AdminConfigError,
     AdminTarget,
+    connection_flags,
     resolve_target,
 )
 from gatekeeper.runtime.admin_tables import (
@@ -70,40 +65,6 @@ def _positive(raw: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {raw!r}")
     return value
-
-
-def _connection_flags() -> argparse.ArgumentParser:
-    """The flags every admin command takes, as an argparse parent."""
-    parent = argparse.ArgumentParser(add_help=False)
-    group = parent.add_argument_group("admin API")
-    group.add_argument(
-        "--url",
-        help=f"admin API base URL (env {ENV_URL}; else url in the config file; default"
-        f" {DEFAULT_URL}, the admin API of `gatekeeper up`)",
-    )
-    group.add_argument(
-        "--tenant",
-        help=f"tenant id (env {ENV_TENANT}; else tenant in the config file; no default: required)",
-    )
-    group.add_argument(
-        "--token",
-        help=f"admin bearer token, e.g. from `gatekeeper token` (env {ENV_TOKEN}; else token in"
-        " the config file; no default: required; prefer the env or the file, as flags show in"
-        " `ps`)",
-    )
-    group.add_argument(
-        "--admin-config",
-        type=Path,
-        metavar="PATH",
-        help=f"TOML file with url, tenant and token (env {ENV_CONFIG}; default"
-        " $XDG_CONFIG_HOME/gatekeeper/admin.toml, i.e. ~/.config/gatekeeper/admin.toml)",
-    )
-    group.add_argument(
-        "--json",
-        action="store_true",
-        help="print the API's JSON instead of a table (default: a table)",
-    )
-    return parent
 
 
 def _paging_flags(parser: argparse.ArgumentParser, what: str) -> None:
@@ -214,7 +175,7 @@ _AUDIT_FILTERS: Final = (
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``devices``, ``tokens`` and ``audit`` to the ``gatekeeper`` command's subparsers."""
-    parent = _connection_flags()
+    parent = connection_flags()
     _add_devices(sub, parent)
     _add_tokens(sub, parent)
     audit = _leaf(
@@ -367,7 +328,7 @@ def run(
     and never the token."""
     try:
         target, warnings = resolve_target(
-            {"url": args.url, "tenant": args.tenant, "token": args.token},
+            {"url": args.url, "tenant": args.tenant, "token": args.token, "ca_file": args.ca_file},
             environ,
             args.admin_config,
         )

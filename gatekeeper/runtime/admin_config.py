@@ -1,4 +1,5 @@
-"""Where the admin CLI finds the admin API: its URL, the tenant and the bearer token.
+"""Where the admin CLI finds the admin API: its URL, the tenant, the bearer token and, for
+https, the CA to trust; and the flags that name them.
 
 Each value comes from its flag, else its ``GATEKEEPER_ADMIN_*`` environment variable, else the
 small TOML file :func:`config_path` names (``$XDG_CONFIG_HOME/gatekeeper/admin.toml``, as ``gh``
@@ -9,6 +10,7 @@ here as a mapping the command's entry point passes in.
 
 from __future__ import annotations
 
+import argparse
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,6 +21,7 @@ from yarl import URL
 
 __all__ = [
     "DEFAULT_URL",
+    "ENV_CA_FILE",
     "ENV_CONFIG",
     "ENV_TENANT",
     "ENV_TOKEN",
@@ -26,6 +29,7 @@ __all__ = [
     "AdminConfigError",
     "AdminTarget",
     "config_path",
+    "connection_flags",
     "resolve_target",
 ]
 
@@ -33,9 +37,10 @@ ENV_URL: Final = "GATEKEEPER_ADMIN_URL"
 ENV_TENANT: Final = "GATEKEEPER_ADMIN_TENANT"
 ENV_TOKEN: Final = "GATEKEEPER_ADMIN_TOKEN"
 ENV_CONFIG: Final = "GATEKEEPER_ADMIN_CONFIG"
+ENV_CA_FILE: Final = "GATEKEEPER_ADMIN_CA_FILE"
 # The admin API of `gatekeeper up` on its default port.
 DEFAULT_URL: Final = "http://127.0.0.1:8081"
-_KEYS: Final = ("url", "tenant", "token")
+_KEYS: Final = ("url", "tenant", "token", "ca_file")
 
 
 class AdminConfigError(Exception):
@@ -49,6 +54,8 @@ class AdminTarget:
     url: str
     tenant: str
     token: str = field(repr=False)
+    # PEM file of the CA(s) to trust for an https:// URL instead of the system's.
+    ca_file: Path | None = None
 
     @property
     def shown_url(self) -> str:
@@ -107,13 +114,13 @@ def resolve_target(
     environ: Mapping[str, str],
     config_file: Path | None = None,
 ) -> tuple[AdminTarget, list[str]]:
-    """The target from ``flags`` (``url``, ``tenant``, ``token``), else ``environ``, else the
-    config file; and warnings to print. Raises :class:`AdminConfigError` for a missing tenant
-    or token, a bad URL, or an unreadable file."""
+    """The target from ``flags`` (``url``, ``tenant``, ``token``, ``ca_file``), else
+    ``environ``, else the config file; and warnings to print. Raises :class:`AdminConfigError`
+    for a missing tenant or token, a bad URL or CA file, or an unreadable config file."""
     explicit = config_file is not None or bool(environ.get(ENV_CONFIG))
     path = config_file or config_path(environ)
     from_file, warnings = _read_file(path, explicit=explicit)
-    env_names = {"url": ENV_URL, "tenant": ENV_TENANT, "token": ENV_TOKEN}
+    env_names = {"url": ENV_URL, "tenant": ENV_TENANT, "token": ENV_TOKEN, "ca_file": ENV_CA_FILE}
     values: dict[str, str] = {}
     for key in _KEYS:
         value = flags.get(key) or environ.get(env_names[key]) or from_file.get(key)
@@ -133,4 +140,47 @@ def resolve_target(
                 f" in {path}{hint}"
             )
     url = _check_url(values.get("url", DEFAULT_URL))
-    return AdminTarget(url, values["tenant"], values["token"].strip()), warnings
+    ca_file = Path(values["ca_file"]).expanduser() if "ca_file" in values else None
+    if ca_file is not None and not ca_file.is_file():
+        raise AdminConfigError(f"CA file {ca_file} does not exist (--ca-file or {ENV_CA_FILE})")
+    return AdminTarget(url, values["tenant"], values["token"].strip(), ca_file), warnings
+
+
+def connection_flags() -> argparse.ArgumentParser:
+    """The flags every admin command takes, as an argparse parent."""
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("admin API")
+    group.add_argument(
+        "--url",
+        help=f"admin API base URL (env {ENV_URL}; else url in the config file; default"
+        f" {DEFAULT_URL}, the admin API of `gatekeeper up`)",
+    )
+    group.add_argument(
+        "--tenant",
+        help=f"tenant id (env {ENV_TENANT}; else tenant in the config file; no default: required)",
+    )
+    group.add_argument(
+        "--token",
+        help=f"admin bearer token, e.g. from `gatekeeper token` (env {ENV_TOKEN}; else token in"
+        " the config file; no default: required; prefer the env or the file, as flags show in"
+        " `ps`)",
+    )
+    group.add_argument(
+        "--admin-config",
+        type=Path,
+        metavar="PATH",
+        help=f"TOML file with url, tenant, token and ca_file (env {ENV_CONFIG}; default"
+        " $XDG_CONFIG_HOME/gatekeeper/admin.toml, i.e. ~/.config/gatekeeper/admin.toml)",
+    )
+    group.add_argument(
+        "--ca-file",
+        metavar="PEM",
+        help=f"CA certificate(s) to trust for an https:// URL (env {ENV_CA_FILE}; else ca_file"
+        " in the config file; default: the system's CAs)",
+    )
+    group.add_argument(
+        "--json",
+        action="store_true",
+        help="print the API's JSON instead of a table (default: a table)",
+    )
+    return parent
