@@ -69,8 +69,8 @@ _ACTIVITY_COLUMNS = """tenant_id, device_id, application, application_version, o
 # Phase 1. The keys come sorted; ORDER BY ordinality keeps the insert (and its locks) in that order.
 # A device seen once in the batch (nearly every one) has one history record, its first sighting,
 # made here from its device row; ``$2`` holds the records of the devices seen more than once.
-# The trigger that gives every new ``devices`` row its activity row runs after this statement and
-# finds the rows already there.
+# The activity rows are written here, with their times; the trigger that adds them for other
+# writers of ``devices`` skips the flush's transactions (``gatekeeper.flush``, migration 0004).
 INSERT_NEW = f"""
 WITH input AS (
     SELECT rows.*, row_number() OVER () AS i FROM ({_DEVICE_ROWS.format(n=1)}) AS rows
