@@ -4,18 +4,22 @@ in step with ``devices`` (creation, block, delete)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 from importlib import resources
 from typing import Any
 
 import asyncpg
+import redis.asyncio as aioredis
 from conftest import Stores
 
 from gatekeeper.domain.identity import Attributes
 from gatekeeper.edge.activity import sql
 from gatekeeper.edge.activity.pending import PendingDevice
+from gatekeeper.edge.activity.recorder import ActivityRecorder
 from gatekeeper.edge.activity.statements import KNOWN_ONE_SIGHTING
+from gatekeeper.store import edge_writes as store
 from gatekeeper.store.migrate import migrate
 from gatekeeper.types import DeviceKey
 
@@ -214,3 +218,75 @@ async def test_migration_0004_moves_what_the_edge_saw_into_the_activity_table(
     finally:
         await conn.close()
         await pg_pool.execute(f'DROP DATABASE "{database}"')
+
+
+async def test_flushes_and_admin_changes_of_the_same_devices_do_not_deadlock(
+    pg_pool: asyncpg.Pool, redis_client: aioredis.Redis, tenant: str
+) -> None:
+    """Flushes lock activity rows; an admin change locks the devices row, then (by trigger) the
+    activity row. Two flushers touching 1,200 devices in rounds while blocks, unblocks, renames and
+    deletes hit the same devices: every flush commits (a deadlock would raise)."""
+    attributes = ("App", "1.0", "Android", "14", "Acme", "X1")
+    workers = [
+        ActivityRecorder(
+            pg_pool,
+            flush_interval=3600.0,
+            flush_max_devices=5_000,
+            max_pending=50_000,
+            retry_max_seconds=1.0,
+        )
+        for _ in range(2)
+    ]
+    keys = [(tenant, f"d{i:04d}") for i in range(1_200)]
+    done = asyncio.Event()
+
+    async def flush_rounds(rec: ActivityRecorder, n: int) -> None:
+        for round_ in range(12):
+            for key in keys if (round_ + n) % 2 else reversed(keys):
+                rec.record(key, attributes, round_ % 3 == 0)
+            await rec.flush_once(everything=True)
+
+    async def admin() -> int:
+        i = 0
+        while not done.is_set():
+            device = keys[(i * 37) % len(keys)][1]
+            await store.set_blocked(pg_pool, redis_client, tenant, device, i % 2 == 0, "test")
+            await pg_pool.execute(
+                "UPDATE devices SET name = $3 WHERE tenant_id = $1 AND device_id = $2",
+                tenant,
+                device,
+                f"n{i}",
+            )
+            if i % 5 == 0:
+                await pg_pool.execute(
+                    "DELETE FROM devices WHERE tenant_id = $1 AND device_id = $2"
+                    " AND NOT is_blocked",
+                    tenant,
+                    keys[(i * 53) % len(keys)][1],
+                )
+            i += 1
+            await asyncio.sleep(0)
+        return i
+
+    admin_task = asyncio.create_task(admin())
+    try:
+        await asyncio.wait_for(
+            asyncio.gather(*(flush_rounds(rec, n) for n, rec in enumerate(workers))), timeout=60
+        )
+    finally:
+        done.set()
+        changes = await admin_task
+    assert changes > 50, changes
+    # Every device has exactly its two rows, and the copies of the block state agree.
+    assert await pg_pool.fetchval(
+        "SELECT count(*) FROM devices d JOIN device_activity a USING (tenant_id, device_id)"
+        " WHERE d.tenant_id = $1 AND d.is_blocked = a.is_blocked"
+        " AND d.blocked_at IS NOT DISTINCT FROM a.blocked_at",
+        tenant,
+    ) == await pg_pool.fetchval("SELECT count(*) FROM devices WHERE tenant_id = $1", tenant)
+    assert not await pg_pool.fetchval(
+        "SELECT count(*) FROM device_activity a WHERE tenant_id = $1"
+        " AND NOT EXISTS (SELECT FROM devices d WHERE d.tenant_id = a.tenant_id"
+        " AND d.device_id = a.device_id)",
+        tenant,
+    )
