@@ -34,8 +34,8 @@ Rows travel as one JSON text parameter per statement (an array of arrays), not a
 ``json.dumps`` is C, and the parsing then happens in Postgres, on another core than the proxy's.
 The parameter is ``jsonb``: parsed once, where ``->>`` on ``json`` re-parses the element for every
 column read.
-Times travel as epoch seconds and become ``timestamptz`` in SQL; history documents and
-changed-field lists are built in SQL too.
+Times travel as integer microseconds since the epoch and become ``timestamptz`` in SQL; history
+documents and changed-field lists are built in SQL too.
 """
 
 from __future__ import annotations
@@ -79,7 +79,14 @@ class _History:
         self, key: DeviceKey, seen: float, previous: Attributes | None, current: Attributes
     ) -> None:
         self.rows.append(
-            [key[0], key[1], seen, previous is None, *(previous or _NO_ATTRIBUTES), *current]
+            [
+                key[0],
+                key[1],
+                round(seen * 1e6),
+                previous is None,
+                *(previous or _NO_ATTRIBUTES),
+                *current,
+            ]
         )
 
     def add_from(
@@ -127,14 +134,15 @@ def _device_row(
     key: DeviceKey, entry: PendingDevice, attributes: Attributes, seen: float | None
 ) -> list[object]:
     """One row of ``statements._DEVICE_ROWS``."""
+    upload = entry.last_upload
     return [
         key[0],
         key[1],
         *attributes,
-        seen,
-        entry.first_seen,
-        entry.last_active,
-        entry.last_upload,
+        None if seen is None else round(seen * 1e6),
+        round(entry.first_seen * 1e6),
+        round(entry.last_active * 1e6),
+        None if upload is None else round(upload * 1e6),
     ]
 
 

@@ -20,19 +20,23 @@ __all__ = [
 
 
 def _columns(names: str, types: Sequence[str]) -> str:
-    """``(e->>0)::type AS name, …`` for rows sent as a JSON array of arrays."""
+    """``(e->>0)::type AS name, …`` for rows sent as a JSON array of arrays; a time travels as
+    integer microseconds since the epoch (``json.dumps`` writes an integer in a third of the time
+    it takes for a float) and becomes a ``timestamptz`` here."""
     return ", ".join(
-        f"(e->>{i})::{kind} AS {name}"
+        f"to_timestamp((e->>{i})::float8 / 1000000) AS {name}"
+        if kind == "micros"
+        else f"(e->>{i})::{kind} AS {name}"
         for i, (name, kind) in enumerate(zip(names.split(), types, strict=True))
     )
 
 
 # A device row: tenant, device, the six attributes, attributes seen at, first seen, last active,
-# last upload (times as epoch seconds).
+# last upload.
 _DEVICE_ROWS = "SELECT {cols} FROM jsonb_array_elements(${n}::jsonb) AS x(e)".replace(
     "{cols}",
     _columns(
-        "t d a v o ov m mo seen first_seen last_active last_upload", ("text",) * 8 + ("float8",) * 4
+        "t d a v o ov m mo seen first_seen last_active last_upload", ("text",) * 8 + ("micros",) * 4
     ),
 )
 # A history record: tenant, device, seen at, is-first-sighting, the six previous attributes, the
@@ -41,12 +45,12 @@ _HISTORY_INPUT = "SELECT {cols} FROM jsonb_array_elements(${n}::jsonb) AS x(e)".
     "{cols}",
     _columns(
         "t d r first pa pv po pov pm pmo ca cv co cov cm cmo",
-        ("text", "text", "float8", "bool") + ("text",) * 12,
+        ("text", "text", "micros", "bool") + ("text",) * 12,
     ),
 )
 
 _HISTORY_ROWS = """
-SELECT h.t, h.d, to_timestamp(h.r),
+SELECT h.t, h.d, h.r,
        array_remove(ARRAY[
            CASE WHEN h.pa IS DISTINCT FROM h.ca THEN 'application' END,
            CASE WHEN h.pv IS DISTINCT FROM h.cv THEN 'applicationVersion' END,
@@ -81,8 +85,7 @@ WITH input AS (
     RETURNING tenant_id, device_id
 ), activity AS (
     INSERT INTO device_activity ({_ACTIVITY_COLUMNS})
-    SELECT t, d, a, v, o, ov, m, mo, to_timestamp(seen), to_timestamp(first_seen),
-           to_timestamp(last_active), to_timestamp(last_upload)
+    SELECT t, d, a, v, o, ov, m, mo, seen, first_seen, last_active, last_upload
     FROM input
     JOIN inserted ON inserted.tenant_id = input.t AND inserted.device_id = input.d
     ORDER BY i
@@ -132,8 +135,7 @@ _REVIVE = """revived AS (
 # ``seen`` NULL and keeps its stored attributes.
 _ACTIVITY_UPSERT = f"""
 INSERT INTO device_activity AS d ({_ACTIVITY_COLUMNS})
-SELECT t, d, a, v, o, ov, m, mo, to_timestamp(seen), to_timestamp(first_seen),
-       to_timestamp(last_active), to_timestamp(last_upload)
+SELECT t, d, a, v, o, ov, m, mo, seen, first_seen, last_active, last_upload
 FROM {{source}} ORDER BY i
 ON CONFLICT (tenant_id, device_id) DO UPDATE SET
     application = CASE WHEN EXCLUDED.attributes_seen_at IS NULL THEN d.application
@@ -184,7 +186,7 @@ _ATTRS = (
     ("m", "manufacturer"),
     ("mo", "model"),
 )
-_STALE = "x.attributes_seen_at IS NOT NULL AND input.seen_at < x.attributes_seen_at"
+_STALE = "x.attributes_seen_at IS NOT NULL AND input.seen < x.attributes_seen_at"
 _MERGED = [
     f"CASE WHEN x.attributes_seen_at IS NULL THEN input.{i}"
     f" ELSE COALESCE(NULLIF(input.{i}, ''), x.{column}) END"
@@ -204,16 +206,16 @@ _REPLACED = f"""CASE WHEN {_STALE} THEN NULL
 
 KNOWN_ONE_SIGHTING = f"""
 WITH input AS (
-    SELECT rows.*, to_timestamp(rows.seen) AS seen_at, row_number() OVER () AS i
+    SELECT rows.*, row_number() OVER () AS i
     FROM ({_DEVICE_ROWS.format(n=1)}) AS rows
 ), updated AS (
     UPDATE device_activity AS x SET
         {_SET_ATTRIBUTES},
         replaced = {_REPLACED},
-        attributes_seen_at = GREATEST(x.attributes_seen_at, input.seen_at),
-        first_seen_at = LEAST(x.first_seen_at, to_timestamp(input.first_seen)),
-        last_active_at = GREATEST(x.last_active_at, to_timestamp(input.last_active)),
-        last_data_upload_at = GREATEST(x.last_data_upload_at, to_timestamp(input.last_upload))
+        attributes_seen_at = GREATEST(x.attributes_seen_at, input.seen),
+        first_seen_at = LEAST(x.first_seen_at, input.first_seen),
+        last_active_at = GREATEST(x.last_active_at, input.last_active),
+        last_data_upload_at = GREATEST(x.last_data_upload_at, input.last_upload)
     FROM input
     WHERE x.tenant_id = input.t AND x.device_id = input.d
     RETURNING x.tenant_id AS t, x.device_id AS d, input.seen AS r, x.replaced,
