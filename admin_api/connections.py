@@ -18,6 +18,7 @@ from admin_api.validation import read_json, validator
 from gatekeeper.domain.credentials import DEVICE_KEY_PREFIX, digest_secret, secrets_equal
 from gatekeeper.domain.identity import valid_device_id
 from gatekeeper.store import edge_writes as store
+from gatekeeper.store.edge_writes import DEVICE_VIEW
 
 __all__ = ["connect_device", "reset_connection"]
 
@@ -64,7 +65,9 @@ async def connect_device(request: web.Request) -> web.Response:
     if stored is None or not secrets_equal(bytes(stored), digest):
         raise _bad_key("The API key is not valid for this device")
     device = await pool.fetchrow(
-        "SELECT * FROM devices WHERE tenant_id = $1 AND device_id = $2", tenant_id, device_id
+        f"SELECT * FROM {DEVICE_VIEW} WHERE tenant_id = $1 AND device_id = $2",
+        tenant_id,
+        device_id,
     )
     if device is None:
         raise _bad_key("The API key is not valid for this device")

@@ -39,6 +39,7 @@ from admin_api.validation import (
 )
 from gatekeeper.domain.identity import valid_device_id
 from gatekeeper.store import edge_writes as store
+from gatekeeper.store.edge_writes import DEVICE_VIEW
 
 __all__ = [
     "block_device",
@@ -74,7 +75,7 @@ async def fetch_device(
     pool: asyncpg.Pool | PoolConnectionProxy[Any], tenant_id: str, device_id: str
 ) -> asyncpg.Record:
     row: asyncpg.Record | None = await pool.fetchrow(
-        "SELECT * FROM devices WHERE tenant_id = $1 AND device_id = $2", tenant_id, device_id
+        f"SELECT * FROM {DEVICE_VIEW} WHERE tenant_id = $1 AND device_id = $2", tenant_id, device_id
     )
     if row is None:
         raise not_found("No such device")
@@ -91,12 +92,13 @@ async def create_device(request: web.Request) -> web.Response:
     principal = await authorize(request, DEVICE_WRITE)
     body = await read_json(request, _CREATE)  # the type's settings schema included
     device_id = body.get("deviceId") or str(uuid.uuid4())
-    row = await request.app[PG_POOL].fetchrow(
+    pool = request.app[PG_POOL]
+    created = await pool.fetchval(
         """
         INSERT INTO devices (tenant_id, device_id, type, name, description, settings)
         VALUES ($1, $2, $3, $4, $5, $6::jsonb)
         ON CONFLICT (tenant_id, device_id) DO NOTHING
-        RETURNING *
+        RETURNING device_id
         """,
         principal.tenant_id,
         device_id,
@@ -105,8 +107,9 @@ async def create_device(request: web.Request) -> web.Response:
         body.get("description"),
         json.dumps(body["settings"]),
     )
-    if row is None:
+    if created is None:
         raise conflict("A device with this deviceId already exists")
+    row = await fetch_device(pool, principal.tenant_id, device_id)
     await audit.record(
         request,
         principal,
@@ -127,7 +130,7 @@ async def update_device(request: web.Request) -> web.Response:
     device_id = device_id_param(request)
     body = await read_json(request, _UPDATE)
     pool = request.app[PG_POOL]
-    row = await pool.fetchrow(
+    updated = await pool.fetchval(
         """
         UPDATE devices SET
             name = CASE WHEN $3 THEN $4 ELSE name END,
@@ -137,7 +140,7 @@ async def update_device(request: web.Request) -> web.Response:
                   OR ($5 AND description IS DISTINCT FROM $6) THEN now()
                 ELSE updated_at END
         WHERE tenant_id = $1 AND device_id = $2
-        RETURNING *
+        RETURNING device_id
         """,
         principal.tenant_id,
         device_id,
@@ -146,7 +149,7 @@ async def update_device(request: web.Request) -> web.Response:
         "description" in body,
         body.get("description"),
     )
-    if row is None:
+    if updated is None:
         raise not_found("No such device")
     if "isEnabled" in body:
         edge = request.app[EDGE_SYNC]
@@ -155,7 +158,7 @@ async def update_device(request: web.Request) -> web.Response:
                 pool, request.app[REDIS], principal.tenant_id, device_id, body["isEnabled"]
             )
         )
-        row = await fetch_device(pool, principal.tenant_id, device_id)
+    row = await fetch_device(pool, principal.tenant_id, device_id)
     await audit.record(request, principal, "device.update", "device", device_id, details=body)
     return web.json_response(device_json(row))
 

@@ -2,9 +2,10 @@
 
 Order (deterministic, documented in docs/decisions.md): ``lastActivityAt`` descending, devices
 never active (NULL) last, ties broken by ``deviceId`` descending. The cursor is the last row's
-``(lastActivityAt, deviceId)``. Each page is one index range scan on
+``(lastActivityAt, deviceId)``. Each page is one index range scan of ``device_activity`` on
 ``(tenant_id, COALESCE(last_activity_at, '-infinity') DESC, device_id DESC)`` (or its partial
-twin for ``blocked=only``), or a trigram bitmap scan for a selective ``q``.
+twin for ``blocked=only``) joined row by row with ``devices``, or a trigram bitmap scan of
+``devices`` for a selective ``q``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from admin_api.validation import MAX_LIMIT, check_query, cursor_param, parse_lim
 
 __all__ = [
     "ORDER",
+    "SELECT_DEVICES",
     "SORT_KEY",
     "DeviceQuery",
     "fetch_page",
@@ -43,12 +45,24 @@ __all__ = [
     "where_clause",
 ]
 
-_BLOCKED_FILTERS: Final = {"all": "", "hide": " AND NOT is_blocked", "only": " AND is_blocked"}
+# Blocked state and the sort key are read from the activity row (copies kept by trigger, 0004),
+# so that a page is a range scan of one of its order indexes.
+_BLOCKED_FILTERS: Final = {"all": "", "hide": " AND NOT a.is_blocked", "only": " AND a.is_blocked"}
 _CSV_BATCH: Final = MAX_LIMIT
-# Exactly the order of the devices_by_activity index (0002), so pages are index range scans.
-# Never-active devices (NULL) sort as -infinity: last, and still reachable by a row comparison.
-SORT_KEY: Final = "COALESCE(last_activity_at, '-infinity'::timestamptz)"
-ORDER: Final = f"{SORT_KEY} DESC, device_id DESC"
+# Exactly the order of the device_activity_by_activity index (0004), so pages are index range
+# scans. Never-active devices (NULL) sort as -infinity: last, and still reachable by a row
+# comparison.
+SORT_KEY: Final = "COALESCE(a.last_activity_at, '-infinity'::timestamptz)"
+ORDER: Final = f"{SORT_KEY} DESC, a.device_id DESC"
+# The list reads devices from their activity rows (where its order lives), each joined with its
+# ``devices`` row: the columns of ``devices_with_activity``.
+SELECT_DEVICES: Final = (
+    "SELECT d.*, a.application, a.application_version, a.os, a.os_version, a.manufacturer,"
+    " a.model, a.attributes_seen_at, a.first_seen_at, a.last_active_at, a.last_data_upload_at,"
+    " a.last_activity_at"
+    " FROM device_activity a"
+    " JOIN devices d ON d.tenant_id = a.tenant_id AND d.device_id = a.device_id"
+)
 # Cells a spreadsheet would run as a formula get a leading apostrophe (CSV injection).
 _FORMULA_START: Final = ("=", "+", "-", "@", "\t", "\r")
 
@@ -67,11 +81,12 @@ def _like_pattern(q: str) -> str:
 
 def where_clause(query: DeviceQuery, args: list[Any]) -> str:
     """The list's WHERE clause for ``query``, appending its parameters to ``args``."""
-    where = "tenant_id = $1" + _BLOCKED_FILTERS[query.blocked]
+    where = "a.tenant_id = $1" + _BLOCKED_FILTERS[query.blocked]
     if query.q:
         args.append(_like_pattern(query.q))
         n = len(args)
-        where += f" AND (name ILIKE ${n} OR device_id ILIKE ${n})"
+        # On the devices row: its trigram indexes answer a selective term.
+        where += f" AND (d.name ILIKE ${n} OR d.device_id ILIKE ${n})"
     return where
 
 
@@ -89,14 +104,14 @@ async def fetch_page(
     if after is not None:
         args += [after[0], after[1]]
         where += (
-            f" AND ({SORT_KEY}, device_id)"
+            f" AND ({SORT_KEY}, a.device_id)"
             f" < (COALESCE(${len(args) - 1}::timestamptz, '-infinity'), ${len(args)})"
         )
     args.append(limit)
     async with pool.acquire() as conn, conn.transaction(readonly=True):
         await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
         rows: list[asyncpg.Record] = await conn.fetch(
-            f"SELECT * FROM devices WHERE {where} ORDER BY {ORDER} LIMIT ${len(args)}", *args
+            f"{SELECT_DEVICES} WHERE {where} ORDER BY {ORDER} LIMIT ${len(args)}", *args
         )
     return rows
 

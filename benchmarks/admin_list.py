@@ -29,7 +29,7 @@ from aiohttp import web
 
 from admin_api.app import create_app
 from admin_api.auth import DEVICE_READ
-from admin_api.listing import ORDER, DeviceQuery, page_cursor, where_clause
+from admin_api.listing import ORDER, SELECT_DEVICES, DeviceQuery, page_cursor, where_clause
 from gatekeeper.runtime.admin_tokens import mint_token
 from gatekeeper.runtime.embedded import EmbeddedPostgres, EmbeddedRedis
 from gatekeeper.settings import Settings
@@ -52,19 +52,30 @@ WORDS = (
 )
 
 # One statement: ids dev-0000000.., a name for 90% of them ("<word> <n>"), 5% never active,
-# 1% blocked; activity spread over 90 days.
+# 1% blocked; activity spread over 90 days. The devices and their activity rows (0004) are written
+# together; the transaction says so (gatekeeper.flush), as the activity flush does.
 _LOAD = """
-INSERT INTO devices (tenant_id, device_id, name, last_active_at, is_blocked, blocked_at,
-                     application, application_version, os, os_version, manufacturer, model,
-                     first_seen_at)
-SELECT $1, 'dev-' || lpad(i::text, 7, '0'),
-       CASE WHEN i % 10 <> 0 THEN ($2::text[])[1 + (i * 7) % 10] || ' ' || i END,
-       CASE WHEN i % 20 <> 0 THEN now() - make_interval(secs => (i * 7919) % 7776000) END,
-       i % 100 = 1,
-       CASE WHEN i % 100 = 1 THEN now() - make_interval(secs => (i * 104729) % 7776000) END,
+WITH src AS (
+    SELECT $1::text AS t, 'dev-' || lpad(i::text, 7, '0') AS d,
+           CASE WHEN i % 10 <> 0 THEN ($2::text[])[1 + (i * 7) % 10] || ' ' || i END AS name,
+           CASE WHEN i % 20 <> 0 THEN now() - make_interval(secs => (i * 7919) % 7776000) END
+               AS last_active,
+           i % 100 = 1 AS blocked,
+           CASE WHEN i % 100 = 1 THEN now() - make_interval(secs => (i * 104729) % 7776000) END
+               AS blocked_at,
+           i
+    FROM generate_series(0::bigint, $3::bigint - 1) AS i
+), devices_added AS (
+    INSERT INTO devices (tenant_id, device_id, name, is_blocked, blocked_at)
+    SELECT t, d, name, blocked, blocked_at FROM src
+)
+INSERT INTO device_activity (tenant_id, device_id, last_active_at, is_blocked, blocked_at,
+                             application, application_version, os, os_version, manufacturer,
+                             model, first_seen_at, attributes_seen_at)
+SELECT t, d, last_active, blocked, blocked_at,
        'crewcheck', '2.' || (i % 7), 'android', '1' || (i % 5), 'acme', 'x' || (i % 13),
-       now() - interval '100 days'
-FROM generate_series(0::bigint, $3::bigint - 1) AS i
+       now() - interval '100 days', now() - interval '100 days'
+FROM src
 """
 
 SCENARIOS: dict[str, dict[str, str]] = {
@@ -98,8 +109,10 @@ async def _load(pool: asyncpg.Pool, devices: int) -> None:
         return
     await pool.execute("DELETE FROM devices WHERE tenant_id = $1", TENANT)
     started = time.perf_counter()
-    await pool.execute(_LOAD, TENANT, list(WORDS), devices, timeout=3600)
-    await pool.execute("ANALYZE devices", timeout=600)
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SET LOCAL gatekeeper.flush = 'on'")
+        await conn.execute(_LOAD, TENANT, list(WORDS), devices, timeout=3600)
+    await pool.execute("ANALYZE devices, device_activity", timeout=600)
     print(f"loaded {devices:,} devices in {time.perf_counter() - started:.1f} s")
 
 
@@ -108,9 +121,9 @@ async def _deep_cursor(pool: asyncpg.Pool, params: dict[str, str]) -> str | None
     query = DeviceQuery(TENANT, params.get("q"), params.get("blocked", "all"))
     args: list[Any] = [TENANT]
     where = where_clause(query, args)
-    total = await pool.fetchval(f"SELECT count(*) FROM devices WHERE {where}", *args)
+    total = await pool.fetchval(f"SELECT count(*) FROM ({SELECT_DEVICES} WHERE {where})", *args)
     row = await pool.fetchrow(
-        f"SELECT * FROM devices WHERE {where} ORDER BY {ORDER} OFFSET {max(total // 2, 0)} LIMIT 1",
+        f"{SELECT_DEVICES} WHERE {where} ORDER BY {ORDER} OFFSET {max(total // 2, 0)} LIMIT 1",
         *args,
     )
     return None if row is None else page_cursor(row)
@@ -136,8 +149,7 @@ async def _explain(pool: asyncpg.Pool, params: dict[str, str]) -> None:
     args: list[Any] = [TENANT]
     where = where_clause(DeviceQuery(TENANT, params.get("q"), params.get("blocked", "all")), args)
     plan = await pool.fetch(
-        f"EXPLAIN (ANALYZE, BUFFERS) SELECT * FROM devices WHERE {where} ORDER BY {ORDER}"
-        " LIMIT 101",
+        f"EXPLAIN (ANALYZE, BUFFERS) {SELECT_DEVICES} WHERE {where} ORDER BY {ORDER} LIMIT 101",
         *args,
     )
     print("\n".join("    " + r[0] for r in plan))

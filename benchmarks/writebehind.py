@@ -6,7 +6,8 @@ and how many rows 1,000 requests of one device cost.
   fixed time; flushed devices divided by the wall time.
 * ``touches_per_s``: N known devices (written by a first flush), each touched once (the same
   attributes, no upload) and flushed, in rounds for a fixed time; touched devices flushed per
-  second of flushing. A touch is an upsert of ``last_active_at`` after comparing attributes.
+  second of flushing. A touch is an update of the device's ``device_activity`` row (its times),
+  after comparing the attributes with the row as locked, in one statement per 250 devices.
 * ``rows_per_1000_requests``: 1,000 requests of one new device go through a one-worker gatekeeper
   proxy; the proxy is stopped (it flushes on shutdown and its connections end, which makes
   PostgreSQL publish their statistics) and the rows written are the change of

@@ -69,7 +69,9 @@ async def send(
 
 async def device(pool: asyncpg.Pool, tenant: str, device_id: str) -> asyncpg.Record:
     row = await pool.fetchrow(
-        "SELECT * FROM devices WHERE tenant_id = $1 AND device_id = $2", tenant, device_id
+        "SELECT * FROM devices_with_activity WHERE tenant_id = $1 AND device_id = $2",
+        tenant,
+        device_id,
     )
     assert row is not None, f"{tenant}/{device_id} not registered"
     return row
@@ -260,7 +262,7 @@ async def test_postgres_down_keeps_forwarding_and_loses_no_device(
     pool = await open_pg_pool(private_stores.pg_url, min_size=1, max_size=1)
     try:
         rows = await pool.fetch(
-            "SELECT device_id, last_active_at FROM devices"
+            "SELECT device_id, last_active_at FROM device_activity"
             " WHERE tenant_id = $1 AND device_id LIKE 'offline-%'",
             tenant,
         )

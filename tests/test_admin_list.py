@@ -16,9 +16,14 @@ T0 = datetime(2025, 1, 1, tzinfo=UTC)
 async def _seed(
     pool: asyncpg.Pool, tenant: str, rows: list[tuple[str, str | None, datetime | None]]
 ) -> None:
+    # A device row and its activity row (migration 0004: the trigger adds the activity row).
     await pool.executemany(
-        "INSERT INTO devices (tenant_id, device_id, name, last_active_at) VALUES ($1,$2,$3,$4)",
-        [(tenant, d, n, at) for d, n, at in rows],
+        "INSERT INTO devices (tenant_id, device_id, name) VALUES ($1,$2,$3)",
+        [(tenant, d, n) for d, n, _ in rows],
+    )
+    await pool.executemany(
+        "UPDATE device_activity SET last_active_at = $3 WHERE tenant_id = $1 AND device_id = $2",
+        [(tenant, d, at) for d, _, at in rows],
     )
 
 

@@ -116,7 +116,8 @@ async def test_acknowledged_writes_survive_a_postgres_crash(
                 tenant,
             )
             seen = await conn.fetchval(
-                "SELECT count(*) FROM devices WHERE tenant_id = $1 AND device_id LIKE 'seen-%'"
+                "SELECT count(*) FROM device_activity WHERE tenant_id = $1"
+                " AND device_id LIKE 'seen-%'"
                 " AND last_active_at IS NOT NULL",
                 tenant,
             )

@@ -334,7 +334,8 @@ async def test_sigterm_finishes_in_flight_requests_and_flushes_activity(
         finally:
             await proc.stop()
     rows = await pg_pool.fetch(
-        "SELECT device_id, application, last_active_at, last_data_upload_at FROM devices"
+        "SELECT device_id, application, last_active_at, last_data_upload_at"
+        " FROM device_activity"
         " WHERE tenant_id = $1 ORDER BY device_id",
         tenant,
     )

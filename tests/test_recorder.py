@@ -48,7 +48,9 @@ def counter(name: str) -> float:
 
 async def device(pool: asyncpg.Pool, tenant: str, device_id: str) -> asyncpg.Record:
     row = await pool.fetchrow(
-        "SELECT * FROM devices WHERE tenant_id = $1 AND device_id = $2", tenant, device_id
+        "SELECT * FROM devices_with_activity WHERE tenant_id = $1 AND device_id = $2",
+        tenant,
+        device_id,
     )
     assert row is not None
     return row
@@ -102,7 +104,7 @@ async def test_buffer_bound_drops_and_counts_new_devices_but_existing_ones_coale
     assert rec.dropped == 3
     assert await rec.flush_once() == 5
     rows = await pg_pool.fetch(
-        "SELECT device_id, last_data_upload_at FROM devices"
+        "SELECT device_id, last_data_upload_at FROM devices_with_activity"
         " WHERE tenant_id = $1 ORDER BY device_id",
         tenant,
     )
@@ -142,7 +144,8 @@ async def test_concurrent_flushers_of_the_same_devices_neither_deadlock_nor_repe
     assert len(counts) == 3_000
     assert {r["n"] for r in counts} == {1}
     uploads = await pg_pool.fetchval(
-        "SELECT count(*) FROM devices WHERE tenant_id = $1 AND last_data_upload_at IS NOT NULL",
+        "SELECT count(*) FROM device_activity WHERE tenant_id = $1"
+        " AND last_data_upload_at IS NOT NULL",
         tenant,
     )
     assert uploads == 3_000
@@ -347,7 +350,8 @@ async def test_background_flusher_counts_errors_while_hung_and_catches_up(
                 await task
             pool.terminate()
     count = await pg_pool.fetchval(
-        "SELECT count(*) FROM devices WHERE tenant_id = $1 AND last_data_upload_at IS NOT NULL",
+        "SELECT count(*) FROM device_activity WHERE tenant_id = $1"
+        " AND last_data_upload_at IS NOT NULL",
         tenant,
     )
     assert count == 50

@@ -23,6 +23,7 @@ from gatekeeper.domain.credentials import digest_secret, display_prefix, new_sec
 from gatekeeper.domain.edgeview import EdgeEvent, KeyGrant
 
 __all__ = [
+    "DEVICE_VIEW",
     "EdgeSyncError",
     "IssuedKey",
     "issue_key",
@@ -36,6 +37,11 @@ __all__ = [
 
 Pool = asyncpg.Pool
 Redis = aioredis.Redis
+
+# A device as the admin API shows it: ``devices`` (what admins set) joined with
+# ``device_activity`` (what the edge saw); migration 0004.
+DEVICE_VIEW = "devices_with_activity"
+_DEVICE_ROW = f"SELECT * FROM {DEVICE_VIEW} WHERE tenant_id = $1 AND device_id = $2"
 
 
 class EdgeSyncError(RuntimeError):
@@ -82,7 +88,8 @@ async def set_blocked(
                 device_id,
             )
         # Re-blocking keeps the first blockedAt; the reason is replaced only when one is given.
-        row: asyncpg.Record | None = await conn.fetchrow(
+        # A trigger copies the block into the device's activity row (the list's sort key).
+        changed = await conn.fetchval(
             """
             UPDATE devices SET
                 is_blocked = $3,
@@ -90,12 +97,15 @@ async def set_blocked(
                 block_reason = CASE WHEN $3 THEN COALESCE($4, block_reason) ELSE NULL END,
                 updated_at = CASE WHEN is_blocked = $3 THEN updated_at ELSE now() END
             WHERE tenant_id = $1 AND device_id = $2
-            RETURNING *
+            RETURNING device_id
             """,
             tenant_id,
             device_id,
             blocked,
             reason,
+        )
+        row: asyncpg.Record | None = (
+            None if changed is None else await conn.fetchrow(_DEVICE_ROW, tenant_id, device_id)
         )
     if row is None:
         return None
@@ -117,17 +127,21 @@ async def set_enabled(
     enabled: bool,
 ) -> asyncpg.Record | None:
     """Enable or disable a device; idempotent. Returns the device row, None if unknown."""
-    row: asyncpg.Record | None = await pool.fetchrow(
-        """
-        UPDATE devices SET is_enabled = $3,
-            updated_at = CASE WHEN is_enabled = $3 THEN updated_at ELSE now() END
-        WHERE tenant_id = $1 AND device_id = $2
-        RETURNING *
-        """,
-        tenant_id,
-        device_id,
-        enabled,
-    )
+    async with pool.acquire() as conn:
+        changed = await conn.fetchval(
+            """
+            UPDATE devices SET is_enabled = $3,
+                updated_at = CASE WHEN is_enabled = $3 THEN updated_at ELSE now() END
+            WHERE tenant_id = $1 AND device_id = $2
+            RETURNING device_id
+            """,
+            tenant_id,
+            device_id,
+            enabled,
+        )
+        row: asyncpg.Record | None = (
+            None if changed is None else await conn.fetchrow(_DEVICE_ROW, tenant_id, device_id)
+        )
     if row is None:
         return None
     key = edgeview.member(tenant_id, device_id)
