@@ -245,7 +245,8 @@ async def test_history_is_exact_across_workers(
             )
             assert [row[0] for row in rows] == ["1", "2", "3"], device
             stored = await pg_pool.fetchval(
-                "SELECT application_version FROM devices WHERE tenant_id = $1 AND device_id = $2",
+                "SELECT application_version FROM devices_with_activity"
+                " WHERE tenant_id = $1 AND device_id = $2",
                 tenant,
                 device,
             )
