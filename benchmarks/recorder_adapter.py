@@ -11,9 +11,17 @@ import importlib.util
 import time
 from typing import Any
 
-__all__ = ["flush_rate", "unavailable"]
+__all__ = ["flush_rate", "sink_for", "unavailable"]
 
 _BATCH = 5_000  # devices per flush: the recorder's default flush_max_devices
+
+
+def sink_for(pool: Any) -> Any:
+    """What the recorder writes through: a ``PostgresWriter`` since the recorder process
+    (issue 10); builds before it took the pool itself (to benchmark them side by side)."""
+    if importlib.util.find_spec("gatekeeper.edge.activity.writer") is None:
+        return pool
+    return importlib.import_module("gatekeeper.edge.activity.writer").PostgresWriter(pool)
 
 
 def unavailable() -> str | None:
@@ -35,11 +43,10 @@ async def flush_rate(dsn: str, seconds: float) -> dict[str, Any]:
     from gatekeeper.store.clients import open_pg_pool
 
     module: Any = importlib.import_module("gatekeeper.edge.activity.recorder")
-    writer: Any = importlib.import_module("gatekeeper.edge.activity.writer")
     pool = await open_pg_pool(dsn, min_size=1, max_size=4)
     try:
         recorder = module.ActivityRecorder(
-            writer.PostgresWriter(pool),
+            sink_for(pool),
             flush_interval=0.25,
             flush_max_devices=_BATCH,
             max_pending=4 * _BATCH,

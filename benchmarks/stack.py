@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .loadclient import device_id
+from .procfs import children_by_parent, descendants
 from .procs import HOST, Child, HarnessError, free_port, wait_http_ok
 
 __all__ = ["BLOCKED_EVERY", "TENANT", "GatekeeperStack", "blocked_ids", "unavailable"]
@@ -95,10 +96,19 @@ class GatekeeperStack:
     def pin(self, cores: tuple[int, ...]) -> None:
         """Run the stores on ``cores`` (the load side's): in production they are other machines,
         and on two cores Postgres writing the recorder's batches would otherwise preempt the
-        proxy under test. Backends Postgres forks later inherit the postmaster's affinity."""
-        for pid in [*self._postgres.pids(), *self._redis.pids()]:
-            with contextlib.suppress(ProcessLookupError):
-                os.sched_setaffinity(pid, cores)
+        proxy under test. Backends Postgres forks later inherit the postmaster's affinity.
+        Found from /proc (this process's PostgreSQL and Valkey children and theirs), so any
+        build's embedded servers are pinned alike."""
+        tree = children_by_parent()
+        for child in tree.get(os.getpid(), ()):
+            try:
+                argv = Path(f"/proc/{child}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"postgres" in argv or b"valkey" in argv:
+                for pid in descendants(child, tree):
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.sched_setaffinity(pid, cores)
 
     def env(self) -> dict[str, str]:
         return {

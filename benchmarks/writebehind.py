@@ -74,15 +74,16 @@ _TOUCH_BATCH = 5_000
 async def touch_rate(dsn: str, seconds: float) -> dict[str, Any]:
     """Known devices touched once each and flushed, in rounds; touches per second of flushing."""
     from gatekeeper.edge.activity.recorder import ActivityRecorder
-    from gatekeeper.edge.activity.writer import PostgresWriter
     from gatekeeper.store.clients import open_pg_pool
+
+    from .recorder_adapter import sink_for
 
     pool = await open_pg_pool(dsn, min_size=1, max_size=4)
     attributes = ("bench-app", "1.0.0", "Linux", "6.1", "Bench", "B-1")
     keys = [("bench-touch", f"touch-{i:06d}") for i in range(_TOUCH_DEVICES)]
     try:
         recorder = ActivityRecorder(
-            PostgresWriter(pool),
+            sink_for(pool),
             flush_interval=0.25,
             flush_max_devices=_TOUCH_BATCH,
             max_pending=2 * _TOUCH_DEVICES,

@@ -162,13 +162,6 @@ class _ServerProcess:
         _stop(self._proc, self._stop_signal, self._stop_timeout)
         self._proc = None
 
-    def pids(self) -> list[int]:
-        """The server's first process and its children now (none when it is not running). A
-        benchmark pins them to cores of its choosing; processes forked later inherit that."""
-        if self._proc is None or self._proc.poll() is not None:
-            return []
-        return [self._proc.pid, *_children(self._proc.pid)]
-
     def _frozen_tree(self) -> list[int]:
         """Freeze the server's first process, then list it and its children.
 
