@@ -17,10 +17,10 @@ import importlib.util
 
 __all__ = ["HOT_MODULES", "compiled_modules", "describe"]
 
-# The modules the profile says pay for compiling (docs/performance.md): every request runs through
-# them. Left out: modules with async generators (request.py, relay.py, upstream/connection.py;
-# mypyc does not compile those), and those where compiled code only made the calls from the
-# interpreted modules around them dearer (metrics.py, activity/pending.py; measured).
+# The modules of a proxied request's path, where the profile says compiling pays
+# (docs/performance.md, "A compiled hot path"). Left out: the recorder and the supervisor (their
+# work is not per request), metrics.py (1 % for a module the admin side shares), and modules a
+# request touches once, briefly (blocklist.py, keycache.py, settings.py).
 HOT_MODULES: tuple[str, ...] = (
     "gatekeeper.domain.identity",
     "gatekeeper.edge.admission",
@@ -29,7 +29,10 @@ HOT_MODULES: tuple[str, ...] = (
     "gatekeeper.edge.handler",
     "gatekeeper.edge.http.connection",
     "gatekeeper.edge.http.flow",
+    "gatekeeper.edge.http.request",
     "gatekeeper.edge.http.server",
+    "gatekeeper.edge.relay",
+    "gatekeeper.edge.upstream.connection",
     "gatekeeper.edge.upstream.pool",
 )
 
