@@ -55,7 +55,9 @@ def describe() -> str:
     compiled = compiled_modules()
     if not compiled:
         return "pure Python"
-    text = "compiled (mypyc): " + ", ".join(compiled)
+    # mypyc puts a build's compiled code in one library beside the package (setup.py's group).
+    mypyc = importlib.util.find_spec("gatekeeper__mypyc") is not None
+    text = f"compiled ({'mypyc' if mypyc else 'not by mypyc'}): " + ", ".join(compiled)
     left = [name for name in HOT_MODULES if name not in compiled]
     if left:
         text += "; pure Python: " + ", ".join(left)
