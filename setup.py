@@ -16,7 +16,11 @@ from __future__ import annotations
 
 import os
 import runpy
+import shlex
+import subprocess
 import sys
+import sysconfig
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +52,29 @@ def _hot_sources() -> list[str]:
     return [name.replace(".", "/") + ".py" for name in info["HOT_MODULES"]]
 
 
+def _compiler_problem() -> str | None:
+    """Why no extension module can be built here (no C compiler, no Python headers), or None.
+    Asked before mypyc runs: its translation takes a while, and a build with no extension
+    makes a pure-Python wheel (``py3-none-any``)."""
+    cc = shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")
+    include = sysconfig.get_paths()["include"]
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = Path(tmp, "probe.c")
+        probe.write_text("#include <Python.h>\nint probe(void) { return 0; }\n")
+        try:
+            built = subprocess.run(
+                [*cc, f"-I{include}", "-c", str(probe), "-o", str(Path(tmp, "probe.o"))],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+        except OSError as exc:
+            return f"no C compiler ({exc})"
+    if built.returncode != 0:
+        return f"{cc[0]} cannot build against Python.h: {built.stderr.strip()[-300:]}"
+    return None
+
+
 def _extensions(mode: str) -> list[Any]:
     commands = set(sys.argv[1:])
     if commands & _EDITABLE:
@@ -56,6 +83,12 @@ def _extensions(mode: str) -> list[Any]:
         _say("editable install: the hot path stays pure Python")
         return []
     if mode == "0" or not commands & _BUILDING:
+        return []
+    problem = _compiler_problem()
+    if problem is not None:
+        if mode == "1":
+            raise SystemExit(f"GATEKEEPER_COMPILE=1, but {problem}")
+        _say(f"{problem}; installing the hot path as pure Python")
         return []
     try:
         from mypyc.build import mypycify
@@ -82,7 +115,7 @@ def _extensions(mode: str) -> list[Any]:
 
 
 class OptionalBuildExt(build_ext):
-    """Builds the compiled modules, or, without a working C compiler, none of them."""
+    """Builds the compiled modules, or, should the compiler fail after all, none of them."""
 
     def run(self) -> None:
         try:

@@ -70,6 +70,7 @@ def test_an_install_compiles_the_hot_path_or_falls_back_to_python(tmp_path: Path
     # No C compiler: the install still succeeds, pure Python, and says so.
     fallback = build_wheel(source, tmp_path / "pure", compile_mode="auto", cc="/nonexistent/cc")
     assert extension_members(fallback) == []
+    assert fallback.name.endswith("-py3-none-any.whl")
     _install(fallback, tmp_path / "pure-site")
     assert _describe_installed(tmp_path / "pure-site", tmp_path) == "pure Python"
 
