@@ -87,7 +87,10 @@ def main(argv: list[str]) -> int:
     dest = Path(argv[0]).resolve()
     built = compiled_tree(dest)
     print(f"test-compiled: {len(built)} extension modules built in {dest}; running the suite")
-    env = {**os.environ, "GATEKEEPER_TEST_COMPILED": "1"}
+    # PYTHONPATH too: a server a test starts from another directory must import this copy, not
+    # what the virtualenv's editable install points at.
+    path = os.pathsep.join(filter(None, (str(dest), os.environ.get("PYTHONPATH"))))
+    env = {**os.environ, "GATEKEEPER_TEST_COMPILED": "1", "PYTHONPATH": path}
     return subprocess.run([sys.executable, "-m", "pytest", *argv[1:]], cwd=dest, env=env).returncode
 
 

@@ -38,9 +38,18 @@ def _describe_installed(target: Path, cwd: Path) -> str:
     ).stdout.strip()
 
 
-def test_this_run_exercises_the_build_it_claims() -> None:
+def test_this_run_exercises_the_build_it_claims(tmp_path: Path) -> None:
     # In a development tree (an editable install) no extension may shadow a source file, or an
-    # edit would silently not run; in the compiled run every hot module must be compiled.
+    # edit would silently not run; in the compiled run every hot module must be compiled, in
+    # this process and in one a test starts from another directory.
+    in_child = subprocess.run(
+        [sys.executable, "-c", "from gatekeeper.build_info import describe; print(describe())"],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    assert in_child == build_info.describe()
     if COMPILED_RUN:
         assert build_info.compiled_modules() == list(build_info.HOT_MODULES)
         assert build_info.describe().startswith("compiled (mypyc): gatekeeper.")
