@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install lint format typecheck test bench bench-quick up
+.PHONY: install lint format typecheck test test-compiled bench bench-quick up
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ typecheck:
 
 test:
 	$(BIN)/pytest
+
+# The suite again, against the mypyc-compiled hot path (a copy of the tree with the extensions a
+# regular install builds); says so and passes where there is no C compiler.
+test-compiled:
+	$(BIN)/python tests/buildrig.py build/compiled-tree -q
 
 bench:
 	$(BIN)/python -m benchmarks proxy

@@ -53,7 +53,7 @@ def _wait_ready(metrics_port: int, timeout: float = 60.0) -> None:
     while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/readyz") as answer:
-                if json.load(answer).get("ready"):
+                if answer.status == 200 and json.load(answer).get("status") == "ready":
                     return
         except OSError:
             pass

@@ -196,9 +196,9 @@ class EdgeHandler:
             )
             problem(conn, request, exc.status, exc.title, exc.detail, extra, close=True)
             return None
-        except IdentityError as exc:
+        except IdentityError as bad:  # not "exc" again: mypyc gives both clauses one type
             COUNT_INVALID.inc()
-            problem(conn, request, 400, "Invalid device identification", exc.detail)
+            problem(conn, request, 400, "Invalid device identification", bad.detail)
             return None
         if not self._mirror.loaded and not self._fail_open:
             unavailable(conn, request, "The blocklist is not loaded yet.")

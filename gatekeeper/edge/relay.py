@@ -46,6 +46,36 @@ class _BodyTooLarge(Exception):
     pass
 
 
+class _FramedBody:
+    """A request body as sent upstream: raw, or chunk-encoded when it came chunked; raises
+    :class:`_BodyTooLarge` past the limit (an iterator class: mypyc compiles no async
+    generator)."""
+
+    def __init__(self, chunks: AsyncIterator[bytes], limit: int, chunked: bool) -> None:
+        self._chunks = chunks
+        self._left = limit
+        self._chunked = chunked
+        self._ended = False
+
+    def __aiter__(self) -> _FramedBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._ended:
+            raise StopAsyncIteration
+        try:
+            chunk = await self._chunks.__anext__()
+        except StopAsyncIteration:
+            self._ended = True
+            if not self._chunked:
+                raise
+            return b"0\r\n\r\n"
+        self._left -= len(chunk)
+        if self._left < 0:
+            raise _BodyTooLarge
+        return b"%x\r\n%b\r\n" % (len(chunk), chunk) if self._chunked else chunk
+
+
 class Relay:
     """The upstream side of one proxy worker's requests (built once per worker)."""
 
@@ -80,18 +110,9 @@ class Relay:
             drop=request.underscored,
         )
 
-    async def _request_body(self, request: Request) -> AsyncIterator[bytes]:
+    def _request_body(self, request: Request) -> AsyncIterator[bytes]:
         assert request.body is not None
-        total = 0
-        limit = self._max_body
-        chunked = request.chunked
-        async for chunk in request.body.chunks():
-            total += len(chunk)
-            if total > limit:
-                raise _BodyTooLarge
-            yield b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk
-        if chunked:
-            yield b"0\r\n\r\n"
+        return _FramedBody(request.body.chunks(), self._max_body, request.chunked)
 
     async def forward(self, request: Request, conn: ClientConnection, req_id: bytes) -> None:
         head = self.head(request, conn, req_id)
@@ -127,8 +148,8 @@ class Relay:
                 close=True,
             )
             return
-        except UpstreamError as exc:
-            self.failed(request, conn, exc)
+        except UpstreamError as failure:  # not "exc" again: mypyc gives both clauses one type
+            self.failed(request, conn, failure)
             return
         if self.respond(request, conn, upstream, req_id, sent):
             await self.stream(request, conn, upstream, req_id)

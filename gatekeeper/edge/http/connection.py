@@ -14,6 +14,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, cast
 
 import httptools
+from mypy_extensions import mypyc_attr
 
 from gatekeeper.edge.http.flow import FlowControl
 from gatekeeper.edge.http.request import BadRequestBody, Request, RequestBody, simple_response
@@ -42,6 +43,7 @@ Handler = Callable[["Request", "ClientConnection"], None]
 (directly, or by handing the rest to ``conn.spawn``)."""
 
 
+@mypyc_attr(native_class=False)  # mypyc compiles no subclass of a built-in exception but Exception
 class ClientDisconnected(ConnectionResetError):
     """The client went away while its answer was stuck in a paused buffer: raised by
     :meth:`ClientConnection.drain`, so a handler stops streaming to nobody."""

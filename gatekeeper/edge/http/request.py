@@ -122,33 +122,47 @@ class RequestBody:
     def complete(self) -> bool:
         return self._done and not self._chunks
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        while True:
-            while self._chunks:
-                chunk = self._chunks.popleft()
-                self._size -= len(chunk)
-                if self._size < _LOW_WATER:
-                    self._conn._resume_reading()
-                yield chunk
-            if self._error is not None:
-                raise self._error
-            if self._done:
-                return
-            if self._conn.closed:
-                raise ConnectionResetError("client went away mid-body")
-            loop = asyncio.get_running_loop()
-            self._waiter = waiter = loop.create_future()
-            timer = loop.call_later(self._idle_timeout, self._stalled, waiter)
-            try:
-                await waiter
-            finally:
-                timer.cancel()
-                self._waiter = None
+    def chunks(self) -> AsyncIterator[bytes]:
+        return _Chunks(self)
 
     @staticmethod
     def _stalled(waiter: asyncio.Future[None]) -> None:
         if not waiter.done():
             waiter.set_exception(ClientBodyTimeout("the client stopped sending its body"))
+
+
+class _Chunks:
+    """A body's chunks as they arrive (an iterator class: mypyc compiles no async generator)."""
+
+    def __init__(self, body: RequestBody) -> None:
+        self._body = body
+
+    def __aiter__(self) -> _Chunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        body = self._body
+        while True:
+            if body._chunks:
+                chunk = body._chunks.popleft()
+                body._size -= len(chunk)
+                if body._size < _LOW_WATER:
+                    body._conn._resume_reading()
+                return chunk
+            if body._error is not None:
+                raise body._error
+            if body._done:
+                raise StopAsyncIteration
+            if body._conn.closed:
+                raise ConnectionResetError("client went away mid-body")
+            loop = asyncio.get_running_loop()
+            body._waiter = waiter = loop.create_future()
+            timer = loop.call_later(body._idle_timeout, body._stalled, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                body._waiter = None
 
 
 class Request:

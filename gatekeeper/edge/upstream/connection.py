@@ -65,9 +65,8 @@ class UpstreamResponse:
         """The whole body if it has already arrived (the fast path for small responses)."""
         return self._conn.take_whole_body()
 
-    async def iter_body(self) -> AsyncIterator[bytes]:
-        async for chunk in self._conn.body_chunks():
-            yield chunk
+    def iter_body(self) -> AsyncIterator[bytes]:
+        return self._conn.body_chunks()
 
     def release(self) -> None:
         """Give the connection back (or close it if the exchange did not end cleanly)."""
@@ -326,27 +325,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._body_size = 0
         return body
 
-    async def body_chunks(self) -> AsyncIterator[bytes]:
-        loop = asyncio.get_running_loop()
-        while True:
-            while self._body:
-                chunk = self._body.popleft()
-                self._body_size -= len(chunk)
-                if self._paused and self._body_size < _LOW_WATER and self.transport is not None:
-                    self._paused = False
-                    self.transport.resume_reading()
-                yield chunk
-            if self._body_done:
-                return
-            if self.closed:
-                raise UpstreamError("upstream closed the connection mid-body")
-            self._waiter = loop.create_future()
-            self._arm_timer()
-            try:
-                await self._waiter
-            finally:
-                self._cancel_timer()
-                self._waiter = None
+    def body_chunks(self) -> AsyncIterator[bytes]:
+        return _BodyChunks(self)
 
     def finish(self) -> None:
         response = self._response
@@ -364,3 +344,36 @@ class UpstreamConnection(asyncio.Protocol):
             self._pool.put_back(self)
         else:
             self.close()
+
+
+class _BodyChunks:
+    """The response body chunk by chunk, with back-pressure (an iterator class: mypyc compiles
+    no async generator)."""
+
+    def __init__(self, conn: UpstreamConnection) -> None:
+        self._conn = conn
+
+    def __aiter__(self) -> _BodyChunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        conn = self._conn
+        while True:
+            if conn._body:
+                chunk = conn._body.popleft()
+                conn._body_size -= len(chunk)
+                if conn._paused and conn._body_size < _LOW_WATER and conn.transport is not None:
+                    conn._paused = False
+                    conn.transport.resume_reading()
+                return chunk
+            if conn._body_done:
+                raise StopAsyncIteration
+            if conn.closed:
+                raise UpstreamError("upstream closed the connection mid-body")
+            conn._waiter = asyncio.get_running_loop().create_future()
+            conn._arm_timer()
+            try:
+                await conn._waiter
+            finally:
+                conn._cancel_timer()
+                conn._waiter = None

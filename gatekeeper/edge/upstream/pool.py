@@ -120,10 +120,10 @@ class UpstreamPool:
                 _, protocol = await loop.create_connection(
                     lambda: UpstreamConnection(self), self.host, self.port
                 )
-        except TimeoutError as exc:
+        except TimeoutError as timeout:  # not "exc" again: mypyc gives both clauses one type
             self._open -= 1
             self._hand_over(None)
-            raise UpstreamTimeout("upstream connect timed out") from exc
+            raise UpstreamTimeout("upstream connect timed out") from timeout
         except OSError as exc:
             self._open -= 1
             self._hand_over(None)
