@@ -44,6 +44,7 @@ __all__ = [
     "BLOCKED_DEVICES",
     "BLOCKLIST_LAST_SYNC",
     "BLOCKLIST_STALE",
+    "BUILD_INFO",
     "OUTCOMES",
     "READY",
     "RECORDER_UP",
@@ -153,6 +154,13 @@ RECORDER_UP = Gauge(
     "1 when the worker's last hand-over to the node's recorder process succeeded.",
     registry=REGISTRY,
     multiprocess_mode="livemin",
+)
+BUILD_INFO = Gauge(
+    "gatekeeper_build_info",
+    "1, labelled with the version and whether the hot path runs compiled (mypyc) or as Python.",
+    ["version", "build"],
+    registry=REGISTRY,
+    multiprocess_mode="livemax",
 )
 READY = Gauge(
     "gatekeeper_ready",

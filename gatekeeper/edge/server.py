@@ -21,6 +21,8 @@ from urllib.parse import urlsplit
 import asyncpg
 from aiohttp import web
 
+from gatekeeper import __version__
+from gatekeeper.build_info import compiled_modules
 from gatekeeper.edge import metrics
 from gatekeeper.edge.activity.link import RecorderLink
 from gatekeeper.edge.activity.recorder import ActivityRecorder, BatchSink
@@ -70,6 +72,8 @@ class EdgeServer:
         self._ops_runner: web.AppRunner | None = None
         self._pool: asyncpg.Pool | None = None
         self._stack: contextlib.AsyncExitStack | None = None  # set while running
+        build = "mypyc" if compiled_modules() else "python"
+        metrics.BUILD_INFO.labels(__version__, build).set(1)
         self.proxy_port = settings.proxy_port
         self.metrics_port = settings.metrics_port
         self.draining = False

@@ -17,6 +17,8 @@ from typing import Any
 
 from aiohttp import web
 
+from gatekeeper import __version__
+from gatekeeper.build_info import describe as describe_build
 from gatekeeper.listening import ListenError
 from gatekeeper.logs import configure_logging
 from gatekeeper.runtime import admin_commands
@@ -44,6 +46,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gatekeeper", description=__doc__)
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"gatekeeper {__version__} ({describe_build()})",
+        help="print the version and whether the hot path runs compiled, then exit",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="run the whole stack on this machine (embedded stores)")

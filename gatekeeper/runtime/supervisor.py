@@ -26,6 +26,8 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client.multiprocess import mark_process_dead
 
+from gatekeeper import __version__
+from gatekeeper.build_info import describe as describe_build
 from gatekeeper.edge import metrics
 from gatekeeper.edge.ops import create_ops_app
 from gatekeeper.hangup import on_hangup
@@ -146,7 +148,10 @@ class Supervisor:
             stack.callback(on_hangup(self._pass_hangup_on))
             self._stack = stack.pop_all()
         _log.info(
-            "supervisor: %d workers on %s:%d, recorder process %s, metrics on :%d",
+            "supervisor (gatekeeper %s, %s): %d workers on %s:%d, recorder process %s,"
+            " metrics on :%d",
+            __version__,
+            describe_build(),
             s.workers,
             s.host,
             s.proxy_port,
