@@ -148,15 +148,15 @@ class Supervisor:
             stack.callback(on_hangup(self._pass_hangup_on))
             self._stack = stack.pop_all()
         _log.info(
-            "supervisor (gatekeeper %s, %s): %d workers on %s:%d, recorder process %s,"
-            " metrics on :%d",
-            __version__,
-            describe_build(),
+            "supervisor: %d workers on %s:%d, recorder process %s, metrics on :%d"
+            " (gatekeeper %s, %s)",
             s.workers,
             s.host,
             s.proxy_port,
             self.recorder.pid if self.recorder is not None else None,
             self.metrics_port,
+            __version__,
+            describe_build(),
         )
 
     def _pass_hangup_on(self) -> None:
