@@ -44,12 +44,20 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", dest="log_level")
 
 
+class _Version(argparse.Action):
+    """``--version`` on one line (argparse's own action wraps it at the terminal's width)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: object, **_kw: object) -> None:
+        print(f"gatekeeper {__version__} ({describe_build()})")
+        parser.exit()
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gatekeeper", description=__doc__)
     parser.add_argument(
         "--version",
-        action="version",
-        version=f"gatekeeper {__version__} ({describe_build()})",
+        action=_Version,
+        nargs=0,
         help="print the version and whether the hot path runs compiled, then exit",
     )
     sub = parser.add_subparsers(dest="command", required=True)
