@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Mapping
 
 import asyncpg
 import pytest
@@ -14,10 +13,10 @@ from conftest import Stores
 from faultproxy import FaultProxy
 
 from gatekeeper.edge import metrics
-from gatekeeper.edge.activity.recorder import ActivityRecorder, PendingDevice
+from gatekeeper.edge.activity.recorder import ActivityRecorder
 from gatekeeper.edge.activity.writer import PostgresWriter
 from gatekeeper.store.clients import open_pg_pool
-from gatekeeper.types import SYSTEM_CLOCK, Clock, DeviceKey, ManualClock
+from gatekeeper.types import SYSTEM_CLOCK, Clock, ManualClock
 
 ATTRS = ("App", "1.0", "Android", "14", "Acme", "X1")
 
@@ -396,50 +395,3 @@ async def test_drain_gives_up_at_its_deadline_and_counts_what_it_drops(
             assert counter("gatekeeper_activity_dropped_total") - dropped_before == 10
         finally:
             pool.terminate()
-
-
-class _Sink:
-    """Records what it is handed; fails while ``failing``."""
-
-    def __init__(self) -> None:
-        self.batches: list[set[str]] = []
-        self.failing = False
-
-    async def write(self, batch: Mapping[DeviceKey, PendingDevice], _uses: object) -> None:
-        if self.failing:
-            raise OSError("recorder away")
-        self.batches.append({key[1] for key in batch})
-
-
-async def test_deferred_touches_come_due_in_time_and_failed_batches_go_first() -> None:
-    """What a flush hands over: news at once, a pure touch once its interval has passed, and a
-    batch that failed ahead of everything else, without its device being handed over twice."""
-    clock = ManualClock()
-    sink = _Sink()
-    rec = ActivityRecorder(
-        sink,
-        flush_interval=3600.0,
-        flush_max_devices=5_000,
-        max_pending=100,
-        retry_max_seconds=1.0,
-        touch_interval=60.0,
-        clock=clock,
-    )
-    rec.record(("t", "quiet"), ATTRS, False)
-    assert await rec.flush_once() == 1
-    clock.advance(1.0)
-    rec.record(("t", "quiet"), ATTRS, False)  # only active again: deferred
-    rec.record(("t", "new"), ATTRS, False)
-    sink.failing = True
-    with pytest.raises(OSError):
-        await rec.flush_once()
-    rec.record(("t", "new"), ATTRS, True)  # more news for the device whose batch failed
-    rec.record(("t", "other"), ATTRS, False)
-    sink.failing = False
-    assert await rec.flush_once() == 2
-    assert sink.batches[-1] == {"new", "other"}
-    assert await rec.flush_once() == 0  # "quiet" is not due yet
-    clock.advance(60.0)
-    assert await rec.flush_once() == 1
-    assert sink.batches[-1] == {"quiet"}
-    assert rec.pending == 0
