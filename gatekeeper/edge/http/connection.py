@@ -14,8 +14,8 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, cast
 
 import httptools
-from mypy_extensions import mypyc_attr
 
+from gatekeeper.edge.http.disconnect import ClientDisconnected
 from gatekeeper.edge.http.flow import FlowControl
 from gatekeeper.edge.http.request import BadRequestBody, Request, RequestBody, simple_response
 from gatekeeper.problem import problem_body
@@ -41,15 +41,6 @@ MAX_HEADER_BYTES = 32 * 1024  # request line + headers, as nginx's large_client_
 Handler = Callable[["Request", "ClientConnection"], None]
 """Starts answering a request; must end, now or later, with ``conn.request_done(request)``
 (directly, or by handing the rest to ``conn.spawn``)."""
-
-
-@mypyc_attr(native_class=False)  # mypyc compiles no subclass of a built-in exception but Exception
-class ClientDisconnected(ConnectionResetError):
-    """The client went away while its answer was stuck in a paused buffer: raised by
-    :meth:`ClientConnection.drain`, so a handler stops streaming to nobody."""
-
-    def __str__(self) -> str:
-        return "client went away"
 
 
 class ConnectionOwner(Protocol):
