@@ -26,6 +26,8 @@ from pathlib import Path
 
 from gatekeeper.runtime.embedded import free_port
 
+from .procfs import children_by_parent, runs_module
+
 _CONNECTIONS = 4
 _DEVICES = 1000
 
@@ -62,18 +64,8 @@ def _wait_ready(metrics_port: int, timeout: float = 60.0) -> None:
 
 
 def _proxy_processes(root: int, module: str) -> list[int]:
-    """Descendants of ``root`` running ``python -m module``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                argv = (entry / "cmdline").read_bytes().split(b"\0")
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            parent = int(stat.rsplit(")", 1)[1].split()[1])
-            if module.encode() in argv and parent == root:
-                found.append(int(entry.name))
+    """Children of ``root`` running ``python -m module``."""
+    found = [pid for pid in children_by_parent().get(root, ()) if runs_module(pid, module)]
     if not found:
         raise SystemExit(f"no {module} process under gatekeeper up ({root})")
     return found

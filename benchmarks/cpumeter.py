@@ -25,6 +25,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from .procfs import runs_module
+
 __all__ = ["CpuMeter", "PerfState", "per_request", "process_times", "tree"]
 
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -120,7 +122,7 @@ class CpuMeter:
         pids = tree(self.roots, procs)
         spent = {pid: max(0, procs[pid].ticks - self._start.get(pid, 0)) for pid in pids}
         self.cpu_s = sum(spent.values()) / _TICK
-        recorders = [pid for pid in pids if _runs(pid, b"gatekeeper.runtime.recorder")]
+        recorders = [pid for pid in pids if runs_module(pid, "gatekeeper.runtime.recorder")]
         if recorders:
             self.recorder_cpu_s = sum(spent[pid] for pid in recorders) / _TICK
         self.counts = self._stop_perf()
@@ -183,14 +185,6 @@ class CpuMeter:
             "cycles_per_request": per_request(counts.get("cycles"), requests, 1, 0),
             "instructions_per_request": per_request(counts.get("instructions"), requests, 1, 0),
         }
-
-
-def _runs(pid: int, module: bytes) -> bool:
-    """Whether process ``pid`` runs ``python -m module``."""
-    try:
-        return module in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
 
 
 def per_request(total: float | None, requests: int, scale: float, digits: int) -> float | None:

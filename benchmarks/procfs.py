@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-__all__ = ["children_by_parent", "descendants", "process_figures", "tcp_table"]
+__all__ = ["children_by_parent", "descendants", "process_figures", "runs_module", "tcp_table"]
 
 _TCP_STATES = {"01": "established", "08": "close_wait", "0A": "listen"}
 
@@ -28,6 +28,14 @@ def children_by_parent() -> dict[int, list[int]]:
                 # The command name may hold spaces and parentheses: split after the last ')'.
                 tree[int(stat.rsplit(")", 1)[1].split()[1])].append(int(entry.name))
     return tree
+
+
+def runs_module(pid: int, module: str) -> bool:
+    """Whether process ``pid`` runs ``python -m module`` (False once it is gone)."""
+    try:
+        return module.encode() in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
 
 
 def descendants(root: int, tree: dict[int, list[int]]) -> list[int]:
