@@ -243,16 +243,23 @@ async def test_flushes_and_admin_changes_of_the_same_devices_do_not_deadlock(
                 await sql.write_batch(pg_pool, batch, {}, known, timeout=30)
                 known.update(part)
 
-        for round_ in range(12):
+        round_ = 0
+        # At least 12 rounds, and on until the admin side has made its changes alongside (a fast
+        # build finishes 12 rounds before a loaded machine's admin loop gets far).
+        while round_ < 12 or (admin_changes[0] <= 50 and round_ < 400):
+            round_ += 1
             order = list(range(0, len(keys), 250))
             if (round_ + n) % 2:
                 order.reverse()
             seen = _T0 + 100 * round_ + n
             await asyncio.gather(*(piece(keys[i : i + 250], seen, round_ % 3 == 0) for i in order))
 
+    admin_changes = [0]
+
     async def admin() -> int:
         i = 0
         while not done.is_set():
+            admin_changes[0] = i
             device = keys[(i * 37) % len(keys)][1]
             await store.set_blocked(pg_pool, redis_client, tenant, device, i % 2 == 0, "test")
             await pg_pool.execute(
