@@ -11,10 +11,67 @@ from __future__ import annotations
 import json
 import logging
 import time
+from typing import Any
 
 from gatekeeper.settings import LogFormat
 
-__all__ = ["JsonFormatter", "configure_logging"]
+__all__ = [
+    "JsonFormatter",
+    "Throttled",
+    "configure_logging",
+    "current_format",
+    "current_role",
+    "json_time",
+    "text_time",
+]
+
+# What configure_logging chose for this process, for lines written without the logging module
+# (the proxy's access log) that must look like every other line.
+_current: tuple[LogFormat, str] = ("text", "gatekeeper")
+
+
+def current_format() -> LogFormat:
+    return _current[0]
+
+
+def current_role() -> str:
+    return _current[1]
+
+
+def json_time(created: float) -> str:
+    """RFC 3339, UTC, milliseconds: ``2026-11-22T05:00:00.123Z``."""
+    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
+    return f"{seconds}.{int(created * 1000) % 1000:03d}Z"
+
+
+def text_time(created: float) -> str:
+    """The text format's local time, as logging's ``%(asctime)s``: ``2026-11-22 05:00:00,123``."""
+    seconds = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(created))
+    return f"{seconds},{int(created * 1000) % 1000:03d}"
+
+
+class Throttled:
+    """Warnings about a condition that can repeat on every request (an upstream that refuses
+    connections): the first is logged, then at most one per ``interval`` seconds for each key,
+    saying how many were held back meanwhile."""
+
+    def __init__(self, logger: logging.Logger, interval: float = 10.0) -> None:
+        self._logger = logger
+        self._interval = interval
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def warning(self, key: str, message: str, *args: Any) -> None:
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self._interval:
+            self._held[key] = self._held.get(key, 0) + 1
+            return
+        self._last[key] = now
+        held = self._held.pop(key, 0)
+        if held and last is not None:
+            message += f" ({held} more like this in the last {now - last:.0f} s)"
+        self._logger.warning(message, *args)
 
 
 class JsonFormatter(logging.Formatter):
@@ -23,9 +80,8 @@ class JsonFormatter(logging.Formatter):
         self._role = role
 
     def format(self, record: logging.LogRecord) -> str:
-        seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
         line = {
-            "time": f"{seconds}.{int(record.msecs):03d}Z",
+            "time": json_time(record.created),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -39,6 +95,8 @@ class JsonFormatter(logging.Formatter):
 
 def configure_logging(level: str, fmt: LogFormat, role: str) -> None:
     """The root logger of this process: ``level``, ``fmt``, and ``role`` in every line."""
+    global _current
+    _current = (fmt, role)
     handler = logging.StreamHandler()
     if fmt == "json":
         handler.setFormatter(JsonFormatter(role))

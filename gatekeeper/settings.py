@@ -34,6 +34,7 @@ AuthMode = Literal["passthrough", "enforce"]
 TenantSource = Literal["path", "header", "fixed"]
 UnderscoreHeaders = Literal["reject", "drop"]
 LogFormat = Literal["text", "json"]
+AccessLogMode = Literal["off", "sampled", "all"]
 
 _SECRET_FIELDS = frozenset({"jwt_secret", "key_pepper"})
 _URL_FIELDS = frozenset({"database_url", "redis_url"})
@@ -153,6 +154,10 @@ class Settings:
     metrics_tenant_labels: bool = False
     log_level: str = "INFO"
     log_format: LogFormat = "text"
+    # The proxy's access log (stdout): "sampled" logs every error and denial and one success in
+    # access_log_sample; "all" every request; "off" none.
+    access_log: AccessLogMode = "sampled"
+    access_log_sample: int = 100
 
     def __post_init__(self) -> None:
         for port_name in ("proxy_port", "admin_port", "metrics_port"):
@@ -173,6 +178,7 @@ class Settings:
             "flush_retry_max_seconds",
             "client_body_timeout",
             "upstream_keepalive_timeout",
+            "access_log_sample",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -181,6 +187,7 @@ class Settings:
             ("auth_mode", AuthMode),
             ("tenant_source", TenantSource),
             ("log_format", LogFormat),
+            ("access_log", AccessLogMode),
             ("underscore_headers", UnderscoreHeaders),
         ):
             if getattr(self, name) not in get_args(choices):

@@ -27,23 +27,44 @@ __all__ = [
     "DENIAL_STATUS_LINE",
     "DISABLED_RESPONSES",
     "REQUEST_DURATION",
+    "UPSTREAM_CODE_CLASSES",
     "UPSTREAM_DURATION",
+    "Outcome",
     "body_too_large",
     "problem",
     "unauthorized",
     "unavailable",
 ]
 
-_R = metrics.REQUESTS
-COUNT_FORWARDED = metrics.HotCounter(_R.labels("forwarded"))
-COUNT_BLOCKED = metrics.HotCounter(_R.labels("blocked"))
-COUNT_DISABLED = metrics.HotCounter(_R.labels("disabled"))
-COUNT_UNAUTHORIZED = metrics.HotCounter(_R.labels("unauthorized"))
-COUNT_INVALID = metrics.HotCounter(_R.labels("invalid"))
-COUNT_UPSTREAM_ERROR = metrics.HotCounter(_R.labels("upstream_error"))
-COUNT_UPSTREAM_TIMEOUT = metrics.HotCounter(_R.labels("upstream_timeout"))
-COUNT_UNAVAILABLE = metrics.HotCounter(_R.labels("unavailable"))
-COUNT_TOO_LARGE = metrics.HotCounter(_R.labels("too_large"))
+
+class Outcome:
+    """One outcome of gatekeeper_requests_total: counted (a plain integer, see
+    :class:`gatekeeper.edge.metrics.HotCounter`) and written on the request for the access log."""
+
+    __slots__ = ("_counter", "name")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._counter = metrics.HotCounter(metrics.REQUESTS.labels(name))
+
+    def hit(self, request: Request) -> None:
+        self._counter.count += 1
+        request.outcome = self.name
+
+
+COUNT_FORWARDED = Outcome("forwarded")
+COUNT_BLOCKED = Outcome("blocked")
+COUNT_DISABLED = Outcome("disabled")
+COUNT_UNAUTHORIZED = Outcome("unauthorized")
+COUNT_INVALID = Outcome("invalid")
+COUNT_UPSTREAM_ERROR = Outcome("upstream_error")
+COUNT_UPSTREAM_TIMEOUT = Outcome("upstream_timeout")
+COUNT_UNAVAILABLE = Outcome("unavailable")
+COUNT_TOO_LARGE = Outcome("too_large")
+# Indexed by the status's first digit less one: 1xx to 5xx.
+UPSTREAM_CODE_CLASSES = [
+    metrics.HotCounter(metrics.UPSTREAM_RESPONSES.labels(c)) for c in metrics.CODE_CLASSES
+]
 REQUEST_DURATION = metrics.HotHistogram(metrics.REQUEST_DURATION)
 UPSTREAM_DURATION = metrics.HotHistogram(metrics.UPSTREAM_DURATION)
 _PROBLEM = PROBLEM_CONTENT_TYPE.encode()
@@ -59,6 +80,7 @@ def problem(
     *,
     close: bool = False,
 ) -> None:
+    request.status = status
     conn.write(
         simple_response(
             status,
@@ -77,7 +99,7 @@ def problem(
 def body_too_large(conn: ClientConnection, request: Request, limit: int) -> None:
     """413, by its declared length or by what arrived; the connection closes (the rest of the
     body is never read)."""
-    COUNT_TOO_LARGE.inc()
+    COUNT_TOO_LARGE.hit(request)
     problem(
         conn,
         request,
@@ -90,13 +112,13 @@ def body_too_large(conn: ClientConnection, request: Request, limit: int) -> None
 
 def unauthorized(conn: ClientConnection, request: Request, detail: str) -> None:
     """401 with the challenge (enforce mode)."""
-    COUNT_UNAUTHORIZED.inc()
+    COUNT_UNAUTHORIZED.hit(request)
     problem(conn, request, 401, "Unauthorized", detail, b"WWW-Authenticate: Bearer\r\n")
 
 
 def unavailable(conn: ClientConnection, request: Request, detail: str) -> None:
     """503 for what the edge cannot decide yet (no mirror loaded, keys unreachable)."""
-    COUNT_UNAVAILABLE.inc()
+    COUNT_UNAVAILABLE.hit(request)
     problem(conn, request, 503, "Service unavailable", detail, b"Retry-After: 1\r\n")
 
 

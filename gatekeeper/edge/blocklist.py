@@ -33,6 +33,7 @@ from redis.exceptions import RedisError
 from gatekeeper.domain import edgeview
 from gatekeeper.domain.edgeview import EdgeEvent
 from gatekeeper.edge import metrics
+from gatekeeper.logs import Throttled
 from gatekeeper.types import SYSTEM_CLOCK, Clock, DeviceKey
 
 __all__ = [
@@ -45,6 +46,8 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
+# Before the first load the mirror retries every 2 s or faster: one line per 10 s is enough.
+_unloaded = Throttled(_log)
 
 BLOCKED = "blocked"
 DISABLED = "disabled"
@@ -204,6 +207,13 @@ class BlocklistMirror:
                     backoff = 0.1  # a new outage after a healthy spell starts from the bottom
                 if self.loaded and not self.stale:
                     _log.warning("blocklist: Redis unreachable (%s); serving the last mirror", exc)
+                elif not self.loaded:
+                    _unloaded.warning(
+                        "unloaded",
+                        "blocklist: Redis unreachable (%s); no mirror yet, so the proxy answers "
+                        "503 (fail_open = false) or forwards unchecked (fail_open = true)",
+                        exc,
+                    )
                 self.stale = True
                 metrics.BLOCKLIST_STALE.set(1 if self.loaded else 0)
                 metrics.STORE_UP.labels("redis").set(0)

@@ -12,6 +12,7 @@ import logging
 import time
 
 from gatekeeper.domain.identity import Identity, IdentityError, IdentityReader
+from gatekeeper.edge.accesslog import AccessLog
 from gatekeeper.edge.activity.recorder import ActivityRecorder
 from gatekeeper.edge.admission import AdmissionError, HeadAdmission
 from gatekeeper.edge.answers import (
@@ -54,6 +55,7 @@ class EdgeHandler:
         recorder: ActivityRecorder,
         upstream: UpstreamPool,
         keys: KeyCache | None,
+        access_log: AccessLog | None = None,
     ) -> None:
         self._identity = IdentityReader(settings)
         self._admission = HeadAdmission(
@@ -77,6 +79,10 @@ class EdgeHandler:
         self._upgrade = relay.upgrade
         self._tunnels = OpenTunnels(mirror.denial)
         mirror.watch(self._tunnels.enforce)
+        self._access_log = access_log
+        self._log_every_request = settings.access_log == "all"
+        self._sample = settings.access_log_sample
+        self._until_sampled = 1  # the first success is logged: the log shows traffic flows
 
     def __call__(self, request: Request, conn: ClientConnection) -> None:
         """Answer ``request``. The common case (a body-less request, an idle upstream connection)
@@ -99,7 +105,7 @@ class EdgeHandler:
         if upstream is None:
             conn.spawn(request, self._proceed(request, conn, started, device=identity))
             return
-        req_id = self._request_ids(request.lookup.get(b"x-request-id"))
+        req_id = request.request_id = self._request_ids(request.lookup.get(b"x-request-id"))
         sent = time.perf_counter()
 
         def answered(response: UpstreamResponse | None, error: Exception | None) -> None:
@@ -114,7 +120,7 @@ class EdgeHandler:
                         conn.spawn(request, self._proceed(request, conn, started, req_id))
                         return
                 elif self._respond(request, conn, response, req_id, sent):
-                    conn.spawn(request, self._stream_response(request, conn, response, req_id))
+                    conn.spawn(request, self._streamed(request, conn, response, req_id, started))
                     return
             except Exception:
                 _log.exception("unexpected error answering a request")
@@ -124,8 +130,36 @@ class EdgeHandler:
         upstream.send_nowait(self._head(request, conn, req_id), request.method == "HEAD", answered)
 
     def _done(self, request: Request, conn: ClientConnection, started: float) -> None:
-        REQUEST_DURATION.observe(time.perf_counter() - started)
+        self._finished(request, conn, started)
         conn.request_done(request)
+
+    def _finished(self, request: Request, conn: ClientConnection, started: float) -> None:
+        """Observes a request's duration and, when it is one to log, writes its access line."""
+        seconds = time.perf_counter() - started
+        REQUEST_DURATION.observe(seconds)
+        access_log = self._access_log
+        if access_log is None:
+            return
+        if not self._log_every_request and request.outcome == "forwarded" and request.status < 500:
+            # A success: one in access_log_sample is logged (errors and denials always are).
+            self._until_sampled -= 1
+            if self._until_sampled > 0:
+                return
+            self._until_sampled = self._sample
+        access_log.write(request, conn, seconds)
+
+    async def _streamed(
+        self,
+        request: Request,
+        conn: ClientConnection,
+        response: UpstreamResponse,
+        req_id: bytes,
+        started: float,
+    ) -> None:
+        try:
+            await self._stream_response(request, conn, response, req_id)
+        finally:
+            self._finished(request, conn, started)
 
     async def _enforced(
         self, request: Request, conn: ClientConnection, identity: Identity, started: float
@@ -142,7 +176,7 @@ class EdgeHandler:
             if self._admit(request, conn, identity):
                 await self._proceed(request, conn, started=None, device=identity)
         finally:
-            REQUEST_DURATION.observe(time.perf_counter() - started)
+            self._finished(request, conn, started)
 
     async def _proceed(
         self,
@@ -166,7 +200,7 @@ class EdgeHandler:
             conn.close()  # the client went away; nothing to answer
         finally:
             if started is not None:
-                REQUEST_DURATION.observe(time.perf_counter() - started)
+                self._finished(request, conn, started)
 
     async def _tunnel(
         self, request: Request, conn: ClientConnection, device: Identity | None
@@ -188,7 +222,7 @@ class EdgeHandler:
             path = self._admission(request)
             identity = self._identity.read(path, request.lookup, request.repeated)
         except AdmissionError as exc:
-            COUNT_INVALID.inc()
+            COUNT_INVALID.hit(request)
             extra = (
                 b"Allow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n"
                 if exc.status == 405
@@ -197,7 +231,7 @@ class EdgeHandler:
             problem(conn, request, exc.status, exc.title, exc.detail, extra, close=True)
             return None
         except IdentityError as bad:  # not "exc" again: mypyc gives both clauses one type
-            COUNT_INVALID.inc()
+            COUNT_INVALID.hit(request)
             problem(conn, request, 400, "Invalid device identification", bad.detail)
             return None
         if not self._mirror.loaded and not self._fail_open:
@@ -208,18 +242,21 @@ class EdgeHandler:
     def _admit(self, request: Request, conn: ClientConnection, identity: Identity) -> bool:
         """Activity, denial and size checks; answers and returns False to refuse."""
         device_id = identity.device_id
+        request.tenant = identity.tenant_id
         if device_id is not None:
+            request.device = device_id
             key = (identity.tenant_id, device_id)
             # Denied requests are recorded too: "last active" shows a blocked device still calling.
             self._recorder.record(key, identity.attributes, request.method == "POST")
             denial = self._mirror.denial(key)
             if denial is not None:
                 if denial == BLOCKED:
-                    COUNT_BLOCKED.inc()
+                    COUNT_BLOCKED.hit(request)
                     rest = BLOCKED_RESPONSES[request.keep_alive]
                 else:
-                    COUNT_DISABLED.inc()
+                    COUNT_DISABLED.hit(request)
                     rest = DISABLED_RESPONSES[request.keep_alive]
+                request.status = 403
                 conn.write(DENIAL_STATUS_LINE + conn.date_header + rest)
                 return False
         length = request.content_length

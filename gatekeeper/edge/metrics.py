@@ -45,6 +45,8 @@ __all__ = [
     "BLOCKLIST_LAST_SYNC",
     "BLOCKLIST_STALE",
     "BUILD_INFO",
+    "CLIENT_CONNECTIONS",
+    "CODE_CLASSES",
     "OUTCOMES",
     "READY",
     "RECORDER_UP",
@@ -52,7 +54,10 @@ __all__ = [
     "REQUESTS",
     "REQUEST_DURATION",
     "STORE_UP",
+    "UPSTREAM_CONNECTIONS",
     "UPSTREAM_DURATION",
+    "UPSTREAM_RESPONSES",
+    "UPSTREAM_WAITING",
     "HotCounter",
     "HotHistogram",
     "bulk_observer",
@@ -115,6 +120,32 @@ UPSTREAM_DURATION = Histogram(
     buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,
 )
+UPSTREAM_RESPONSES = Counter(
+    "gatekeeper_upstream_responses_total",
+    "Responses from the upstream passed on to clients, by status class (1xx to 5xx).",
+    ["code_class"],
+    registry=REGISTRY,
+)
+CODE_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+CLIENT_CONNECTIONS = Gauge(
+    "gatekeeper_client_connections",
+    "Client connections open on the proxy port (keep-alive idle ones included).",
+    registry=REGISTRY,
+    multiprocess_mode="livesum",
+)
+UPSTREAM_CONNECTIONS = Gauge(
+    "gatekeeper_upstream_connections",
+    "Connections of the upstream pools, by state: in use by a request, or idle (kept alive).",
+    ["state"],
+    registry=REGISTRY,
+    multiprocess_mode="livesum",
+)
+UPSTREAM_WAITING = Gauge(
+    "gatekeeper_upstream_pool_waiting",
+    "Requests waiting for an upstream connection because the pool is at upstream_pool_size.",
+    registry=REGISTRY,
+    multiprocess_mode="livesum",
+)
 BLOCKED_DEVICES = Gauge(
     "gatekeeper_blocked_devices",
     "Devices in the in-process blocked mirror.",
@@ -175,6 +206,10 @@ if multiprocess_dir() is None:
 # Pre-bound children: the hot path must not look labels up per request.
 for _outcome in OUTCOMES:
     REQUESTS.labels(_outcome)
+for _code_class in CODE_CLASSES:
+    UPSTREAM_RESPONSES.labels(_code_class)
+for _state in ("in_use", "idle"):
+    UPSTREAM_CONNECTIONS.labels(_state)
 
 
 class HotCounter:

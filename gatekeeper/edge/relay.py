@@ -16,6 +16,7 @@ from gatekeeper.edge.answers import (
     COUNT_INVALID,
     COUNT_UPSTREAM_ERROR,
     COUNT_UPSTREAM_TIMEOUT,
+    UPSTREAM_CODE_CLASSES,
     UPSTREAM_DURATION,
     body_too_large,
     problem,
@@ -30,11 +31,14 @@ from gatekeeper.edge.upstream.pool import (
     UpstreamTimeout,
 )
 from gatekeeper.edge.upstream.tunnel import Refused, open_websocket, splice
+from gatekeeper.logs import Throttled
 from gatekeeper.settings import Settings
 
 __all__ = ["IDEMPOTENT", "Relay"]
 
 _log = logging.getLogger(__name__)
+# An unreachable upstream fails every request: say so once, then at most every 10 s.
+_failures = Throttled(_log)
 
 _NO_BODY_STATUSES = frozenset({204, 304})
 # RFC 9110 §9.2.2: safe to send twice (what nginx retries by default).
@@ -84,6 +88,7 @@ class Relay:
         self._max_body = settings.max_body_bytes
         self._connect_timeout = settings.upstream_connect_timeout
         self._read_timeout = settings.upstream_read_timeout
+        self._upstream_name = f"{upstream.host}:{upstream.port}"
         host = upstream.host if upstream.port == 80 else f"{upstream.host}:{upstream.port}"
         self._heads = RequestHeadBuilder(host, trust_forwarded=settings.trust_forwarded_headers)
         # X-Forwarded-Proto: every connection of a TLS listener came in over https.
@@ -115,6 +120,7 @@ class Relay:
         return _FramedBody(request.body.chunks(), self._max_body, request.chunked)
 
     async def forward(self, request: Request, conn: ClientConnection, req_id: bytes) -> None:
+        request.request_id = req_id
         head = self.head(request, conn, req_id)
         body = None
         if request.body is not None:
@@ -134,11 +140,11 @@ class Relay:
             body_too_large(conn, request, self._max_body)
             return
         except BadRequestBody as exc:
-            COUNT_INVALID.inc()
+            COUNT_INVALID.hit(request)
             problem(conn, request, 400, "Bad request", str(exc), close=True)
             return
         except ClientBodyTimeout:
-            COUNT_INVALID.inc()
+            COUNT_INVALID.hit(request)
             problem(
                 conn,
                 request,
@@ -156,14 +162,36 @@ class Relay:
 
     def failed(self, request: Request, conn: ClientConnection, error: Exception | None) -> None:
         if isinstance(error, UpstreamTimeout):
-            COUNT_UPSTREAM_TIMEOUT.inc()
+            COUNT_UPSTREAM_TIMEOUT.hit(request)
+            _failures.warning(
+                "timeout",
+                "upstream %s timed out (%s); answering 504",
+                self._upstream_name,
+                error,
+            )
             problem(
                 conn, request, 504, "Upstream timed out", "The upstream did not answer in time."
             )
         else:
-            COUNT_UPSTREAM_ERROR.inc()
-            _log.debug("upstream error: %s", error)
+            COUNT_UPSTREAM_ERROR.hit(request)
+            _failures.warning(
+                "error",
+                "upstream %s failed (%s); answering 502",
+                self._upstream_name,
+                error or "connection closed",
+            )
             problem(conn, request, 502, "Bad gateway", "The upstream could not be reached.")
+
+    def _answered(self, request: Request, status: int, sent: float) -> None:
+        """Counts a response head from the upstream, and notes it for the access log."""
+        seconds = time.perf_counter() - sent
+        UPSTREAM_DURATION.observe(seconds)
+        COUNT_FORWARDED.hit(request)
+        request.upstream_seconds = seconds
+        request.upstream_status = request.status = status
+        code_class = status // 100 - 1
+        if 0 <= code_class < 5:
+            UPSTREAM_CODE_CLASSES[code_class].count += 1
 
     def respond(
         self,
@@ -174,9 +202,8 @@ class Relay:
         sent: float,
     ) -> bool:
         """Answer from a response whose head is in; True if its body must still be streamed."""
-        UPSTREAM_DURATION.observe(time.perf_counter() - sent)
-        COUNT_FORWARDED.inc()
         status = upstream.status
+        self._answered(request, status, sent)
         if request.method == "HEAD" or status in _NO_BODY_STATUSES:
             # No body, whatever the upstream's Content-Length says: pass that header through.
             upstream.release()
@@ -240,7 +267,7 @@ class Relay:
             upstream.release()
 
     async def upgrade(self, request: Request, conn: ClientConnection) -> None:
-        req_id = self.request_ids(request.lookup.get(b"x-request-id"))
+        req_id = request.request_id = self.request_ids(request.lookup.get(b"x-request-id"))
         if not _is_websocket(request):
             # Only WebSocket is proxied as an upgrade; anything else (h2c, ...) is an ordinary
             # request, its Upgrade header dropped as hop-by-hop, as nginx does.
@@ -259,8 +286,7 @@ class Relay:
         except UpstreamError as exc:
             self.failed(request, conn, exc)
             return
-        UPSTREAM_DURATION.observe(time.perf_counter() - sent)
-        COUNT_FORWARDED.inc()
+        self._answered(request, answer.status if isinstance(answer, Refused) else 101, sent)
         if isinstance(answer, Refused):
             conn.write(
                 response_head(

@@ -24,6 +24,7 @@ from aiohttp import web
 from gatekeeper import __version__
 from gatekeeper.build_info import compiled_modules
 from gatekeeper.edge import metrics
+from gatekeeper.edge.accesslog import AccessLog
 from gatekeeper.edge.activity.link import RecorderLink
 from gatekeeper.edge.activity.recorder import ActivityRecorder, BatchSink
 from gatekeeper.edge.activity.writer import PostgresWriter
@@ -110,6 +111,8 @@ class EdgeServer:
                 self.handler, on_rejected=_REJECTED.inc, body_idle_seconds=s.client_body_timeout
             )
             server.start()
+            if self.access_log is not None:
+                stack.callback(self.access_log.flush)  # after the drain: its last lines too
             stack.push_async_callback(self._close_connections, server)
             self._tls = server_context(s)
             try:
@@ -189,8 +192,14 @@ class EdgeServer:
             read_timeout=s.upstream_read_timeout,
             idle_timeout=s.upstream_keepalive_timeout,
         )
+        self.access_log = None if s.access_log == "off" else AccessLog()
         self.handler = EdgeHandler(
-            s, mirror=self.mirror, recorder=self.recorder, upstream=self.upstream, keys=self.keys
+            s,
+            mirror=self.mirror,
+            recorder=self.recorder,
+            upstream=self.upstream,
+            keys=self.keys,
+            access_log=self.access_log,
         )
 
     async def _start_ops(self, stack: contextlib.AsyncExitStack) -> None:
@@ -251,6 +260,12 @@ class EdgeServer:
         while True:
             metrics.READY.set(1 if self.readiness()["ready"] else 0)
             metrics.ACTIVITY_PENDING.set(self.recorder.pending)
+            if self._server is not None:
+                metrics.CLIENT_CONNECTIONS.set(len(self._server.connections))
+            in_use, idle, waiting = self.upstream.occupancy()
+            metrics.UPSTREAM_CONNECTIONS.labels("in_use").set(in_use)
+            metrics.UPSTREAM_CONNECTIONS.labels("idle").set(idle)
+            metrics.UPSTREAM_WAITING.set(waiting)
             metrics.flush_hot_metrics()
             await asyncio.sleep(0.5)
 

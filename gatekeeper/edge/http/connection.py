@@ -79,6 +79,7 @@ class ClientConnection(asyncio.Protocol):
         "_upgrade_buffer",
         "_url",
         "busy_since",
+        "bytes_sent",
         "client_ip",
         "closed",
         "idle_since",
@@ -92,6 +93,7 @@ class ClientConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.client_ip = ""
         self.closed = False
+        self.bytes_sent = 0  # for the access log's bytes out (a request's share: see _start)
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._lookup: dict[bytes, bytes] = {}
@@ -234,6 +236,7 @@ class ClientConnection(asyncio.Protocol):
     # --- running handlers -------------------------------------------------------------------
     def _start(self, request: Request) -> None:
         self._busy = True
+        request.sent_mark = self.bytes_sent
         try:
             self._handler(request, self)
         except Exception:
@@ -303,6 +306,7 @@ class ClientConnection(asyncio.Protocol):
     # --- writing ----------------------------------------------------------------------------
     def write(self, data: bytes) -> None:
         if not self.closed and self.transport is not None:
+            self.bytes_sent += len(data)
             self.transport.write(data)
 
     def drain(self) -> Coroutine[Any, Any, None]:

@@ -174,15 +174,23 @@ class Request:
         "body",
         "chunked",
         "content_length",
+        "device",
         "headers",
         "keep_alive",
         "lookup",
         "method",
+        "outcome",
         "raw_path",
         "repeated",
+        "request_id",
+        "sent_mark",
+        "status",
         "target",
+        "tenant",
         "underscored",
         "upgrade",
+        "upstream_seconds",
+        "upstream_status",
         "version",
     )
 
@@ -212,3 +220,12 @@ class Request:
         length = lookup.get(b"content-length")
         self.content_length = int(length) if length is not None else None
         self.chunked = b"transfer-encoding" in lookup
+        # What the access log says of the request, filled in as it is answered.
+        self.outcome = ""  # a gatekeeper_requests_total outcome; "" if it was never answered
+        self.status = 0  # of the response sent to the client
+        self.upstream_status = 0
+        self.upstream_seconds = -1.0  # request sent upstream to response head (-1: not sent)
+        self.request_id = b""  # the X-Request-Id sent upstream
+        self.sent_mark = 0  # the connection's bytes sent when this request began
+        self.tenant = ""
+        self.device = ""

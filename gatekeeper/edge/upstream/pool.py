@@ -246,3 +246,9 @@ class UpstreamPool:
 
     def _busy(self) -> list[UpstreamConnection]:
         return [conn for conn in self._all if not conn.closed]
+
+    def occupancy(self) -> tuple[int, int, int]:
+        """For the pool gauges: connections in use (connecting included), idle, and requests
+        waiting for one."""
+        idle = len(self._idle)
+        return self._open - idle, idle, len(self._waiters)
