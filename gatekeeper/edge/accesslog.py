@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import time
 
 from gatekeeper.edge.http.request import Request
@@ -27,16 +28,13 @@ __all__ = ["AccessLog"]
 _LOGGER = "gatekeeper.access"
 _MAX_WAITING = 64
 _FLUSH_AFTER = 0.2
-
-
-def _ms(seconds: float) -> float:
-    return round(seconds * 1000, 3)
+_PLAIN = re.compile(r'[^\s"=\\]+')
 
 
 def _text_value(value: str) -> str:
     """As is when it is one printable word, else JSON-quoted: a client cannot start a new line
     or forge a field with what it sends."""
-    if value and value.isprintable() and not any(c in value for c in ' "=\\'):
+    if _PLAIN.fullmatch(value) and value.isprintable():
         return value
     return json.dumps(value)
 
@@ -49,8 +47,11 @@ class AccessLog:
         self._json = current_format() == "json"
         self._role = current_role()
         self._pid = os.getpid()
+        self._tag = self._role if self._role == "gatekeeper" else f"{self._role}[{self._pid}]"
         self._waiting: list[bytes] = []
         self._timer: asyncio.TimerHandle | None = None
+        self._second = -1  # the whole second self._stamp was formatted for
+        self._stamp = ""
         self.lost = 0  # lines that could not be written (stdout closed)
 
     def write(self, request: Request, conn: ClientConnection, seconds: float) -> None:
@@ -64,9 +65,11 @@ class AccessLog:
 
     @staticmethod
     def fields(request: Request, conn: ClientConnection, seconds: float) -> dict[str, object]:
-        """What one line says, by name (the JSON keys)."""
+        """What one line says, by name (the JSON keys; the text format's ``key=value`` pairs,
+        without those that are None)."""
         request_id = request.request_id or request.lookup.get(b"x-request-id", b"")
         body = request.body
+        upstream_seconds = request.upstream_seconds
         return {
             "request_id": request_id.decode("latin-1") or None,
             "client": conn.client_ip or None,
@@ -75,17 +78,29 @@ class AccessLog:
             "status": request.status or None,
             "outcome": request.outcome or "aborted",
             "upstream_status": request.upstream_status or None,
-            "duration_ms": _ms(seconds),
-            "upstream_ms": _ms(request.upstream_seconds) if request.upstream_seconds >= 0 else None,
+            "duration_ms": round(seconds * 1000, 3),
+            "upstream_ms": round(upstream_seconds * 1000, 3) if upstream_seconds >= 0 else None,
             "bytes_in": body.received if body is not None else 0,
             "bytes_out": conn.bytes_sent - request.sent_mark,
             "tenant": request.tenant or None,
             "device_id": request.device or None,
         }
 
+    def _time(self, json_form: bool) -> str:
+        # strftime once a second, not once a line: it is most of a line's cost otherwise.
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            # Both forms end in three digits of milliseconds and a separator ("000Z" or ",000").
+            stamp = json_time(second)[:-5] if json_form else text_time(second)[:-4]
+            self._stamp = stamp
+        millis = int(now * 1000) % 1000
+        return f"{self._stamp}.{millis:03d}Z" if json_form else f"{self._stamp},{millis:03d}"
+
     def _as_json(self, fields: dict[str, object]) -> str:
         line: dict[str, object] = {
-            "time": json_time(time.time()),
+            "time": self._time(True),
             "level": "INFO",
             "logger": _LOGGER,
             "message": f"{fields['method']} {fields['path']} {fields['status'] or '-'}",
@@ -96,13 +111,12 @@ class AccessLog:
         return json.dumps(line, ensure_ascii=False)
 
     def _as_text(self, fields: dict[str, object]) -> str:
-        tag = self._role if self._role == "gatekeeper" else f"{self._role}[{self._pid}]"
-        words = " ".join(
-            f"{name}={_text_value(str(value))}"
-            for name, value in fields.items()
-            if value is not None
-        )
-        return f"{text_time(time.time())} {tag} INFO {_LOGGER}: {words}"
+        words = []
+        for name, value in fields.items():
+            if value is None:
+                continue
+            words.append(f"{name}={_text_value(value) if type(value) is str else value}")
+        return f"{self._time(False)} {self._tag} INFO {_LOGGER}: {' '.join(words)}"
 
     def flush(self) -> None:
         if self._timer is not None:
