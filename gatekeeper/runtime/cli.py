@@ -22,6 +22,8 @@ from gatekeeper.build_info import describe as describe_build
 from gatekeeper.listening import ListenError
 from gatekeeper.logs import configure_logging
 from gatekeeper.runtime import admin_commands
+from gatekeeper.runtime.alert_rules import render as render_alert_rules
+from gatekeeper.runtime.alert_rules import runbook_base_error
 from gatekeeper.runtime.loop import run
 from gatekeeper.runtime.up import Service
 from gatekeeper.settings import Settings, SettingsError
@@ -105,6 +107,18 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=8000)
 
+    rules = sub.add_parser(
+        "alert-rules",
+        help="print the Prometheus alerting rules, their runbook links under --runbook-base",
+    )
+    rules.add_argument(
+        "--runbook-base",
+        dest="runbook_base",
+        default=os.environ.get("GATEKEEPER_RUNBOOK_BASE"),
+        help="absolute URL where docs/operations.md is published; each alert links to its "
+        "#anchor there (env GATEKEEPER_RUNBOOK_BASE; no default)",
+    )
+
     # devices, tokens, audit: HTTP clients of a running admin API (gatekeeper/runtime/admin_*).
     admin_commands.add_parsers(sub)
 
@@ -119,6 +133,16 @@ def _parser() -> argparse.ArgumentParser:
 ADMIN_SCOPES = ("Device.Read", "Device.Write", "Token.Read", "Token.Write")
 
 _NOT_SETTINGS = {"command", "config", "tenant", "scope", "subject", "ttl", "demo_upstream", "port"}
+
+
+def _alert_rules(base: str | None) -> int:
+    problem = "--runbook-base (or GATEKEEPER_RUNBOOK_BASE) is required" if base is None else None
+    problem = problem or runbook_base_error(base or "")
+    if problem is not None:
+        print(f"gatekeeper alert-rules: {problem}", file=sys.stderr)
+        return 2
+    sys.stdout.write(render_alert_rules(base or ""))
+    return 0
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -275,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo-upstream":
             run(_demo_upstream(args.host, args.port))
             return 0
+        if args.command == "alert-rules":
+            return _alert_rules(args.runbook_base)
         settings = _settings(args)
         configure_logging(settings.log_level, settings.log_format, "gatekeeper")
         if args.command == "token":
