@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import errno
 import logging
 import os
@@ -26,7 +27,7 @@ from gatekeeper.runtime.alert_rules import render as render_alert_rules
 from gatekeeper.runtime.alert_rules import runbook_base_error
 from gatekeeper.runtime.loop import run
 from gatekeeper.runtime.up import Service
-from gatekeeper.settings import Settings, SettingsError
+from gatekeeper.settings import ENV_PREFIX, Settings, SettingsError
 from gatekeeper.store.clients import StoreUnavailable
 
 __all__ = ["main"]
@@ -37,13 +38,55 @@ _log = logging.getLogger("gatekeeper")
 COMPLETION_SHELLS = ("bash", "zsh", "tcsh")
 
 
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Settings)}
+
+
+def _setting(
+    parser: argparse.ArgumentParser, name: str, text: str, *short: str, **kwargs: Any
+) -> None:
+    """A flag for the setting ``name``, its help ending with its variable and default."""
+    default = _DEFAULTS[name]
+    shown = "unset" if default is None else default
+    parser.add_argument(
+        f"--{name.replace('_', '-')}",
+        *short,
+        dest=name,
+        help=f"{text} (env {ENV_PREFIX}{name.upper()}; default: {shown})",
+        **kwargs,
+    )
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, help="TOML settings file")
-    parser.add_argument("--database-url", dest="database_url")
-    parser.add_argument("--redis-url", dest="redis_url")
-    parser.add_argument("--data-dir", dest="data_dir")
-    parser.add_argument("--host")
-    parser.add_argument("--log-level", dest="log_level")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help=f"TOML settings file, a [gatekeeper] table (env {ENV_PREFIX}CONFIG; default: none)",
+    )
+    _setting(parser, "database_url", "PostgreSQL URL (unset: the embedded one under data_dir)")
+    _setting(parser, "redis_url", "Redis URL (unset: the embedded Valkey under data_dir)")
+    _setting(parser, "data_dir", "where the embedded stores and the local secret live")
+    _setting(parser, "host", "address the servers listen on")
+    _setting(parser, "log_level", "DEBUG, INFO, WARNING or ERROR")
+
+
+def _ports(parser: argparse.ArgumentParser, *names: str) -> None:
+    texts = {
+        "proxy_port": "the proxy's port",
+        "admin_port": "the admin API's port",
+        "metrics_port": "the proxy's /metrics, /healthz and /readyz port",
+    }
+    for name in names:
+        _setting(parser, name, texts[name], type=int)
+
+
+def _edge(parser: argparse.ArgumentParser) -> None:
+    _setting(parser, "upstream", "the upstream's base URL, e.g. http://api.internal:8000")
+    _setting(
+        parser,
+        "auth_mode",
+        "passthrough (identify devices) or enforce (also require an API key or token)",
+        choices=["passthrough", "enforce"],
+    )
 
 
 class _Version(argparse.Action):
@@ -66,27 +109,23 @@ def _parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="run the whole stack on this machine (embedded stores)")
     _common(up)
-    for name in ("proxy-port", "admin-port", "metrics-port"):
-        up.add_argument(f"--{name}", dest=name.replace("-", "_"), type=int)
-    up.add_argument("--upstream")
+    _ports(up, "proxy_port", "admin_port", "metrics_port")
+    _edge(up)
     up.add_argument(
         "--demo-upstream",
         action="store_true",
-        help="start a built-in echo upstream and proxy to it",
+        help="start a built-in echo upstream and proxy to it (default: off)",
     )
-    up.add_argument("--auth-mode", dest="auth_mode", choices=["passthrough", "enforce"])
 
     proxy = sub.add_parser("proxy", help="run the edge proxy (production)")
     _common(proxy)
-    proxy.add_argument("--workers", "-w", type=int)
-    proxy.add_argument("--proxy-port", dest="proxy_port", type=int)
-    proxy.add_argument("--metrics-port", dest="metrics_port", type=int)
-    proxy.add_argument("--upstream")
-    proxy.add_argument("--auth-mode", dest="auth_mode", choices=["passthrough", "enforce"])
+    _setting(proxy, "workers", "worker processes sharing the proxy port", "-w", type=int)
+    _ports(proxy, "proxy_port", "metrics_port")
+    _edge(proxy)
 
     admin = sub.add_parser("admin", help="run the admin API (production)")
     _common(admin)
-    admin.add_argument("--admin-port", dest="admin_port", type=int)
+    _ports(admin, "admin_port")
 
     for name, text in (
         ("migrate", "apply database migrations"),
@@ -96,16 +135,19 @@ def _parser() -> argparse.ArgumentParser:
 
     token = sub.add_parser("token", help="print a signed admin token")
     _common(token)
-    token.add_argument("--tenant", required=True)
+    token.add_argument("--tenant", required=True, help="the tenant the token is for (required)")
     token.add_argument(
-        "--scope", action="append", default=[], help="repeatable; default: all admin scopes"
+        "--scope",
+        action="append",
+        default=[],
+        help=f"repeatable (default: all of {', '.join(ADMIN_SCOPES)})",
     )
-    token.add_argument("--subject", default="cli")
-    token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
+    token.add_argument("--subject", default="cli", help="the token's subject (default: cli)")
+    token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default: 3600)")
 
     demo = sub.add_parser("demo-upstream", help="run the built-in echo upstream")
-    demo.add_argument("--host", default="127.0.0.1")
-    demo.add_argument("--port", type=int, default=8000)
+    demo.add_argument("--host", default="127.0.0.1", help="address (default: 127.0.0.1)")
+    demo.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
 
     rules = sub.add_parser(
         "alert-rules",
