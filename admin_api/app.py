@@ -12,6 +12,7 @@ from aiohttp import web
 from admin_api import connections, devices, listing, openapi, ops, tokens
 from admin_api.audit import list_audit
 from admin_api.auth import VERIFIER, TokenVerifier
+from admin_api.console import setup_console
 from admin_api.context import PG_POOL, REDIS, SETTINGS
 from admin_api.edgesync import EDGE_SYNC, EdgeSync
 from admin_api.errors import Handler, Problem, problem_middleware
@@ -96,6 +97,7 @@ def create_app(
     app.cleanup_ctx.append(_edge_sync_ctx)
     app.on_response_prepare.append(_server_header)
     app.add_routes(_routes())
+    setup_console(app)
     return app
 
 
