@@ -88,7 +88,7 @@ async def test_console_responses_carry_a_strict_csp(console: Console) -> None:
         assert "frame-ancestors 'none'" in csp and "form-action 'self'" in csp
         assert "unsafe-inline" not in csp
         assert response.headers["X-Content-Type-Options"] == "nosniff"
-        assert response.headers["Referrer-Policy"] == "no-referrer"
+        assert response.headers["Referrer-Policy"] == "same-origin"
     assert (await console.get(console.url("/devices"))).headers["Cache-Control"] == "no-store"
     # Scoped to the console: the API and the /docs explorer keep their own headers.
     docs = await console.get("/docs")

@@ -33,7 +33,10 @@ _SECURITY_HEADERS: Final = {
         " frame-ancestors 'none'; form-action 'self'; base-uri 'none'; object-src 'none'"
     ),
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    # Not no-referrer: with it browsers send "Origin: null" on the console's own form posts,
+    # and the origin check (session.same_origin) could no longer tell them from a foreign
+    # site's. Console URLs hold no secrets; other origins still get no referrer.
+    "Referrer-Policy": "same-origin",
     "X-Frame-Options": "DENY",
     "Cross-Origin-Opener-Policy": "same-origin",
 }
