@@ -21,9 +21,12 @@ import redis.asyncio as aioredis
 from axe_playwright_python.async_playwright import Axe
 from conftest import Stores
 from playwright.async_api import Browser, Page, async_playwright, expect
-from test_admin_helpers import Api, admin_settings, running_api
+from test_admin_helpers import SECRET, Api, admin_settings, running_api
 
+from admin_api.service import AdminService
 from gatekeeper.edge.server import EdgeServer
+from gatekeeper.runtime.up import run_stack
+from gatekeeper.settings import Settings
 
 CHROMIUM: Final = Path("/usr/bin/chromium")
 CHROMIUM_ARGS: Final = [
@@ -246,11 +249,29 @@ async def test_keyboard_sign_in_tenants_csrf_and_sign_out(page: Page, api: Api) 
     await expect(page.get_by_role("button", name="Sign in")).to_be_visible()
 
 
-async def test_the_sign_in_link_keeps_the_token_out_of_the_url(page: Page, api: Api) -> None:
-    """`gatekeeper up`'s link carries the token in the fragment; console.js posts it."""
+async def test_gatekeeper_up_prints_a_ready_sign_in_link(
+    page: Page, stores: Stores, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The link carries the token in the fragment, which no server sees; console.js posts it
+    and wipes it from the address bar."""
+    settings = Settings(
+        database_url=stores.pg_url,
+        redis_url=stores.redis_url,
+        data_dir=tmp_path,
+        jwt_secret=SECRET,
+        admin_port=0,
+        metrics_port=0,
+        proxy_port=0,
+    )
     requested: list[str] = []
     page.on("request", lambda request: requested.append(request.url))
-    await page.goto(_base(api) + "/console/#token=" + api.token())
-    await expect(page.get_by_role("heading", name="API devices")).to_be_visible()
-    assert "token=" not in page.url
-    assert not [url for url in requested if "eyJ" in url]
+
+    async def until() -> None:
+        link = re.search(r"console   (\S+)", capsys.readouterr().out)
+        assert link is not None and "/console/#token=" in link[1]
+        await page.goto(link[1])
+        await expect(page.get_by_role("heading", name="API devices")).to_be_visible()
+        assert page.url.endswith("/console/default/devices")
+
+    await run_stack(settings, demo_upstream=True, until=until, admin=AdminService)
+    assert [url for url in requested if "token=" in url] == []

@@ -81,10 +81,35 @@ def _with_own_proxy(settings: Settings) -> Settings:
         return settings
     # free_port binds IPv4; for an IPv6 host, a port free on loopback is the best guess.
     port = settings.proxy_port or free_port("127.0.0.1" if ":" in settings.host else settings.host)
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(settings.host, settings.host)
-    if ":" in host:
-        host = f"[{host}]"
-    return settings.replace(proxy_port=port, environment_url=f"http://{host}:{port}")
+    return settings.replace(
+        proxy_port=port, environment_url=f"http://{_advertised(settings.host)}:{port}"
+    )
+
+
+def _advertised(host: str) -> str:
+    """``host`` as a URL's host: a wildcard bind is advertised as loopback."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    return f"[{host}]" if ":" in host else host
+
+
+# How long the printed sign-in link works: a working day.
+_CONSOLE_LINK_SECONDS = 12 * 3600
+
+
+def _console_link(settings: Settings, port: int) -> str:
+    """The web console, signed in to the default tenant: the token travels in the URL's
+    fragment, which a browser never sends to a server (the console's script posts it)."""
+    from gatekeeper.runtime.admin_tokens import ADMIN_SCOPES, mint_token
+
+    token = mint_token(
+        settings,
+        settings.default_tenant,
+        list(ADMIN_SCOPES),
+        subject="gatekeeper-up",
+        ttl_seconds=_CONSOLE_LINK_SECONDS,
+    )
+    scheme = "https" if settings.tls_cert_file else "http"
+    return f"{scheme}://{_advertised(settings.host)}:{port}/console/#token={token}"
 
 
 async def run_stack(
@@ -130,6 +155,8 @@ async def run_stack(
             f"  -> {mask_url(settings.upstream)}  ({settings.workers} worker(s) + recorder)"
         )
         print(f"  admin     http://{host}:{admin_service.port}  (docs at /docs)")
+        if settings.jwt_secret is not None:
+            print(f"  console   {_console_link(settings, admin_service.port)}")
         print(f"  metrics   http://{host}:{proxy.metrics_port}/metrics  (/healthz, /readyz)")
         print(
             "  admin token: gatekeeper token --tenant <tenant>   |   Ctrl-C stops everything",
