@@ -3,6 +3,7 @@ tenant isolation, and that each console action has the API's effect (and audit).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 from collections.abc import AsyncIterator
@@ -17,6 +18,7 @@ from test_admin_helpers import Api, admin_settings, running_api
 from admin_api.auth import DEVICE_READ, DEVICE_WRITE
 from admin_api.console.session import COOKIE
 from gatekeeper.domain import edgeview
+from gatekeeper.runtime.admin_tokens import mint_token
 
 
 @pytest.fixture
@@ -318,3 +320,13 @@ async def test_a_token_without_a_scope_reads_a_clear_message(api: Api) -> None:
     await api.create_device("ro-1")
     page = await console.submit(console.device_url("ro-1", "/block"), {"reason": "x"})
     assert "lacks the scope " + DEVICE_WRITE in page
+
+
+async def test_the_session_ends_with_its_token(api: Api) -> None:
+    console = Console(api)
+    token = mint_token(api.settings, api.tenant, [DEVICE_READ], subject="brief", ttl_seconds=2)
+    assert (await console.sign_in(token)).status == 303
+    assert (await console.get(console.url("/devices"))).status == 200
+    await asyncio.sleep(2.1)  # the API would still accept it (30 s leeway); the session ends
+    response = await console.get(console.url("/devices"))
+    assert response.status == 303 and response.headers["Location"] == "/console/"

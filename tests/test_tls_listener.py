@@ -26,6 +26,7 @@ from test_admin_helpers import admin_settings
 
 from admin_api.service import AdminService
 from gatekeeper.edge.server import EdgeServer
+from gatekeeper.runtime.admin_tokens import mint_token
 from gatekeeper.runtime.embedded import free_port
 from gatekeeper.settings import Settings, SettingsError
 
@@ -267,3 +268,31 @@ async def test_sighup_to_gatekeeper_proxy_reloads_every_worker(
             proxy.kill()
             proxy.wait()
         log.close()
+
+
+async def test_the_console_over_https(ca: ThrowawayCA, stores: Stores, tmp_path: Path) -> None:
+    """The session cookie is Secure, and the console's own calls to the API (on this TLS socket,
+    trusting the served certificate) work."""
+    cert, key = ca.issue(tmp_path, serial=2002)
+    settings = admin_settings(
+        stores.pg_url, stores.redis_url, tls_cert_file=str(cert), tls_key_file=str(key)
+    )
+    service = AdminService(settings)
+    await service.start()
+    base = f"https://127.0.0.1:{service.port}"
+    try:
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=ca.client_context()),
+            cookie_jar=aiohttp.CookieJar(unsafe=True),
+        ) as http:
+            token = mint_token(settings, "tls-tenant", ["Device.Read"])
+            async with http.post(
+                f"{base}/console/sign-in", data={"token": token}, allow_redirects=False
+            ) as response:
+                assert response.status == 303
+                assert "Secure" in response.headers["Set-Cookie"]
+            async with http.get(f"{base}/console/tls-tenant/devices") as response:
+                assert response.status == 200
+                assert "No devices match." in await response.text()
+    finally:
+        await service.stop()

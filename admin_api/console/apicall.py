@@ -118,12 +118,21 @@ class ApiClient:
         base = _base_url(request)
         url = base.join(URL(path, encoded=True)).with_query(dict(query or {}))
         headers = {"Authorization": f"Bearer {session.token}", "Accept": accept}
-        async with self._client.request(
-            method, url, json=json, headers=headers, ssl=self._ssl(url)
-        ) as response:
+        try:
+            response = await self._client.request(
+                method, url, json=json, headers=headers, ssl=self._ssl(url)
+            )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # Only the request itself: a failure while the caller relays the body is its own.
+            raise ApiError(
+                503, "Service unavailable", f"The admin API did not answer ({type(exc).__name__})"
+            ) from exc
+        try:
             if response.status >= 400:
                 raise await _error(response)
             yield response
+        finally:
+            response.release()
 
     async def call(
         self,
