@@ -36,7 +36,7 @@ UnderscoreHeaders = Literal["reject", "drop"]
 LogFormat = Literal["text", "json"]
 AccessLogMode = Literal["off", "sampled", "all"]
 
-_SECRET_FIELDS = frozenset({"jwt_secret", "key_pepper"})
+_SECRET_FIELDS = frozenset({"jwt_secret", "key_pepper", "oidc_client_secret"})
 _URL_FIELDS = frozenset({"database_url", "redis_url"})
 
 
@@ -144,6 +144,13 @@ class Settings:
     tenant_claim: str = "tid"
     environment_url: str = "http://127.0.0.1:8080"
     key_pepper: str | None = None
+    # The console's single sign-on (authorization code + PKCE): the provider's issuer URL (its
+    # discovery document is {issuer}/.well-known/openid-configuration), this client's id, its
+    # secret if the provider gave one (none for a public client), the scopes to ask for.
+    oidc_issuer: str | None = None
+    oidc_client_id: str | None = None
+    oidc_client_secret: str | None = None
+    oidc_scope: str = "openid"
 
     # TLS on the proxy's and the admin API's ports (PEM files; both or neither). Reloaded on
     # SIGHUP without dropping open connections.
@@ -194,6 +201,8 @@ class Settings:
                 raise SettingsError(f"{name} must be one of {get_args(choices)}")
         if not valid_tenant_id(self.default_tenant):
             raise SettingsError(f"default_tenant: {TENANT_ID_RULE}")
+        if (self.oidc_issuer is None) != (self.oidc_client_id is None):
+            raise SettingsError("oidc_issuer and oidc_client_id go together: set both or neither")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise SettingsError("tls_cert_file and tls_key_file go together: set both or neither")
         if self.upstream is not None:

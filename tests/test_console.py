@@ -330,3 +330,8 @@ async def test_the_session_ends_with_its_token(api: Api) -> None:
     await asyncio.sleep(2.1)  # the API would still accept it (30 s leeway); the session ends
     response = await console.get(console.url("/devices"))
     assert response.status == 303 and response.headers["Location"] == "/console/"
+
+
+async def test_no_single_sign_on_without_a_provider(api: Api) -> None:
+    assert "single sign-on" not in await Console(api).text("/console/")
+    assert (await api.client.get("/console/oidc/start")).status == 404

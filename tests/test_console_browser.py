@@ -20,6 +20,7 @@ import pytest
 import redis.asyncio as aioredis
 from axe_playwright_python.async_playwright import Axe
 from conftest import Stores
+from oidc_provider import CLIENT_ID, CLIENT_SECRET, OidcProvider
 from playwright.async_api import Browser, Page, async_playwright, expect
 from test_admin_helpers import SECRET, Api, admin_settings, running_api
 
@@ -275,3 +276,35 @@ async def test_gatekeeper_up_prints_a_ready_sign_in_link(
 
     await run_stack(settings, demo_upstream=True, until=until, admin=AdminService)
     assert [url for url in requested if "token=" in url] == []
+
+
+async def test_single_sign_on_from_another_site(
+    browser: Browser, stores: Stores, pg_pool: asyncpg.Pool, redis_client: aioredis.Redis
+) -> None:
+    """The provider on another site (localhost vs 127.0.0.1): its redirect back is a
+    cross-site navigation, after which the SameSite=Strict session must still work."""
+    provider = OidcProvider(tenant="sso-tenant", audience="gatekeeper-admin")
+    await provider.start(host_name="localhost")
+    settings = admin_settings(
+        stores.pg_url,
+        stores.redis_url,
+        jwks_url=provider.jwks_url,
+        jwt_issuer=provider.issuer,
+        oidc_issuer=provider.issuer,
+        oidc_client_id=CLIENT_ID,
+        oidc_client_secret=CLIENT_SECRET,
+    )
+    context = await browser.new_context()
+    try:
+        async with running_api(settings, pg_pool, redis_client, "sso-tenant") as api:
+            page = await context.new_page()
+            await page.goto(_base(api) + "/console/")
+            await page.get_by_role("link", name="Sign in with single sign-on").click()
+            await page.get_by_role("link", name="Continue as alice@example.com").click()
+            await expect(page.get_by_role("heading", name="API devices")).to_be_visible()
+            await expect(page.get_by_text("alice@example.com")).to_be_visible()
+            await page.get_by_role("link", name="Tokens").click()
+            await expect(page.get_by_role("heading", name="Personal access tokens")).to_be_visible()
+    finally:
+        await context.close()
+        await provider.close()

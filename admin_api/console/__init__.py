@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from admin_api.console import admin_pages, device_pages, signin
-from admin_api.console.access import SESSIONS
+from admin_api.console import admin_pages, device_pages, oidc, signin
+from admin_api.console.access import SESSIONS, SSO
 from admin_api.console.apicall import API_CLIENT, ApiClient
 from admin_api.console.render import STATIC_DIR, TEMPLATES, console_headers, create_environment
 from admin_api.console.session import SessionStore
@@ -63,3 +63,13 @@ def setup_console(app: web.Application) -> None:
     app.cleanup_ctx.append(_api_client_ctx)
     app.on_response_prepare.append(console_headers)
     app.add_routes(_routes())
+    settings = app[SETTINGS]
+    app[SSO] = settings.oidc_issuer is not None
+    if settings.oidc_issuer is not None:
+        app[oidc.OIDC] = oidc.OidcClient(settings, app[REDIS])
+        app.add_routes(
+            [
+                web.get("/console/oidc/start", oidc.oidc_start),
+                web.get("/console/oidc/callback", oidc.oidc_callback),
+            ]
+        )

@@ -29,6 +29,7 @@ from admin_api.console.session import (
 __all__ = [
     "SESSIONS",
     "SIGN_IN",
+    "SSO",
     "Outcome",
     "action",
     "forbidden",
@@ -39,6 +40,8 @@ __all__ = [
 
 SIGN_IN: Final = "/console/"
 SESSIONS = web.AppKey("console_sessions", SessionStore)
+# Whether the sign-in page offers single sign-on (an OIDC provider is configured).
+SSO = web.AppKey("console_sso", bool)
 
 PageHandler = Callable[[web.Request, Session], Awaitable[web.StreamResponse]]
 Form = MultiDictProxy[str | bytes | Any]
@@ -66,7 +69,8 @@ def forbidden(request: web.Request, session: Session | None, message: str) -> we
 
 def signed_out(request: web.Request, message: str | None, *, status: int = 200) -> web.Response:
     """The sign-in page, the session cookie cleared."""
-    response = render(request, "signin.html", {"session": None, "error": message}, status=status)
+    context = {"session": None, "error": message, "sso": request.app[SSO]}
+    response = render(request, "signin.html", context, status=status)
     clear_cookie(response, request)
     return response
 
