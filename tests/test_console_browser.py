@@ -189,6 +189,8 @@ async def test_an_admin_blocks_a_device_the_proxy_then_denies(
     await expect(history.get_by_text("Application version: 1.0 → 1.1")).to_be_visible()
 
 
+# A readable tenant in the screenshots; no other test uses it.
+@pytest.mark.parametrize("tenant", ["acme-corp"])
 async def test_pages_pass_axe_and_fit_375_px(
     page: Page, api: Api, edge_factory: EdgeFactory
 ) -> None:
@@ -196,6 +198,10 @@ async def test_pages_pass_axe_and_fit_375_px(
     for n, device_id in enumerate(("gate-north-entrance-0001", "gate-south", "handheld-12")):
         assert await _through_proxy(edge, api.tenant, device_id, version=f"2.{n}") == 200
     await _registered(api, "handheld-12", applicationVersion="2.2")
+    # Something for the screenshots to show: a custom name, an upgrade in the history, a block.
+    await api.call("PUT", api.device_path("handheld-12"), json={"name": "Crew handheld 12"})
+    assert await _through_proxy(edge, api.tenant, "gate-south", version="2.5") == 200
+    await _registered(api, "gate-south", applicationVersion="2.5")
     await api.call("POST", api.device_path("gate-south", "/block"), json={"reason": "lost"})
     await page.goto(_base(api) + "/console/")
     await _check_layouts(page, "signin")
