@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from aiohttp import web
+from aiohttp.web_request import FileField
 from multidict import MultiDictProxy
 
 from admin_api.console.apicall import ApiError
@@ -44,7 +45,7 @@ SESSIONS = web.AppKey("console_sessions", SessionStore)
 SSO = web.AppKey("console_sso", bool)
 
 PageHandler = Callable[[web.Request, Session], Awaitable[web.StreamResponse]]
-Form = MultiDictProxy[str | bytes | Any]
+Form = MultiDictProxy[str | bytes | bytearray | FileField]
 
 
 @dataclass(frozen=True, slots=True)

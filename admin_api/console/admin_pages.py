@@ -8,8 +8,8 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from admin_api.console.access import Form, Outcome, action, page, take_flash
-from admin_api.console.apicall import API_CLIENT, ApiError
-from admin_api.console.render import console_path, render, urlpart
+from admin_api.console.apicall import API_CLIENT, ApiError, api_path
+from admin_api.console.render import console_path, render
 from admin_api.console.session import Session
 
 __all__ = ["audit_page", "create_token", "revoke_token", "tokens_page"]
@@ -28,13 +28,11 @@ def _tokens_url(request: web.Request) -> str:
     return console_path(request.match_info["tenant"], "tokens")
 
 
-def _tokens_path(session: Session, *segments: str) -> str:
-    return "/".join(["/api", urlpart(session.tenant), "tokens", *(urlpart(s) for s in segments)])
-
-
 @page
 async def tokens_page(request: web.Request, session: Session) -> web.Response:
-    result = await request.app[API_CLIENT].call(request, session, "GET", _tokens_path(session))
+    result = await request.app[API_CLIENT].call(
+        request, session, "GET", api_path(session.tenant, "tokens")
+    )
     context = {
         "session": session,
         "flash": await take_flash(request, session),
@@ -48,7 +46,7 @@ async def create_token(request: web.Request, session: Session, form: Form) -> Ou
     name = form.get("name")
     body = {"name": name.strip() if isinstance(name, str) else ""}
     result = await request.app[API_CLIENT].call(
-        request, session, "POST", _tokens_path(session), json=body
+        request, session, "POST", api_path(session.tenant, "tokens"), json=body
     )
     created = result.body
     return Outcome(_tokens_url(request), {"secret": created["token"], "name": created["name"]})
@@ -56,7 +54,7 @@ async def create_token(request: web.Request, session: Session, form: Form) -> Ou
 
 @action("revoke", _tokens_url)
 async def revoke_token(request: web.Request, session: Session, form: Form) -> Outcome:
-    path = _tokens_path(session, request.match_info["tokenId"])
+    path = api_path(session.tenant, "tokens", request.match_info["tokenId"])
     await request.app[API_CLIENT].call(request, session, "DELETE", path)
     return Outcome(_tokens_url(request), {"notice": "Token revoked."})
 
@@ -84,7 +82,7 @@ async def audit_page(request: web.Request, session: Session) -> web.Response:
     entries: list[dict[str, Any]] = []
     next_url = None
     error = None
-    path = "/api/" + urlpart(session.tenant) + "/audit"
+    path = api_path(session.tenant, "audit")
     try:
         result = await request.app[API_CLIENT].call(request, session, "GET", path, query=query)
         entries = result.body

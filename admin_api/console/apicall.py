@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final
+from urllib.parse import quote
 
 import aiohttp
 from aiohttp import web
@@ -23,7 +24,7 @@ from yarl import URL
 from admin_api.console.session import Session
 from gatekeeper.settings import Settings
 
-__all__ = ["API_CLIENT", "ApiClient", "ApiError", "ApiResult"]
+__all__ = ["API_CLIENT", "ApiClient", "ApiError", "ApiResult", "api_path"]
 
 _TIMEOUT: Final = aiohttp.ClientTimeout(total=30)
 
@@ -58,6 +59,11 @@ class ApiError(Exception):
 
     def as_flash(self) -> dict[str, Any]:
         return {"status": self.status, "message": self.message}
+
+
+def api_path(tenant: str, *segments: str) -> str:
+    """``/api/{tenant}/...`` with every segment escaped (device ids may hold '/', '?', '#')."""
+    return "/".join(["/api", *(quote(s, safe="") for s in (tenant, *segments))])
 
 
 def _base_url(request: web.Request) -> URL:

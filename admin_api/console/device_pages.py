@@ -11,8 +11,8 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from admin_api.console.access import Form, Outcome, action, page, take_flash
-from admin_api.console.apicall import API_CLIENT, ApiError
-from admin_api.console.render import console_path, render, urlpart
+from admin_api.console.apicall import API_CLIENT, ApiError, api_path
+from admin_api.console.render import console_path, render
 from admin_api.console.session import Session
 
 __all__ = [
@@ -31,10 +31,6 @@ PAGE_SIZE: Final = 50
 HISTORY_SIZE: Final = 50
 BLOCKED_CHOICES: Final = (("all", "All"), ("hide", "Hide blocked"), ("only", "Only blocked"))
 _BLOCKED_VALUES: Final = frozenset(v for v, _ in BLOCKED_CHOICES)
-
-
-def _api_path(tenant: str, *segments: str) -> str:
-    return "/".join(["/api", *(urlpart(s) for s in (tenant, *segments))])
 
 
 def _filters(request: web.Request) -> dict[str, str]:
@@ -60,7 +56,7 @@ async def devices_page(request: web.Request, session: Session) -> web.Response:
     error = None
     try:
         result = await request.app[API_CLIENT].call(
-            request, session, "GET", _api_path(session.tenant, "devices"), query=query
+            request, session, "GET", api_path(session.tenant, "devices"), query=query
         )
         devices = result.body
         if result.next_cursor is not None:
@@ -87,7 +83,7 @@ async def devices_page(request: web.Request, session: Session) -> web.Response:
 async def devices_csv(request: web.Request, session: Session) -> web.StreamResponse:
     """The API's CSV of the current filter, relayed as it streams (no buffering here)."""
     client = request.app[API_CLIENT]
-    path = _api_path(session.tenant, "devices")
+    path = api_path(session.tenant, "devices")
     async with client.stream(request, session, path, _filters(request)) as upstream:
         response = web.StreamResponse(
             headers={
@@ -113,7 +109,7 @@ def _device_page_url(request: web.Request) -> str:
 @page
 async def device_page(request: web.Request, session: Session) -> web.Response:
     client, device_id = request.app[API_CLIENT], _device_id(request)
-    device_path = _api_path(session.tenant, "devices", device_id)
+    device_path = api_path(session.tenant, "devices", device_id)
     device = (await client.call(request, session, "GET", device_path)).body
     history = await client.call(
         request, session, "GET", device_path + "/history", query={"limit": str(HISTORY_SIZE)}
@@ -141,7 +137,7 @@ def _text(form: Form, name: str) -> str | None:
 async def _device_call(
     request: web.Request, session: Session, method: str, suffix: str, body: Any
 ) -> Outcome:
-    path = _api_path(session.tenant, "devices", _device_id(request)) + suffix
+    path = api_path(session.tenant, "devices", _device_id(request)) + suffix
     await request.app[API_CLIENT].call(request, session, method, path, json=body)
     return Outcome(_device_page_url(request))
 
@@ -176,7 +172,7 @@ async def disable(request: web.Request, session: Session, form: Form) -> Outcome
 async def reset_key(request: web.Request, session: Session, form: Form) -> Outcome:
     """A new API key, shown once on the next page (kept in Redis until then, at most a
     minute)."""
-    path = _api_path(session.tenant, "devices", _device_id(request), "connections", "reset")
+    path = api_path(session.tenant, "devices", _device_id(request), "connections", "reset")
     result = await request.app[API_CLIENT].call(request, session, "POST", path, json={})
     body = result.body
     return Outcome(
