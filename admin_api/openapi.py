@@ -129,7 +129,6 @@ def build_document() -> dict[str, Any]:
             "description": "Devices, connections, personal access tokens and audit log of "
             "one tenant. Errors are RFC 9457 problem documents.",
         },
-        "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
         "paths": paths,
         "components": {
             "schemas": {**REQUEST_SCHEMAS, **RESPONSE_SCHEMAS, **_EXTRA_SCHEMAS},
