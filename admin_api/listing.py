@@ -185,6 +185,8 @@ async def list_devices(request: web.Request) -> web.StreamResponse:
 
 
 def _csv_cell(value: Any) -> Any:
+    if isinstance(value, bool):  # as in the JSON, not Python's True/False
+        return "true" if value else "false"
     if isinstance(value, dict):
         return json.dumps(value, separators=(",", ":"))
     if isinstance(value, str) and value.startswith(_FORMULA_START):

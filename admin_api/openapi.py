@@ -1,14 +1,12 @@
-"""The OpenAPI 3.1 document of the admin API and a self-contained browsable page of it.
+"""The OpenAPI 3.1 document of the admin API, ``/openapi.json``.
 
 The document is built from the table of :mod:`admin_api.operations` and the schemas of
 :mod:`admin_api.schemas`; a test checks that it names exactly the routes the app serves.
-``/docs`` renders the same document as plain HTML on the server (no script, no CDN), so it
-works offline and behind strict content security policies.
+``/docs`` (:mod:`admin_api.explorer`) shows it in Swagger UI.
 """
 
 from __future__ import annotations
 
-import html
 import json
 from typing import Any, Final
 
@@ -17,7 +15,7 @@ from aiohttp import web
 from admin_api.operations import OPERATIONS, PARAMETERS, Operation
 from admin_api.schemas import REQUEST_SCHEMAS, RESPONSE_SCHEMAS
 
-__all__ = ["build_document", "docs_page", "openapi_json"]
+__all__ = ["build_document", "openapi_json"]
 
 _ERRORS: Final = {
     400: "Malformed request: not valid HTTP, or malformed JSON or query parameters",
@@ -65,8 +63,8 @@ def _operation(op: Operation) -> dict[str, Any]:
     if op.result is not None or op.media != "application/json":
         schema = {"$ref": f"#/components/schemas/{op.result}"} if op.result else {"type": "string"}
         success["content"] = {op.media: {"schema": schema}}
-        if op.path == "/api/{tenantId}/devices" and op.method == "get":
-            success["content"]["text/csv"] = {"schema": {"type": "string"}}
+        for media in op.other_media:
+            success["content"][media] = {"schema": {"type": "string"}}
     if op.headers:
         success["headers"] = {
             name: {"description": text, "schema": {"type": "string"}}
@@ -131,7 +129,6 @@ def build_document() -> dict[str, Any]:
             "description": "Devices, connections, personal access tokens and audit log of "
             "one tenant. Errors are RFC 9457 problem documents.",
         },
-        "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
         "paths": paths,
         "components": {
             "schemas": {**REQUEST_SCHEMAS, **RESPONSE_SCHEMAS, **_EXTRA_SCHEMAS},
@@ -158,44 +155,3 @@ _DOCUMENT_BYTES: Final = json.dumps(build_document(), indent=2).encode()
 
 async def openapi_json(request: web.Request) -> web.Response:
     return web.Response(body=_DOCUMENT_BYTES, content_type="application/json")
-
-
-def _render_page() -> str:
-    doc = build_document()
-    esc = html.escape
-    rows = []
-    for path, methods in doc["paths"].items():
-        for method, op in methods.items():
-            scope = ", ".join(s for req in op["security"] for v in req.values() for s in v)
-            params = ", ".join(f"{p['name']} ({p['in']})" for p in op["parameters"])
-            body = op.get("requestBody", {}).get("content", {}).get("application/json", {})
-            body_ref = body.get("schema", {}).get("$ref", "").rsplit("/", 1)[-1]
-            rows.append(
-                f"<tr><td><b>{esc(method.upper())}</b></td><td><code>{esc(path)}</code></td>"
-                f"<td>{esc(op['summary'])}</td><td>{esc(scope or '-')}</td>"
-                f"<td>{esc(params or '-')}</td><td>{esc(body_ref or '-')}</td>"
-                f"<td>{esc(', '.join(op['responses']))}</td></tr>"
-            )
-    schemas = "".join(
-        f"<h3 id='{esc(name)}'>{esc(name)}</h3><pre>{esc(json.dumps(schema, indent=2))}</pre>"
-        for name, schema in doc["components"]["schemas"].items()
-    )
-    return (
-        "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
-        "<title>Gatekeeper admin API</title><style>body{font-family:sans-serif;margin:2em}"
-        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px;"
-        "vertical-align:top}pre{background:#f6f6f6;padding:8px}</style></head><body>"
-        f"<h1>{esc(doc['info']['title'])} {esc(doc['info']['version'])}</h1>"
-        f"<p>{esc(doc['info']['description'])} Machine-readable: "
-        "<a href='/openapi.json'>/openapi.json</a> (OpenAPI 3.1).</p>"
-        "<table><tr><th>Method</th><th>Path</th><th>What</th><th>Scope</th><th>Parameters</th>"
-        "<th>Body</th><th>Responses</th></tr>" + "".join(rows) + "</table>"
-        "<h2>Schemas</h2>" + schemas + "</body></html>"
-    )
-
-
-_PAGE: Final = _render_page()
-
-
-async def docs_page(request: web.Request) -> web.Response:
-    return web.Response(text=_PAGE, content_type="text/html")

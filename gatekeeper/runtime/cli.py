@@ -210,7 +210,10 @@ async def _until_signalled(failed: asyncio.Event | None = None) -> None:
 def admin_service(settings: Settings) -> Service:
     """The admin API, found through the ``gatekeeper.services`` entry point (the core never
     imports ``admin_api``)."""
-    (found,) = entry_points(group="gatekeeper.services", name="admin")
+    # By target: the metadata an editable install left under the distribution's old name
+    # ("gatekeeper", before "gatekeeper-edge") declares the same one again.
+    targets = {ep.value: ep for ep in entry_points(group="gatekeeper.services", name="admin")}
+    (found,) = targets.values()
     service: Service = found.load()(settings)
     return service
 

@@ -23,6 +23,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from gatekeeper import DISTRIBUTION
+
 __all__ = ["EmbeddedPostgres", "EmbeddedRedis", "EmbeddedServerError", "free_port"]
 
 _PG_SYSTEM_USER = "gatekeeper-pg"
@@ -44,7 +46,10 @@ def _package_dir(package: str) -> Path:
     """Where an installed package lives, found without importing it (we only want its files)."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise EmbeddedServerError(f"{package} is not installed: pip install the project again")
+        # The [embedded] extra (pyproject.toml), which production installs leave out.
+        raise EmbeddedServerError(
+            f"{package} is not installed: pip install '{DISTRIBUTION}[embedded]'"
+        )
     return Path(next(iter(spec.submodule_search_locations)))
 
 

