@@ -68,13 +68,14 @@ class UpstreamTls:
         more = f" ({self._suppressed} more since the last report)" if self._suppressed else ""
         self._last_log, self._suppressed = now, 0
         cause = exc.verify_message if isinstance(exc, ssl.SSLCertVerificationError) else exc.reason
+        cause = (cause or str(exc)).rstrip(".")
         _log.warning(
             "upstream: TLS handshake with %s:%d (server name %s) failed, %s: %s; answering 502%s%s",
             host,
             port,
             self.server_name,
             reason,
-            cause or exc,
+            cause,
             _HINTS[reason],
             more,
         )
