@@ -11,6 +11,10 @@ import pytest
 from conftest import EdgeFactory
 from upstream_tls_rig import CaFiles, TlsUpstreamFactory, ca_files, tls_upstream
 
+from gatekeeper.edge.upstream.pool import UpstreamPool
+from gatekeeper.edge.upstream.tls import UpstreamTls, upstream_tls
+from gatekeeper.settings import Settings
+
 __all__ = ["ca_files", "tls_upstream"]  # fixtures
 
 pytestmark = pytest.mark.timeout(60)
@@ -126,3 +130,21 @@ async def test_a_websocket_is_tunnelled_to_an_https_upstream(
         assert (await ws.receive_str()) == "echo: hello"
         await ws.send_str("again")
         assert (await ws.receive_str()) == "echo: again"
+
+
+def test_the_host_header_names_the_port_only_when_it_is_not_the_default() -> None:
+    tls = upstream_tls(Settings(upstream="https://api.example"))
+    assert isinstance(tls, UpstreamTls) and tls.server_name == "api.example"
+    assert upstream_tls(Settings(upstream="http://api.example")) is None
+
+    def authority(host: str, port: int, tls: UpstreamTls | None) -> str:
+        pool = UpstreamPool(
+            host, port, max_connections=1, connect_timeout=1.0, read_timeout=1.0, tls=tls
+        )
+        return pool.authority
+
+    assert authority("api.example", 443, tls) == "api.example"
+    assert authority("api.example", 8443, tls) == "api.example:8443"
+    assert authority("api.example", 80, None) == "api.example"
+    assert authority("api.example", 443, None) == "api.example:443"  # plain http on 443
+    assert authority("::1", 8443, tls) == "[::1]:8443"

@@ -84,11 +84,9 @@ class Relay:
         self._max_body = settings.max_body_bytes
         self._connect_timeout = settings.upstream_connect_timeout
         self._read_timeout = settings.upstream_read_timeout
-        default_port = 80 if upstream.tls is None else 443
-        host = (
-            upstream.host if upstream.port == default_port else f"{upstream.host}:{upstream.port}"
+        self._heads = RequestHeadBuilder(
+            upstream.authority, trust_forwarded=settings.trust_forwarded_headers
         )
-        self._heads = RequestHeadBuilder(host, trust_forwarded=settings.trust_forwarded_headers)
         # X-Forwarded-Proto: every connection of a TLS listener came in over https.
         self._scheme = b"https" if settings.tls_cert_file else b"http"
         self.request_ids = RequestIds()

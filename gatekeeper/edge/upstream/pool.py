@@ -53,6 +53,10 @@ class UpstreamPool:
     ) -> None:
         self.host = host
         self.tls = tls
+        # The Host header's value: the port only when it is not the scheme's default, an IPv6
+        # address in brackets (RFC 9110 §7.2, RFC 3986 §3.2.2).
+        name = f"[{host}]" if ":" in host else host
+        self.authority = name if port == (443 if tls is not None else 80) else f"{name}:{port}"
         self._ssl: ssl.SSLContext | None = tls.context if tls is not None else None
         self._server_name: str | None = tls.server_name if tls is not None else None
         # An idle keep-alive connection unused this long is closed (nginx's upstream
