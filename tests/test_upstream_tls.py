@@ -4,11 +4,13 @@ requires one, keep-alive reuse of TLS connections, bodies both ways, and WebSock
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from conftest import EdgeFactory
+from conftest import EdgeFactory, Stores
+from edgerig import ProxyProcess
 from upstream_tls_rig import CaFiles, TlsUpstreamFactory, ca_files, tls_upstream
 
 from gatekeeper.edge.upstream.pool import UpstreamPool
@@ -148,3 +150,35 @@ def test_the_host_header_names_the_port_only_when_it_is_not_the_default() -> Non
     assert authority("api.example", 80, None) == "api.example"
     assert authority("api.example", 443, None) == "api.example:443"  # plain http on 443
     assert authority("::1", 8443, tls) == "[::1]:8443"
+
+
+async def test_gatekeeper_proxy_workers_use_mutual_tls_upstream_and_stop_cleanly(
+    stores: Stores, tls_upstream: TlsUpstreamFactory, ca_files: CaFiles, tenant: str, tmp_path: Path
+) -> None:
+    """As production runs it: the settings reach each worker (on uvloop, whose TLS transport is
+    its own), and a stop with TLS connections in the pool does not wait on them."""
+    upstream = await tls_upstream(client_ca=True)
+    cert, key = ca_files.client_files()
+    proc = ProxyProcess(
+        database_url=stores.pg_url,
+        redis_url=stores.redis_url,
+        upstream=upstream.url,
+        log_dir=tmp_path,
+        workers=2,
+        env={
+            "GATEKEEPER_UPSTREAM_TLS_CA_FILE": str(ca_files.bundle),
+            "GATEKEEPER_UPSTREAM_TLS_CERT_FILE": str(cert),
+            "GATEKEEPER_UPSTREAM_TLS_KEY_FILE": str(key),
+        },
+    )
+    try:
+        proc.start()
+        async with aiohttp.ClientSession() as http:
+            await proc.wait_ready(http)
+        for _ in range(4):
+            status, echoed = await _get(proc.proxy_port, f"/api/{tenant}/prod")
+            assert (status, echoed["client_cn"]) == (200, "gatekeeper-edge")
+        proc.terminate()
+        assert await proc.wait_exit(10.0) == 0, proc.tail()
+    finally:
+        await proc.stop()
