@@ -2,7 +2,8 @@
 
 Used when nginx is not installed. It is a raw asyncio protocol on uvloop with the httptools
 parser, so it costs far less per request than any proxy under test. Run it as
-``python -m benchmarks.builtin_upstream --port P``.
+``python -m benchmarks.builtin_upstream --port P``; with ``--tls-cert`` and ``--tls-key`` it
+serves TLS (the https-upstream cost, benchmarks/cpucost.py).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import ssl
 from typing import cast
 
 import httptools
@@ -49,9 +51,9 @@ class _Upstream(asyncio.Protocol):
             self._transport.write(_RESPONSE)
 
 
-async def _serve(port: int) -> None:
+async def _serve(port: int, tls: ssl.SSLContext | None) -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(_Upstream, "127.0.0.1", port, backlog=4096)
+    server = await loop.create_server(_Upstream, "127.0.0.1", port, backlog=4096, ssl=tls)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -62,8 +64,14 @@ async def _serve(port: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--tls-cert", help="serve TLS with this certificate chain (PEM)")
+    parser.add_argument("--tls-key", help="the key of --tls-cert (PEM)")
     args = parser.parse_args()
-    uvloop.run(_serve(args.port))
+    tls = None
+    if args.tls_cert:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(args.tls_cert, args.tls_key)
+    uvloop.run(_serve(args.port, tls))
 
 
 if __name__ == "__main__":

@@ -38,6 +38,13 @@ AccessLogMode = Literal["off", "sampled", "all"]
 
 _SECRET_FIELDS = frozenset({"jwt_secret", "key_pepper", "oidc_client_secret"})
 _URL_FIELDS = frozenset({"database_url", "redis_url"})
+_UPSTREAM_TLS_FIELDS = (
+    "upstream_tls_ca_file",
+    "upstream_tls_server_name",
+    "upstream_tls_cert_file",
+    "upstream_tls_key_file",
+    "upstream_tls_verify",
+)
 
 
 class SettingsError(ValueError):
@@ -103,6 +110,15 @@ class Settings:
     max_body_bytes: int = 100 * 1024 * 1024
     # Longest pause between two pieces of a request body before 408 (nginx client_body_timeout).
     client_body_timeout: float = 60.0
+    # An https:// upstream: the CAs to trust (a PEM bundle; None: the system's), the name sent
+    # as SNI and checked in its certificate (None: the URL's host), and a client certificate
+    # for mutual TLS (PEM; both or neither). Verification is turned off only explicitly, for
+    # testing: a proxy that forwards credentials must know whom it talks to.
+    upstream_tls_ca_file: str | None = None
+    upstream_tls_server_name: str | None = None
+    upstream_tls_cert_file: str | None = None
+    upstream_tls_key_file: str | None = None
+    upstream_tls_verify: bool = True
 
     # Device identification headers.
     header_device_id: str = "X-Device-Id"
@@ -205,12 +221,30 @@ class Settings:
             raise SettingsError("oidc_issuer and oidc_client_id go together: set both or neither")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise SettingsError("tls_cert_file and tls_key_file go together: set both or neither")
-        if self.upstream is not None:
-            parts = urlsplit(self.upstream)
-            if parts.scheme not in ("http",) or not parts.hostname:
-                raise SettingsError("upstream must be an http:// URL with a host")
+        self._check_upstream()
         if self.activity_buffer_max_devices < self.flush_max_devices:
             raise SettingsError("activity_buffer_max_devices must be >= flush_max_devices")
+
+    def _check_upstream(self) -> None:
+        if (self.upstream_tls_cert_file is None) != (self.upstream_tls_key_file is None):
+            raise SettingsError(
+                "upstream_tls_cert_file and upstream_tls_key_file go together: set both or neither"
+            )
+        if self.upstream is None:
+            return
+        parts = urlsplit(self.upstream)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise SettingsError("upstream must be an http:// or https:// URL with a host")
+        tls_set = [
+            name
+            for name in _UPSTREAM_TLS_FIELDS
+            if getattr(self, name) is not None and getattr(self, name) is not True
+        ]
+        if parts.scheme == "http" and tls_set:
+            # Ignoring them would leave an operator believing a plain-text hop is verified.
+            raise SettingsError(
+                f"{', '.join(tls_set)} apply to an https:// upstream; upstream is {self.upstream}"
+            )
 
     def __repr__(self) -> str:
         shown = []

@@ -12,10 +12,22 @@ import ssl
 
 from gatekeeper.settings import Settings, SettingsError
 
-__all__ = ["load_chain", "server_context"]
+__all__ = ["TlsFileError", "file_error", "load_chain", "server_context"]
 
 # How long a client may take to finish its handshake before the connection is dropped.
 HANDSHAKE_TIMEOUT_SECONDS = 10.0
+
+
+class TlsFileError(SettingsError):
+    """A certificate, key or CA file a setting names cannot be used. At start the command stops
+    with exit code 1, as for a store it cannot reach: the value may be right, the file is not."""
+
+
+def file_error(setting: str, exc: OSError | ssl.SSLError) -> TlsFileError:
+    """One line naming the setting(s) and the cause (``No such file or directory``, OpenSSL's
+    reason), without the traceback's noise."""
+    cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return TlsFileError(f"{setting}: {cause}")
 
 
 def server_context(settings: Settings) -> ssl.SSLContext | None:
@@ -36,8 +48,6 @@ def load_chain(context: ssl.SSLContext, settings: Settings) -> None:
     try:
         context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
     except (OSError, ssl.SSLError) as exc:
-        cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise SettingsError(
-            f"tls_cert_file {settings.tls_cert_file} / tls_key_file {settings.tls_key_file}:"
-            f" {cause}"
+        raise file_error(
+            f"tls_cert_file {settings.tls_cert_file} / tls_key_file {settings.tls_key_file}", exc
         ) from exc

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -244,10 +245,17 @@ async def test_proxy_started_while_redis_down_is_unready_then_recovers(
     upstream: CountingUpstream,
     session: aiohttp.ClientSession,
     tenant: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     async with FaultProxy("127.0.0.1", _redis_port(stores.redis_url)) as fault_proxy:
         await fault_proxy.cut()  # the port is known, nothing listens on it
-        edge = await edge_factory(redis_url=fault_proxy.url, upstream=upstream.url, wait=False)
+        with caplog.at_level(logging.WARNING, logger="gatekeeper.edge.blocklist"):
+            edge = await edge_factory(redis_url=fault_proxy.url, upstream=upstream.url, wait=False)
+            await asyncio.sleep(1.0)  # the mirror retries at 0.1, 0.2, 0.4, 0.8 s
+        # Said once (then at most every 10 s), with what the proxy does meanwhile.
+        said = [r.getMessage() for r in caplog.records if "no mirror yet" in r.getMessage()]
+        assert len(said) == 1, said
+        assert "Redis unreachable" in said[0] and "answers 503" in said[0]
         async with session.get(f"http://127.0.0.1:{edge.metrics_port}/readyz") as response:
             assert response.status == 503
             body = await response.json()

@@ -204,7 +204,7 @@ def test_unusable_tls_files_are_one_clear_error(tmp_path: Path) -> None:
         timeout=30,
         check=False,
     )
-    assert done.returncode == 2, done.stderr
+    assert done.returncode == 1, done.stderr
     (line,) = done.stderr.splitlines()
     assert line.startswith(f"gatekeeper: tls_cert_file {tmp_path / 'tls.crt'} / tls_key_file ")
 

@@ -26,7 +26,7 @@ def test_defaults_are_valid() -> None:
         ({"auth_mode": "open"}, "auth_mode"),
         ({"tenant_source": "cookie"}, "tenant_source"),
         ({"underscore_headers": "keep"}, "underscore_headers"),
-        ({"upstream": "https://up.example"}, "upstream"),
+        ({"upstream": "ftp://up.example"}, "upstream"),
         ({"upstream": "http://"}, "upstream"),
         ({"activity_buffer_max_devices": 10, "flush_max_devices": 20}, "activity_buffer"),
     ],

@@ -46,8 +46,6 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
-# Before the first load the mirror retries every 2 s or faster: one line per 10 s is enough.
-_unloaded = Throttled(_log)
 
 BLOCKED = "blocked"
 DISABLED = "disabled"
@@ -93,6 +91,7 @@ class BlocklistMirror:
         "_reconnected",
         "_redis",
         "_resync_seconds",
+        "_unloaded",
         "_watchers",
         "changed",
         "loaded",
@@ -113,6 +112,8 @@ class BlocklistMirror:
     ) -> None:
         self._redis = redis
         self._clock = clock
+        # Before the first load the mirror retries every 2 s or faster: a line per 10 s is enough.
+        self._unloaded = Throttled(_log)
         metrics.STORE_UP.labels("redis")  # reported (as down) from the start, before any contact
         self._resync_seconds = resync_seconds
         self._ping_interval = ping_interval
@@ -208,7 +209,7 @@ class BlocklistMirror:
                 if self.loaded and not self.stale:
                     _log.warning("blocklist: Redis unreachable (%s); serving the last mirror", exc)
                 elif not self.loaded:
-                    _unloaded.warning(
+                    self._unloaded.warning(
                         "unloaded",
                         "blocklist: Redis unreachable (%s); no mirror yet, so the proxy answers "
                         "503 (fail_open = false) or forwards unchecked (fail_open = true)",

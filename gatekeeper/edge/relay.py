@@ -37,8 +37,6 @@ from gatekeeper.settings import Settings
 __all__ = ["IDEMPOTENT", "Relay"]
 
 _log = logging.getLogger(__name__)
-# An unreachable upstream fails every request: say so once, then at most every 10 s.
-_failures = Throttled(_log)
 
 _NO_BODY_STATUSES = frozenset({204, 304})
 # RFC 9110 §9.2.2: safe to send twice (what nginx retries by default).
@@ -88,9 +86,12 @@ class Relay:
         self._max_body = settings.max_body_bytes
         self._connect_timeout = settings.upstream_connect_timeout
         self._read_timeout = settings.upstream_read_timeout
-        self._upstream_name = f"{upstream.host}:{upstream.port}"
-        host = upstream.host if upstream.port == 80 else f"{upstream.host}:{upstream.port}"
-        self._heads = RequestHeadBuilder(host, trust_forwarded=settings.trust_forwarded_headers)
+        self._upstream_name = upstream.authority
+        # An unreachable upstream fails every request: say so once, then at most every 10 s.
+        self._failures = Throttled(_log)
+        self._heads = RequestHeadBuilder(
+            upstream.authority, trust_forwarded=settings.trust_forwarded_headers
+        )
         # X-Forwarded-Proto: every connection of a TLS listener came in over https.
         self._scheme = b"https" if settings.tls_cert_file else b"http"
         self.request_ids = RequestIds()
@@ -163,7 +164,7 @@ class Relay:
     def failed(self, request: Request, conn: ClientConnection, error: Exception | None) -> None:
         if isinstance(error, UpstreamTimeout):
             COUNT_UPSTREAM_TIMEOUT.hit(request)
-            _failures.warning(
+            self._failures.warning(
                 "timeout",
                 "upstream %s timed out (%s); answering 504",
                 self._upstream_name,
@@ -174,7 +175,7 @@ class Relay:
             )
         else:
             COUNT_UPSTREAM_ERROR.hit(request)
-            _failures.warning(
+            self._failures.warning(
                 "error",
                 "upstream %s failed (%s); answering 502",
                 self._upstream_name,
@@ -282,6 +283,7 @@ class Relay:
                 head,
                 connect_timeout=self._connect_timeout,
                 read_timeout=self._read_timeout,
+                tls=self._upstream.tls,
             )
         except UpstreamError as exc:
             self.failed(request, conn, exc)

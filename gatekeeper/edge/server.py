@@ -34,6 +34,7 @@ from gatekeeper.edge.http.server import HttpServer
 from gatekeeper.edge.keycache import KeyCache
 from gatekeeper.edge.ops import create_ops_app
 from gatekeeper.edge.upstream.pool import UpstreamPool
+from gatekeeper.edge.upstream.tls import upstream_tls
 from gatekeeper.listening import listen_error
 from gatekeeper.settings import Settings, SettingsError
 from gatekeeper.store.clients import open_pg_pool, open_redis
@@ -63,6 +64,9 @@ class EdgeServer:
         if not settings.database_url or not settings.redis_url or not settings.upstream:
             raise SettingsError("the proxy needs database_url, redis_url and upstream")
         self.settings = settings
+        # Made here, before any store is opened: a CA or client certificate file that cannot
+        # be used stops the start with one line (TlsFileError), and every connection shares it.
+        self._upstream_tls = upstream_tls(settings)
         self._serve_ops = serve_ops
         self._reuse_port = reuse_port
         self._recorder_socket = recorder_socket
@@ -138,6 +142,12 @@ class EdgeServer:
             self.proxy_port,
             s.upstream,
         )
+        if self._upstream_tls is not None and not s.upstream_tls_verify:
+            _log.warning(
+                "upstream: TLS certificate verification is OFF (upstream_tls_verify = false), for"
+                " testing only: anyone on the path to %s can impersonate it",
+                s.upstream,
+            )
 
     async def _activity_sink(self, stack: contextlib.AsyncExitStack) -> BatchSink:
         if self._recorder_socket is not None:
@@ -186,11 +196,12 @@ class EdgeServer:
         upstream = urlsplit(s.upstream)
         self.upstream = UpstreamPool(
             upstream.hostname or "127.0.0.1",
-            upstream.port or 80,
+            upstream.port or (443 if self._upstream_tls is not None else 80),
             max_connections=s.upstream_pool_size,
             connect_timeout=s.upstream_connect_timeout,
             read_timeout=s.upstream_read_timeout,
             idle_timeout=s.upstream_keepalive_timeout,
+            tls=self._upstream_tls,
         )
         self.access_log = None if s.access_log == "off" else AccessLog()
         self.handler = EdgeHandler(

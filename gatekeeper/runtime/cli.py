@@ -29,6 +29,7 @@ from gatekeeper.runtime.loop import run
 from gatekeeper.runtime.up import Service
 from gatekeeper.settings import ENV_PREFIX, Settings, SettingsError
 from gatekeeper.store.clients import StoreUnavailable
+from gatekeeper.tls import TlsFileError
 
 __all__ = ["main"]
 
@@ -370,14 +371,15 @@ def main(argv: list[str] | None = None) -> int:
             )
         else:
             run(commands[args.command](settings))  # type: ignore[arg-type]
-    except SettingsError as exc:
-        print(f"gatekeeper: {exc}", file=sys.stderr)
-        return 2
-    except (ListenError, StoreUnavailable) as exc:
+    except (ListenError, StoreUnavailable, TlsFileError) as exc:
         # One line, no traceback: the port or the store, and the reason, are all an operator
         # needs, and every service has already unwound what it had started.
         print(f"gatekeeper: {exc}", file=sys.stderr)
         return 1
+    except SettingsError as exc:
+        # After TlsFileError, which is one: a value no run can use is a usage error.
+        print(f"gatekeeper: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     return 0

@@ -30,6 +30,7 @@ from gatekeeper import __version__
 from gatekeeper.build_info import describe as describe_build
 from gatekeeper.edge import metrics
 from gatekeeper.edge.ops import create_ops_app
+from gatekeeper.edge.upstream.tls import upstream_tls
 from gatekeeper.hangup import on_hangup
 from gatekeeper.listening import CANNOT_LISTEN, check_port, listen_error
 from gatekeeper.runtime.embedded import free_port
@@ -112,7 +113,9 @@ class Supervisor:
         # Before any fork: a worker that cannot bind only exits, and the supervisor would
         # replace it forever; the probe makes a taken port a prompt error instead.
         check_port(s.host, s.proxy_port)
-        server_context(s)  # unreadable TLS files: one line now, not N workers failing later
+        # Unreadable TLS files (listener or upstream): one line now, not N workers failing later.
+        server_context(s)
+        upstream_tls(s)
         async with contextlib.AsyncExitStack() as stack:
             self._dir = Path(tempfile.mkdtemp(prefix="gatekeeper-metrics-"))
             stack.callback(shutil.rmtree, self._dir, ignore_errors=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterator
 
@@ -22,6 +23,7 @@ from gatekeeper.edge.upstream.connection import (
     UpstreamResponse,
     UpstreamTimeout,
 )
+from gatekeeper.edge.upstream.tls import UpstreamTls
 
 __all__ = [
     "UpstreamConnectError",
@@ -35,7 +37,8 @@ _log = logging.getLogger(__name__)
 
 
 class UpstreamPool:
-    """Keep-alive connections to one ``host:port``, at most ``max_connections`` at once."""
+    """Keep-alive connections to one ``host:port``, at most ``max_connections`` at once; over
+    TLS when ``tls`` is given (an ``https://`` upstream), every connection with its context."""
 
     def __init__(
         self,
@@ -46,8 +49,16 @@ class UpstreamPool:
         connect_timeout: float,
         read_timeout: float,
         idle_timeout: float = 60.0,
+        tls: UpstreamTls | None = None,
     ) -> None:
         self.host = host
+        self.tls = tls
+        # The Host header's value: the port only when it is not the scheme's default, an IPv6
+        # address in brackets (RFC 9110 §7.2, RFC 3986 §3.2.2).
+        name = f"[{host}]" if ":" in host else host
+        self.authority = name if port == (443 if tls is not None else 80) else f"{name}:{port}"
+        self._ssl: ssl.SSLContext | None = tls.context if tls is not None else None
+        self._server_name: str | None = tls.server_name if tls is not None else None
         # An idle keep-alive connection unused this long is closed (nginx's upstream
         # keepalive_timeout, 60 s): a concurrency peak's connections are not held for good.
         self._idle_timeout = idle_timeout
@@ -118,7 +129,11 @@ class UpstreamPool:
         try:
             async with asyncio.timeout(self._connect_timeout):
                 _, protocol = await loop.create_connection(
-                    lambda: UpstreamConnection(self), self.host, self.port
+                    lambda: UpstreamConnection(self),
+                    self.host,
+                    self.port,
+                    ssl=self._ssl,
+                    server_hostname=self._server_name,
                 )
         except TimeoutError as timeout:  # not "exc" again: mypyc gives both clauses one type
             self._open -= 1
@@ -127,6 +142,8 @@ class UpstreamPool:
         except OSError as exc:
             self._open -= 1
             self._hand_over(None)
+            if isinstance(exc, ssl.SSLError) and self.tls is not None:
+                self.tls.handshake_failed(exc, self.host, self.port)
             raise UpstreamConnectError(f"cannot connect to upstream: {exc}") from exc
         self._all.add(protocol)
         return protocol

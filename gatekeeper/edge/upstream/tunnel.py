@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,6 +19,7 @@ import httptools
 
 from gatekeeper.edge.http.server import ClientConnection
 from gatekeeper.edge.upstream.connection import UpstreamConnectError, UpstreamError, UpstreamTimeout
+from gatekeeper.edge.upstream.tls import UpstreamTls
 from gatekeeper.types import DeviceKey
 
 __all__ = ["OpenTunnels", "Refused", "Switched", "open_websocket", "splice"]
@@ -91,15 +93,29 @@ class _Answer:
 
 
 async def open_websocket(
-    host: str, port: int, head: bytes, *, connect_timeout: float, read_timeout: float
+    host: str,
+    port: int,
+    head: bytes,
+    *,
+    connect_timeout: float,
+    read_timeout: float,
+    tls: UpstreamTls | None = None,
 ) -> Switched | Refused:
-    """Send the upgrade request ``head`` on a new connection and read the answer."""
+    """Send the upgrade request ``head`` on a new connection (TLS with the pool's context for
+    an ``https://`` upstream) and read the answer."""
     try:
         async with asyncio.timeout(connect_timeout):
-            reader, writer = await asyncio.open_connection(host, port)
+            reader, writer = await asyncio.open_connection(
+                host,
+                port,
+                ssl=tls.context if tls is not None else None,
+                server_hostname=tls.server_name if tls is not None else None,
+            )
     except TimeoutError as exc:
         raise UpstreamTimeout("upstream connect timed out") from exc
     except OSError as exc:
+        if isinstance(exc, ssl.SSLError) and tls is not None:
+            tls.handshake_failed(exc, host, port)
         raise UpstreamConnectError(f"cannot connect to upstream: {exc}") from exc
     try:
         writer.write(head)
