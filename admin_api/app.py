@@ -9,7 +9,7 @@ import asyncpg
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from admin_api import connections, devices, explorer, listing, openapi, ops, tokens
+from admin_api import bulk, connections, devices, explorer, listing, openapi, ops, tokens
 from admin_api.audit import list_audit
 from admin_api.auth import VERIFIER, TokenVerifier
 from admin_api.console import setup_console
@@ -44,6 +44,9 @@ def _routes() -> list[web.RouteDef]:
     return [
         web.get("/api/{tenantId}/devices", listing.list_devices),
         web.post("/api/{tenantId}/devices", devices.create_device),
+        web.post("/api/{tenantId}/devices/bulk-block", bulk.bulk_block),
+        web.post("/api/{tenantId}/devices/bulk-unblock", bulk.bulk_unblock),
+        web.post("/api/{tenantId}/devices/bulk-delete", bulk.bulk_delete),
         web.get(_DEV, devices.get_device),
         web.put(_DEV, devices.update_device),
         web.delete(_DEV, devices.delete_device),

@@ -1,4 +1,4 @@
-"""The device list: search, blocked filter, keyset pagination, JSON or streamed CSV.
+"""The device list: the filters of :mod:`admin_api.filters`, keyset pagination, JSON or CSV.
 
 Order (deterministic, documented in docs/decisions.md): ``lastActivityAt`` descending, devices
 never active (NULL) last, ties broken by ``deviceId`` descending. The cursor is the last row's
@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
@@ -22,7 +21,7 @@ from aiohttp import web
 
 from admin_api.auth import DEVICE_READ, authorize
 from admin_api.context import PG_POOL
-from admin_api.errors import FieldError, bad_request
+from admin_api.filters import FILTER_QUERY_NAMES, DeviceFilter, from_query, where_clause
 from admin_api.paging import next_link
 from admin_api.serialize import (
     DEVICE_FIELDS,
@@ -32,7 +31,7 @@ from admin_api.serialize import (
     from_micros,
     micros,
 )
-from admin_api.validation import MAX_LIMIT, check_query, cursor_param, parse_limit, text_param
+from admin_api.validation import MAX_LIMIT, check_query, cursor_param, parse_limit
 
 __all__ = [
     "ORDER",
@@ -45,9 +44,6 @@ __all__ = [
     "where_clause",
 ]
 
-# Blocked state and the sort key are read from the activity row (copies kept by trigger, 0004),
-# so that a page is a range scan of one of its order indexes.
-_BLOCKED_FILTERS: Final = {"all": "", "hide": " AND NOT a.is_blocked", "only": " AND a.is_blocked"}
 _CSV_BATCH: Final = MAX_LIMIT
 # Exactly the order of the device_activity_by_activity index (0004), so pages are index range
 # scans. Never-active devices (NULL) sort as -infinity: last, and still reachable by a row
@@ -67,27 +63,8 @@ SELECT_DEVICES: Final = (
 _FORMULA_START: Final = ("=", "+", "-", "@", "\t", "\r")
 
 
-@dataclass(frozen=True, slots=True)
-class DeviceQuery:
-    tenant_id: str
-    q: str | None = None
-    blocked: str = "all"
-
-
-def _like_pattern(q: str) -> str:
-    escaped = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
-
-
-def where_clause(query: DeviceQuery, args: list[Any]) -> str:
-    """The list's WHERE clause for ``query``, appending its parameters to ``args``."""
-    where = "a.tenant_id = $1" + _BLOCKED_FILTERS[query.blocked]
-    if query.q:
-        args.append(_like_pattern(query.q))
-        n = len(args)
-        # On the devices row: its trigram indexes answer a selective term.
-        where += f" AND (d.name ILIKE ${n} OR d.device_id ILIKE ${n})"
-    return where
+# The list's query and its SQL live in admin_api.filters, shared with the bulk operations.
+DeviceQuery = DeviceFilter
 
 
 async def fetch_page(
@@ -130,16 +107,6 @@ def _after(request: web.Request) -> tuple[datetime | None, str] | None:
     return (None if at_micros is None else from_micros(at_micros)), device_id
 
 
-def _query(request: web.Request, tenant_id: str) -> DeviceQuery:
-    blocked = request.query.get("blocked", "all")
-    if blocked not in _BLOCKED_FILTERS:
-        raise bad_request(
-            "Invalid query parameters",
-            [FieldError(field="query.blocked", message="must be one of: all, hide, only")],
-        )
-    return DeviceQuery(tenant_id, text_param(request, "q") or None, blocked)
-
-
 def _wants_csv(request: web.Request) -> bool:
     """CSV when the client ranks text/csv above application/json (JSON by default)."""
     best: tuple[float, str] = (0.0, "application/json")
@@ -162,8 +129,8 @@ def _wants_csv(request: web.Request) -> bool:
 
 async def list_devices(request: web.Request) -> web.StreamResponse:
     principal = await authorize(request, DEVICE_READ)
-    check_query(request, ("q", "blocked", "limit", "cursor"))
-    query = _query(request, principal.tenant_id)
+    check_query(request, (*FILTER_QUERY_NAMES, "limit", "cursor"))
+    query = from_query(request, principal.tenant_id)
     after = _after(request)
     limit = parse_limit(request)
     pool = request.app[PG_POOL]

@@ -12,6 +12,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
+from admin_api.bulk import BULK_REQUEST, BULK_RESULT
 from admin_api.operations import OPERATIONS, PARAMETERS, Operation
 from admin_api.schemas import REQUEST_SCHEMAS, RESPONSE_SCHEMAS
 
@@ -45,6 +46,8 @@ _EXTRA_SCHEMAS: Final[dict[str, Any]] = {
         "properties": {"status": {"type": "string"}, "checks": {"type": "object"}},
     },
     "OpenApiDocument": {"type": "object"},
+    "BulkRequest": BULK_REQUEST,
+    "BulkResult": BULK_RESULT,
     # The shape of every /readyz (gatekeeper/readiness.py), 200 and 503 alike.
     "Readiness": {
         "type": "object",

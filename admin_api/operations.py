@@ -11,6 +11,7 @@ from typing import Any, Final
 
 from admin_api.auth import DEVICE_READ, DEVICE_WRITE, TOKEN_READ, TOKEN_WRITE
 from admin_api.explorer import ASSETS
+from admin_api.filters import FILTER_PARAMETERS, FILTER_QUERY_NAMES
 from admin_api.schemas import API_KEY, CURSOR, SEARCH_TEXT, TIMESTAMP_PARAM
 from admin_api.validation import DEFAULT_LIMIT, MAX_LIMIT
 from gatekeeper.domain.identity import DEVICE_ID_PATTERN, TENANT_ID_PATTERN
@@ -50,7 +51,7 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
         "the whole list, or one page when `limit` is given.",
         "devices",
         DEVICE_READ,
-        ("tenantId", "q", "blocked", "limit", "cursor"),
+        ("tenantId", *FILTER_QUERY_NAMES, "limit", "cursor"),
         result="DeviceList",
         other_media=("text/csv",),
         errors=(400,),
@@ -68,6 +69,25 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
         result="Device",
         errors=(*_BODY_ERRORS, 409),
         headers={"Location": "URL of the new device"},
+    ),
+    *(
+        Operation(
+            "post",
+            f"/api/{{tenantId}}/devices/bulk-{action}",
+            f"{summary} every device the filter matches; `dryRun` only counts. Answers how many"
+            " matched and how many changed",
+            "devices",
+            DEVICE_WRITE,
+            ("tenantId",),
+            body="BulkRequest",
+            result="BulkResult",
+            errors=_BODY_ERRORS,
+        )
+        for action, summary in (
+            ("block", "Block (one transaction, one announcement to the edge)"),
+            ("unblock", "Unblock"),
+            ("delete", "Delete (blocked devices never; their keys revoked)"),
+        )
     ),
     Operation(
         "get",
@@ -267,6 +287,7 @@ PARAMETERS: Final[dict[str, dict[str, Any]]] = {
     "action": {"in": "query", "schema": SEARCH_TEXT, "description": "For example device.block"},
     "since": {"in": "query", "schema": TIMESTAMP_PARAM, "description": "At or after"},
     "until": {"in": "query", "schema": TIMESTAMP_PARAM, "description": "Before"},
+    **FILTER_PARAMETERS,
     "X-Api-Key": {
         "in": "header",
         "required": True,

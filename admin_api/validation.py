@@ -98,6 +98,7 @@ def _message(error: ValidationError) -> str:
         "minimum": f"must be at least {value}",
         "maximum": f"must be at most {value}",
         "minProperties": "must name at least one field",
+        "maxItems": f"must have at most {value} items",
     }
     return messages.get(str(keyword)) or f"fails the '{keyword}' rule"
 

@@ -29,7 +29,8 @@ from aiohttp import web
 
 from admin_api.app import create_app
 from admin_api.auth import DEVICE_READ
-from admin_api.listing import ORDER, SELECT_DEVICES, DeviceQuery, page_cursor, where_clause
+from admin_api.filters import where_clause
+from admin_api.listing import ORDER, SELECT_DEVICES, DeviceQuery, page_cursor
 from gatekeeper.runtime.admin_tokens import mint_token
 from gatekeeper.runtime.embedded import EmbeddedPostgres, EmbeddedRedis
 from gatekeeper.settings import Settings

@@ -7,7 +7,10 @@ Layout (all keys under ``gk:``):
   device id may contain a space, so the member splits unambiguously);
 - ``gk:keys``: hash from a key's hex digest to
   ``"<tenant> <kind> <device or -> <expires epoch or ->"``;
-- ``gk:events``: pub/sub channel; each message is one :class:`EdgeEvent` encoded by :func:`encode`.
+- ``gk:events``: pub/sub channel; each message is one :class:`EdgeEvent` encoded by :func:`encode`;
+- ``gk:batch:<id>``: a list of encoded events announced together by one ``batch <key>`` event (a
+  bulk change: one message on the channel however many devices it touches); it expires after
+  :data:`BATCH_TTL_SECONDS`, and a reader that finds it gone reloads in full.
 
 Postgres is the truth; this module only mirrors it. Writers (the store) change the set and then
 publish; readers (the proxy's mirror) subscribe first, then load, so no change falls between.
@@ -21,6 +24,8 @@ from typing import Literal
 from gatekeeper.types import DeviceKey
 
 __all__ = [
+    "BATCH_PREFIX",
+    "BATCH_TTL_SECONDS",
     "BLOCKED_SET",
     "CHANNEL",
     "DISABLED_SET",
@@ -37,9 +42,15 @@ BLOCKED_SET = "gk:blocked"
 DISABLED_SET = "gk:disabled"
 KEYS_HASH = "gk:keys"
 CHANNEL = "gk:events"
+BATCH_PREFIX = "gk:batch:"
+# Far longer than any subscriber takes to read a batch it was told of; a subscriber that missed
+# the announcement reloads in full on reconnect anyway.
+BATCH_TTL_SECONDS = 600
 
-EventKind = Literal["block", "unblock", "disable", "enable", "revoke", "resync"]
-_KINDS: frozenset[str] = frozenset({"block", "unblock", "disable", "enable", "revoke", "resync"})
+EventKind = Literal["block", "unblock", "disable", "enable", "revoke", "resync", "batch"]
+_KINDS: frozenset[str] = frozenset(
+    {"block", "unblock", "disable", "enable", "revoke", "resync", "batch"}
+)
 
 
 def member(tenant_id: str, device_id: str) -> str:

@@ -57,6 +57,8 @@ DISABLED = "disabled"
 PING_INTERVAL_SECONDS = 1.0
 PING_TIMEOUT_SECONDS = 2.0
 _PING_TOKEN = "gatekeeper-mirror"
+# Events of a batch read per round trip: ~5 ms of applying between two reads.
+_BATCH_CHUNK = 10_000
 
 
 class SubscriptionLost(RedisConnectionError):
@@ -169,19 +171,48 @@ class BlocklistMirror:
         metrics.STORE_UP.labels("redis").set(1)
 
     def apply(self, event: EdgeEvent) -> None:
+        if self._apply(event):
+            self._notify()
+        metrics.BLOCKED_DEVICES.set(len(self._blocked))
+        self.changed.set()
+
+    def _apply(self, event: EdgeEvent) -> bool:
+        """Apply one change; True when it may have made a device denied (watchers to call)."""
         kind = event.kind
         if kind == "block":
             self._blocked.add(_key(event.subject))
-            self._notify()
-        elif kind == "unblock":
+            return True
+        if kind == "unblock":
             self._blocked.discard(_key(event.subject))
         elif kind == "disable":
             self._disabled.add(_key(event.subject))
-            self._notify()
+            return True
         elif kind == "enable":
             self._disabled.discard(_key(event.subject))
         elif kind == "revoke" and self._on_key_event is not None:
             self._on_key_event(event)
+        return False
+
+    async def _apply_batch(self, key: str) -> None:
+        """Apply the events listed under ``key`` (a bulk change announced once), a chunk at a
+        time so that requests are served between chunks; watchers are told once, at the end.
+        A batch already expired means this mirror is far behind: reload in full."""
+        denied, start = False, 0
+        while True:
+            chunk = await self._redis.lrange(key, start, start + _BATCH_CHUNK - 1)
+            _raise_lost_cancellation()
+            if not chunk and start == 0:
+                await self._load()
+                return
+            for raw in chunk:
+                event = edgeview.decode(raw if isinstance(raw, str) else raw.decode())
+                if event is not None:
+                    denied = self._apply(event) or denied
+            if len(chunk) < _BATCH_CHUNK:
+                break
+            start += _BATCH_CHUNK
+        if denied:
+            self._notify()
         metrics.BLOCKED_DEVICES.set(len(self._blocked))
         self.changed.set()
 
@@ -289,6 +320,8 @@ class BlocklistMirror:
                 event = edgeview.decode(message["data"])
                 if event is not None and event.kind == "resync":
                     await self._load()
+                elif event is not None and event.kind == "batch":
+                    await self._apply_batch(event.subject)
                 elif event is not None:
                     self.apply(event)
             if clock.monotonic() >= next_resync:

@@ -1,0 +1,75 @@
+"""Many changes of the edge view announced as one: the Redis half of a bulk operation.
+
+A single block is one ``SADD`` and one ``PUBLISH`` (:mod:`gatekeeper.store.edge_writes`); a bulk
+block of 100,000 devices done that way is 100,000 messages to every subscriber. Here the changes
+are written in pipelined chunks, each chunk a MULTI/EXEC that changes the view *and* appends the
+chunk's events to a batch list (``gk:batch:<id>``); then one ``batch <key>`` event is published,
+and every mirror reads the list and applies it (:mod:`gatekeeper.edge.blocklist`). The chunks
+keep each Redis command small, so Redis never stalls its other clients on one huge command.
+
+Postgres has committed before any of this runs (the caller's job); a Redis failure raises
+:class:`~gatekeeper.store.edge_writes.EdgeSyncError`, and the reconcile repairs the view.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Final
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from gatekeeper.domain import edgeview
+from gatekeeper.domain.edgeview import EdgeEvent
+from gatekeeper.store.edge_writes import EdgeSyncError
+
+__all__ = ["CHUNK", "write_batch"]
+
+# Events per MULTI/EXEC: a few hundred kilobytes, a few milliseconds of Redis time.
+CHUNK: Final = 5_000
+
+
+def _stage(pipe: aioredis.client.Pipeline, events: Sequence[EdgeEvent]) -> None:
+    """The view changes of ``events``, grouped per command (a batch never holds two events for
+    one subject, so the grouping cannot reorder anything that matters)."""
+    sets: dict[tuple[str, bool], list[str]] = {}
+    revoked: list[str] = []
+    for event in events:
+        if event.kind == "revoke":
+            revoked.append(event.subject)
+        elif event.kind in ("block", "unblock"):
+            sets.setdefault((edgeview.BLOCKED_SET, event.kind == "block"), []).append(event.subject)
+        elif event.kind in ("disable", "enable"):
+            target = (edgeview.DISABLED_SET, event.kind == "disable")
+            sets.setdefault(target, []).append(event.subject)
+        else:
+            raise ValueError(f"a batch cannot carry a {event.kind!r} event")
+    for (name, add), members in sets.items():
+        (pipe.sadd if add else pipe.srem)(name, *members)
+    if revoked:
+        pipe.hdel(edgeview.KEYS_HASH, *revoked)
+
+
+async def write_batch(redis: aioredis.Redis, events: Sequence[EdgeEvent]) -> int:
+    """Apply ``events`` to the edge view and announce them with one message; the number of
+    chunks written. Nothing is published for no events."""
+    if not events:
+        return 0
+    key = f"{edgeview.BATCH_PREFIX}{uuid.uuid4().hex}"
+    chunks = 0
+    try:
+        for start in range(0, len(events), CHUNK):
+            chunk = events[start : start + CHUNK]
+            async with redis.pipeline(transaction=True) as pipe:
+                _stage(pipe, chunk)
+                pipe.rpush(key, *(edgeview.encode(e) for e in chunk))
+                # Set with every chunk: a writer that dies half-way leaves nothing behind for long.
+                pipe.expire(key, edgeview.BATCH_TTL_SECONDS)
+                await pipe.execute()
+            chunks += 1
+        # Only now: a mirror that reads the batch finds it whole.
+        await redis.publish(edgeview.CHANNEL, edgeview.encode(EdgeEvent("batch", key)))
+    except (RedisError, OSError) as exc:
+        raise EdgeSyncError(str(exc)) from exc
+    return chunks
