@@ -38,6 +38,9 @@ ROUTES: list[tuple[str, str, str]] = [
     ("GET", "/tokens", TOKEN_READ),
     ("DELETE", "/tokens/00000000-0000-0000-0000-000000000000", TOKEN_WRITE),
     ("GET", "/audit", DEVICE_READ),
+    ("POST", "/devices/bulk-block", DEVICE_WRITE),
+    ("POST", "/devices/bulk-unblock", DEVICE_WRITE),
+    ("POST", "/devices/bulk-delete", DEVICE_WRITE),
 ]
 BODIES: dict[tuple[str, str], Any] = {
     ("POST", "/devices"): {
@@ -47,6 +50,10 @@ BODIES: dict[tuple[str, str], Any] = {
     },
     ("PUT", "/devices/dev"): {"name": "renamed"},
     ("POST", "/tokens"): {"name": "ci"},
+    **{
+        ("POST", f"/devices/bulk-{action}"): {"filter": {"deviceIds": ["dev"]}}
+        for action in ("block", "unblock", "delete")
+    },
 }
 
 
