@@ -69,9 +69,9 @@ async def _denied_everywhere(
     session: aiohttp.ClientSession, procs: list[ProxyProcess], tenant: str, ids: list[str]
 ) -> bool:
     async def status(proc: ProxyProcess, device_id: str) -> int:
-        async with session.get(
-            f"{proc.base}/api/{tenant}/things", headers={"X-Device-Id": device_id}
-        ) as response:
+        # The version the filter names: the sample's own requests must not move it out.
+        headers = {"X-Device-Id": device_id, "X-App-Version": "recall"}
+        async with session.get(f"{proc.base}/api/{tenant}/things", headers=headers) as response:
             await response.read()
             return response.status
 
