@@ -4,7 +4,9 @@ The proxy asks :meth:`BlocklistMirror.denial` once per request: two set look-ups
 background task (:meth:`BlocklistMirror.run`) keeps the sets fresh: it subscribes to the change
 channel *first*, then loads both sets with SSCAN, then applies each message as it arrives; every
 ``resync_seconds`` and after every reconnect it reloads in full. While Redis is unreachable the
-last loaded sets keep serving and the mirror reports itself stale.
+last loaded sets keep serving and the mirror reports itself stale. A ``batch`` event (a bulk
+change, :mod:`gatekeeper.store.edge_batch`) names a Redis list of events: the task reads and
+applies it in chunks before it reads the next message, so the order of changes is kept.
 
 A quiet subscription proves nothing: a hung Redis (or a partition) keeps the socket open and
 simply says nothing. So the task PINGs on the subscription connection every ``ping_interval``
