@@ -74,7 +74,13 @@ FILTER_SCHEMA: Final[dict[str, Any]] = {
     "description": "Devices that meet every criterion given. At least one is required: to "
     'mean every device of the tenant, say so with `"blocked": "all"`.',
     "properties": {
-        "q": {**SEARCH_TEXT, "description": "Case-insensitive substring of name or deviceId"},
+        # Not empty: "" would be no criterion at all, and the filter would silently mean every
+        # device of the tenant.
+        "q": {
+            **SEARCH_TEXT,
+            "minLength": 1,
+            "description": "Case-insensitive substring of name or deviceId",
+        },
         "blocked": {"type": "string", "enum": list(BLOCKED_CHOICES)},
         **{name: _ATTRIBUTE_SCHEMA for name in _ATTRIBUTES},
         "lastActiveBefore": {**_MOMENT, "description": "Last active before (exclusive)"},

@@ -192,6 +192,7 @@ async def test_device_ids_up_to_the_cap_are_accepted_beyond_it_422(api: Api) -> 
     [
         ({}, {"filter"}),
         ({"filter": {}}, {"filter"}),
+        ({"filter": {"q": ""}}, {"filter.q"}),
         ({"filter": {"colour": "red"}}, {"filter.colour"}),
         ({"filter": {"blocked": "some"}}, {"filter.blocked"}),
         ({"filter": {"os": 7}}, {"filter.os"}),
