@@ -6,6 +6,8 @@ makes it reload in full rather than miss the change."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -122,3 +124,29 @@ async def test_a_batch_that_expired_makes_the_mirror_reload_in_full(
 
     assert await eventually(denied, timeout=2.0)
     await redis_client.srem(edgeview.BLOCKED_SET, member)
+
+
+def test_the_bulk_benchmark_runs_and_meets_its_target(stores: Stores) -> None:
+    """The harness scenario of docs/performance.md, small: it must run, and say OK."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.bulk_block",
+            "--devices",
+            "2000",
+            "--rounds",
+            "1",
+            "--database-url",
+            stores.pg_url,
+            "--redis-url",
+            stores.redis_url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "(target <= 1 s): OK" in done.stdout
+    assert "bulk-block: 2000 matched, 2000 changed" in done.stderr
