@@ -150,3 +150,41 @@ def test_the_bulk_benchmark_runs_and_meets_its_target(stores: Stores) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "(target <= 1 s): OK" in done.stdout
     assert "bulk-block: 2000 matched, 2000 changed" in done.stderr
+
+
+async def test_a_bulk_block_is_one_message_on_the_channel(
+    api: Api, pg_pool: asyncpg.Pool, redis_client: aioredis.Redis, edge_factory: EdgeFactory
+) -> None:
+    """More devices than one chunk of the writer and of the reader, still one announcement; the
+    mirror applies all of them and tells its watchers once."""
+    count = 12_345
+    await seed(pg_pool, api.tenant, count)
+    edge = await edge_factory()
+    told: list[int] = []
+    edge.mirror.watch(lambda: told.append(1))
+    pubsub = redis_client.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(edgeview.CHANNEL)
+    try:
+        body = {"filter": {"applicationVersion": "recall"}}
+        response = await api.call("POST", api.path("/devices/bulk-block"), json=body)
+        assert (await response.json()) == {"matched": count, "changed": count}
+        messages = []
+        quiet_until = time.monotonic() + 0.5  # everything published is in by then
+        while time.monotonic() < quiet_until:
+            message = await pubsub.get_message(timeout=0.1)
+            if message is not None:  # None also stands for the skipped subscribe confirmation
+                messages.append(message["data"])
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+    [announcement] = messages
+    event = edgeview.decode(announcement)
+    assert event is not None and event.kind == "batch"
+    assert await redis_client.llen(event.subject) == count
+
+    async def all_denied() -> bool:
+        return all(
+            edge.mirror.denial((api.tenant, f"bulk-{i:06d}")) is not None for i in range(count)
+        )
+
+    assert await eventually(all_denied, timeout=2.0)
+    assert told == [1]
