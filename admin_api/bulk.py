@@ -25,6 +25,7 @@ from typing import Any, Final, Literal
 
 import asyncpg
 from aiohttp import web
+from asyncpg.pool import PoolConnectionProxy
 
 from admin_api import audit
 from admin_api.auth import DEVICE_WRITE, authorize
@@ -112,6 +113,17 @@ async def _count(pool: asyncpg.Pool, action: Action, query: DeviceFilter) -> tup
     return int(row[0]), int(row[1])
 
 
+async def _lock_activity(conn: PoolConnectionProxy[Any], tenant_id: str, ids: list[str]) -> None:
+    """Lock the activity rows of ``ids`` in key order, the order the activity flush locks them:
+    the trigger that follows (block copy, delete) would otherwise take them in plan order."""
+    await conn.execute(
+        "SELECT 1 FROM device_activity WHERE tenant_id = $1 AND device_id = ANY($2::text[])"
+        " ORDER BY device_id FOR UPDATE",
+        tenant_id,
+        ids,
+    )
+
+
 async def _set_blocked(
     pool: asyncpg.Pool, query: DeviceFilter, blocked: bool, reason: str | None
 ) -> tuple[int, list[str]]:
@@ -132,12 +144,7 @@ async def _set_blocked(
         )
         ids = [r[0] for r in rows if r[1] != blocked]
         if ids:
-            await conn.execute(
-                "SELECT 1 FROM device_activity WHERE tenant_id = $1 AND device_id = ANY($2::text[])"
-                " ORDER BY device_id FOR UPDATE",
-                query.tenant_id,
-                ids,
-            )
+            await _lock_activity(conn, query.tenant_id, ids)
             await conn.execute(
                 """
                 UPDATE devices SET
@@ -182,6 +189,7 @@ async def _delete_batch(
             tenant,
             ids,
         )
+        await _lock_activity(conn, tenant, ids)
         await conn.execute(
             "DELETE FROM devices WHERE tenant_id = $1 AND device_id = ANY($2::text[])", tenant, ids
         )

@@ -47,7 +47,8 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
         "get",
         "/api/{tenantId}/devices",
         "List devices (most recently active first; "
-        "never-active last; ties by deviceId descending). `Accept: text/csv` streams CSV: "
+        "never-active last; ties by deviceId descending), filtered by every criterion given "
+        "(the bulk routes' filter, but deviceIds). `Accept: text/csv` streams CSV: "
         "the whole list, or one page when `limit` is given.",
         "devices",
         DEVICE_READ,
