@@ -59,7 +59,7 @@ DISABLED = "disabled"
 PING_INTERVAL_SECONDS = 1.0
 PING_TIMEOUT_SECONDS = 2.0
 _PING_TOKEN = "gatekeeper-mirror"
-# Events of a batch read per round trip: ~5 ms of applying between two reads.
+# Events of a batch read per round trip: bounds how long the loop applies before serving again.
 _BATCH_CHUNK = 10_000
 
 
