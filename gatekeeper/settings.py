@@ -237,8 +237,9 @@ class Settings:
             raise SettingsError("activity_buffer_max_devices must be >= flush_max_devices")
 
     def _check_rate_limit(self) -> None:
-        if self.device_rate_limit_per_second < 0 or self.device_rate_limit_burst < 0:
-            raise SettingsError("device_rate_limit_per_second and _burst must be >= 0")
+        for name in ("device_rate_limit_per_second", "device_rate_limit_burst"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{name} must be >= 0 (0: off), got {getattr(self, name)}")
         if self.device_rate_limit_max_devices <= 0:
             raise SettingsError("device_rate_limit_max_devices must be positive")
         if not isinstance(self.device_rate_limit_tenants, dict):

@@ -92,7 +92,7 @@ class DeviceRateLimiter:
         full_at = buckets.get(key)
         if full_at is None:
             if len(buckets) >= self._max or now >= self._next_sweep:
-                self._sweep(now)
+                buckets = self._sweep(now)
             full_at = now
         elif full_at < now:
             full_at = now
@@ -102,7 +102,7 @@ class DeviceRateLimiter:
         buckets[key] = spent
         return 0.0
 
-    def _sweep(self, now: float) -> None:
+    def _sweep(self, now: float) -> dict[DeviceKey, float]:
         """Drops the full buckets; at the cap, if that frees too little, forgets the oldest until
         an eighth of the cap is free, so the next sweep is at least that many new devices away
         (a sweep walks every bucket: amortised, it costs at most eight steps per new device)."""
@@ -117,6 +117,7 @@ class DeviceRateLimiter:
             for key in list(kept)[:excess]:
                 del kept[key]
         self._buckets = kept
+        return kept
 
 
 def retry_after(seconds: float) -> int:
