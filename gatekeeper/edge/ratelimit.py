@@ -16,6 +16,7 @@ over the workers, so a device's requests are too (docs/decisions.md, "Per-device
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Mapping
 
 from gatekeeper.settings import Settings
@@ -70,7 +71,10 @@ class DeviceRateLimiter:
         self._default = default
         self._tenants = dict(tenants)
         self._max = max_devices
-        self._now: Callable[[], float] = clock.monotonic
+        # The real clock's own function, not SystemClock's method: one call less per request.
+        self._now: Callable[[], float] = (
+            time.monotonic if clock is SYSTEM_CLOCK else clock.monotonic
+        )
         self._buckets: dict[DeviceKey, float] = {}
         self._next_sweep = self._now() + _SWEEP_SECONDS
         self.forgotten = 0  # buckets dropped while still in use (the cap is too small)
