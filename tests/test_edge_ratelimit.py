@@ -15,6 +15,7 @@ from conftest import EdgeFactory, Stores, edge_settings
 from edgerig import eventually, metric_value
 from test_recorder_process import metrics_text, sample
 
+from gatekeeper import logs
 from gatekeeper.edge.server import EdgeServer
 from gatekeeper.runtime.supervisor import Supervisor
 from gatekeeper.store import edge_writes as store
@@ -51,10 +52,16 @@ async def _limited(session: aiohttp.ClientSession, edge: EdgeServer) -> float:
 
 
 async def test_the_request_after_the_burst_is_429_with_retry_after(
-    edge_factory: EdgeFactory, session: aiohttp.ClientSession, tenant: str
+    edge_factory: EdgeFactory,
+    session: aiohttp.ClientSession,
+    tenant: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
+    monkeypatch.setattr(logs, "_current", ("json", "worker"))  # access lines as JSON
     # A token every 4 s: nothing refills while the test runs.
     edge = await edge_factory(device_rate_limit_per_second=0.25, device_rate_limit_burst=3)
+    capfd.readouterr()
     before = await _limited(session, edge)
     assert await _statuses(session, edge.proxy_port, tenant, "dev-1", 3) == [200] * 3
     async with session.get(
@@ -67,6 +74,12 @@ async def test_the_request_after_the_burst_is_429_with_retry_after(
         assert retry.isdigit() and 1 <= int(retry) <= 4
     assert body["status"] == 429 and body["title"] == "Too many requests"
     assert await _limited(session, edge) == before + 1
+    # The sampled access log writes every refusal.
+    assert edge.access_log is not None
+    edge.access_log.flush()
+    lines = [json.loads(line) for line in capfd.readouterr().out.splitlines() if line.strip()]
+    refused_lines = [line for line in lines if line["outcome"] == "rate_limited"]
+    assert [(line["status"], line["device_id"]) for line in refused_lines] == [(429, "dev-1")]
     # Another device, and a request naming no device, are not held back by dev-1's bucket.
     assert await _statuses(session, edge.proxy_port, tenant, "dev-2", 1) == [200]
     async with session.get(f"http://127.0.0.1:{edge.proxy_port}/api/{tenant}/x") as anonymous:
