@@ -269,7 +269,8 @@ class EdgeHandler:
             return False
         if self._limiter is not None and device_id is not None:
             # Last: only a request that would otherwise be forwarded spends a token, so a
-            # blocked device keeps its 403 and a refused request does not shorten the next wait.
+            # blocked device keeps its 403 and its denials do not eat the budget it will have
+            # once unblocked.
             wait = self._limiter.admit((identity.tenant_id, device_id))
             if wait > 0.0:
                 rate_limited(conn, request, retry_after(wait))
