@@ -77,6 +77,7 @@ OUTCOMES = (
     "upstream_timeout",
     "unavailable",
     "too_large",
+    "rate_limited",
 )
 
 _LATENCY_BUCKETS = (
