@@ -149,7 +149,9 @@ UPDATE_DEVICE: Final[Schema] = {
 BLOCK_REQUEST: Final[Schema] = {
     "type": "object",
     "properties": {
-        "reason": {"type": ["string", "null"], "maxLength": REASON_MAX, "pattern": _NO_NUL_PATTERN}
+        "reason": {"type": ["string", "null"], "maxLength": REASON_MAX, "pattern": _NO_NUL_PATTERN},
+        # shadow: the edge forwards the device's requests and counts them as shadow_blocked
+        "mode": {"type": "string", "enum": ["enforce", "shadow"], "default": "enforce"},
     },
     "additionalProperties": False,
 }
@@ -213,6 +215,8 @@ DEVICE: Final[Schema] = {
         "lastDataUploadAt": _NULLABLE_TIMESTAMP,
         "blockedAt": _NULLABLE_TIMESTAMP,
         "blockReason": _NULLABLE_TEXT,
+        # null when not blocked; "shadow": the edge forwards and counts (docs/decisions.md)
+        "blockMode": {"type": ["string", "null"], "enum": ["enforce", "shadow", None]},
         "lastActivityAt": _NULLABLE_TIMESTAMP,
         "createdAt": _TIMESTAMP,
         "updatedAt": _TIMESTAMP,

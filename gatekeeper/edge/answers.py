@@ -19,6 +19,7 @@ __all__ = [
     "COUNT_DISABLED",
     "COUNT_FORWARDED",
     "COUNT_INVALID",
+    "COUNT_SHADOW_BLOCKED",
     "COUNT_TOO_LARGE",
     "COUNT_UNAUTHORIZED",
     "COUNT_UNAVAILABLE",
@@ -61,6 +62,9 @@ COUNT_UPSTREAM_ERROR = Outcome("upstream_error")
 COUNT_UPSTREAM_TIMEOUT = Outcome("upstream_timeout")
 COUNT_UNAVAILABLE = Outcome("unavailable")
 COUNT_TOO_LARGE = Outcome("too_large")
+# Forwarded, but the device is blocked in shadow mode: counted instead of "forwarded" (one
+# outcome per request), when the upstream answers (gatekeeper.edge.relay).
+COUNT_SHADOW_BLOCKED = Outcome("shadow_blocked")
 # Indexed by the status's first digit less one: 1xx to 5xx.
 UPSTREAM_CODE_CLASSES = [
     metrics.HotCounter(metrics.UPSTREAM_RESPONSES.labels(c)) for c in metrics.CODE_CLASSES

@@ -77,6 +77,7 @@ OUTCOMES = (
     "upstream_timeout",
     "unavailable",
     "too_large",
+    "shadow_blocked",
 )
 
 _LATENCY_BUCKETS = (
