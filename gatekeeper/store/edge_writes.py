@@ -13,8 +13,6 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Literal
 
-BlockMode = Literal["enforce", "shadow"]
-
 import asyncpg
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
@@ -39,6 +37,7 @@ __all__ = [
 ]
 
 Pool = asyncpg.Pool
+BlockMode = Literal["enforce", "shadow"]
 Redis = aioredis.Redis
 
 # A device as the admin API shows it: ``devices`` (what admins set) joined with
