@@ -156,6 +156,18 @@ BLOCK_REQUEST: Final[Schema] = {
     "additionalProperties": False,
 }
 
+STALE_DAYS_MAX: Final = 36_500  # a hundred years: the column's CHECK (migration 0006)
+_STALE_DAYS: Final[Schema] = {"type": ["integer", "null"], "minimum": 1, "maximum": STALE_DAYS_MAX}
+TENANT_SETTINGS: Final[Schema] = {
+    "type": "object",
+    "properties": {
+        # Unblocked devices inactive longer than this are deleted daily; null keeps them.
+        "staleDeviceDays": _STALE_DAYS,
+    },
+    "required": ["staleDeviceDays"],
+    "additionalProperties": False,
+}
+
 RESET_REQUEST: Final[Schema] = {
     "type": "object",
     "properties": {
@@ -188,6 +200,7 @@ REQUEST_SCHEMAS: Final[dict[str, Schema]] = {
     "CreateDevice": CREATE_DEVICE,
     "UpdateDevice": UPDATE_DEVICE,
     "BlockRequest": BLOCK_REQUEST,
+    "TenantSettings": TENANT_SETTINGS,
     "ResetRequest": RESET_REQUEST,
     "CreateToken": CREATE_TOKEN,
     "CrewCheckSettings": CREWCHECK_SETTINGS,
@@ -296,12 +309,28 @@ RESPONSE_SCHEMAS: Final[dict[str, Schema]] = {
             "at": _TIMESTAMP,
             "actor": {"type": "string"},
             "action": {"type": "string"},
-            "targetType": {"type": "string", "enum": ["device", "token"]},
+            "targetType": {"type": "string", "enum": ["device", "token", "tenant"]},
             "targetId": {"type": "string"},
             "reason": _NULLABLE_TEXT,
             "details": {"type": "object"},
         },
         "required": ["id", "at", "actor", "action", "targetType", "targetId", "reason", "details"],
+    },
+    "TenantSettingsResult": {
+        "type": "object",
+        "properties": {"staleDeviceDays": _STALE_DAYS, "updatedAt": _NULLABLE_TIMESTAMP},
+        "required": ["staleDeviceDays", "updatedAt"],
+    },
+    "StaleReport": {
+        "type": "object",
+        "properties": {
+            "staleDeviceDays": _STALE_DAYS,
+            "cutoff": _NULLABLE_TIMESTAMP,
+            "count": {"type": "integer", "minimum": 0},
+            "deviceIds": {"type": "array", "items": {"type": "string"}},
+            "truncated": {"type": "boolean"},
+        },
+        "required": ["staleDeviceDays", "cutoff", "count", "deviceIds", "truncated"],
     },
     "Problem": {
         "type": "object",
