@@ -37,7 +37,9 @@ ACTOR: Final = "system:stale-devices"
 # An arbitrary constant naming "the stale-device job" among advisory locks (the schema's
 # migrations hold 0x6A7E_4B3D).
 _LOCK_ID: Final = 0x6A7E_57A1
-_DAY_SECONDS: Final = 86_400.0
+# Due a minute early: the stored time is rounded to the microsecond, and an hourly check that
+# lands a hair before the day is up would otherwise put the run off by an hour.
+_DUE_SECONDS: Final = 86_400.0 - 60.0
 _CHECK_SECONDS: Final = 3_600.0
 _BATCH: Final = 200
 
@@ -73,7 +75,7 @@ class StaleDeviceJob:
                 last: datetime | None = await lock.fetchval(
                     "SELECT last_run_at FROM admin_jobs WHERE name = $1", JOB_NAME
                 )
-                if not force and last is not None and now - last.timestamp() < _DAY_SECONDS:
+                if not force and last is not None and now - last.timestamp() < _DUE_SECONDS:
                     return None
                 tenants = await lock.fetch(
                     "SELECT tenant_id, stale_device_days FROM tenant_settings"
