@@ -13,6 +13,7 @@ import aiohttp
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
+from admincli_rig import cli
 from conftest import EdgeFactory
 from edgerig import eventually, metric_value
 from recording_upstream import RecordingUpstream
@@ -206,3 +207,15 @@ async def test_a_shadow_block_leaves_the_devices_websocket_open(
         writer.close()
         with contextlib.suppress(ConnectionError):
             await writer.wait_closed()
+
+
+async def test_the_cli_blocks_in_shadow_mode(api: Api) -> None:
+    await api.create_device("cli-shadow")
+    ran = await cli(api, "devices", "block", "cli-shadow", "--mode", "shadow")
+    assert ran.code == 0 and ran.out == "shadow-blocked cli-shadow\n"
+    got = await (await api.call("GET", api.device_path("cli-shadow"))).json()
+    assert got["blockMode"] == "shadow"
+    ran = await cli(api, "devices", "block", "cli-shadow")
+    assert ran.code == 0 and ran.out == "blocked cli-shadow\n"
+    got = await (await api.call("GET", api.device_path("cli-shadow"))).json()
+    assert got["blockMode"] == "enforce"
