@@ -219,3 +219,22 @@ async def test_the_cli_blocks_in_shadow_mode(api: Api) -> None:
     assert ran.code == 0 and ran.out == "blocked cli-shadow\n"
     got = await (await api.call("GET", api.device_path("cli-shadow"))).json()
     assert got["blockMode"] == "enforce"
+
+
+async def test_a_proxy_started_after_a_shadow_block_loads_it(
+    edge_factory: EdgeFactory,
+    pg_pool: asyncpg.Pool,
+    redis_client: aioredis.Redis,
+    tenant: str,
+) -> None:
+    blocks: list[tuple[str, store.BlockMode]] = [
+        ("load-shadow", "shadow"),
+        ("load-enforce", "enforce"),
+    ]
+    for device, mode in blocks:
+        await store.set_blocked(pg_pool, redis_client, tenant, device, True, create=True, mode=mode)
+    edge = await edge_factory()
+    assert edge.mirror.denial((tenant, "load-shadow")) == SHADOW
+    assert edge.mirror.denial((tenant, "load-enforce")) == BLOCKED
+    assert not edge.mirror.refuses((tenant, "load-shadow"))
+    assert edge.mirror.refuses((tenant, "load-enforce"))
