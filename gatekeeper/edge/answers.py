@@ -20,6 +20,7 @@ __all__ = [
     "COUNT_FORWARDED",
     "COUNT_INVALID",
     "COUNT_RATE_LIMITED",
+    "COUNT_SHADOW_BLOCKED",
     "COUNT_TOO_LARGE",
     "COUNT_UNAUTHORIZED",
     "COUNT_UNAVAILABLE",
@@ -64,6 +65,9 @@ COUNT_UPSTREAM_TIMEOUT = Outcome("upstream_timeout")
 COUNT_UNAVAILABLE = Outcome("unavailable")
 COUNT_TOO_LARGE = Outcome("too_large")
 COUNT_RATE_LIMITED = Outcome("rate_limited")
+# Forwarded, but the device is blocked in shadow mode: counted instead of "forwarded" (one
+# outcome per request), when the upstream answers (gatekeeper.edge.relay).
+COUNT_SHADOW_BLOCKED = Outcome("shadow_blocked")
 # Indexed by the status's first digit less one: 1xx to 5xx.
 UPSTREAM_CODE_CLASSES = [
     metrics.HotCounter(metrics.UPSTREAM_RESPONSES.labels(c)) for c in metrics.CODE_CLASSES

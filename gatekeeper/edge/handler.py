@@ -28,7 +28,7 @@ from gatekeeper.edge.answers import (
     rate_limited,
     unavailable,
 )
-from gatekeeper.edge.blocklist import BLOCKED, BlocklistMirror
+from gatekeeper.edge.blocklist import BLOCKED, SHADOW, BlocklistMirror
 from gatekeeper.edge.enforce import CREDENTIAL_HEADERS, KeyCheck
 from gatekeeper.edge.forward import EDGE_HEADERS
 from gatekeeper.edge.http.request import Request
@@ -81,7 +81,7 @@ class EdgeHandler:
         self._upstream_failed = relay.failed
         self._forward = relay.forward
         self._upgrade = relay.upgrade
-        self._tunnels = OpenTunnels(mirror.denial)
+        self._tunnels = OpenTunnels(mirror.refuses)  # a shadow block leaves tunnels open
         mirror.watch(self._tunnels.enforce)
         self._access_log = access_log
         self._log_every_request = settings.access_log == "all"
@@ -253,7 +253,11 @@ class EdgeHandler:
             # Denied requests are recorded too: "last active" shows a blocked device still calling.
             self._recorder.record(key, identity.attributes, request.method == "POST")
             denial = self._mirror.denial(key)
-            if denial is not None:
+            if denial is SHADOW:
+                # Forwarded; the relay counts it as shadow_blocked when the upstream answers,
+                # and the access log writes every request whose outcome is not "forwarded".
+                request.outcome = SHADOW
+            elif denial is not None:
                 if denial == BLOCKED:
                     COUNT_BLOCKED.hit(request)
                     rest = BLOCKED_RESPONSES[request.keep_alive]

@@ -78,6 +78,7 @@ OUTCOMES = (
     "unavailable",
     "too_large",
     "rate_limited",
+    "shadow_blocked",
 )
 
 _LATENCY_BUCKETS = (
