@@ -9,17 +9,28 @@ import asyncpg
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from admin_api import bulk, connections, devices, explorer, listing, openapi, ops, tokens
+from admin_api import (
+    bulk,
+    connections,
+    devices,
+    explorer,
+    listing,
+    openapi,
+    ops,
+    tenant_settings,
+    tokens,
+)
 from admin_api.audit import list_audit
 from admin_api.auth import VERIFIER, TokenVerifier
 from admin_api.console import setup_console
-from admin_api.context import PG_POOL, REDIS, SETTINGS
+from admin_api.context import CLOCK, PG_POOL, REDIS, SETTINGS
 from admin_api.edgesync import EDGE_SYNC, EdgeSync
 from admin_api.errors import Handler, Problem, problem_middleware
 from admin_api.metrics import METRICS, AdminMetrics, metrics_handler, metrics_middleware
 from admin_api.server import MAX_FIELD_BYTES
 from gatekeeper.domain.identity import TENANT_ID_RULE, valid_tenant_id
 from gatekeeper.settings import Settings
+from gatekeeper.types import SYSTEM_CLOCK, Clock
 
 __all__ = ["MAX_BODY_BYTES", "create_app", "tenant_middleware"]
 
@@ -59,6 +70,9 @@ def _routes() -> list[web.RouteDef]:
         web.get("/api/{tenantId}/tokens", tokens.list_tokens),
         web.delete("/api/{tenantId}/tokens/{tokenId}", tokens.revoke_token),
         web.get("/api/{tenantId}/audit", list_audit),
+        web.get("/api/{tenantId}/settings", tenant_settings.get_settings),
+        web.put("/api/{tenantId}/settings", tenant_settings.put_settings),
+        web.get("/api/{tenantId}/settings/stale-report", tenant_settings.stale_report),
         web.get("/openapi.json", openapi.openapi_json),
         web.get("/docs", explorer.docs_page),
         web.get("/docs/assets/{asset}", explorer.asset),
@@ -82,10 +96,11 @@ def create_app(
     redis: aioredis.Redis,
     *,
     verifier: TokenVerifier | None = None,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> web.Application:
     """The admin application. ``pool`` and ``redis`` belong to the caller, who closes them;
-    ``verifier`` replaces the one built from ``settings`` (tests). Serve it with
-    :class:`admin_api.server.AdminRunner`."""
+    ``verifier`` replaces the one built from ``settings``, ``clock`` the system's (tests).
+    Serve it with :class:`admin_api.server.AdminRunner`."""
     app = web.Application(
         middlewares=[metrics_middleware, problem_middleware, tenant_middleware],
         client_max_size=MAX_BODY_BYTES,
@@ -96,6 +111,7 @@ def create_app(
     app[PG_POOL] = pool
     app[REDIS] = redis
     app[METRICS] = metrics
+    app[CLOCK] = clock
     app[VERIFIER] = verifier or TokenVerifier(settings)
     app[EDGE_SYNC] = EdgeSync(pool, redis, metrics)
     app.cleanup_ctx.append(_edge_sync_ctx)

@@ -14,7 +14,9 @@ unblocked, deleted). ``dryRun`` answers the same counts and changes nothing, nor
   transaction, the device's disabled mark cleared at the edge). Blocked devices are never
   deleted: they count as matched, not changed.
 - A bulk block keeps the first ``blockedAt`` and the reason of devices already blocked (they are
-  matched, not changed): a recall must not overwrite why a stolen tablet was blocked.
+  matched, not changed): a recall must not overwrite why a stolen tablet was blocked. A bulk
+  block enforces: a shadow-blocked device is switched to enforce (changed; its blockedAt and
+  reason kept), as ``POST …/block`` without a mode does.
 """
 
 from __future__ import annotations
@@ -89,10 +91,10 @@ _FROM: Final = (
     " FROM device_activity a"
     " JOIN devices d ON d.tenant_id = a.tenant_id AND d.device_id = a.device_id"
 )
-# Which matched devices an action changes: block the unblocked, unblock the blocked, delete the
-# unblocked (never a blocked one).
+# Which matched devices an action changes: block the unblocked and the shadow-blocked (a bulk
+# block enforces), unblock the blocked (either mode), delete the unblocked (never a blocked one).
 _CHANGES: Final[dict[Action, str]] = {
-    "block": "NOT d.is_blocked",
+    "block": "d.block_mode IS DISTINCT FROM 'enforce'",
     "unblock": "d.is_blocked",
     "delete": "NOT d.is_blocked",
 }
@@ -111,6 +113,24 @@ async def _count(pool: asyncpg.Pool, action: Action, query: DeviceFilter) -> tup
         )
     assert row is not None  # an aggregate always answers one row
     return int(row[0]), int(row[1])
+
+
+# A device newly blocked gets now and the reason; a shadow block switched to enforce keeps its
+# first blockedAt and its reason (the given one only where it had none).
+_BLOCK: Final = """
+UPDATE devices SET
+    is_blocked = true,
+    block_mode = 'enforce',
+    blocked_at = COALESCE(blocked_at, now()),
+    block_reason = CASE WHEN is_blocked THEN COALESCE(block_reason, $3) ELSE $3 END,
+    updated_at = now()
+WHERE tenant_id = $1 AND device_id = ANY($2::text[]) AND block_mode IS DISTINCT FROM 'enforce'
+"""
+# The mode goes with the block (the devices_block_mode trigger, migration 0005).
+_UNBLOCK: Final = """
+UPDATE devices SET is_blocked = false, blocked_at = NULL, block_reason = NULL, updated_at = now()
+WHERE tenant_id = $1 AND device_id = ANY($2::text[]) AND is_blocked
+"""
 
 
 async def _lock_activity(conn: PoolConnectionProxy[Any], tenant_id: str, ids: list[str]) -> None:
@@ -138,27 +158,18 @@ async def _set_blocked(
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
         rows = await conn.fetch(
-            f"SELECT d.device_id, d.is_blocked{_FROM} WHERE {where}"
+            f"SELECT d.device_id, d.is_blocked, d.block_mode{_FROM} WHERE {where}"
             " ORDER BY d.device_id FOR UPDATE OF d",
             *args,
         )
-        ids = [r[0] for r in rows if r[1] != blocked]
+        # A bulk block enforces: a shadow-blocked device is switched to enforce (changed).
+        ids = [r[0] for r in rows if (r[2] != "enforce" if blocked else r[1])]
         if ids:
             await _lock_activity(conn, query.tenant_id, ids)
-            await conn.execute(
-                """
-                UPDATE devices SET
-                    is_blocked = $3,
-                    blocked_at = CASE WHEN $3 THEN now() END,
-                    block_reason = CASE WHEN $3 THEN $4 END,
-                    updated_at = now()
-                WHERE tenant_id = $1 AND device_id = ANY($2::text[]) AND is_blocked <> $3
-                """,
-                query.tenant_id,
-                ids,
-                blocked,
-                reason,
-            )
+            if blocked:
+                await conn.execute(_BLOCK, query.tenant_id, ids, reason)
+            else:
+                await conn.execute(_UNBLOCK, query.tenant_id, ids)
     return len(rows), ids
 
 

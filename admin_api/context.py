@@ -11,9 +11,13 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from gatekeeper.settings import Settings
+from gatekeeper.types import Clock
 
-__all__ = ["PG_POOL", "REDIS", "SETTINGS"]
+__all__ = ["CLOCK", "PG_POOL", "REDIS", "SETTINGS"]
 
 SETTINGS = web.AppKey("settings", Settings)
 PG_POOL = web.AppKey("pg_pool", asyncpg.Pool)
 REDIS = web.AppKey("redis", aioredis.Redis)
+# Where "now" comes from for time-based decisions (the stale-device report and job); tests
+# pass a gatekeeper.types.ManualClock to create_app.
+CLOCK = web.AppKey[Clock]("clock")

@@ -202,13 +202,17 @@ async def _set_blocked(request: web.Request, blocked: bool) -> web.Response:
     principal = await authorize(request, DEVICE_WRITE)
     device_id = device_id_param(request)
     reason = None
+    mode: store.BlockMode = "enforce"
     if blocked:
-        reason = (await read_json(request, _BLOCK, optional=True)).get("reason")
+        body = await read_json(request, _BLOCK, optional=True)
+        reason, mode = body.get("reason"), body.get("mode", "enforce")
     else:
         await read_json(request, _EMPTY, optional=True)
     pool = request.app[PG_POOL]
     row, synced = await request.app[EDGE_SYNC].call(
-        store.set_blocked(pool, request.app[REDIS], principal.tenant_id, device_id, blocked, reason)
+        store.set_blocked(
+            pool, request.app[REDIS], principal.tenant_id, device_id, blocked, reason, mode=mode
+        )
     )
     if not synced:  # Postgres holds the change; read it back
         row = await fetch_device(pool, principal.tenant_id, device_id)
@@ -221,6 +225,7 @@ async def _set_blocked(request: web.Request, blocked: bool) -> web.Response:
         "device",
         device_id,
         reason=reason,
+        details={"mode": mode} if blocked else None,
     )
     return web.json_response(device_json(row))
 

@@ -12,7 +12,7 @@ from typing import Any, Final
 from admin_api.auth import DEVICE_READ, DEVICE_WRITE, TOKEN_READ, TOKEN_WRITE
 from admin_api.explorer import ASSETS
 from admin_api.filters import FILTER_PARAMETERS, FILTER_QUERY_NAMES
-from admin_api.schemas import API_KEY, CURSOR, SEARCH_TEXT, TIMESTAMP_PARAM
+from admin_api.schemas import API_KEY, CURSOR, SEARCH_TEXT, STALE_DAYS_MAX, TIMESTAMP_PARAM
 from admin_api.validation import DEFAULT_LIMIT, MAX_LIMIT
 from gatekeeper.domain.identity import DEVICE_ID_PATTERN, TENANT_ID_PATTERN
 
@@ -124,7 +124,9 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
     Operation(
         "post",
         _DEV + "/block",
-        "Block a device (idempotent)",
+        "Block a device (idempotent). `mode`: `enforce` (default) answers the device 403;"
+        ' `shadow` forwards its requests, counted as `outcome="shadow_blocked"`. Blocking'
+        " again with the other mode switches it",
         "devices",
         DEVICE_WRITE,
         ("tenantId", "deviceId"),
@@ -221,6 +223,39 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
         errors=(400,),
         headers=_LINK,
     ),
+    Operation(
+        "get",
+        "/api/{tenantId}/settings",
+        "The tenant's settings (each null when never set: its default)",
+        "settings",
+        DEVICE_READ,
+        ("tenantId",),
+        result="TenantSettingsResult",
+        errors=(400,),
+    ),
+    Operation(
+        "put",
+        "/api/{tenantId}/settings",
+        "Replace the tenant's settings. `staleDeviceDays`: a daily job deletes unblocked devices"
+        " inactive longer than that (never active: since created), revoking their keys",
+        "settings",
+        DEVICE_WRITE,
+        ("tenantId",),
+        body="TenantSettings",
+        result="TenantSettingsResult",
+        errors=_BODY_ERRORS,
+    ),
+    Operation(
+        "get",
+        "/api/{tenantId}/settings/stale-report",
+        "What the stale-device job would delete now, for the tenant's `staleDeviceDays` or the"
+        " one given (a preview); at most 1,000 ids, in the job's order",
+        "settings",
+        DEVICE_READ,
+        ("tenantId", "staleDeviceDays"),
+        result="StaleReport",
+        errors=(400,),
+    ),
     Operation("get", "/openapi.json", "This document", "meta", result="OpenApiDocument"),
     Operation(
         "get",
@@ -289,6 +324,11 @@ PARAMETERS: Final[dict[str, dict[str, Any]]] = {
     "since": {"in": "query", "schema": TIMESTAMP_PARAM, "description": "At or after"},
     "until": {"in": "query", "schema": TIMESTAMP_PARAM, "description": "Before"},
     **FILTER_PARAMETERS,
+    "staleDeviceDays": {
+        "in": "query",
+        "schema": {"type": "integer", "minimum": 1, "maximum": STALE_DAYS_MAX},
+        "description": "Report for this many days instead of the tenant's setting",
+    },
     "X-Api-Key": {
         "in": "header",
         "required": True,

@@ -149,8 +149,22 @@ UPDATE_DEVICE: Final[Schema] = {
 BLOCK_REQUEST: Final[Schema] = {
     "type": "object",
     "properties": {
-        "reason": {"type": ["string", "null"], "maxLength": REASON_MAX, "pattern": _NO_NUL_PATTERN}
+        "reason": {"type": ["string", "null"], "maxLength": REASON_MAX, "pattern": _NO_NUL_PATTERN},
+        # shadow: the edge forwards the device's requests and counts them as shadow_blocked
+        "mode": {"type": "string", "enum": ["enforce", "shadow"], "default": "enforce"},
     },
+    "additionalProperties": False,
+}
+
+STALE_DAYS_MAX: Final = 36_500  # a hundred years: the column's CHECK (migration 0006)
+_STALE_DAYS: Final[Schema] = {"type": ["integer", "null"], "minimum": 1, "maximum": STALE_DAYS_MAX}
+TENANT_SETTINGS: Final[Schema] = {
+    "type": "object",
+    "properties": {
+        # Unblocked devices inactive longer than this are deleted daily; null keeps them.
+        "staleDeviceDays": _STALE_DAYS,
+    },
+    "required": ["staleDeviceDays"],
     "additionalProperties": False,
 }
 
@@ -186,6 +200,7 @@ REQUEST_SCHEMAS: Final[dict[str, Schema]] = {
     "CreateDevice": CREATE_DEVICE,
     "UpdateDevice": UPDATE_DEVICE,
     "BlockRequest": BLOCK_REQUEST,
+    "TenantSettings": TENANT_SETTINGS,
     "ResetRequest": RESET_REQUEST,
     "CreateToken": CREATE_TOKEN,
     "CrewCheckSettings": CREWCHECK_SETTINGS,
@@ -213,6 +228,8 @@ DEVICE: Final[Schema] = {
         "lastDataUploadAt": _NULLABLE_TIMESTAMP,
         "blockedAt": _NULLABLE_TIMESTAMP,
         "blockReason": _NULLABLE_TEXT,
+        # null when not blocked; "shadow": the edge forwards and counts (docs/decisions.md)
+        "blockMode": {"type": ["string", "null"], "enum": ["enforce", "shadow", None]},
         "lastActivityAt": _NULLABLE_TIMESTAMP,
         "createdAt": _TIMESTAMP,
         "updatedAt": _TIMESTAMP,
@@ -292,12 +309,28 @@ RESPONSE_SCHEMAS: Final[dict[str, Schema]] = {
             "at": _TIMESTAMP,
             "actor": {"type": "string"},
             "action": {"type": "string"},
-            "targetType": {"type": "string", "enum": ["device", "token"]},
+            "targetType": {"type": "string", "enum": ["device", "token", "tenant"]},
             "targetId": {"type": "string"},
             "reason": _NULLABLE_TEXT,
             "details": {"type": "object"},
         },
         "required": ["id", "at", "actor", "action", "targetType", "targetId", "reason", "details"],
+    },
+    "TenantSettingsResult": {
+        "type": "object",
+        "properties": {"staleDeviceDays": _STALE_DAYS, "updatedAt": _NULLABLE_TIMESTAMP},
+        "required": ["staleDeviceDays", "updatedAt"],
+    },
+    "StaleReport": {
+        "type": "object",
+        "properties": {
+            "staleDeviceDays": _STALE_DAYS,
+            "cutoff": _NULLABLE_TIMESTAMP,
+            "count": {"type": "integer", "minimum": 0},
+            "deviceIds": {"type": "array", "items": {"type": "string"}},
+            "truncated": {"type": "boolean"},
+        },
+        "required": ["staleDeviceDays", "cutoff", "count", "deviceIds", "truncated"],
     },
     "Problem": {
         "type": "object",

@@ -57,6 +57,7 @@ _DEVICE_COLUMNS: Final = {
     "lastDataUploadAt": "last_data_upload_at",
     "blockedAt": "blocked_at",
     "blockReason": "block_reason",
+    "blockMode": "block_mode",
     "lastActivityAt": "last_activity_at",
     "createdAt": "created_at",
     "updatedAt": "updated_at",

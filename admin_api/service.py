@@ -23,6 +23,7 @@ from admin_api.app import create_app
 from admin_api.database import open_admin_pool
 from admin_api.edgesync import EDGE_SYNC
 from admin_api.server import AdminRunner
+from admin_api.stalejob import stale_job_ctx
 from gatekeeper.hangup import on_hangup
 from gatekeeper.listening import listen_error
 from gatekeeper.settings import Settings, SettingsError, check_jwt_secret, mask_url
@@ -72,6 +73,7 @@ class AdminService:
                 raise StoreUnavailable("database_url", settings.database_url, exc) from exc
             self._redis = open_redis(settings.redis_url)
             app = create_app(settings, self._pool, self._redis)
+            app.cleanup_ctx.append(stale_job_ctx)  # the daily stale-device deletion
             self._runner = AdminRunner(
                 app, shutdown_timeout=_SHUTDOWN_TIMEOUT, access_log=_log.getChild("access")
             )

@@ -28,6 +28,7 @@ HOT_MODULES: tuple[str, ...] = (
     "gatekeeper.edge.answers",
     "gatekeeper.edge.forward",
     "gatekeeper.edge.handler",
+    "gatekeeper.edge.ratelimit",
     "gatekeeper.edge.http.connection",
     "gatekeeper.edge.http.flow",
     "gatekeeper.edge.http.request",

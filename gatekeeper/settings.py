@@ -8,10 +8,11 @@ code base reads ``os.environ`` for configuration.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_args
 from urllib.parse import urlsplit, urlunsplit
@@ -143,6 +144,15 @@ class Settings:
     # A header like X_Device_Id, which CGI/WSGI upstreams read as X-Device-Id: refused with 400,
     # or dropped (nginx ignore_invalid_headers, Envoy headers_with_underscores_action).
     underscore_headers: UnderscoreHeaders = "reject"
+    # Per-device rate limit (token bucket per (tenant, device), in each worker's memory): the
+    # node-wide rate and burst, each worker enforcing its share (docs/decisions.md). 0 = off;
+    # a burst of 0 is one second's worth of the rate. Tenants listed in
+    # device_rate_limit_tenants get their own rate (0 exempts them).
+    device_rate_limit_per_second: float = 0.0
+    device_rate_limit_burst: int = 0
+    device_rate_limit_tenants: dict[str, float] = field(default_factory=dict)
+    # Buckets one worker keeps at most; beyond it the longest-kept are forgotten.
+    device_rate_limit_max_devices: int = 100_000
 
     # Activity recorder.
     flush_interval_seconds: float = 0.25
@@ -222,8 +232,26 @@ class Settings:
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise SettingsError("tls_cert_file and tls_key_file go together: set both or neither")
         self._check_upstream()
+        self._check_rate_limit()
         if self.activity_buffer_max_devices < self.flush_max_devices:
             raise SettingsError("activity_buffer_max_devices must be >= flush_max_devices")
+
+    def _check_rate_limit(self) -> None:
+        for name in ("device_rate_limit_per_second", "device_rate_limit_burst"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{name} must be >= 0 (0: off), got {getattr(self, name)}")
+        if self.device_rate_limit_max_devices <= 0:
+            raise SettingsError("device_rate_limit_max_devices must be positive")
+        if not isinstance(self.device_rate_limit_tenants, dict):
+            raise SettingsError("device_rate_limit_tenants must be a table of tenant = rate")
+        for tenant, rate in self.device_rate_limit_tenants.items():
+            if not valid_tenant_id(tenant):
+                raise SettingsError(f"device_rate_limit_tenants: {tenant!r}: {TENANT_ID_RULE}")
+            # bool is an int: `acme = true` is a mistake, not a rate of 1.
+            if isinstance(rate, bool) or not isinstance(rate, int | float) or rate < 0:
+                raise SettingsError(
+                    f"device_rate_limit_tenants: {tenant}: a rate >= 0 per second, got {rate!r}"
+                )
 
     def _check_upstream(self) -> None:
         if (self.upstream_tls_cert_file is None) != (self.upstream_tls_key_file is None):
@@ -349,6 +377,15 @@ def _coerce(name: str, raw: Any, default: Any) -> Any:
             return float(raw)
         if isinstance(default, Path):
             return Path(raw)
+        if isinstance(default, dict):
+            # A table in TOML; a JSON object in the environment (GATEKEEPER_..._TENANTS).
+            table = json.loads(raw) if isinstance(raw, str) else raw
+            if not isinstance(table, dict):
+                raise ValueError(f"not a table: {raw!r}")
+            return {
+                str(k): float(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
+                for k, v in table.items()
+            }
     except (TypeError, ValueError) as exc:
         raise SettingsError(f"{name}: {exc}") from exc
     return str(raw) if not isinstance(raw, str) else raw

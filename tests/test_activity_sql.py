@@ -198,7 +198,8 @@ async def test_migration_0004_moves_what_the_edge_saw_into_the_activity_table(
         before = {
             r["device_id"]: dict(r) for r in await conn.fetch("SELECT * FROM devices ORDER BY 2")
         }
-        assert await migrate(url) == ["0004_device_activity"]
+        applied = await migrate(url)  # 0004 and every later migration
+        assert applied[0] == "0004_device_activity" and applied == sorted(applied)
         after = {
             r["device_id"]: dict(r)
             for r in await conn.fetch("SELECT * FROM devices_with_activity ORDER BY 2")
@@ -208,6 +209,8 @@ async def test_migration_0004_moves_what_the_edge_saw_into_the_activity_table(
             new = after[device_id]
             assert {k: new[k] for k in old} == old, device_id
         assert after["blocked"]["last_activity_at"] == after["blocked"]["blocked_at"]
+        # 0005: a block made before modes existed is an enforced one.
+        assert (after["blocked"]["block_mode"], after["seen"]["block_mode"]) == ("enforce", None)
         assert (
             await conn.fetchval(
                 "SELECT count(*) FROM device_activity WHERE is_blocked AND blocked_at IS NOT NULL"

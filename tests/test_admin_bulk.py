@@ -249,3 +249,33 @@ async def test_the_list_takes_the_same_filter_fields(api: Api, pg_pool: asyncpg.
 async def test_the_list_refuses_bad_filter_values(api: Api, query: str, field: str) -> None:
     response = await api.call("GET", api.path("/devices") + "?" + query)
     assert fields_of(await problem(response, 400)) == {field}
+
+
+async def test_bulk_block_enforces_shadow_blocks_and_bulk_unblock_clears_them(
+    api: Api, pg_pool: asyncpg.Pool, redis_client: aioredis.Redis
+) -> None:
+    await _seed(pg_pool, api.tenant)
+    shadow = await api.call(
+        "POST", api.device_path("cur-1", "/block"), json={"mode": "shadow", "reason": "watch"}
+    )
+    assert shadow.status == 200
+    member = edgeview.member(api.tenant, "cur-1")
+    assert await redis_client.sismember(edgeview.SHADOW_SET, member)
+    body = {"filter": {"applicationVersion": "2.1"}, "reason": "recall"}
+    dry = await _bulk(api, "block", {**body, "dryRun": True})
+    assert dry == {"matched": 2, "changed": 2}
+    assert await _bulk(api, "block", body) == {"matched": 2, "changed": 2}
+    device = await (await api.call("GET", api.device_path("cur-1"))).json()
+    assert device["blockMode"] == "enforce" and device["blockReason"] == "watch"
+    assert await redis_client.sismember(edgeview.BLOCKED_SET, member)
+    assert not await redis_client.sismember(edgeview.SHADOW_SET, member)
+    await api.call("POST", api.device_path("cur-2", "/block"), json={"mode": "shadow"})
+    result = await _bulk(api, "unblock", {"filter": {"blocked": "only"}})
+    assert result == {"matched": 3, "changed": 3}
+    assert await _blocked_ids(pg_pool, api.tenant) == set()
+    for device_id in ("cur-1", "cur-2", "old-1"):
+        member = edgeview.member(api.tenant, device_id)
+        assert not await redis_client.sismember(edgeview.SHADOW_SET, member)
+        assert not await redis_client.sismember(edgeview.BLOCKED_SET, member)
+    device = await (await api.call("GET", api.device_path("cur-2"))).json()
+    assert device["blockMode"] is None

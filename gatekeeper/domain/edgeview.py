@@ -5,6 +5,10 @@ Layout (all keys under ``gk:``):
 
 - ``gk:blocked`` / ``gk:disabled``: sets of ``"<tenant> <device>"`` members (neither a tenant nor a
   device id may contain a space, so the member splits unambiguously);
+- ``gk:shadow``: the same, for devices blocked in shadow mode (forwarded, counted
+  ``shadow_blocked``); a device is in at most one of ``gk:blocked`` and ``gk:shadow``. A proxy
+  older than shadow blocks never reads this set and ignores the ``shadow`` event: it forwards a
+  shadow-blocked device uncounted, which is what a shadow block does to traffic;
 - ``gk:keys``: hash from a key's hex digest to
   ``"<tenant> <kind> <device or -> <expires epoch or ->"``;
 - ``gk:events``: pub/sub channel; each message is one :class:`EdgeEvent` encoded by :func:`encode`;
@@ -14,6 +18,10 @@ Layout (all keys under ``gk:``):
 
 Postgres is the truth; this module only mirrors it. Writers (the store) change the set and then
 publish; readers (the proxy's mirror) subscribe first, then load, so no change falls between.
+
+A shadow block is announced as ``unblock`` then ``shadow`` (one MULTI/EXEC): an older proxy lifts
+an enforced block it held, a current one ends with the device shadow-blocked. ``unblock`` clears
+either mode; ``block`` (enforce) replaces a shadow block.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ __all__ = [
     "CHANNEL",
     "DISABLED_SET",
     "KEYS_HASH",
+    "SHADOW_SET",
     "EdgeEvent",
     "KeyGrant",
     "decode",
@@ -40,6 +49,7 @@ __all__ = [
 
 BLOCKED_SET = "gk:blocked"
 DISABLED_SET = "gk:disabled"
+SHADOW_SET = "gk:shadow"
 KEYS_HASH = "gk:keys"
 CHANNEL = "gk:events"
 BATCH_PREFIX = "gk:batch:"
@@ -47,9 +57,9 @@ BATCH_PREFIX = "gk:batch:"
 # the announcement reloads in full on reconnect anyway.
 BATCH_TTL_SECONDS = 600
 
-EventKind = Literal["block", "unblock", "disable", "enable", "revoke", "resync", "batch"]
+EventKind = Literal["block", "shadow", "unblock", "disable", "enable", "revoke", "resync", "batch"]
 _KINDS: frozenset[str] = frozenset(
-    {"block", "unblock", "disable", "enable", "revoke", "resync", "batch"}
+    {"block", "shadow", "unblock", "disable", "enable", "revoke", "resync", "batch"}
 )
 
 

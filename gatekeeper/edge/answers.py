@@ -19,6 +19,8 @@ __all__ = [
     "COUNT_DISABLED",
     "COUNT_FORWARDED",
     "COUNT_INVALID",
+    "COUNT_RATE_LIMITED",
+    "COUNT_SHADOW_BLOCKED",
     "COUNT_TOO_LARGE",
     "COUNT_UNAUTHORIZED",
     "COUNT_UNAVAILABLE",
@@ -32,6 +34,7 @@ __all__ = [
     "Outcome",
     "body_too_large",
     "problem",
+    "rate_limited",
     "unauthorized",
     "unavailable",
 ]
@@ -61,6 +64,10 @@ COUNT_UPSTREAM_ERROR = Outcome("upstream_error")
 COUNT_UPSTREAM_TIMEOUT = Outcome("upstream_timeout")
 COUNT_UNAVAILABLE = Outcome("unavailable")
 COUNT_TOO_LARGE = Outcome("too_large")
+COUNT_RATE_LIMITED = Outcome("rate_limited")
+# Forwarded, but the device is blocked in shadow mode: counted instead of "forwarded" (one
+# outcome per request), when the upstream answers (gatekeeper.edge.relay).
+COUNT_SHADOW_BLOCKED = Outcome("shadow_blocked")
 # Indexed by the status's first digit less one: 1xx to 5xx.
 UPSTREAM_CODE_CLASSES = [
     metrics.HotCounter(metrics.UPSTREAM_RESPONSES.labels(c)) for c in metrics.CODE_CLASSES
@@ -68,6 +75,9 @@ UPSTREAM_CODE_CLASSES = [
 REQUEST_DURATION = metrics.HotHistogram(metrics.REQUEST_DURATION)
 UPSTREAM_DURATION = metrics.HotHistogram(metrics.UPSTREAM_DURATION)
 _PROBLEM = PROBLEM_CONTENT_TYPE.encode()
+_RATE_LIMITED_BODY = problem_body(
+    429, "Too many requests", "This device sent more requests than its rate limit allows."
+)
 
 
 def problem(
@@ -114,6 +124,25 @@ def unauthorized(conn: ClientConnection, request: Request, detail: str) -> None:
     """401 with the challenge (enforce mode)."""
     COUNT_UNAUTHORIZED.hit(request)
     problem(conn, request, 401, "Unauthorized", detail, b"WWW-Authenticate: Bearer\r\n")
+
+
+def rate_limited(conn: ClientConnection, request: Request, retry_after: int) -> None:
+    """429 for a device over its rate limit; ``retry_after`` is whole seconds until a token is
+    back (gatekeeper.edge.ratelimit). The body is encoded once: a device that keeps hammering
+    makes this the path it runs most."""
+    COUNT_RATE_LIMITED.hit(request)
+    request.status = 429
+    conn.write(
+        simple_response(
+            429,
+            "Too Many Requests",
+            _RATE_LIMITED_BODY,
+            _PROBLEM,
+            b"Retry-After: %d\r\n" % retry_after,
+            close=not request.keep_alive,
+            date=conn.date_header,
+        )
+    )
 
 
 def unavailable(conn: ClientConnection, request: Request, detail: str) -> None:

@@ -1,6 +1,8 @@
-"""The in-process mirror of the Redis blocked and disabled sets.
+"""The in-process mirror of the Redis blocked, shadow and disabled sets.
 
-The proxy asks :meth:`BlocklistMirror.denial` once per request: two set look-ups, no I/O. One
+The proxy asks :meth:`BlocklistMirror.denial` once per request: two look-ups, no I/O. Enforced
+and shadow blocks share one dict (device → ``BLOCKED`` or ``SHADOW``), so a shadow block costs
+a request nothing more than a block did: the same two look-ups, one of them now a dict's. One
 background task (:meth:`BlocklistMirror.run`) keeps the sets fresh: it subscribes to the change
 channel *first*, then loads both sets with SSCAN, then applies each message as it arrives; every
 ``resync_seconds`` and after every reconnect it reloads in full. While Redis is unreachable the
@@ -43,6 +45,7 @@ __all__ = [
     "DISABLED",
     "PING_INTERVAL_SECONDS",
     "PING_TIMEOUT_SECONDS",
+    "SHADOW",
     "BlocklistMirror",
     "SubscriptionLost",
 ]
@@ -51,6 +54,7 @@ _log = logging.getLogger(__name__)
 
 BLOCKED = "blocked"
 DISABLED = "disabled"
+SHADOW = "shadow"  # blocked in shadow mode: forwarded, counted as shadow_blocked
 
 # A PING a second costs Redis nothing, and keeps "last sync" as fine-grained as it was when a
 # quiet subscription counted as a sync. Two seconds for its PONG is ~10,000 times a loopback
@@ -125,7 +129,7 @@ class BlocklistMirror:
         self._on_key_event = on_key_event
         self._on_resync = on_resync
         self._watchers: list[Callable[[], None]] = []
-        self._blocked: set[DeviceKey] = set()
+        self._blocked: dict[DeviceKey, str] = {}  # BLOCKED or SHADOW
         self._disabled: set[DeviceKey] = set()
         self._reconnected = False
         self.loaded = False
@@ -135,15 +139,25 @@ class BlocklistMirror:
         self.changed = asyncio.Event()
 
     def denial(self, key: DeviceKey) -> str | None:
-        """Why this device is denied (``blocked`` wins over ``disabled``), or None."""
-        if key in self._blocked:
-            return BLOCKED
-        if key in self._disabled:
-            return DISABLED
-        return None
+        """Why this device is denied (``blocked`` wins over ``disabled``, which wins over
+        ``shadow``), or None. ``SHADOW`` denies nothing: the request goes on, counted."""
+        mode = self._blocked.get(key)
+        if mode is None or mode is SHADOW:
+            return DISABLED if key in self._disabled else mode
+        return mode
+
+    def refuses(self, key: DeviceKey) -> bool:
+        """Whether this device's traffic must stop (a shadow block lets it through)."""
+        denial = self.denial(key)
+        return denial is not None and denial is not SHADOW
 
     async def _load(self) -> None:
-        blocked = {_key(m) async for m in self._redis.sscan_iter(edgeview.BLOCKED_SET, count=5000)}
+        blocked = {
+            _key(m): SHADOW async for m in self._redis.sscan_iter(edgeview.SHADOW_SET, count=5000)
+        }
+        # Enforced after shadow: were a device in both sets, the block is enforced.
+        async for m in self._redis.sscan_iter(edgeview.BLOCKED_SET, count=5000):
+            blocked[_key(m)] = BLOCKED
         disabled = {
             _key(m) async for m in self._redis.sscan_iter(edgeview.DISABLED_SET, count=5000)
         }
@@ -182,10 +196,12 @@ class BlocklistMirror:
         """Apply one change; True when it may have made a device denied (watchers to call)."""
         kind = event.kind
         if kind == "block":
-            self._blocked.add(_key(event.subject))
+            self._blocked[_key(event.subject)] = BLOCKED
             return True
-        if kind == "unblock":
-            self._blocked.discard(_key(event.subject))
+        if kind == "shadow":
+            self._blocked[_key(event.subject)] = SHADOW  # nothing to cut: no notify
+        elif kind == "unblock":
+            self._blocked.pop(_key(event.subject), None)
         elif kind == "disable":
             self._disabled.add(_key(event.subject))
             return True

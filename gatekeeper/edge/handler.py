@@ -25,14 +25,16 @@ from gatekeeper.edge.answers import (
     REQUEST_DURATION,
     body_too_large,
     problem,
+    rate_limited,
     unavailable,
 )
-from gatekeeper.edge.blocklist import BLOCKED, BlocklistMirror
+from gatekeeper.edge.blocklist import BLOCKED, SHADOW, BlocklistMirror
 from gatekeeper.edge.enforce import CREDENTIAL_HEADERS, KeyCheck
 from gatekeeper.edge.forward import EDGE_HEADERS
 from gatekeeper.edge.http.request import Request
 from gatekeeper.edge.http.server import ClientConnection
 from gatekeeper.edge.keycache import KeyCache
+from gatekeeper.edge.ratelimit import DeviceRateLimiter, retry_after
 from gatekeeper.edge.relay import IDEMPOTENT, Relay
 from gatekeeper.edge.upstream.pool import UpstreamPool, UpstreamResponse, UpstreamTimeout
 from gatekeeper.edge.upstream.tunnel import OpenTunnels
@@ -56,6 +58,7 @@ class EdgeHandler:
         upstream: UpstreamPool,
         keys: KeyCache | None,
         access_log: AccessLog | None = None,
+        limiter: DeviceRateLimiter | None = None,
     ) -> None:
         self._identity = IdentityReader(settings)
         self._admission = HeadAdmission(
@@ -67,6 +70,7 @@ class EdgeHandler:
         self._upstream = upstream
         self._keys = None if keys is None else KeyCheck(keys, recorder)
         self._fail_open = settings.fail_open
+        self._limiter = limiter  # None when the rate limit is off: one test per request
         self._max_body = settings.max_body_bytes
         relay = Relay(settings, upstream)
         # Bound once: the fast path calls these on every request.
@@ -77,7 +81,7 @@ class EdgeHandler:
         self._upstream_failed = relay.failed
         self._forward = relay.forward
         self._upgrade = relay.upgrade
-        self._tunnels = OpenTunnels(mirror.denial)
+        self._tunnels = OpenTunnels(mirror.refuses)  # a shadow block leaves tunnels open
         mirror.watch(self._tunnels.enforce)
         self._access_log = access_log
         self._log_every_request = settings.access_log == "all"
@@ -240,7 +244,7 @@ class EdgeHandler:
         return identity
 
     def _admit(self, request: Request, conn: ClientConnection, identity: Identity) -> bool:
-        """Activity, denial and size checks; answers and returns False to refuse."""
+        """Activity, denial, size and rate checks; answers and returns False to refuse."""
         device_id = identity.device_id
         request.tenant = identity.tenant_id
         if device_id is not None:
@@ -249,7 +253,11 @@ class EdgeHandler:
             # Denied requests are recorded too: "last active" shows a blocked device still calling.
             self._recorder.record(key, identity.attributes, request.method == "POST")
             denial = self._mirror.denial(key)
-            if denial is not None:
+            if denial is SHADOW:
+                # Forwarded; the relay counts it as shadow_blocked when the upstream answers,
+                # and the access log writes every request whose outcome is not "forwarded".
+                request.outcome = SHADOW
+            elif denial is not None:
                 if denial == BLOCKED:
                     COUNT_BLOCKED.hit(request)
                     rest = BLOCKED_RESPONSES[request.keep_alive]
@@ -263,4 +271,12 @@ class EdgeHandler:
         if length is not None and length > self._max_body:
             body_too_large(conn, request, self._max_body)
             return False
+        if self._limiter is not None and device_id is not None:
+            # Last: only a request that would otherwise be forwarded spends a token, so a
+            # blocked device keeps its 403 and its denials do not eat the budget it will have
+            # once unblocked.
+            wait = self._limiter.admit((identity.tenant_id, device_id))
+            if wait > 0.0:
+                rate_limited(conn, request, retry_after(wait))
+                return False
         return True

@@ -77,6 +77,8 @@ OUTCOMES = (
     "upstream_timeout",
     "unavailable",
     "too_large",
+    "rate_limited",
+    "shadow_blocked",
 )
 
 _LATENCY_BUCKETS = (

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from gatekeeper.edge.answers import (
     COUNT_FORWARDED,
     COUNT_INVALID,
+    COUNT_SHADOW_BLOCKED,
     COUNT_UPSTREAM_ERROR,
     COUNT_UPSTREAM_TIMEOUT,
     UPSTREAM_CODE_CLASSES,
@@ -187,7 +188,10 @@ class Relay:
         """Counts a response head from the upstream, and notes it for the access log."""
         seconds = time.perf_counter() - sent
         UPSTREAM_DURATION.observe(seconds)
-        COUNT_FORWARDED.hit(request)
+        if request.outcome:  # set before forwarding only by a shadow block (handler._admit)
+            COUNT_SHADOW_BLOCKED.hit(request)
+        else:
+            COUNT_FORWARDED.hit(request)
         request.upstream_seconds = seconds
         request.upstream_status = request.status = status
         code_class = status // 100 - 1

@@ -33,6 +33,7 @@ from gatekeeper.edge.handler import EdgeHandler
 from gatekeeper.edge.http.server import HttpServer
 from gatekeeper.edge.keycache import KeyCache
 from gatekeeper.edge.ops import create_ops_app
+from gatekeeper.edge.ratelimit import device_limiter
 from gatekeeper.edge.upstream.pool import UpstreamPool
 from gatekeeper.edge.upstream.tls import upstream_tls
 from gatekeeper.listening import listen_error
@@ -204,6 +205,7 @@ class EdgeServer:
             tls=self._upstream_tls,
         )
         self.access_log = None if s.access_log == "off" else AccessLog()
+        self.limiter = device_limiter(s)  # None when the rate limit is off
         self.handler = EdgeHandler(
             s,
             mirror=self.mirror,
@@ -211,6 +213,7 @@ class EdgeServer:
             upstream=self.upstream,
             keys=self.keys,
             access_log=self.access_log,
+            limiter=self.limiter,
         )
 
     async def _start_ops(self, stack: contextlib.AsyncExitStack) -> None:

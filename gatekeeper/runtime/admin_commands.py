@@ -125,6 +125,13 @@ def _add_devices(
     block = _leaf(actions, "block", "block a device: every request gets 403", _block, parent)
     _device_id(block)
     block.add_argument("--reason", help="why, kept in the audit log (default: none)")
+    block.add_argument(
+        "--mode",
+        choices=("enforce", "shadow"),
+        default="enforce",
+        help="shadow: forward the device's requests, counted as shadow_blocked; blocking again"
+        " with the other mode switches it (default: enforce)",
+    )
     _device_id(_leaf(actions, "unblock", "unblock a device", _unblock, parent))
     rename = _leaf(actions, "rename", "set or clear a device's custom name", _rename, parent)
     _device_id(rename)
@@ -254,6 +261,9 @@ async def _device_change(
 async def _block(client: AdminClient, args: argparse.Namespace, io: Streams) -> None:
     body = {"reason": args.reason} if args.reason else {}
     said = f"blocked {args.device_id}" + (f" (reason: {args.reason})" if args.reason else "")
+    if args.mode == "shadow":
+        body["mode"] = "shadow"
+        said = "shadow-" + said
     await _device_change(client, args, io, "POST", ["block"], body, said)
 
 

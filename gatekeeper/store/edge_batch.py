@@ -30,21 +30,31 @@ __all__ = ["CHUNK", "write_batch"]
 CHUNK: Final = 5_000
 
 
+# What each event does to the sets: (set, add?) pairs. A device is in at most one of the blocked
+# and shadow sets (see gatekeeper.store.edge_writes._stage_block).
+_SET_CHANGES: Final[dict[str, tuple[tuple[str, bool], ...]]] = {
+    "block": ((edgeview.BLOCKED_SET, True), (edgeview.SHADOW_SET, False)),
+    "shadow": ((edgeview.SHADOW_SET, True), (edgeview.BLOCKED_SET, False)),
+    "unblock": ((edgeview.BLOCKED_SET, False), (edgeview.SHADOW_SET, False)),
+    "disable": ((edgeview.DISABLED_SET, True),),
+    "enable": ((edgeview.DISABLED_SET, False),),
+}
+
+
 def _stage(pipe: aioredis.client.Pipeline, events: Sequence[EdgeEvent]) -> None:
     """The view changes of ``events``, grouped per command (a batch never holds two events for
     one subject, so the grouping cannot reorder anything that matters)."""
     sets: dict[tuple[str, bool], list[str]] = {}
     revoked: list[str] = []
     for event in events:
-        if event.kind == "revoke":
+        kind = event.kind
+        if kind == "revoke":
             revoked.append(event.subject)
-        elif event.kind in ("block", "unblock"):
-            sets.setdefault((edgeview.BLOCKED_SET, event.kind == "block"), []).append(event.subject)
-        elif event.kind in ("disable", "enable"):
-            target = (edgeview.DISABLED_SET, event.kind == "disable")
+            continue
+        if kind not in _SET_CHANGES:
+            raise ValueError(f"a batch cannot carry a {kind!r} event")
+        for target in _SET_CHANGES[kind]:
             sets.setdefault(target, []).append(event.subject)
-        else:
-            raise ValueError(f"a batch cannot carry a {event.kind!r} event")
     for (name, add), members in sets.items():
         (pipe.sadd if add else pipe.srem)(name, *members)
     if revoked:

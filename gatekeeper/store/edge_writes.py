@@ -24,6 +24,7 @@ from gatekeeper.domain.edgeview import EdgeEvent, KeyGrant
 
 __all__ = [
     "DEVICE_VIEW",
+    "BlockMode",
     "EdgeSyncError",
     "IssuedKey",
     "issue_key",
@@ -36,6 +37,7 @@ __all__ = [
 ]
 
 Pool = asyncpg.Pool
+BlockMode = Literal["enforce", "shadow"]
 Redis = aioredis.Redis
 
 # A device as the admin API shows it: ``devices`` (what admins set) joined with
@@ -75,11 +77,13 @@ async def set_blocked(
     reason: str | None = None,
     *,
     create: bool = False,
+    mode: BlockMode = "enforce",
 ) -> asyncpg.Record | None:
     """Block or unblock a device; idempotent. Returns the device row, None if unknown.
 
-    With ``create``, an unknown device is registered blocked (the edge may block a device before
-    it ever called)."""
+    ``mode`` is the block's (a shadow block forwards and counts); blocking again with the other
+    mode switches it in place, and an unblock clears either. With ``create``, an unknown device
+    is registered blocked (the edge may block a device before it ever called)."""
     async with pool.acquire() as conn:
         if create:
             await conn.execute(
@@ -95,7 +99,10 @@ async def set_blocked(
                 is_blocked = $3,
                 blocked_at = CASE WHEN $3 THEN COALESCE(blocked_at, now()) ELSE NULL END,
                 block_reason = CASE WHEN $3 THEN COALESCE($4, block_reason) ELSE NULL END,
-                updated_at = CASE WHEN is_blocked = $3 THEN updated_at ELSE now() END
+                block_mode = CASE WHEN $3 THEN $5 ELSE NULL END,
+                updated_at = CASE WHEN is_blocked = $3 AND block_mode IS NOT DISTINCT FROM
+                                      (CASE WHEN $3 THEN $5 END)
+                                  THEN updated_at ELSE now() END
             WHERE tenant_id = $1 AND device_id = $2
             RETURNING device_id
             """,
@@ -103,6 +110,7 @@ async def set_blocked(
             device_id,
             blocked,
             reason,
+            mode,
         )
         row: asyncpg.Record | None = (
             None if changed is None else await conn.fetchrow(_DEVICE_ROW, tenant_id, device_id)
@@ -110,13 +118,29 @@ async def set_blocked(
     if row is None:
         return None
     key = edgeview.member(tenant_id, device_id)
-
     await _sync(
         redis,
-        lambda pipe: (pipe.sadd if blocked else pipe.srem)(edgeview.BLOCKED_SET, key),
-        [EdgeEvent("block" if blocked else "unblock", key)],
+        lambda pipe: _stage_block(pipe, key, blocked, mode),
+        _block_events(key, blocked, mode),
     )
     return row
+
+
+def _stage_block(pipe: Pipeline, key: str, blocked: bool, mode: BlockMode) -> None:
+    """A device is in at most one of the blocked and shadow sets (neither when unblocked)."""
+    shadow = blocked and mode == "shadow"
+    (pipe.sadd if blocked and not shadow else pipe.srem)(edgeview.BLOCKED_SET, key)
+    (pipe.sadd if shadow else pipe.srem)(edgeview.SHADOW_SET, key)
+
+
+def _block_events(key: str, blocked: bool, mode: BlockMode) -> list[EdgeEvent]:
+    if not blocked:
+        return [EdgeEvent("unblock", key)]
+    if mode == "enforce":
+        return [EdgeEvent("block", key)]
+    # "unblock" first: a proxy older than shadow blocks ignores "shadow", and must not keep
+    # enforcing a block that became a shadow one (see gatekeeper.domain.edgeview).
+    return [EdgeEvent("unblock", key), EdgeEvent("shadow", key)]
 
 
 async def set_enabled(
@@ -312,10 +336,12 @@ async def revoke_device_keys(
 async def reconcile(pool: Pool, redis: Redis) -> dict[str, int]:
     """Rebuild the whole Redis edge view from Postgres, atomically, then announce a resync."""
     async with pool.acquire() as conn:
-        blocked = [
-            edgeview.member(r[0], r[1])
-            for r in await conn.fetch("SELECT tenant_id, device_id FROM devices WHERE is_blocked")
-        ]
+        blocked: list[str] = []
+        shadow: list[str] = []
+        for r in await conn.fetch(
+            "SELECT tenant_id, device_id, block_mode FROM devices WHERE is_blocked"
+        ):
+            (shadow if r[2] == "shadow" else blocked).append(edgeview.member(r[0], r[1]))
         disabled = [
             edgeview.member(r[0], r[1])
             for r in await conn.fetch(
@@ -336,6 +362,7 @@ async def reconcile(pool: Pool, redis: Redis) -> dict[str, int]:
         async with redis.pipeline(transaction=True) as pipe:
             for name, members in (
                 (edgeview.BLOCKED_SET, blocked),
+                (edgeview.SHADOW_SET, shadow),
                 (edgeview.DISABLED_SET, disabled),
             ):
                 staging = f"{name}:staging:{suffix}"
@@ -354,4 +381,9 @@ async def reconcile(pool: Pool, redis: Redis) -> dict[str, int]:
         await publish(redis, [EdgeEvent("resync")])
     except (RedisError, OSError) as exc:
         raise EdgeSyncError(str(exc)) from exc
-    return {"blocked": len(blocked), "disabled": len(disabled), "keys": len(keys)}
+    return {
+        "blocked": len(blocked),
+        "shadow": len(shadow),
+        "disabled": len(disabled),
+        "keys": len(keys),
+    }

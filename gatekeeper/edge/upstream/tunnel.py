@@ -209,7 +209,7 @@ class OpenTunnels:
 
     __slots__ = ("_by_device", "_denied")
 
-    def __init__(self, denied: Callable[[DeviceKey], object]) -> None:
+    def __init__(self, denied: Callable[[DeviceKey], bool]) -> None:
         self._denied = denied
         self._by_device: dict[DeviceKey, set[ClientConnection]] = {}
 
@@ -224,6 +224,6 @@ class OpenTunnels:
                 del self._by_device[key]
 
     def enforce(self) -> None:
-        for key in [k for k in self._by_device if self._denied(k) is not None]:
+        for key in [k for k in self._by_device if self._denied(k)]:
             for conn in self._by_device.pop(key):
                 conn.close()  # the splice ends with it, and the upstream side is closed
