@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from admin_api.console import admin_pages, device_pages, oidc, signin
+from admin_api.console import admin_pages, bulk_pages, device_pages, oidc, signin
 from admin_api.console.access import SESSIONS, SSO
 from admin_api.console.apicall import API_CLIENT, ApiClient
 from admin_api.console.render import STATIC_DIR, TEMPLATES, console_headers, create_environment
@@ -32,6 +32,8 @@ def _routes() -> list[web.AbstractRouteDef]:
         web.post("/console/sign-out", signin.sign_out),
         web.get(_TENANT + "/devices", device_pages.devices_page),
         web.get(_TENANT + "/devices.csv", device_pages.devices_csv),
+        web.post(_TENANT + "/devices/bulk-block", bulk_pages.bulk_block),
+        web.post(_TENANT + "/devices/bulk-unblock", bulk_pages.bulk_unblock),
         web.get(_DEVICE, device_pages.device_page),
         web.post(_DEVICE + "/rename", device_pages.rename),
         web.post(_DEVICE + "/block", device_pages.block),

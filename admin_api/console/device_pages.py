@@ -12,6 +12,7 @@ from aiohttp import web
 
 from admin_api.console.access import Form, Outcome, action, page, take_flash
 from admin_api.console.apicall import API_CLIENT, ApiError, api_path
+from admin_api.console.bulk_pages import BULK_ACTIONS, dry_run
 from admin_api.console.render import console_path, render
 from admin_api.console.session import Session
 
@@ -65,8 +66,17 @@ async def devices_page(request: web.Request, session: Session) -> web.Response:
         if exc.status not in (400, 422):
             raise
         error = exc.message  # a search the API refuses: said next to the search form
+    bulk = request.query.get("bulk")
+    confirm = None
+    if bulk in BULK_ACTIONS and error is None:
+        # The count first: the confirming form is shown with what the operation would change.
+        confirm = {"operation": bulk, **await dry_run(request, session, bulk, filters)}
     context = {
         "session": session,
+        "flash": await take_flash(request, session),
+        "confirm": confirm,
+        "filters": filters,
+        "bulk_urls": {op: "?" + urlencode({**filters, "bulk": op}) for op in BULK_ACTIONS},
         "devices": devices,
         "q": filters.get("q", ""),
         "blocked": filters["blocked"],
@@ -150,7 +160,9 @@ async def rename(request: web.Request, session: Session, form: Form) -> Outcome:
 
 @action("block", _device_page_url)
 async def block(request: web.Request, session: Session, form: Form) -> Outcome:
-    return await _device_call(request, session, "POST", "/block", {"reason": _text(form, "reason")})
+    """Enforce (the default) or shadow; blocking a shadow-blocked device enforces it."""
+    body = {"reason": _text(form, "reason"), "mode": _text(form, "mode") or "enforce"}
+    return await _device_call(request, session, "POST", "/block", body)
 
 
 @action("unblock", _device_page_url)
