@@ -1,0 +1,70 @@
+"""The event outbox (issue 14): events written in the transaction of the change that caused
+them (migration 0007). Writers call :func:`emit` or :func:`emit_many` on the connection that
+holds their transaction; the admin process's dispatcher reads the table and delivers.
+
+Event types are those of ``shared/DESIGN.md`` ("Events out"); ``data`` is the event's JSON body
+without the envelope (``id``, ``type``, ``createdAt``, ``tenantId`` are columns).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
+
+import asyncpg
+
+__all__ = ["EVENT_TYPES", "emit", "emit_many"]
+
+EVENT_TYPES: Final = (
+    "device.registered",
+    "device.changed",
+    "device.blocked",
+    "device.unblocked",
+    "device.deleted",
+    "device.conflict",
+    "key.reset",
+    "token.created",
+    "token.revoked",
+)
+
+_INSERT: Final = (
+    "INSERT INTO event_outbox (tenant_id, device_id, type, data)"
+    " SELECT t.tenant_id, t.device_id, t.type, t.data::jsonb"
+    " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) WITH ORDINALITY"
+    " AS t(tenant_id, device_id, type, data, n)"
+    " ORDER BY t.n"  # ids are drawn in this order: the order the caller gave
+)
+
+
+async def emit(
+    conn: asyncpg.Connection,
+    tenant_id: str,
+    type_: str,
+    data: Mapping[str, Any],
+    device_id: str | None = None,
+) -> None:
+    """One event, in ``conn``'s transaction."""
+    await emit_many(conn, [(tenant_id, device_id, type_, data)])
+
+
+async def emit_many(
+    conn: asyncpg.Connection,
+    events: Iterable[tuple[str, str | None, str, Mapping[str, Any]]],
+) -> int:
+    """Events ``(tenant_id, device_id, type, data)`` in one statement, in order (ids ascend in
+    the order given); returns how many."""
+    tenants: list[str] = []
+    devices: list[str | None] = []
+    types: list[str] = []
+    bodies: list[str] = []
+    for tenant_id, device_id, type_, data in events:
+        if type_ not in EVENT_TYPES:
+            raise ValueError(f"unknown event type {type_!r}")
+        tenants.append(tenant_id)
+        devices.append(device_id)
+        types.append(type_)
+        bodies.append(json.dumps(data, separators=(",", ":"), default=str))
+    if tenants:
+        await conn.execute(_INSERT, tenants, devices, types, bodies)
+    return len(tenants)
