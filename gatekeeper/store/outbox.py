@@ -13,8 +13,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
-__all__ = ["EVENT_TYPES", "emit", "emit_many"]
+__all__ = ["EVENT_TYPES", "Conn", "emit", "emit_many"]
 
 EVENT_TYPES: Final = (
     "device.registered",
@@ -28,6 +29,9 @@ EVENT_TYPES: Final = (
     "token.revoked",
 )
 
+# A connection holding the caller's transaction: its own, or one borrowed from a pool.
+Conn = asyncpg.Connection | PoolConnectionProxy
+
 _INSERT: Final = (
     "INSERT INTO event_outbox (tenant_id, device_id, type, data)"
     " SELECT t.tenant_id, t.device_id, t.type, t.data::jsonb"
@@ -38,7 +42,7 @@ _INSERT: Final = (
 
 
 async def emit(
-    conn: asyncpg.Connection,
+    conn: Conn,
     tenant_id: str,
     type_: str,
     data: Mapping[str, Any],
@@ -49,7 +53,7 @@ async def emit(
 
 
 async def emit_many(
-    conn: asyncpg.Connection,
+    conn: Conn,
     events: Iterable[tuple[str, str | None, str, Mapping[str, Any]]],
 ) -> int:
     """Events ``(tenant_id, device_id, type, data)`` in one statement, in order (ids ascend in
