@@ -19,6 +19,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
+from console_rig import Console
 from test_admin_helpers import Api, admin_settings, running_api
 
 from gatekeeper.edge.server import EdgeServer
@@ -225,3 +226,12 @@ async def api(
     settings = admin_settings(stores.pg_url, stores.redis_url)
     async with running_api(settings, pg_pool, redis_client, tenant) as client:
         yield client
+
+
+@pytest.fixture
+async def console(api: Api) -> Console:
+    """The web console of ``api``'s admin app, signed in with one of its tokens."""
+    console = Console(api)
+    response = await console.sign_in()
+    assert response.status == 303
+    return console

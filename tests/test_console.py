@@ -6,36 +6,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
-from conftest import Stores
 from console_rig import Console
-from test_admin_helpers import Api, admin_settings, running_api
+from test_admin_helpers import Api
 
 from admin_api.auth import DEVICE_READ, DEVICE_WRITE
 from admin_api.console.session import COOKIE
 from gatekeeper.domain import edgeview
 from gatekeeper.runtime.admin_tokens import mint_token
-
-
-@pytest.fixture
-async def api(
-    stores: Stores, pg_pool: asyncpg.Pool, redis_client: aioredis.Redis, tenant: str
-) -> AsyncIterator[Api]:
-    settings = admin_settings(stores.pg_url, stores.redis_url)
-    async with running_api(settings, pg_pool, redis_client, tenant) as client:
-        yield client
-
-
-@pytest.fixture
-async def console(api: Api) -> Console:
-    console = Console(api)
-    response = await console.sign_in()
-    assert response.status == 303
-    return console
 
 
 async def test_sign_in_page_has_the_named_controls(api: Api) -> None:

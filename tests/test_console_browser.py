@@ -56,15 +56,6 @@ async def browser() -> AsyncIterator[Browser]:
 
 
 @pytest.fixture
-async def api(
-    stores: Stores, pg_pool: asyncpg.Pool, redis_client: aioredis.Redis, tenant: str
-) -> AsyncIterator[Api]:
-    settings = admin_settings(stores.pg_url, stores.redis_url)
-    async with running_api(settings, pg_pool, redis_client, tenant) as client:
-        yield client
-
-
-@pytest.fixture
 async def page(browser: Browser) -> AsyncIterator[Page]:
     context = await browser.new_context(viewport={"width": 1280, "height": 900})
     opened = await context.new_page()

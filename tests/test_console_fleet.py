@@ -3,32 +3,11 @@ run's count before anything changes, and shadow blocks shown apart from enforced
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import asyncpg
-import pytest
 import redis.asyncio as aioredis
-from conftest import Stores
 from console_rig import Console
-from test_admin_helpers import Api, admin_settings, running_api
+from test_admin_helpers import Api
 
 from gatekeeper.domain import edgeview
-
-
-@pytest.fixture
-async def api(
-    stores: Stores, pg_pool: asyncpg.Pool, redis_client: aioredis.Redis, tenant: str
-) -> AsyncIterator[Api]:
-    settings = admin_settings(stores.pg_url, stores.redis_url)
-    async with running_api(settings, pg_pool, redis_client, tenant) as client:
-        yield client
-
-
-@pytest.fixture
-async def console(api: Api) -> Console:
-    console = Console(api)
-    assert (await console.sign_in()).status == 303
-    return console
 
 
 async def _blocked(api: Api, device_id: str) -> tuple[bool, str | None]:

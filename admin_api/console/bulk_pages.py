@@ -9,6 +9,7 @@ edge announcement). Nothing is changed without the admin having seen the count.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Final
 from urllib.parse import urlencode
 
@@ -19,23 +20,32 @@ from admin_api.console.apicall import API_CLIENT, ApiError, api_path
 from admin_api.console.render import console_path
 from admin_api.console.session import Session
 
-__all__ = ["BULK_ACTIONS", "bulk_block", "bulk_unblock", "dry_run"]
+__all__ = [
+    "BLOCKED_CHOICES",
+    "BULK_ACTIONS",
+    "bulk_block",
+    "bulk_unblock",
+    "dry_run",
+    "list_filters",
+]
 
 BULK_ACTIONS: Final = ("block", "unblock")
-_BLOCKED_VALUES: Final = frozenset({"all", "hide", "only"})
+BLOCKED_CHOICES: Final = (("all", "All"), ("hide", "Hide blocked"), ("only", "Only blocked"))
+_BLOCKED_VALUES: Final = frozenset(v for v, _ in BLOCKED_CHOICES)
 
 
 def _list_url(tenant: str, filters: dict[str, str]) -> str:
     return console_path(tenant, "devices") + "?" + urlencode(filters)
 
 
-def form_filters(form: Form) -> dict[str, str]:
-    """The list filter the confirming form carries (what the admin saw counted)."""
-    blocked = form.get("blocked")
+def list_filters(values: Mapping[str, object]) -> dict[str, str]:
+    """The list's filter, ``q`` and ``blocked`` (unknown values: all), from a page's query or
+    from a confirming form: what the admin saw listed is what a bulk operation acts on."""
+    blocked = values.get("blocked")
     filters = {
         "blocked": blocked if isinstance(blocked, str) and blocked in _BLOCKED_VALUES else "all"
     }
-    q = form.get("q")
+    q = values.get("q")
     if isinstance(q, str) and q.strip():
         filters["q"] = q.strip()
     return filters
@@ -63,7 +73,7 @@ def _back(request: web.Request) -> str:
 
 
 async def _bulk(request: web.Request, session: Session, form: Form, operation: str) -> Outcome:
-    filters = form_filters(form)
+    filters = list_filters(form)
     body: dict[str, Any] = {"filter": filters}
     reason = form.get("reason")
     if operation == "block" and isinstance(reason, str) and reason.strip():

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from admin_api.console.access import Form, Outcome, action, page, take_flash
 from admin_api.console.apicall import API_CLIENT, ApiError, api_path
-from admin_api.console.bulk_pages import BULK_ACTIONS, dry_run
+from admin_api.console.bulk_pages import BLOCKED_CHOICES, BULK_ACTIONS, dry_run, list_filters
 from admin_api.console.render import console_path, render
 from admin_api.console.session import Session
 
@@ -30,19 +30,10 @@ __all__ = [
 
 PAGE_SIZE: Final = 50
 HISTORY_SIZE: Final = 50
-BLOCKED_CHOICES: Final = (("all", "All"), ("hide", "Hide blocked"), ("only", "Only blocked"))
-_BLOCKED_VALUES: Final = frozenset(v for v, _ in BLOCKED_CHOICES)
 
 
 def _filters(request: web.Request) -> dict[str, str]:
-    """The list's filter from the page's query: ``q`` and ``blocked`` (unknown values: all)."""
-    filters = {"blocked": request.query.get("blocked", "all")}
-    if filters["blocked"] not in _BLOCKED_VALUES:
-        filters["blocked"] = "all"
-    q = request.query.get("q", "").strip()
-    if q:
-        filters["q"] = q
-    return filters
+    return list_filters(request.query)
 
 
 @page
