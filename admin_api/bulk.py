@@ -39,6 +39,7 @@ from admin_api.validation import read_json, validator
 from gatekeeper.domain import edgeview
 from gatekeeper.domain.edgeview import EdgeEvent
 from gatekeeper.store.edge_batch import write_batch
+from gatekeeper.store.outbox import emit_many
 
 __all__ = [
     "BULK_MAX_BODY_BYTES",
@@ -170,7 +171,18 @@ async def _set_blocked(
                 await conn.execute(_BLOCK, query.tenant_id, ids, reason)
             else:
                 await conn.execute(_UNBLOCK, query.tenant_id, ids)
+            # One event per device changed, one statement, in the change's transaction.
+            await emit_many(conn, _events(query.tenant_id, ids, blocked, reason))
     return len(rows), ids
+
+
+def _events(
+    tenant_id: str, ids: list[str], blocked: bool, reason: str | None
+) -> list[tuple[str, str | None, str, dict[str, Any]]]:
+    if blocked:
+        data: dict[str, Any] = {"reason": reason, "mode": "enforce", "bulk": True}
+        return [(tenant_id, i, "device.blocked", {"deviceId": i, **data}) for i in ids]
+    return [(tenant_id, i, "device.unblocked", {"deviceId": i, "bulk": True}) for i in ids]
 
 
 async def _delete_batch(
@@ -203,6 +215,9 @@ async def _delete_batch(
         await _lock_activity(conn, tenant, ids)
         await conn.execute(
             "DELETE FROM devices WHERE tenant_id = $1 AND device_id = ANY($2::text[])", tenant, ids
+        )
+        await emit_many(
+            conn, [(tenant, i, "device.deleted", {"deviceId": i, "bulk": True}) for i in ids]
         )
     # A deleted device must not stay denied at the edge: a device that registers again under
     # that id starts enabled, as a single delete leaves it.

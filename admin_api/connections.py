@@ -19,6 +19,7 @@ from gatekeeper.domain.credentials import DEVICE_KEY_PREFIX, digest_secret, secr
 from gatekeeper.domain.identity import valid_device_id
 from gatekeeper.store import edge_writes as store
 from gatekeeper.store.edge_writes import DEVICE_VIEW
+from gatekeeper.store.outbox import emit
 
 __all__ = ["connect_device", "reset_connection"]
 
@@ -125,6 +126,8 @@ async def reset_connection(request: web.Request) -> web.Response:
                 type_="edge-sync",
                 headers={"Retry-After": "1"},
             ) from exc
+        event = {"deviceId": device_id, "graceSeconds": grace, "keyPrefix": issued.prefix}
+        await emit(lock_conn, tenant_id, "key.reset", event, device_id)
     await audit.record(
         request,
         principal,

@@ -40,6 +40,7 @@ from admin_api.validation import (
 from gatekeeper.domain.identity import valid_device_id
 from gatekeeper.store import edge_writes as store
 from gatekeeper.store.edge_writes import DEVICE_VIEW
+from gatekeeper.store.outbox import emit
 
 __all__ = [
     "block_device",
@@ -178,12 +179,15 @@ async def delete_device(request: web.Request) -> web.Response:
     revoked, _ = await edge.call(store.revoke_device_keys(pool, redis, tenant_id, device_id))
     if not row["is_enabled"]:
         await edge.call(store.set_enabled(pool, redis, tenant_id, device_id, True))
-    deleted = await pool.fetchval(
-        "DELETE FROM devices WHERE tenant_id = $1 AND device_id = $2 AND NOT is_blocked"
-        " RETURNING device_id",
-        tenant_id,
-        device_id,
-    )
+    async with pool.acquire() as conn, conn.transaction():
+        deleted = await conn.fetchval(
+            "DELETE FROM devices WHERE tenant_id = $1 AND device_id = $2 AND NOT is_blocked"
+            " RETURNING device_id",
+            tenant_id,
+            device_id,
+        )
+        if deleted is not None:
+            await emit(conn, tenant_id, "device.deleted", {"deviceId": device_id}, device_id)
     if deleted is None:  # blocked (or deleted) while we revoked its keys
         if await pool.fetchval(
             "SELECT is_blocked FROM devices WHERE tenant_id = $1 AND device_id = $2",

@@ -17,6 +17,7 @@ from admin_api.serialize import rfc3339, token_json
 from admin_api.validation import check_query, parse_timestamp, read_json, validator
 from gatekeeper.domain.credentials import TOKEN_PREFIX
 from gatekeeper.store import edge_writes as store
+from gatekeeper.store.outbox import emit
 
 __all__ = ["create_token", "list_tokens", "revoke_token"]
 
@@ -57,6 +58,10 @@ async def create_token(request: web.Request) -> web.Response:
         "SELECT created_at FROM api_keys WHERE key_id = $1", issued.key_id
     )
     token_id = str(issued.key_id)
+    # After the key's own statement commits (store.issue_key owns it): see docs/decisions.md.
+    event = {"tokenId": token_id, "name": body["name"], "prefix": issued.prefix}
+    async with pool.acquire() as conn:
+        await emit(conn, principal.tenant_id, "token.created", event)
     await audit.record(
         request,
         principal,
@@ -114,5 +119,8 @@ async def revoke_token(request: web.Request) -> web.Response:
         if not exists:
             raise not_found("No such token")
         return web.Response(status=204)
+    if revoked:  # after the revocation's commit (store.revoke_key owns its statement)
+        async with pool.acquire() as conn:
+            await emit(conn, principal.tenant_id, "token.revoked", {"tokenId": str(token_id)})
     await audit.record(request, principal, "token.revoke", "token", str(token_id))
     return web.Response(status=204)

@@ -168,6 +168,11 @@ class Settings:
     jwt_issuer: str = "gatekeeper"
     jwt_audience: str = "gatekeeper-admin"
     tenant_claim: str = "tid"
+    # Webhooks: private and loopback targets refused unless allowed (a local stack); the
+    # delivery timeout; the first retry's delay (doubling, with jitter, for a day).
+    webhook_allow_private_targets: bool = False
+    webhook_timeout_seconds: float = 10.0
+    webhook_retry_base_seconds: float = 5.0
     environment_url: str = "http://127.0.0.1:8080"
     key_pepper: str | None = None
     # The console's single sign-on (authorization code + PKCE): the provider's issuer URL (its
@@ -212,6 +217,8 @@ class Settings:
             "client_body_timeout",
             "upstream_keepalive_timeout",
             "access_log_sample",
+            "webhook_timeout_seconds",
+            "webhook_retry_base_seconds",
         )
         for name in positive:
             if getattr(self, name) <= 0:

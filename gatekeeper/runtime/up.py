@@ -157,6 +157,8 @@ async def run_stack(
 
         settings = settings.replace(jwt_secret=load_or_create_local_secret(settings.data_dir))
         remember_data_dir(settings.data_dir)  # so that `gatekeeper token` finds it anywhere
+    # A local stack: webhook receivers on this machine are the point.
+    settings = settings.replace(webhook_allow_private_targets=True)
     print("gatekeeper up:", flush=True)
     async with contextlib.AsyncExitStack() as stack:
         settings = await stack.enter_async_context(_embedded_stores(settings))

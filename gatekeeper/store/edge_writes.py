@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 from gatekeeper.domain import edgeview
 from gatekeeper.domain.credentials import digest_secret, display_prefix, new_secret
 from gatekeeper.domain.edgeview import EdgeEvent, KeyGrant
+from gatekeeper.store.outbox import Conn, emit
 
 __all__ = [
     "DEVICE_VIEW",
@@ -84,7 +85,7 @@ async def set_blocked(
     ``mode`` is the block's (a shadow block forwards and counts); blocking again with the other
     mode switches it in place, and an unblock clears either. With ``create``, an unknown device
     is registered blocked (the edge may block a device before it ever called)."""
-    async with pool.acquire() as conn:
+    async with pool.acquire() as conn, conn.transaction():
         if create:
             await conn.execute(
                 "INSERT INTO devices (tenant_id, device_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
@@ -104,7 +105,7 @@ async def set_blocked(
                                       (CASE WHEN $3 THEN $5 END)
                                   THEN updated_at ELSE now() END
             WHERE tenant_id = $1 AND device_id = $2
-            RETURNING device_id
+            RETURNING updated_at = now()
             """,
             tenant_id,
             device_id,
@@ -115,6 +116,12 @@ async def set_blocked(
         row: asyncpg.Record | None = (
             None if changed is None else await conn.fetchrow(_DEVICE_ROW, tenant_id, device_id)
         )
+        if changed:  # now() is the transaction's start: true only when this call changed it
+            data: dict[str, object] = {"deviceId": device_id}
+            if blocked:
+                data |= {"reason": row["block_reason"] if row else reason, "mode": mode}
+            type_ = "device.blocked" if blocked else "device.unblocked"
+            await emit(conn, tenant_id, type_, data, device_id)
     if row is None:
         return None
     key = edgeview.member(tenant_id, device_id)
@@ -207,7 +214,7 @@ def _grant_value(
 
 
 async def issue_key(
-    pool: Pool | asyncpg.Connection,
+    pool: Pool | Conn,
     redis: Redis,
     tenant_id: str,
     *,

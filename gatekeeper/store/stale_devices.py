@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 from gatekeeper.domain import edgeview
 from gatekeeper.domain.edgeview import EdgeEvent
 from gatekeeper.store.edge_writes import EdgeSyncError, _sync
+from gatekeeper.store.outbox import emit_many
 
 __all__ = ["count_stale", "delete_stale_batch", "stale_candidates"]
 
@@ -87,6 +88,10 @@ async def delete_stale_batch(
             cutoff,
         )
         deleted = [r["device_id"] for r in gone]
+        await emit_many(
+            conn,
+            [(tenant_id, i, "device.deleted", {"deviceId": i, "stale": True}) for i in deleted],
+        )
         digests = await conn.fetch(
             """
             UPDATE api_keys SET revoked_at = now()
