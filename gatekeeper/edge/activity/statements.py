@@ -67,6 +67,27 @@ SELECT h.t, h.d, h.r,
 FROM ({rows}) AS h
 """
 
+_HISTORY_RETURNING = (
+    "RETURNING id, tenant_id, device_id, recorded_at, changed_fields, previous, current"
+)
+
+# The outbox events of the history records ``history`` returned (issue 14), in the flush's
+# transaction so that a rolled-back flush leaves none: a first sighting (``previous`` NULL) is
+# ``device.registered``, any later record ``device.changed``. Ordered by the history id, so a
+# device's events get ascending outbox ids in the order its records were written.
+_EVENTS = """
+INSERT INTO event_outbox (tenant_id, device_id, type, data)
+SELECT tenant_id, device_id,
+       CASE WHEN previous IS NULL THEN 'device.registered' ELSE 'device.changed' END,
+       CASE WHEN previous IS NULL
+            THEN jsonb_build_object('deviceId', device_id, 'recordedAt', recorded_at,
+                                    'attributes', current)
+            ELSE jsonb_build_object('deviceId', device_id, 'recordedAt', recorded_at,
+                                    'changedFields', to_jsonb(changed_fields),
+                                    'previous', previous, 'current', current) END
+FROM history ORDER BY id
+"""
+
 _ACTIVITY_COLUMNS = """tenant_id, device_id, application, application_version, os, os_version,
     manufacturer, model, attributes_seen_at, first_seen_at, last_active_at, last_data_upload_at"""
 
@@ -103,7 +124,8 @@ WITH input AS (
     )
 }) AS rows
     JOIN inserted ON inserted.tenant_id = rows.t AND inserted.device_id = rows.d
-)
+    {_HISTORY_RETURNING}
+), events AS ({_EVENTS})
 SELECT i - 1 FROM input
 WHERE NOT EXISTS (SELECT FROM inserted WHERE inserted.tenant_id = input.t
                                          AND inserted.device_id = input.d)
@@ -228,7 +250,7 @@ WITH input AS (
       AND NOT EXISTS (SELECT FROM updated u WHERE u.t = input.t AND u.d = input.d)
 ), {_REVIVE.format(rows="missing", missing="true")}, revived_activity AS (
     {_ACTIVITY_UPSERT.format(source="missing")}
-)
+), history AS (
 INSERT INTO device_history (tenant_id, device_id, recorded_at, changed_fields, previous, current)
 {
     _HISTORY_ROWS.format(
@@ -241,12 +263,17 @@ INSERT INTO device_history (tenant_id, device_id, recorded_at, changed_fields, p
         " FROM missing"
     )
 }
-"""
+{_HISTORY_RETURNING}
+)
+{_EVENTS}"""
 
 HISTORY = f"""
+WITH history AS (
 INSERT INTO device_history (tenant_id, device_id, recorded_at, changed_fields, previous, current)
 {_HISTORY_ROWS.format(rows=_HISTORY_INPUT.format(n=1))}
-"""
+{_HISTORY_RETURNING}
+)
+{_EVENTS}"""
 
 KEY_USES = """
 UPDATE api_keys SET last_used_at = GREATEST(api_keys.last_used_at, to_timestamp(x.used))
