@@ -8,9 +8,7 @@ code base reads ``os.environ`` for configuration.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -18,6 +16,7 @@ from typing import Any, Literal, get_args
 from urllib.parse import urlsplit, urlunsplit
 
 from gatekeeper.domain.ids import TENANT_ID_RULE, valid_tenant_id
+from gatekeeper.settings_sources import SettingsError, coerce, read_toml
 
 __all__ = [
     "ENV_PREFIX",
@@ -46,10 +45,6 @@ _UPSTREAM_TLS_FIELDS = (
     "upstream_tls_key_file",
     "upstream_tls_verify",
 )
-
-
-class SettingsError(ValueError):
-    """A setting has a value the gatekeeper cannot run with."""
 
 
 # RFC 7518 §3.2: an HS256 key must be at least as long as the hash output (32 bytes).
@@ -323,7 +318,7 @@ class Settings:
         )
         merged: dict[str, Any] = {}
         if path is not None:
-            merged.update(_read_toml(path))
+            merged.update(read_toml(path))
         for name in cls.field_names():
             key = ENV_PREFIX + name.upper()
             if key in env:
@@ -338,61 +333,5 @@ class Settings:
         if unknown:
             raise SettingsError(f"unknown settings: {', '.join(unknown)}")
         defaults = cls()
-        coerced = {
-            name: _coerce(name, raw, getattr(defaults, name)) for name, raw in values.items()
-        }
+        coerced = {name: coerce(name, raw, getattr(defaults, name)) for name, raw in values.items()}
         return cls(**coerced)
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise SettingsError(f"cannot read settings file {path}: {exc}") from exc
-    # Accept both a flat file and one with a [gatekeeper] table; with the table, anything
-    # outside it is a mistake (a key above the header, another table) that would otherwise be
-    # silently ignored.
-    table = data.get("gatekeeper", data)
-    if not isinstance(table, dict):
-        raise SettingsError(f"{path}: [gatekeeper] must be a table")
-    outside = sorted(set(data) - {"gatekeeper"}) if "gatekeeper" in data else []
-    if outside:
-        raise SettingsError(
-            f"{path}: {', '.join(outside)} outside the [gatekeeper] table; move into it"
-        )
-    return dict(table)
-
-
-def _coerce(name: str, raw: Any, default: Any) -> Any:
-    """Turn an environment string (or TOML value) into the type of the default."""
-    if raw is None:
-        return None
-    try:
-        if isinstance(default, bool):
-            if isinstance(raw, bool):
-                return raw
-            text = str(raw).strip().lower()
-            if text in ("1", "true", "yes", "on"):
-                return True
-            if text in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(f"not a boolean: {raw!r}")
-        if isinstance(default, int):
-            return int(raw)
-        if isinstance(default, float):
-            return float(raw)
-        if isinstance(default, Path):
-            return Path(raw)
-        if isinstance(default, dict):
-            # A table in TOML; a JSON object in the environment (GATEKEEPER_..._TENANTS).
-            table = json.loads(raw) if isinstance(raw, str) else raw
-            if not isinstance(table, dict):
-                raise ValueError(f"not a table: {raw!r}")
-            return {
-                str(k): float(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
-                for k, v in table.items()
-            }
-    except (TypeError, ValueError) as exc:
-        raise SettingsError(f"{name}: {exc}") from exc
-    return str(raw) if not isinstance(raw, str) else raw
