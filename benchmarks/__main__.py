@@ -1,5 +1,5 @@
-"""``python -m benchmarks proxy|soak|reliability``: the proxy benchmark suite, a bounded soak,
-and the reliability report (docs/reliability.md).
+"""``python -m benchmarks proxy|soak|reliability|capacity``: the proxy benchmark suite, a bounded
+soak, the reliability report (docs/reliability.md) and the capacity model (docs/scaling.md).
 
 The harness installs nothing. With ``nginx`` and ``wrk`` installed (``apt-get install nginx
 wrk``) it uses them; without, it says so and falls back to built-in equivalents.
@@ -20,6 +20,7 @@ _HERE = Path(__file__).resolve().parent
 _DEFAULT_OUT = _HERE / "results"
 _DOCS = _HERE.parent / "docs" / "performance.md"
 _RELIABILITY_DOC = _HERE.parent / "docs" / "reliability.md"
+_SCALING_DOC = _HERE.parent / "docs" / "scaling.md"
 
 
 def _minutes(text: str) -> float:
@@ -107,6 +108,27 @@ def _parser() -> argparse.ArgumentParser:
     )
     rel.add_argument("--out", type=Path, default=_RELIABILITY_DOC, help="the page to write")
     rel.add_argument("--quiet", action="store_true", help="no progress lines")
+
+    cap = sub.add_parser(
+        "capacity", help="the capacity model from measured figures; rewrite docs/scaling.md"
+    )
+    cap.add_argument(
+        "--results",
+        type=Path,
+        default=_DEFAULT_OUT,
+        help="folder with latest.json and capacity-redis.json (default benchmarks/results)",
+    )
+    cap.add_argument("--doc", type=Path, default=_SCALING_DOC, help="the page to write")
+    cap.add_argument(
+        "--check", action="store_true", help="only check that the page holds the current table"
+    )
+    cap.add_argument(
+        "--measure-redis",
+        action="store_true",
+        help="first measure bytes per edge-view entry on a Valkey of its own",
+    )
+    cap.add_argument("--target-rps", type=float, help="requests per second (default 1,000,000)")
+    cap.add_argument("--devices", type=int, help="devices (default 10,000,000)")
     return parser
 
 
@@ -172,8 +194,35 @@ def _reliability(args: argparse.Namespace) -> int:
     return 0
 
 
+def _capacity(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from .capacity import Assumptions, load_inputs, model, render_table, update_doc
+    from .capacity_code import measure_on_embedded
+
+    if args.measure_redis:
+        print(measure_on_embedded(args.results / "capacity-redis.json"))
+    assumptions = Assumptions()
+    if args.target_rps is not None:
+        assumptions = replace(assumptions, target_rps=args.target_rps)
+    if args.devices is not None:
+        assumptions = replace(assumptions, devices=args.devices)
+    table = render_table(model(load_inputs(args.results), assumptions))
+    print(table, end="")
+    if args.check:
+        if not update_doc(args.doc, table, check=True):
+            print(f"{args.doc} is not current: run python -m benchmarks capacity", file=sys.stderr)
+            return 1
+        return 0
+    update_doc(args.doc, table)
+    print(f"wrote {args.doc}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "capacity":
+        return _capacity(args)
     if args.command == "soak":
         return _soak(args)
     if args.command == "reliability":
