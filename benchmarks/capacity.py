@@ -90,7 +90,7 @@ def load_inputs(results: Path) -> list[Input]:
     src = "latest.json"
     gk1, gk2 = _scenario(latest, "gatekeeper-1"), _scenario(latest, "gatekeeper-2")
     slower = min((gk1, gk2), key=lambda s: float(s["rps"]))
-    wb = latest["details"]["writebehind"]
+    wb, touches = latest["writebehind"], latest["details"]["writebehind"]["touches_per_s"]
     items = [
         Input(
             "per-core req/s",
@@ -119,7 +119,7 @@ def load_inputs(results: Path) -> list[Input]:
         ),
         Input(
             "recorder touches/s",
-            float(wb["touches_per_s"]),
+            float(touches),
             "devices/s",
             f"{src} details.writebehind.touches_per_s (known devices, one recorder)",
         ),
@@ -175,7 +175,7 @@ def load_inputs(results: Path) -> list[Input]:
             "round trips per flush piece",
             capacity_code.PIECE_ROUND_TRIPS,
             "stmt",
-            "derived: activity/sql.py write_batch (BEGIN+SETs, one data statement, COMMIT)",
+            "derived: activity/sql.py write_batch (BEGIN+SETs, data statement, COMMIT, pool reset)",
         ),
         Input(
             "rows per touch",

@@ -43,9 +43,11 @@ __all__ = [
 PIECE_DEVICES: Final = _PIECE_DEVICES
 # Round trips of one flush piece, from gatekeeper/edge/activity/sql.py::_write/write_batch:
 # "BEGIN; SET LOCAL …" (one simple-query message), the piece's one data statement
-# (KNOWN_ONE_SIGHTING for touches, INSERT_NEW for new devices), COMMIT. A piece with key uses
-# adds KEY_USES; a piece whose devices had several sightings adds LOCK_CURRENT, UPSERT, HISTORY.
-PIECE_ROUND_TRIPS: Final = 3
+# (KNOWN_ONE_SIGHTING for touches, INSERT_NEW for new devices), COMMIT, and asyncpg's reset of
+# the connection when the pool takes it back (``pg_advisory_unlock_all(); CLOSE ALL; …``). A
+# piece with key uses adds KEY_USES; one whose devices had several sightings adds LOCK_CURRENT,
+# UPSERT and HISTORY.
+PIECE_ROUND_TRIPS: Final = 4
 # Rows written, per device: a touch updates its device_activity row; a new device inserts its
 # devices, device_activity and first device_history rows and one event_outbox row (the harness
 # measures 4.0 rows for 1,000 requests of one new device, which agrees); an attribute change
