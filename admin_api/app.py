@@ -27,6 +27,7 @@ from admin_api.context import CLOCK, PG_POOL, REDIS, SETTINGS
 from admin_api.edgesync import EDGE_SYNC, EdgeSync
 from admin_api.errors import Handler, Problem, problem_middleware
 from admin_api.metrics import METRICS, AdminMetrics, metrics_handler, metrics_middleware
+from admin_api.readreplica import READ_POOL, ReadPool
 from admin_api.server import MAX_FIELD_BYTES
 from gatekeeper.domain.identity import TENANT_ID_RULE, valid_tenant_id
 from gatekeeper.settings import Settings
@@ -95,10 +96,12 @@ def create_app(
     pool: asyncpg.Pool,
     redis: aioredis.Redis,
     *,
+    read_pool: asyncpg.Pool | None = None,
     verifier: TokenVerifier | None = None,
     clock: Clock = SYSTEM_CLOCK,
 ) -> web.Application:
-    """The admin application. ``pool`` and ``redis`` belong to the caller, who closes them;
+    """The admin application. ``pool`` and ``redis`` belong to the caller, who closes them, as
+    does ``read_pool`` (a read-only replica for the device list and export; None: ``pool``);
     ``verifier`` replaces the one built from ``settings``, ``clock`` the system's (tests).
     Serve it with :class:`admin_api.server.AdminRunner`."""
     app = web.Application(
@@ -109,6 +112,7 @@ def create_app(
     metrics = AdminMetrics()
     app[SETTINGS] = settings
     app[PG_POOL] = pool
+    app[READ_POOL] = ReadPool(read_pool or pool, replica=read_pool is not None)
     app[REDIS] = redis
     app[METRICS] = metrics
     app[CLOCK] = clock

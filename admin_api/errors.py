@@ -38,6 +38,7 @@ def problem_response(
 
 
 __all__ = [
+    "STORE_UNAVAILABLE",
     "FieldError",
     "Problem",
     "bad_request",
@@ -56,7 +57,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # TimeoutError covers asyncpg's statement, connect and pool-acquire timeouts (asyncio's
 # TimeoutError is the builtin one); OSError a refused or reset connection; the asyncpg classes
 # a server that is shutting down, starting, out of connection slots or cancelled the statement.
-_UNAVAILABLE: Final = (
+STORE_UNAVAILABLE: Final = (
     TimeoutError,
     OSError,
     asyncpg.PostgresConnectionError,
@@ -171,7 +172,7 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         return _from_http_exception(exc)
     except (asyncio.CancelledError, ConnectionResetError):
         raise
-    except _UNAVAILABLE as exc:
+    except STORE_UNAVAILABLE as exc:
         _log.warning(
             "store unavailable in %s %s: %s", request.method, _route(request), type(exc).__name__
         )

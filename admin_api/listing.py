@@ -20,9 +20,9 @@ import asyncpg
 from aiohttp import web
 
 from admin_api.auth import DEVICE_READ, authorize
-from admin_api.context import PG_POOL
 from admin_api.filters import FILTER_QUERY_NAMES, DeviceFilter, from_query, where_clause
 from admin_api.paging import next_link
+from admin_api.readreplica import READ_POOL, replica_errors
 from admin_api.serialize import (
     DEVICE_FIELDS,
     decode_cursor,
@@ -133,10 +133,14 @@ async def list_devices(request: web.Request) -> web.StreamResponse:
     query = from_query(request, principal.tenant_id)
     after = _after(request)
     limit = parse_limit(request)
-    pool = request.app[PG_POOL]
+    read = request.app[READ_POOL]
+    pool = read.pool
     if _wants_csv(request) and "limit" not in request.query:
-        return await _stream_csv(request, pool, query, after)
-    rows = await fetch_page(pool, query, after, limit + 1)
+        with replica_errors(read):  # until the first page is read: a 503 can still be sent
+            rows = await fetch_page(pool, query, after, _CSV_BATCH)
+        return await _stream_csv(request, pool, query, rows)
+    with replica_errors(read):
+        rows = await fetch_page(pool, query, after, limit + 1)
     headers: dict[str, str] = {}
     if len(rows) > limit:
         rows = rows[:limit]
@@ -176,17 +180,16 @@ async def _stream_csv(
     request: web.Request,
     pool: asyncpg.Pool,
     query: DeviceQuery,
-    after: tuple[datetime | None, str] | None,
+    rows: list[asyncpg.Record],
 ) -> web.StreamResponse:
-    """Every matching device from ``after`` on, one keyset page at a time (no long transaction,
-    no whole-list buffering)."""
+    """Every matching device from the first page ``rows`` on, one keyset page at a time (no long
+    transaction, no whole-list buffering)."""
     response = web.StreamResponse(
         headers={
             "Content-Type": "text/csv; charset=utf-8",
             "Content-Disposition": 'attachment; filename="devices.csv"',
         }
     )
-    rows = await fetch_page(pool, query, after, _CSV_BATCH)
     await response.prepare(request)
     await response.write(_csv_chunk(rows, header=True))
     while len(rows) == _CSV_BATCH:

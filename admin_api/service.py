@@ -46,6 +46,7 @@ class AdminService:
             check_jwt_secret(settings.jwt_secret)
         self._settings = settings
         self._pool: asyncpg.Pool | None = None
+        self._read_pool: asyncpg.Pool | None = None
         self._redis: aioredis.Redis | None = None
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
@@ -71,8 +72,13 @@ class AdminService:
             except CONNECT_ERRORS as exc:
                 # The command prints this one line and exits: which setting, where, and why.
                 raise StoreUnavailable("database_url", settings.database_url, exc) from exc
+            if settings.database_read_url:
+                # No connection yet (min_size 0): a replica that is down at start costs the
+                # list a 503 until it is back, not the whole admin API.
+                self._read_pool = await open_admin_pool(settings.database_read_url, min_size=0)
+                _log.info("admin device list reads from %s", mask_url(settings.database_read_url))
             self._redis = open_redis(settings.redis_url)
-            app = create_app(settings, self._pool, self._redis)
+            app = create_app(settings, self._pool, self._redis, read_pool=self._read_pool)
             app.cleanup_ctx.append(stale_job_ctx)  # the daily stale-device deletion
             self._runner = AdminRunner(
                 app, shutdown_timeout=_SHUTDOWN_TIMEOUT, access_log=_log.getChild("access")
@@ -118,9 +124,10 @@ class AdminService:
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+        for pool in (self._read_pool, self._pool):
+            if pool is not None:
+                await pool.close()
+        self._pool = self._read_pool = None
         self._port = None
 
 

@@ -37,7 +37,7 @@ LogFormat = Literal["text", "json"]
 AccessLogMode = Literal["off", "sampled", "all"]
 
 _SECRET_FIELDS = frozenset({"jwt_secret", "key_pepper", "oidc_client_secret"})
-_URL_FIELDS = frozenset({"database_url", "redis_url"})
+_URL_FIELDS = frozenset({"database_url", "database_read_url", "redis_url"})
 _UPSTREAM_TLS_FIELDS = (
     "upstream_tls_ca_file",
     "upstream_tls_server_name",
@@ -86,6 +86,9 @@ class Settings:
 
     # Stores. None means "start the embedded default" (only `gatekeeper up` does that).
     database_url: str | None = None
+    # A read-only PostgreSQL (a replica) for the admin device list and CSV export; None: the
+    # primary (database_url) serves them.
+    database_read_url: str | None = None
     redis_url: str | None = None
     data_dir: Path = Path(".gatekeeper")
 
