@@ -271,6 +271,31 @@ def test_kubernetes_secret_keys_are_settings() -> None:
             assert key.removeprefix("GATEKEEPER_").lower() in names, key
 
 
+_SCALING = KUBERNETES / "scaling"
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_kubernetes_scaling_templates_match_the_schemas(version: str) -> None:
+    files = sorted(str(path) for path in _SCALING.glob("*.yaml"))
+    assert len(files) == 2
+    argv = [*python_tool("kubernetes_validate"), "--strict", "--kubernetes-version", version]
+    assert_ok(run(*argv, *files))
+
+
+@pytest.mark.parametrize("topology", ["cluster", "sentinel"])
+def test_kubernetes_scaling_secret_replaces_the_base_one(topology: str) -> None:
+    (secret,) = load_yaml_docs(_SCALING / f"secret-redis-{topology}.yaml")
+    base = _objects("Secret")["gatekeeper-secrets"]
+    assert secret["metadata"] == base["metadata"]  # applied instead of it, same name
+    values: dict[str, str] = secret["stringData"]
+    assert set(base["stringData"]) | {"GATEKEEPER_DATABASE_READ_URL"} == set(values)
+    assert values["GATEKEEPER_REDIS_URL"].startswith(f"redis+{topology}://")
+    if topology == "sentinel":
+        assert values["GATEKEEPER_REDIS_URL"].rsplit("/", 1)[1] == "gatekeeper"  # service name
+    settings = Settings.load(environ=values)  # every value a valid setting
+    assert settings.database_read_url and settings.database_read_url != settings.database_url
+
+
 # --- example settings ----------------------------------------------------------------------------
 
 _COMMENTED_SETTING = re.compile(r"^#\s*([a-z_]+)\s*=")
