@@ -165,6 +165,7 @@ def load_inputs(results: Path) -> list[Input]:
     items += [
         Input("Redis commands per block", code["block"], "cmd", derived),
         Input("Redis commands per unblock", code["unblock"], "cmd", derived),
+        Input("PUBLISHes per block", code["block_publishes"], "msg", derived),
         Input(
             "devices per flush piece",
             capacity_code.PIECE_DEVICES,
@@ -234,7 +235,9 @@ def model(measured: list[Input], a: Assumptions) -> Model:
     cores = put(
         "proxy cores", math.ceil(busy / a.utilisation), "cores", "⌈busy cores / utilisation⌉"
     )
-    put("proxy nodes", math.ceil(cores / a.node_cores), "nodes", "⌈proxy cores / cores per node⌉")
+    nodes = put(
+        "proxy nodes", math.ceil(cores / a.node_cores), "nodes", "⌈proxy cores / cores per node⌉"
+    )
     put(
         "instructions/s at target",
         a.target_rps * m["instructions per request"] / 1e9,
@@ -252,12 +255,18 @@ def model(measured: list[Input], a: Assumptions) -> Model:
         "devices * keys * hash B/entry + devices * denied * set B/member",
     )
     change_cmds = (m["Redis commands per block"] + m["Redis commands per unblock"]) / 2
+    deliveries = put(
+        "change-feed deliveries per block",
+        m["PUBLISHes per block"] * nodes * a.node_cores,
+        "msg",
+        "PUBLISHes * nodes * workers per node (one subscription per worker, a worker per core)",
+    )
     ops = put(
         "Redis commands/s",
-        a.target_rps * a.key_miss_fraction + a.blocks_per_s * change_cmds,
+        a.target_rps * a.key_miss_fraction + a.blocks_per_s * (change_cmds + deliveries),
         "ops/s",
-        "target * key miss share + blocks/s * commands per change (the mirror reads no Redis"
-        " per request)",
+        "target * key miss share + blocks/s * (commands + deliveries per change); the mirror"
+        " reads no Redis per request",
     )
     put(
         "Redis shards",
