@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from gatekeeper.settings import Settings
+
 from . import capacity_code
 
 __all__ = [
@@ -54,7 +56,9 @@ class Assumptions:
     changes_per_min: float = 0.01  # share of active devices whose attributes change per minute
     new_per_day: float = 0.01  # share of the devices first seen per day
     blocks_per_s: float = 100.0  # admin blocks and unblocks per second, bulk included
-    nodes_per_device: float = 1.0  # proxy nodes that see one device within one precision window
+    # Worker processes that see one device within one precision window: each limits touches on
+    # its own (gatekeeper/edge/activity/recorder.py), so each writes its own row update.
+    workers_per_device: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -167,6 +171,12 @@ def load_inputs(results: Path) -> list[Input]:
         Input("Redis commands per unblock", code["unblock"], "cmd", derived),
         Input("PUBLISHes per block", code["block_publishes"], "msg", derived),
         Input(
+            "activity buffer per worker",
+            Settings().activity_buffer_max_devices,
+            "devices",
+            "derived: default activity_buffer_max_devices (gatekeeper/settings.py)",
+        ),
+        Input(
             "devices per flush piece",
             capacity_code.PIECE_DEVICES,
             "devices",
@@ -210,7 +220,7 @@ def _assumed(a: Assumptions) -> list[Input]:
         Input("attribute changes", a.changes_per_min, "/device/min", src),
         Input("new devices", a.new_per_day, "/device/day", src),
         Input("admin blocks+unblocks", a.blocks_per_s, "/s", src),
-        Input("nodes seeing a device per window", a.nodes_per_device, "nodes", src),
+        Input("workers seeing a device per window", a.workers_per_device, "workers", src),
     ]
 
 
@@ -254,6 +264,20 @@ def model(measured: list[Input], a: Assumptions) -> Model:
         "GiB",
         "devices * keys * hash B/entry + devices * denied * set B/member",
     )
+    known = put(
+        "devices known per worker",
+        a.devices * a.workers_per_device / (nodes * a.node_cores),
+        "devices",
+        "devices * workers seeing one / workers; above activity_buffer_max_devices"
+        f" ({m['activity buffer per worker']:,.0f}) a worker forgets its touches and writes more",
+    )
+    if known > m["activity buffer per worker"]:
+        put(
+            "WARNING: touch limiting resets",
+            known / m["activity buffer per worker"],
+            "x",
+            "raise activity_buffer_max_devices",
+        )
     change_cmds = (m["Redis commands per block"] + m["Redis commands per unblock"]) / 2
     deliveries = put(
         "change-feed deliveries per block",
@@ -279,7 +303,7 @@ def model(measured: list[Input], a: Assumptions) -> Model:
         "max(⌈memory / per shard⌉, ⌈ops / per shard⌉), each with a replica",
     )
     # Postgres: every active device once per precision window, plus changes and new devices.
-    touches = a.devices * a.nodes_per_device / a.precision_s
+    touches = a.devices * a.workers_per_device / a.precision_s
     changes = a.devices * a.changes_per_min / 60
     new = a.devices * a.new_per_day / 86_400
     put(
@@ -288,7 +312,7 @@ def model(measured: list[Input], a: Assumptions) -> Model:
         + changes * m["rows per attribute change"]
         + new * m["rows per new device"],
         "rows/s",
-        "devices * nodes/precision * rows per touch + changes * rows + new * rows",
+        "devices * workers/precision * rows per touch + changes * rows + new * rows",
     )
     device_writes = touches + changes + new
     pieces = device_writes / m["devices per flush piece"]

@@ -104,6 +104,10 @@ def test_recorders_and_redis_follow_their_inputs(tmp_path: Path) -> None:
         10 * base.value("Redis memory, edge view")
     )
     assert bigger.value("Redis shards") >= base.value("Redis shards") >= 1
+    # Ten times the devices on as many workers: more than a worker remembers, and it says so.
+    assert bigger.value("devices known per worker") > 200_000
+    assert any(o.name.startswith("WARNING") for o in bigger.outputs)
+    assert not any(o.name.startswith("WARNING") for o in base.outputs)
 
 
 def test_every_input_says_where_it_comes_from(tmp_path: Path) -> None:
