@@ -5,6 +5,7 @@
   and announces ``_block_events`` in one MULTI/EXEC. Here the very same functions stage into a
   redis-py pipeline that is never sent (a pipeline only queues until ``execute``), and the
   queued commands are counted, plus MULTI and EXEC: the count follows the code if it changes.
+  ``tests/test_capacity.py`` checks it against ``INFO commandstats`` of a real Valkey.
 * Postgres statements per flush piece: read from :mod:`gatekeeper.edge.activity.sql`, which the
   test ``tests/test_capacity.py`` checks against a real PostgreSQL with asyncpg's query logger.
 * Redis bytes per edge-view entry: measured by :func:`measure_entry_bytes` with ``MEMORY USAGE``

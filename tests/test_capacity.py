@@ -23,9 +23,11 @@ from benchmarks.capacity_code import (
     PIECE_ROUND_TRIPS,
     ROWS_PER_TOUCH,
     measure_entry_bytes,
+    redis_commands_per_change,
 )
 from gatekeeper.edge.activity import sql
 from gatekeeper.edge.activity.pending import PendingDevice
+from gatekeeper.store.edge_writes import set_blocked
 from gatekeeper.types import DeviceKey
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -148,6 +150,26 @@ async def test_bytes_per_entry_on_a_real_valkey_match_the_committed_figure(
     for name in ("key_hash_bytes_per_entry", "device_set_bytes_per_member"):
         assert measured[name] == pytest.approx(committed[name], rel=0.1), name
     assert not await redis_client.keys("capacity:*")  # the scratch keys are gone
+
+
+async def _commands(redis: aioredis.Redis) -> int:
+    """Commands the server has run, INFO itself left out."""
+    stats = await redis.info("commandstats")
+    return sum(int(v["calls"]) for k, v in stats.items() if k != "cmdstat_info")
+
+
+async def test_a_block_and_an_unblock_cost_the_commands_the_model_counts(
+    pg_pool: asyncpg.Pool, redis_client: aioredis.Redis, tenant: str
+) -> None:
+    """The count read off an unsent pipeline is what a real Valkey runs for the admin's call."""
+    counted = redis_commands_per_change()
+    await pg_pool.execute(
+        "INSERT INTO devices (tenant_id, device_id) VALUES ($1, 'counted')", tenant
+    )
+    for blocked, name in ((True, "block"), (False, "unblock")):
+        before = await _commands(redis_client)
+        assert await set_blocked(pg_pool, redis_client, tenant, "counted", blocked)
+        assert await _commands(redis_client) - before == counted[name], name
 
 
 async def test_a_touch_piece_costs_the_round_trips_and_rows_the_model_counts(
