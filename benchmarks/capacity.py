@@ -169,7 +169,12 @@ def load_inputs(results: Path) -> list[Input]:
     items += [
         Input("Redis commands per block", code["block"], "cmd", derived),
         Input("Redis commands per unblock", code["unblock"], "cmd", derived),
-        Input("PUBLISHes per block", code["block_publishes"], "msg", derived),
+        Input(
+            "PUBLISHes per block",
+            code["block_publishes"],
+            "msg",
+            "derived: counted from edge_writes._block_events (one per announced change)",
+        ),
         Input(
             "activity buffer per worker",
             Settings().activity_buffer_max_devices,
