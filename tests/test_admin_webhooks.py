@@ -239,7 +239,7 @@ async def test_patch_re_enables_pauses_and_changes(
         "SELECT is_enabled, disabled_at, failing_since FROM webhooks WHERE webhook_id = $1",
         uuid.UUID(hook_id),
     )
-    assert tuple(row) == (True, None, None)
+    assert row is not None and tuple(row) == (True, None, None)
     paused = await (await api.call("PATCH", path, json={"enabled": False})).json()
     assert not paused["enabled"] and paused["disabledAt"] is not None
     again = await (await api.call("PATCH", path, json={"enabled": False})).json()
