@@ -89,13 +89,14 @@ WEBHOOK_OPERATIONS: Final[tuple[Operation, ...]] = (
     Operation(
         "post",
         _ONE + "/test",
-        "Send a `webhook.test` event to this webhook (whatever its events); 202 with its id",
+        "Send a `webhook.test` event to this webhook (whatever its events); 202 with its id. "
+        "409 when the webhook is disabled",
         "webhooks",
         WEBHOOK_WRITE,
         _ID,
         status=202,
         result="WebhookTestEvent",
-        errors=(404,),
+        errors=(404, 409),
     ),
 )
 

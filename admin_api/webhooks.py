@@ -253,7 +253,12 @@ async def send_test_event(request: web.Request) -> web.Response:
     """Queue a ``webhook.test`` event for this webhook alone (202: the dispatcher sends it)."""
     principal = await authorize(request, WEBHOOK_WRITE)
     webhook_id = _webhook_id(request)
-    event_id = await store.emit_test(request.app[PG_POOL], principal.tenant_id, webhook_id)
+    try:
+        event_id = await store.emit_test(request.app[PG_POOL], principal.tenant_id, webhook_id)
+    except store.WebhookDisabled:
+        raise conflict(
+            "The webhook is disabled: enable it (PATCH enabled: true) to test it"
+        ) from None
     if event_id is None:
         raise not_found("No such webhook")
     await audit.record(

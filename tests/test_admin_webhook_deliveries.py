@@ -156,6 +156,9 @@ async def test_the_test_route_writes_one_test_event(
     assert (row["type"], row["device_id"]) == ("webhook.test", None)
     assert json.loads(row["data"]) == {"webhookId": hook_id}
     await problem(await api.call("POST", api.path(f"/webhooks/{uuid.uuid4()}/test")), 404)
+    # A disabled webhook gets nothing from the dispatcher: testing it is refused, not lost.
+    await api.call("PATCH", api.path(f"/webhooks/{hook_id}"), json={"enabled": False})
+    await problem(await api.call("POST", api.path(f"/webhooks/{hook_id}/test")), 409)
     assert (
         await pg_pool.fetchval("SELECT count(*) FROM event_outbox WHERE tenant_id = $1", tenant)
         == 1

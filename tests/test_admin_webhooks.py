@@ -96,8 +96,8 @@ async def test_the_secret_is_shown_once(
     with caplog.at_level(logging.DEBUG):
         created = await create(api)
         hook_id, secret = created["webhookId"], created["secret"]
-        await api.call("PATCH", api.path(f"/webhooks/{hook_id}"), json={"enabled": False})
         await api.call("POST", api.path(f"/webhooks/{hook_id}/test"))
+        await api.call("PATCH", api.path(f"/webhooks/{hook_id}"), json={"enabled": False})
         texts = [
             await (await api.call("GET", api.path(f"/webhooks/{hook_id}"))).text(),
             await (await api.call("GET", api.path("/webhooks"))).text(),

@@ -21,6 +21,7 @@ __all__ = [
     "ATTEMPT_LOG_MAX",
     "MAX_WEBHOOKS_PER_TENANT",
     "UNCHANGED",
+    "WebhookDisabled",
     "create_webhook",
     "delete_webhook",
     "emit_test",
@@ -185,16 +186,24 @@ async def list_deliveries(
     return rows
 
 
-async def emit_test(pool: asyncpg.Pool, tenant_id: str, webhook_id: uuid.UUID) -> uuid.UUID | None:
-    """Write a ``webhook.test`` event for this webhook; its event id, None if no such webhook.
+class WebhookDisabled(Exception):
+    """The webhook is disabled: the dispatcher gives it nothing, a test event included."""
 
-    The row lock keeps a concurrent delete from committing between the check and the event."""
+
+async def emit_test(pool: asyncpg.Pool, tenant_id: str, webhook_id: uuid.UUID) -> uuid.UUID | None:
+    """Write a ``webhook.test`` event for this webhook and return its event id; None if the
+    tenant has no such webhook; :class:`WebhookDisabled` if it is disabled.
+
+    The row lock keeps a concurrent delete or pause from committing between the check and the
+    event."""
     async with pool.acquire() as conn, conn.transaction():
-        found = await conn.fetchval(
-            "SELECT true FROM webhooks WHERE tenant_id = $1 AND webhook_id = $2 FOR SHARE",
+        enabled: bool | None = await conn.fetchval(
+            "SELECT is_enabled FROM webhooks WHERE tenant_id = $1 AND webhook_id = $2 FOR SHARE",
             tenant_id,
             webhook_id,
         )
-        if not found:
+        if enabled is None:
             return None
+        if not enabled:
+            raise WebhookDisabled(str(webhook_id))
         return await emit(conn, tenant_id, TEST_EVENT, {"webhookId": str(webhook_id)})
