@@ -4,8 +4,11 @@ inserted here with SQL), the test event, and the scope matrix of every webhook r
 from __future__ import annotations
 
 import json
+import re
+import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -15,8 +18,10 @@ from conftest import Stores
 from test_admin_helpers import ALL_SCOPES, Api, admin_settings, problem, running_api
 
 from admin_api.auth import WEBHOOK_READ, WEBHOOK_WRITE
+from admin_api.webhook_security import sign
 from gatekeeper.store.webhooks import ATTEMPT_LOG_MAX
 
+ROOT = Path(__file__).resolve().parent.parent
 HOOK = {"url": "http://127.0.0.1:9/hook", "events": ["device.blocked"]}
 
 
@@ -193,3 +198,20 @@ async def test_scope_matrix(
     assert allowed.status in (200, 201, 202, 204), await allowed.text()
     devices = await api.call("GET", api.path("/devices"), scopes=[WEBHOOK_READ, WEBHOOK_WRITE])
     await problem(devices, 403)
+
+
+def test_the_documented_receiver_check_verifies_what_the_dispatcher_signs() -> None:
+    """docs/webhooks.md's verification snippet, run as written, against the reference signer."""
+    text = (ROOT / "docs" / "webhooks.md").read_text(encoding="utf-8")
+    (snippet,) = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
+    scope: dict[str, Any] = {}
+    exec(snippet, scope)
+    verify = scope["verify"]
+    body, now = b'{"id":"e1","type":"webhook.test"}', int(time.time())
+    header = sign("whsec_doc", body, now)
+    assert verify("whsec_doc", body, header)
+    assert not verify("whsec_other", body, header)
+    assert not verify("whsec_doc", body + b" ", header)
+    assert not verify("whsec_doc", body, sign("whsec_doc", body, now - 3600))  # a replay
+    assert not verify("whsec_doc", body, "t=x,v1=00")
+    assert not verify("whsec_doc", body, f"t={now},v1=\u00e9")
