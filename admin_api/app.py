@@ -19,6 +19,7 @@ from admin_api import (
     ops,
     tenant_settings,
     tokens,
+    webhooks,
 )
 from admin_api.audit import list_audit
 from admin_api.auth import VERIFIER, TokenVerifier
@@ -39,6 +40,7 @@ __all__ = ["MAX_BODY_BYTES", "create_app", "tenant_middleware"]
 MAX_BODY_BYTES: Final = 64 * 1024
 
 _DEV = "/api/{tenantId}/devices/{deviceId}"
+_HOOK = "/api/{tenantId}/webhooks/{webhookId}"
 
 
 @web.middleware
@@ -70,6 +72,13 @@ def _routes() -> list[web.RouteDef]:
         web.post("/api/{tenantId}/tokens", tokens.create_token),
         web.get("/api/{tenantId}/tokens", tokens.list_tokens),
         web.delete("/api/{tenantId}/tokens/{tokenId}", tokens.revoke_token),
+        web.post("/api/{tenantId}/webhooks", webhooks.create_webhook),
+        web.get("/api/{tenantId}/webhooks", webhooks.list_webhooks),
+        web.get(_HOOK, webhooks.get_webhook),
+        web.patch(_HOOK, webhooks.update_webhook),
+        web.delete(_HOOK, webhooks.delete_webhook),
+        web.get(_HOOK + "/deliveries", webhooks.list_deliveries),
+        web.post(_HOOK + "/test", webhooks.send_test_event),
         web.get("/api/{tenantId}/audit", list_audit),
         web.get("/api/{tenantId}/settings", tenant_settings.get_settings),
         web.put("/api/{tenantId}/settings", tenant_settings.put_settings),

@@ -17,6 +17,15 @@ import jwt
 from aiohttp import web
 
 from admin_api.errors import Problem
+from gatekeeper.domain.scopes import (
+    ADMIN_SCOPES,
+    DEVICE_READ,
+    DEVICE_WRITE,
+    TOKEN_READ,
+    TOKEN_WRITE,
+    WEBHOOK_READ,
+    WEBHOOK_WRITE,
+)
 from gatekeeper.settings import Settings
 
 __all__ = [
@@ -26,6 +35,8 @@ __all__ = [
     "TOKEN_READ",
     "TOKEN_WRITE",
     "VERIFIER",
+    "WEBHOOK_READ",
+    "WEBHOOK_WRITE",
     "Principal",
     "TokenVerifier",
     "authorize",
@@ -33,11 +44,7 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
-DEVICE_READ: Final = "Device.Read"
-DEVICE_WRITE: Final = "Device.Write"
-TOKEN_READ: Final = "Token.Read"
-TOKEN_WRITE: Final = "Token.Write"
-SCOPES: Final = (DEVICE_READ, DEVICE_WRITE, TOKEN_READ, TOKEN_WRITE)
+SCOPES: Final = ADMIN_SCOPES
 
 _HMAC_ALGORITHMS: Final = ["HS256", "HS384", "HS512"]
 _JWKS_ALGORITHMS: Final = [

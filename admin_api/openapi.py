@@ -12,9 +12,12 @@ from typing import Any, Final
 
 from aiohttp import web
 
+from admin_api.auth import SCOPES
 from admin_api.bulk import BULK_REQUEST, BULK_RESULT
 from admin_api.operations import OPERATIONS, PARAMETERS, Operation
 from admin_api.schemas import REQUEST_SCHEMAS, RESPONSE_SCHEMAS
+from admin_api.webhook_operations import WEBHOOK_OPERATIONS, WEBHOOK_PARAMETERS
+from admin_api.webhook_schemas import WEBHOOK_REQUEST_SCHEMAS, WEBHOOK_RESPONSE_SCHEMAS
 
 __all__ = ["build_document", "openapi_json"]
 
@@ -61,6 +64,9 @@ _EXTRA_SCHEMAS: Final[dict[str, Any]] = {
 }
 
 
+_PARAMETERS: Final = {**PARAMETERS, **WEBHOOK_PARAMETERS}
+
+
 def _operation(op: Operation) -> dict[str, Any]:
     success: dict[str, Any] = {"description": "Success"}
     if op.result is not None or op.media != "application/json":
@@ -103,7 +109,7 @@ def _operation(op: Operation) -> dict[str, Any]:
         .replace(".", "_"),
         "summary": op.summary,
         "tags": [op.tag],
-        "parameters": [{"name": name, **PARAMETERS[name]} for name in op.params],
+        "parameters": [{"name": name, **_PARAMETERS[name]} for name in op.params],
         "responses": responses,
         "security": [{"bearerAuth": [op.scope]}]
         if op.scope
@@ -121,7 +127,7 @@ def _operation(op: Operation) -> dict[str, Any]:
 
 def build_document() -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
-    for op in OPERATIONS:
+    for op in (*OPERATIONS, *WEBHOOK_OPERATIONS):
         paths.setdefault(op.path, {})[op.method] = _operation(op)
     problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
     return {
@@ -129,12 +135,18 @@ def build_document() -> dict[str, Any]:
         "info": {
             "title": "Gatekeeper admin API",
             "version": "1.0.0",
-            "description": "Devices, connections, personal access tokens and audit log of "
-            "one tenant. Errors are RFC 9457 problem documents.",
+            "description": "Devices, connections, personal access tokens, webhooks and audit "
+            "log of one tenant. Errors are RFC 9457 problem documents.",
         },
         "paths": paths,
         "components": {
-            "schemas": {**REQUEST_SCHEMAS, **RESPONSE_SCHEMAS, **_EXTRA_SCHEMAS},
+            "schemas": {
+                **REQUEST_SCHEMAS,
+                **WEBHOOK_REQUEST_SCHEMAS,
+                **RESPONSE_SCHEMAS,
+                **WEBHOOK_RESPONSE_SCHEMAS,
+                **_EXTRA_SCHEMAS,
+            },
             "responses": {
                 f"Error{status}": {"description": text, "content": problem}
                 for status, text in _ERRORS.items()
@@ -144,8 +156,7 @@ def build_document() -> dict[str, Any]:
                     "type": "http",
                     "scheme": "bearer",
                     "bearerFormat": "JWT",
-                    "description": "Scopes: Device.Read, Device.Write, Token.Read, "
-                    "Token.Write (claim `scope` or `scp`)",
+                    "description": f"Scopes: {', '.join(SCOPES)} (claim `scope` or `scp`)",
                 },
                 "apiKey": {"type": "apiKey", "in": "header", "name": "X-Api-Key"},
             },

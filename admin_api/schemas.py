@@ -309,7 +309,7 @@ RESPONSE_SCHEMAS: Final[dict[str, Schema]] = {
             "at": _TIMESTAMP,
             "actor": {"type": "string"},
             "action": {"type": "string"},
-            "targetType": {"type": "string", "enum": ["device", "token", "tenant"]},
+            "targetType": {"type": "string", "enum": ["device", "token", "tenant", "webhook"]},
             "targetId": {"type": "string"},
             "reason": _NULLABLE_TEXT,
             "details": {"type": "object"},

@@ -34,19 +34,27 @@ async def create_token(request: web.Request) -> web.Response:
             raise unprocessable([FieldError(field="expiresAt", message="must be in the future")])
     settings, pool, edge = request.app[SETTINGS], request.app[PG_POOL], request.app[EDGE_SYNC]
     try:
-        issued = await store.issue_key(
-            pool,
-            request.app[REDIS],
-            principal.tenant_id,
-            kind="pat",
-            prefix=TOKEN_PREFIX,
-            name=body["name"],
-            expires_at=expires_at,
-            created_by=principal.subject,
-            pepper=settings.key_pepper,
-        )
+        # The row and its event in one transaction (the edge's grant is written before the
+        # commit: a Redis failure rolls both back, and the caller retries).
+        async with pool.acquire() as conn, conn.transaction():
+            issued = await store.issue_key(
+                conn,
+                request.app[REDIS],
+                principal.tenant_id,
+                kind="pat",
+                prefix=TOKEN_PREFIX,
+                name=body["name"],
+                expires_at=expires_at,
+                created_by=principal.subject,
+                pepper=settings.key_pepper,
+            )
+            event = {"tokenId": str(issued.key_id), "name": body["name"], "prefix": issued.prefix}
+            await emit(conn, principal.tenant_id, "token.created", event)
+            created_at = await conn.fetchval(
+                "SELECT created_at FROM api_keys WHERE key_id = $1", issued.key_id
+            )
     except store.EdgeSyncError as exc:
-        # As for a device key: the stored secret was never shown, so the caller retries.
+        # Nothing was stored and the secret was never shown: the caller retries.
         edge.failed(exc)
         raise Problem(
             503,
@@ -54,14 +62,7 @@ async def create_token(request: web.Request) -> web.Response:
             type_="edge-sync",
             headers={"Retry-After": "1"},
         ) from exc
-    created_at = await pool.fetchval(
-        "SELECT created_at FROM api_keys WHERE key_id = $1", issued.key_id
-    )
     token_id = str(issued.key_id)
-    # After the key's own statement commits (store.issue_key owns it): see docs/decisions.md.
-    event = {"tokenId": token_id, "name": body["name"], "prefix": issued.prefix}
-    async with pool.acquire() as conn:
-        await emit(conn, principal.tenant_id, "token.created", event)
     await audit.record(
         request,
         principal,
@@ -107,10 +108,16 @@ async def revoke_token(request: web.Request) -> web.Response:
     except ValueError:
         raise not_found("No such token") from None
     pool = request.app[PG_POOL]
-    revoked, synced = await request.app[EDGE_SYNC].call(
-        store.revoke_key(pool, request.app[REDIS], principal.tenant_id, token_id, kind="pat")
-    )
-    if not revoked and synced:
+    async with pool.acquire() as conn, conn.transaction():
+        revoked, synced = await request.app[EDGE_SYNC].call(
+            store.revoke_key(conn, request.app[REDIS], principal.tenant_id, token_id, kind="pat")
+        )
+        # Redis is only told after the revocation's UPDATE found the key: a failed edge write
+        # means this call revoked it (Postgres is the truth; the reconciler repairs the edge).
+        revoked = bool(revoked) or not synced
+        if revoked:  # in the revocation's transaction, as every event is
+            await emit(conn, principal.tenant_id, "token.revoked", {"tokenId": str(token_id)})
+    if not revoked:
         exists = await pool.fetchval(
             "SELECT true FROM api_keys WHERE tenant_id = $1 AND key_id = $2 AND kind = 'pat'",
             principal.tenant_id,
@@ -119,8 +126,5 @@ async def revoke_token(request: web.Request) -> web.Response:
         if not exists:
             raise not_found("No such token")
         return web.Response(status=204)
-    if revoked:  # after the revocation's commit (store.revoke_key owns its statement)
-        async with pool.acquire() as conn:
-            await emit(conn, principal.tenant_id, "token.revoked", {"tokenId": str(token_id)})
     await audit.record(request, principal, "token.revoke", "token", str(token_id))
     return web.Response(status=204)

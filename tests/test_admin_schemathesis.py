@@ -24,7 +24,9 @@ from hypothesis import strategies as st
 from hypothesis.internal.conjecture import utils as conjecture_utils
 from test_admin_helpers import Api
 
+from admin_api.context import PG_POOL
 from admin_api.openapi import build_document
+from gatekeeper.store.webhooks import create_webhook
 
 # schemathesis 3.39 subclasses and catches names jsonschema deprecates; only those warnings
 # are silenced, here (at import) and on the test (at run time).
@@ -48,7 +50,7 @@ with warnings.catch_warnings():
     )
     from schemathesis.specs.openapi.schemas import BaseOpenAPISchema
 
-# 19 operations with valid inputs and 8 with invalid ones: about 700 requests, ~10 s.
+# 33 operations with valid inputs and 8 with invalid ones: about 1,000 requests, ~15 s.
 _EXAMPLES: Final = 25
 _CHECKS: Final = (
     not_a_server_error,
@@ -104,14 +106,29 @@ def _many_more() -> Iterator[None]:
 
 
 async def _fixtures(api: Api) -> dict[str, list[Any]]:
-    """Devices (one blocked), a token and a device API key that exist, to aim requests at."""
+    """Devices (one blocked), a token, a device API key and a webhook that exist, to aim
+    requests at (the webhook written by the store: the app refuses loopback targets here)."""
     devices = []
     for name in ("st-a", "st-b", "st-c"):
         devices.append((await api.create_device(name))["deviceId"])
     await api.call("POST", api.device_path("st-c", "/block"), json={"reason": "test"})
     token = await (await api.call("POST", api.path("/tokens"), json={"name": "st"})).json()
     reset = await (await api.call("POST", api.device_path("st-a", "/connections/reset"))).json()
-    return {"deviceId": devices, "tokenId": [token["tokenId"]], "X-Api-Key": [reset["apiKey"]]}
+    webhook = await create_webhook(
+        api.app[PG_POOL],
+        api.tenant,
+        url="http://127.0.0.1:9/st",
+        events=["device.blocked"],
+        description=None,
+        secret="whsec_st",
+    )
+    assert webhook is not None
+    return {
+        "deviceId": devices,
+        "tokenId": [token["tokenId"]],
+        "X-Api-Key": [reset["apiKey"]],
+        "webhookId": [str(webhook["webhook_id"])],
+    }
 
 
 def _aim(case: Case, tenant: str, choices: dict[str, Any]) -> None:
@@ -119,7 +136,7 @@ def _aim(case: Case, tenant: str, choices: dict[str, Any]) -> None:
     if "tenantId" in (case.path_parameters or {}):
         assert case.path_parameters is not None
         case.path_parameters["tenantId"] = tenant
-    for name in ("deviceId", "tokenId"):
+    for name in ("deviceId", "tokenId", "webhookId"):
         if choices[name] is not None and name in (case.path_parameters or {}):
             assert case.path_parameters is not None
             case.path_parameters[name] = choices[name]
@@ -206,7 +223,7 @@ async def test_schemathesis_finds_no_server_error_and_no_schema_violation(api: A
 
     # The server runs on this event loop; the synchronous client and Hypothesis in a thread.
     calls = await asyncio.to_thread(run_all)
-    assert calls >= (19 + 8) * _EXAMPLES * 3 // 4, calls
+    assert calls >= (33 + 8) * _EXAMPLES * 3 // 4, calls
     assert not failures, f"{len(failures)} failures:\n" + "\n".join(failures[:20])
 
 

@@ -22,7 +22,6 @@ import jwt
 from gatekeeper.settings import Settings, SettingsError, check_jwt_secret
 
 __all__ = [
-    "ADMIN_SCOPES",
     "SECRET_FILE",
     "find_local_secret",
     "load_or_create_local_secret",
@@ -31,9 +30,6 @@ __all__ = [
 ]
 
 SECRET_FILE = "jwt-secret"
-# Every scope of the admin API: admin_api.auth.SCOPES, which this layer may not import (the
-# CLI keeps its own copy so that `gatekeeper --help` need not import PyJWT).
-ADMIN_SCOPES = ("Device.Read", "Device.Write", "Token.Read", "Token.Write")
 _log = logging.getLogger(__name__)
 
 

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from gatekeeper import __version__
 from gatekeeper.build_info import describe as describe_build
+from gatekeeper.domain.scopes import ADMIN_SCOPES
 from gatekeeper.listening import ListenError
 from gatekeeper.logs import configure_logging
 from gatekeeper.runtime import admin_commands
@@ -172,8 +173,6 @@ def _parser() -> argparse.ArgumentParser:
     completion.add_argument("shell", choices=COMPLETION_SHELLS, help="the shell to complete in")
     return parser
 
-
-ADMIN_SCOPES = ("Device.Read", "Device.Write", "Token.Read", "Token.Write")
 
 _NOT_SETTINGS = {"command", "config", "tenant", "scope", "subject", "ttl", "demo_upstream", "port"}
 

@@ -123,7 +123,8 @@ _CONSOLE_LINK_SECONDS = 12 * 3600
 def _console_link(settings: Settings, port: int) -> str:
     """The web console, signed in to the default tenant: the token travels in the URL's
     fragment, which a browser never sends to a server (the console's script posts it)."""
-    from gatekeeper.runtime.admin_tokens import ADMIN_SCOPES, mint_token
+    from gatekeeper.domain.scopes import ADMIN_SCOPES
+    from gatekeeper.runtime.admin_tokens import mint_token
 
     token = mint_token(
         settings,

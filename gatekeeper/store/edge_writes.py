@@ -265,7 +265,7 @@ async def _drop_from_edge(redis: Redis, digests: list[bytes]) -> None:
 
 
 async def revoke_key(
-    pool: Pool,
+    pool: Pool | Conn,
     redis: Redis,
     tenant_id: str,
     key_id: uuid.UUID,

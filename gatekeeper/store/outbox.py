@@ -9,13 +9,14 @@ without the envelope (``id``, ``type``, ``createdAt``, ``tenantId`` are columns)
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-__all__ = ["EVENT_TYPES", "Conn", "emit", "emit_many"]
+__all__ = ["EVENT_TYPES", "TEST_EVENT", "Conn", "emit", "emit_many"]
 
 EVENT_TYPES: Final = (
     "device.registered",
@@ -28,6 +29,10 @@ EVENT_TYPES: Final = (
     "token.created",
     "token.revoked",
 )
+# Sent by POST …/webhooks/{webhookId}/test to the one webhook its data names (``webhookId``),
+# whatever that webhook subscribed to; not an event type a webhook can subscribe to.
+TEST_EVENT: Final = "webhook.test"
+_EMITTABLE: Final = frozenset((*EVENT_TYPES, TEST_EVENT))
 
 # A connection holding the caller's transaction: its own, or one borrowed from a pool.
 Conn = asyncpg.Connection | PoolConnectionProxy
@@ -39,6 +44,16 @@ _INSERT: Final = (
     " AS t(tenant_id, device_id, type, data, n)"
     " ORDER BY t.n"  # ids are drawn in this order: the order the caller gave
 )
+_INSERT_ONE: Final = (
+    "INSERT INTO event_outbox (tenant_id, device_id, type, data)"
+    " VALUES ($1, $2, $3, $4::jsonb) RETURNING event_id"
+)
+
+
+def _body(type_: str, data: Mapping[str, Any]) -> str:
+    if type_ not in _EMITTABLE:
+        raise ValueError(f"unknown event type {type_!r}")
+    return json.dumps(data, separators=(",", ":"), default=str)
 
 
 async def emit(
@@ -47,9 +62,12 @@ async def emit(
     type_: str,
     data: Mapping[str, Any],
     device_id: str | None = None,
-) -> None:
-    """One event, in ``conn``'s transaction."""
-    await emit_many(conn, [(tenant_id, device_id, type_, data)])
+) -> uuid.UUID:
+    """One event, in ``conn``'s transaction; returns its ``event_id`` (the id a receiver sees)."""
+    event_id: uuid.UUID = await conn.fetchval(
+        _INSERT_ONE, tenant_id, device_id, type_, _body(type_, data)
+    )
+    return event_id
 
 
 async def emit_many(
@@ -63,12 +81,10 @@ async def emit_many(
     types: list[str] = []
     bodies: list[str] = []
     for tenant_id, device_id, type_, data in events:
-        if type_ not in EVENT_TYPES:
-            raise ValueError(f"unknown event type {type_!r}")
+        bodies.append(_body(type_, data))
         tenants.append(tenant_id)
         devices.append(device_id)
         types.append(type_)
-        bodies.append(json.dumps(data, separators=(",", ":"), default=str))
     if tenants:
         await conn.execute(_INSERT, tenants, devices, types, bodies)
     return len(tenants)
