@@ -1,0 +1,22 @@
+-- Clone detection (issue 14, docs/decisions.md "Clone detection"): a history record that takes a
+-- device back to the hardware (manufacturer + model) it had just left, within the window, is a
+-- conflict, the sign of two physical devices sharing one id.
+--
+-- `conflict_since` flags the record: the time of the record that left this hardware (NULL for a
+-- record that is no conflict). It lives on the record so the `device.conflict` event, written by
+-- the same statement, can carry both timestamps.
+ALTER TABLE device_history ADD COLUMN conflict_since timestamptz;
+
+-- The device's latest conflict. On `device_activity`, the flush's own row: the flush already
+-- holds that row's lock when it writes a record, and never locks a `devices` row an admin may
+-- hold (the lock order of migration 0004).
+ALTER TABLE device_activity ADD COLUMN conflict_at timestamptz;
+
+-- The view expanded `a.*`-style column lists when it was created: recreate it to carry the new
+-- column (same columns, one more at the end).
+CREATE OR REPLACE VIEW devices_with_activity AS
+SELECT d.*, a.application, a.application_version, a.os, a.os_version, a.manufacturer, a.model,
+       a.attributes_seen_at, a.first_seen_at, a.last_active_at, a.last_data_upload_at,
+       a.last_activity_at, a.conflict_at
+FROM devices d
+LEFT JOIN device_activity a ON a.tenant_id = d.tenant_id AND a.device_id = d.device_id;
