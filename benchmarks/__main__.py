@@ -1,5 +1,6 @@
-"""``python -m benchmarks proxy|soak|reliability``: the proxy benchmark suite, a bounded soak,
-and the reliability report (docs/reliability.md).
+"""``python -m benchmarks proxy|soak|reliability|flushevents``: the proxy benchmark suite, a
+bounded soak, the reliability report (docs/reliability.md), and what the outbox events cost the
+recorder's flush (docs/performance.md).
 
 The harness installs nothing. With ``nginx`` and ``wrk`` installed (``apt-get install nginx
 wrk``) it uses them; without, it says so and falls back to built-in equivalents.
@@ -107,6 +108,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     rel.add_argument("--out", type=Path, default=_RELIABILITY_DOC, help="the page to write")
     rel.add_argument("--quiet", action="store_true", help="no progress lines")
+
+    from .flushevents import add_arguments as flushevents_arguments
+
+    flushevents_arguments(
+        sub.add_parser(
+            "flushevents",
+            help="flush of a flood of new devices with and without outbox events, same run",
+        )
+    )
     return parser
 
 
@@ -178,6 +188,10 @@ def main(argv: list[str] | None = None) -> int:
         return _soak(args)
     if args.command == "reliability":
         return _reliability(args)
+    if args.command == "flushevents":
+        from .flushevents import run as flushevents
+
+        return flushevents(args)
     options = _options(args)
     progress = Progress(quiet=args.quiet)
     with tempfile.TemporaryDirectory(prefix="gatekeeper-bench-") as work:
