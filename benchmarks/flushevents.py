@@ -9,8 +9,10 @@ own: once with the flush's phase-1 statement as shipped (``INSERT_NEW``, which w
 ``device.registered`` per device into ``event_outbox``) and once with the same statement without
 the outbox insert (``INSERT_NEW_NO_EVENTS``). The two variants alternate within the run (with,
 without, without, with, ...), so drift of a shared machine falls on both alike. Reports each
-variant's rounds and median, and the ratio of the medians. Each round checks its outbox: one
-event per device with events, none without.
+variant's rounds and median, and the ratio of the medians, for the flush's wall time and for
+the CPU time of the whole Postgres server over it (which a busy, shared machine distorts less:
+see ``benchmarks.flushcpu``). Each round checks its outbox: one event per device with events,
+none without.
 
 ``--setup-sql`` runs a statement in each round's database after migrating it (both variants), to
 measure a schema idea without a migration, e.g. ``--setup-sql "DROP INDEX event_outbox_tenant"``.
@@ -31,6 +33,7 @@ from typing import Any
 
 import asyncpg
 
+from benchmarks.flushcpu import server_cpu
 from gatekeeper.edge.activity import sql, statements
 from gatekeeper.edge.activity.pending import PendingDevice
 from gatekeeper.edge.activity.writer import PostgresWriter
@@ -67,8 +70,9 @@ def _phase_one(statement: str) -> Iterator[None]:
 
 async def _round(
     postgres: EmbeddedPostgres, args: argparse.Namespace, statement: str, n: int
-) -> tuple[float, int]:
-    """Seconds to flush the flood into a fresh database, and the events it left."""
+) -> tuple[float, float, int]:
+    """Seconds to flush the flood into a fresh database, Postgres's CPU seconds meanwhile, and
+    the events it left."""
     admin = await asyncpg.connect(postgres.url)
     name = f"flushevents_{n}_{time.monotonic_ns()}"
     await admin.execute(f'CREATE DATABASE "{name}"')
@@ -90,22 +94,27 @@ async def _round(
                 }
                 for i in range(0, len(keys), args.batch)
             ]
+            postmaster = int(
+                (postgres.data_dir / "pgdata" / "postmaster.pid").read_text().split()[0]
+            )
             with _phase_one(statement):
-                started = time.perf_counter()
+                cpu, started = server_cpu(postmaster), time.perf_counter()
                 for batch in batches:
                     await writer.write(batch, {})
                 elapsed = time.perf_counter() - started
+                cpu = server_cpu(postmaster) - cpu
             events = await pool.fetchval("SELECT count(*) FROM event_outbox")
         finally:
             await pool.close()
     finally:
         await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
         await admin.close()
-    return elapsed, int(events)
+    return elapsed, cpu, int(events)
 
 
 async def _measure(args: argparse.Namespace) -> dict[str, Any]:
     rounds: dict[str, list[float]] = {name: [] for name in _VARIANTS}
+    cpu: dict[str, list[float]] = {name: [] for name in _VARIANTS}
     names = list(_VARIANTS)
     with tempfile.TemporaryDirectory(prefix="gk-flushevents-") as folder:
         postgres = EmbeddedPostgres(Path(folder) / "pg")
@@ -114,16 +123,21 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
             for n in range(args.rounds):
                 # with, without, then without, with: neither variant always goes first.
                 for name in names if n % 2 == 0 else names[::-1]:
-                    elapsed, events = await _round(postgres, args, _VARIANTS[name], n)
+                    elapsed, used, events = await _round(postgres, args, _VARIANTS[name], n)
                     expected = args.devices if name == "with events" else 0
                     if events != expected:
                         raise SystemExit(f"{name}: {events} events in the outbox, not {expected}")
                     rounds[name].append(elapsed)
+                    cpu[name].append(used)
                     if not args.quiet:
-                        print(f"round {n + 1} {name:<12} {elapsed:7.3f} s", flush=True)
+                        print(
+                            f"round {n + 1} {name:<12} {elapsed:7.3f} s, Postgres CPU {used:.2f} s",
+                            flush=True,
+                        )
         finally:
             postgres.stop()
     medians = {name: statistics.median(times) for name, times in rounds.items()}
+    cpu_medians = {name: statistics.median(times) for name, times in cpu.items()}
     return {
         "devices": args.devices,
         "batch": args.batch,
@@ -133,6 +147,9 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
         "median_s": medians,
         "devices_per_s": {name: args.devices / m for name, m in medians.items()},
         "ratio": medians["with events"] / medians["without"],
+        "postgres_cpu_s": cpu,
+        "postgres_cpu_median_s": cpu_medians,
+        "cpu_ratio": cpu_medians["with events"] / cpu_medians["without"],
     }
 
 
@@ -144,7 +161,16 @@ def run(args: argparse.Namespace) -> int:
             f"{name:<14}{result['median_s'][name]:8.3f}s{result['devices_per_s'][name]:>11,.0f}  "
             + " ".join(f"{t:.3f}" for t in times)
         )
-    print(f"with/without: {result['ratio']:.3f} ({(result['ratio'] - 1) * 100:+.1f} %)")
+    for name, times in result["postgres_cpu_s"].items():
+        print(
+            f"{name:<14}{result['postgres_cpu_median_s'][name]:8.3f}s Postgres CPU  "
+            + " ".join(f"{t:.2f}" for t in times)
+        )
+    print(
+        f"with/without, flush time:   {result['ratio']:.3f} ({(result['ratio'] - 1) * 100:+.1f} %)"
+    )
+    cpu = result["cpu_ratio"]
+    print(f"with/without, Postgres CPU: {cpu:.3f} ({(cpu - 1) * 100:+.1f} %)")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0

@@ -20,3 +20,11 @@ SELECT d.*, a.application, a.application_version, a.os, a.os_version, a.manufact
        a.last_activity_at, a.conflict_at
 FROM devices d
 LEFT JOIN device_activity a ON a.tenant_id = d.tenant_id AND a.device_id = d.device_id;
+
+-- The flush's registration events (issue 14) paid most of their cost in this index: a flood of
+-- 100,000 new devices flushed 31 % slower with events than without, 14 % without this index
+-- (`python -m benchmarks flushevents`, docs/performance.md). Nothing reads the outbox by tenant:
+-- the dispatcher claims pending events by id (`event_outbox_pending`), deliveries have their own
+-- indexes. A tenant-scoped listing of events, if one comes, brings its index back, measured
+-- against the same flood.
+DROP INDEX IF EXISTS event_outbox_tenant;
