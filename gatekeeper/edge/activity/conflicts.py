@@ -4,9 +4,10 @@ A history record is a conflict when it takes a device back to the hardware (manu
 model) that the device's previous hardware change left, within the window: A, then B, then A
 again. The previous hardware change is the latest record of the device, before this one, whose
 hardware differs from its previous hardware: in ``device_history``, or earlier in the same
-statement (a device seen several times in one batch). Set-based: one lateral look-up per
-record that changes the hardware (an index range scan of the device's last window of history),
-none at all for the records that do not, which are nearly all of them.
+statement (a device seen several times in one batch). Set-based: a window function over the
+statement's own hardware changes, and one index look-up in the device's last window of history
+per device whose hardware changes; nothing at all for the records that change no hardware,
+which are nearly all of them.
 
 The window travels as ``SET LOCAL gatekeeper.clone_window`` (seconds) with the flush's
 ``BEGIN``, and is compared with the records' own times (the request times the recorder stamped
@@ -25,36 +26,45 @@ def window_setting(seconds: float) -> str:
     return f"SET LOCAL gatekeeper.clone_window = '{float(seconds)!r}'"
 
 
-# Two CTEs over ``records`` (the statement's history records: t, d, r, first, p*, c*, and an
-# ordinal k): ``changes``, the records that change the hardware, and ``conflicts`` (k, since),
-# those of them that undo the device's previous hardware change within the window, with the time
-# of that change. ``src`` puts this statement's records after the stored ones at an equal time.
-CONFLICTS = f"""changes AS (
-    SELECT k, t, d, r, pm, pmo, cm, cmo FROM records
+# CTEs over ``records`` (the statement's history records: t, d, r, first, p*, c*, and an
+# ordinal k): ``changes``, the records that change the hardware, each with the device's change
+# before it in this statement (``lag``: a sort, not a search, however many times a clone flips
+# within one batch); ``conflicts`` (k, since), those that undo the device's previous hardware
+# change within the window, with the time of that change; and ``conflict_map``, one row holding
+# them as a JSON object by k, which the history insert reads per record (a join would be a
+# nested loop, quadratic in a clone storm, under the plan settings of phase 2). A device's first change in the
+# statement looks its previous one up in ``device_history``: the latest record at or before it
+# (by the history index, newest first) that changed the hardware, within the window.
+CONFLICTS = f"""changes AS MATERIALIZED (
+    SELECT k, t, d, r, pm, pmo, cm, cmo,
+           row_number() OVER w AS nth, lag(r) OVER w AS lr,
+           lag(pm) OVER w AS lpm, lag(pmo) OVER w AS lpmo,
+           lag(cm) OVER w AS lcm, lag(cmo) OVER w AS lcmo
+    FROM records
     WHERE NOT first AND (pm, pmo) IS DISTINCT FROM (cm, cmo)
+    WINDOW w AS (PARTITION BY t, d ORDER BY r, k)
 ), conflicts AS (
     SELECT c.k, q.r AS since
     FROM changes c
     CROSS JOIN LATERAL (
-        SELECT * FROM (
-            SELECT h.recorded_at AS r, 0 AS src, h.id AS n,
-                   h.previous->>'manufacturer' AS pm, h.previous->>'model' AS pmo,
-                   h.current->>'manufacturer' AS cm, h.current->>'model' AS cmo
-            FROM device_history h
-            WHERE h.tenant_id = c.t AND h.device_id = c.d
-              AND h.recorded_at >= c.r - {_WINDOW} AND h.recorded_at <= c.r
-              AND h.previous IS NOT NULL
-              AND h.changed_fields && ARRAY['manufacturer', 'model']
-            UNION ALL
-            SELECT o.r, 1, o.k, o.pm, o.pmo, o.cm, o.cmo FROM changes o
-            WHERE o.t = c.t AND o.d = c.d AND (o.r, o.k) < (c.r, c.k)
-        ) AS earlier
-        ORDER BY r DESC, src DESC, n DESC
-        LIMIT 1
+        SELECT c.lr AS r, c.lpm AS pm, c.lpmo AS pmo, c.lcm AS cm, c.lcmo AS cmo
+        WHERE c.nth > 1
+        UNION ALL
+        (SELECT h.recorded_at, h.previous->>'manufacturer', h.previous->>'model',
+                h.current->>'manufacturer', h.current->>'model'
+         FROM device_history h
+         WHERE c.nth = 1 AND h.tenant_id = c.t AND h.device_id = c.d
+           AND h.recorded_at >= c.r - {_WINDOW} AND h.recorded_at <= c.r
+           AND h.previous IS NOT NULL
+           AND h.changed_fields && ARRAY['manufacturer', 'model']
+         ORDER BY h.recorded_at DESC, h.id DESC
+         LIMIT 1)
     ) AS q
     WHERE (q.pm, q.pmo) IS NOT DISTINCT FROM (c.cm, c.cmo)
       AND (q.cm, q.cmo) IS NOT DISTINCT FROM (c.pm, c.pmo)
       AND q.r >= c.r - {_WINDOW}
+), conflict_map AS MATERIALIZED (
+    SELECT jsonb_object_agg(k, since) AS m FROM conflicts
 )"""
 
 # After the history statements of a flush: the devices of the conflicting records (``$1``, their

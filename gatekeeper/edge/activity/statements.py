@@ -53,7 +53,7 @@ _HISTORY_INPUT = "SELECT {cols} FROM jsonb_array_elements(${n}::jsonb) AS x(e)".
 )
 
 # The rows of a history insert, from the ``records`` CTE (see ``_records``) and the conflicts
-# found among them (``conflicts.CONFLICTS``).
+# found among them (``conflicts.CONFLICTS``: ``conflict_map``).
 _HISTORY_ROWS = """
 SELECT h.t, h.d, h.r,
        array_remove(ARRAY[
@@ -69,8 +69,8 @@ SELECT h.t, h.d, h.r,
        jsonb_build_object(
            'application', h.ca, 'applicationVersion', h.cv, 'os', h.co, 'osVersion', h.cov,
            'manufacturer', h.cm, 'model', h.cmo),
-       conflicts.since
-FROM records AS h LEFT JOIN conflicts ON conflicts.k = h.k
+       (conflict_map.m ->> h.k::text)::timestamptz
+FROM records AS h CROSS JOIN conflict_map
 ORDER BY h.k
 """
 

@@ -21,10 +21,14 @@ SELECT d.*, a.application, a.application_version, a.os, a.os_version, a.manufact
 FROM devices d
 LEFT JOIN device_activity a ON a.tenant_id = d.tenant_id AND a.device_id = d.device_id;
 
--- The flush's registration events (issue 14) paid most of their cost in this index: a flood of
--- 100,000 new devices flushed 31 % slower with events than without, 14 % without this index
--- (`python -m benchmarks flushevents`, docs/performance.md). Nothing reads the outbox by tenant:
--- the dispatcher claims pending events by id (`event_outbox_pending`), deliveries have their own
--- indexes. A tenant-scoped listing of events, if one comes, brings its index back, measured
--- against the same flood.
+-- The outbox rows the flush writes (one per history record, issue 14) pay for every index of
+-- `event_outbox`; two of them serve no reader (`python -m benchmarks flushevents`, figures in
+-- docs/performance.md, "Registration events on the flush"):
+-- - `(tenant_id, id)`: nothing reads the outbox by tenant; the dispatcher claims pending events
+--   by id (`event_outbox_pending`) and deliveries have their own indexes. A tenant-scoped
+--   listing of events, if one comes, brings it back, measured against the same flood.
+-- - the UNIQUE index on `event_id`: nothing looks an event up by it (deliveries copy it), and
+--   `gen_random_uuid()` draws 122 random bits: a collision among a billion events has a chance
+--   of about 1e-19. Receivers still de-duplicate on it.
 DROP INDEX IF EXISTS event_outbox_tenant;
+ALTER TABLE event_outbox DROP CONSTRAINT IF EXISTS event_outbox_event_id_key;
