@@ -32,9 +32,10 @@ def window_setting(seconds: float) -> str:
 # within one batch); ``conflicts`` (k, since), those that undo the device's previous hardware
 # change within the window, with the time of that change; and ``conflict_map``, one row holding
 # them as a JSON object by k, which the history insert reads per record (a join would be a
-# nested loop, quadratic in a clone storm, under the plan settings of phase 2). A device's first change in the
-# statement looks its previous one up in ``device_history``: the latest record at or before it
-# (by the history index, newest first) that changed the hardware, within the window.
+# nested loop, quadratic in a clone storm, under the plan settings of phase 2; unmaterialized,
+# the planner re-ran the window per record). A device's first change in the statement looks its
+# previous one up in ``device_history``: the latest record at or before it (by the history index,
+# newest first) that changed the hardware, within the window.
 CONFLICTS = f"""changes AS MATERIALIZED (
     SELECT k, t, d, r, pm, pmo, cm, cmo,
            row_number() OVER w AS nth, lag(r) OVER w AS lr,
