@@ -149,7 +149,12 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
         "ratio": medians["with events"] / medians["without"],
         "postgres_cpu_s": cpu,
         "postgres_cpu_median_s": cpu_medians,
-        "cpu_ratio": cpu_medians["with events"] / cpu_medians["without"],
+        # None when a tiny flood used less CPU than the clock's tick can show.
+        "cpu_ratio": (
+            cpu_medians["with events"] / cpu_medians["without"]
+            if cpu_medians["without"] > 0
+            else None
+        ),
     }
 
 
@@ -170,7 +175,8 @@ def run(args: argparse.Namespace) -> int:
         f"with/without, flush time:   {result['ratio']:.3f} ({(result['ratio'] - 1) * 100:+.1f} %)"
     )
     cpu = result["cpu_ratio"]
-    print(f"with/without, Postgres CPU: {cpu:.3f} ({(cpu - 1) * 100:+.1f} %)")
+    if cpu is not None:
+        print(f"with/without, Postgres CPU: {cpu:.3f} ({(cpu - 1) * 100:+.1f} %)")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0

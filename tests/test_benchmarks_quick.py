@@ -187,4 +187,5 @@ def test_flushevents_compares_both_variants_in_one_run(tmp_path: Path) -> None:
     assert set(result["rounds"]) == {"with events", "without"}
     assert all(len(times) == 2 and min(times) > 0 for times in result["rounds"].values())
     assert result["ratio"] == result["median_s"]["with events"] / result["median_s"]["without"]
-    assert "with/without:" in done.stdout
+    assert "with/without, flush time:" in done.stdout
+    assert set(result["postgres_cpu_s"]) == {"with events", "without"}
