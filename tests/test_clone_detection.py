@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 import asyncpg
+from console_rig import Console
 from test_admin_helpers import Api
 
 from gatekeeper.domain.identity import Attributes
@@ -84,7 +85,7 @@ async def _assert_no_conflict(pool: asyncpg.Pool, tenant: str, device: str) -> N
 
 
 async def test_a_b_a_within_the_window_is_one_conflict(
-    pg_pool: asyncpg.Pool, tenant: str, api: Api
+    pg_pool: asyncpg.Pool, tenant: str, api: Api, console: Console
 ) -> None:
     fleet, key = _Fleet(pg_pool), (tenant, "twin")
     before = _conflicts_counted()
@@ -113,6 +114,10 @@ async def test_a_b_a_within_the_window_is_one_conflict(
     assert device["conflictAt"] is not None
     records = await (await api.call("GET", api.device_path("twin", "/history"))).json()
     assert [r["conflict"] for r in records] == [True, False, False, False]
+    assert "Clone conflict" in await console.text(console.url("/devices/twin"))
+    # A device without a conflict shows none.
+    await fleet.see((tenant, "single"), _A)
+    assert "Clone conflict" not in await console.text(console.url("/devices/single"))
 
 
 async def test_a_b_a_outside_the_window_is_no_conflict(pg_pool: asyncpg.Pool, tenant: str) -> None:
