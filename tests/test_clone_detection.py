@@ -225,22 +225,34 @@ async def test_a_clone_storm_in_one_batch_is_written_within_the_deadline(
     pg_pool: asyncpg.Pool, tenant: str
 ) -> None:
     """Two devices sharing each of 200 ids, alternating 40 times within one flush: 7,800
-    hardware changes in one piece. Each change finds the one before it by a sort, not a search
-    of the others, so the pieces commit well within the writer's deadline."""
+    hardware changes in one piece, as new devices (phase 1) and again as known ones (phase 2,
+    under its nested-loop plan settings). Each change finds the one before it by a sort, not a
+    search of the others, so the pieces commit well within the writer's deadline."""
     writer = PostgresWriter(pg_pool, clone_window=_WINDOW)
     t0 = 1_700_000_000.0
-    batch: dict[DeviceKey, PendingDevice] = {}
-    for i in range(200):
-        entry = PendingDevice(_A, t0, False, True)
-        for n in range(1, 40):
-            entry.absorb(PendingDevice(_B if n % 2 else _A, t0 + n, False, False))
-        batch[(tenant, f"storm{i:03d}")] = entry
+
+    def storm(start: float) -> dict[DeviceKey, PendingDevice]:
+        batch: dict[DeviceKey, PendingDevice] = {}
+        for i in range(200):
+            entry = PendingDevice(_A, start, False, True)
+            for n in range(1, 40):
+                entry.absorb(PendingDevice(_B if n % 2 else _A, start + n, False, False))
+            batch[(tenant, f"storm{i:03d}")] = entry
+        return batch
+
+    async def flagged() -> int:
+        count: int = await pg_pool.fetchval(
+            "SELECT count(*) FROM device_history"
+            " WHERE tenant_id = $1 AND conflict_since IS NOT NULL",
+            tenant,
+        )
+        return count
+
     before = _conflicts_counted()
-    await writer.write(batch, {})  # raises past the deadline (5 s a piece)
-    flagged = await pg_pool.fetchval(
-        "SELECT count(*) FROM device_history WHERE tenant_id = $1 AND conflict_since IS NOT NULL",
-        tenant,
-    )
+    await writer.write(storm(t0), {})  # raises past the deadline (5 s a piece)
     # 40 sightings: a registration and 39 changes, each after the first undoing the one before.
-    assert flagged == 200 * 38
-    assert _conflicts_counted() == before + 200 * 38
+    assert await flagged() == 200 * 38
+    # Known now, last seen on B: A, B, ... again is 40 changes, each one a flip back.
+    await writer.write(storm(t0 + 100), {})
+    assert await flagged() == 200 * 38 + 200 * 40
+    assert _conflicts_counted() == before + 200 * (38 + 40)
