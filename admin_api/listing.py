@@ -55,7 +55,7 @@ ORDER: Final = f"{SORT_KEY} DESC, a.device_id DESC"
 SELECT_DEVICES: Final = (
     "SELECT d.*, a.application, a.application_version, a.os, a.os_version, a.manufacturer,"
     " a.model, a.attributes_seen_at, a.first_seen_at, a.last_active_at, a.last_data_upload_at,"
-    " a.last_activity_at"
+    " a.last_activity_at, a.conflict_at"
     " FROM device_activity a"
     " JOIN devices d ON d.tenant_id = a.tenant_id AND d.device_id = a.device_id"
 )

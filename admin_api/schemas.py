@@ -231,6 +231,8 @@ DEVICE: Final[Schema] = {
         # null when not blocked; "shadow": the edge forwards and counts (docs/decisions.md)
         "blockMode": {"type": ["string", "null"], "enum": ["enforce", "shadow", None]},
         "lastActivityAt": _NULLABLE_TIMESTAMP,
+        # The latest clone-detection conflict (a device back on hardware it had just left).
+        "conflictAt": _NULLABLE_TIMESTAMP,
         "createdAt": _TIMESTAMP,
         "updatedAt": _TIMESTAMP,
     },
@@ -250,8 +252,10 @@ RESPONSE_SCHEMAS: Final[dict[str, Schema]] = {
                 "oneOf": [{"$ref": "#/components/schemas/DeviceAttributes"}, {"type": "null"}]
             },
             "current": {"$ref": "#/components/schemas/DeviceAttributes"},
+            # Flagged by clone detection: back on the hardware the device had just left.
+            "conflict": {"type": "boolean"},
         },
-        "required": ["recordedAt", "changedFields", "previous", "current"],
+        "required": ["recordedAt", "changedFields", "previous", "current", "conflict"],
     },
     "ConnectResult": {
         "type": "object",

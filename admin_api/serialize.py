@@ -59,6 +59,8 @@ _DEVICE_COLUMNS: Final = {
     "blockReason": "block_reason",
     "blockMode": "block_mode",
     "lastActivityAt": "last_activity_at",
+    # The latest history record flagged by clone detection (docs/decisions.md).
+    "conflictAt": "conflict_at",
     "createdAt": "created_at",
     "updatedAt": "updated_at",
 }
@@ -130,6 +132,7 @@ def history_json(row: Row) -> dict[str, Any]:
         "changedFields": changed,
         "previous": previous,
         "current": current,
+        "conflict": row["conflict_since"] is not None,
     }
 
 

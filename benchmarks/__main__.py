@@ -1,5 +1,6 @@
-"""``python -m benchmarks proxy|soak|reliability|capacity``: the proxy benchmark suite, a bounded
-soak, the reliability report (docs/reliability.md) and the capacity model (docs/scaling.md).
+"""``python -m benchmarks proxy|soak|reliability|capacity|flushevents``: the proxy benchmark
+suite, a bounded soak, the reliability report (docs/reliability.md), the capacity model
+(docs/scaling.md), and what the outbox events cost the recorder's flush (docs/performance.md).
 
 The harness installs nothing. With ``nginx`` and ``wrk`` installed (``apt-get install nginx
 wrk``) it uses them; without, it says so and falls back to built-in equivalents.
@@ -129,6 +130,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     cap.add_argument("--target-rps", type=float, help="requests per second (default 1,000,000)")
     cap.add_argument("--devices", type=int, help="devices (default 10,000,000)")
+
+    from .flushevents import add_arguments as flushevents_arguments
+
+    flushevents_arguments(
+        sub.add_parser(
+            "flushevents",
+            help="flush of a flood of new devices with and without outbox events, same run",
+        )
+    )
     return parser
 
 
@@ -227,6 +237,10 @@ def main(argv: list[str] | None = None) -> int:
         return _soak(args)
     if args.command == "reliability":
         return _reliability(args)
+    if args.command == "flushevents":
+        from .flushevents import run as flushevents
+
+        return flushevents(args)
     options = _options(args)
     progress = Progress(quiet=args.quiet)
     with tempfile.TemporaryDirectory(prefix="gatekeeper-bench-") as work:

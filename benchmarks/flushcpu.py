@@ -33,7 +33,7 @@ from gatekeeper.store.migrate import migrate
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _server_cpu(postmaster: int) -> float:
+def server_cpu(postmaster: int) -> float:
     """Seconds of CPU of the postmaster, its live children and the children it has reaped."""
     total = 0
     for entry in os.scandir("/proc"):
@@ -61,9 +61,9 @@ async def _measure(
     try:
         await migrate(url)
         postmaster = int((postgres.data_dir / "pgdata" / "postmaster.pid").read_text().split()[0])
-        own, server = time.process_time(), _server_cpu(postmaster)
+        own, server = time.process_time(), server_cpu(postmaster)
         result = await run(url)
-        own, server = time.process_time() - own, _server_cpu(postmaster) - server
+        own, server = time.process_time() - own, server_cpu(postmaster) - server
     finally:
         await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
         await admin.close()

@@ -158,6 +158,8 @@ class Settings:
     activity_buffer_max_devices: int = 200_000
     flush_retry_max_seconds: float = 10.0
     activity_touch_seconds: float = 5.0
+    # Clone detection: a device back on the hardware it left at most this long ago is a conflict.
+    clone_window_seconds: float = 3600.0
     shutdown_drain_seconds: float = 10.0
 
     # Admin API.
@@ -212,6 +214,7 @@ class Settings:
             "blocklist_resync_seconds",
             "key_cache_size",
             "flush_retry_max_seconds",
+            "clone_window_seconds",
             "client_body_timeout",
             "upstream_keepalive_timeout",
             "access_log_sample",

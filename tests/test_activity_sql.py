@@ -16,6 +16,7 @@ from conftest import Stores
 
 from gatekeeper.domain.identity import Attributes
 from gatekeeper.edge.activity import sql
+from gatekeeper.edge.activity.conflicts import window_setting
 from gatekeeper.edge.activity.pending import PendingDevice
 from gatekeeper.edge.activity.statements import KNOWN_ONE_SIGHTING
 from gatekeeper.store import edge_writes as store
@@ -68,8 +69,9 @@ async def _snapshot(pool: asyncpg.Pool, tenant: str) -> tuple[list[Any], list[An
 
 async def _write(pool: asyncpg.Pool, batch: dict[DeviceKey, PendingDevice]) -> None:
     async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("SET LOCAL gatekeeper.flush = 'on'")
-        await sql._update_known(conn, sorted(batch), batch)  # phase 2 only: rows may be missing
+        await conn.execute(f"SET LOCAL gatekeeper.flush = 'on'; {window_setting(3600)}")
+        # Phase 2 only: rows may be missing.
+        await sql._update_known(conn, sorted(batch), batch, [])
 
 
 async def test_one_statement_path_agrees_with_the_lock_and_compare_path(
@@ -123,7 +125,8 @@ async def test_the_touch_update_is_a_nested_loop_driven_by_the_sorted_input(
             )
             await pg_pool.execute("ANALYZE device_activity")
         async with pg_pool.acquire() as conn, conn.transaction():
-            await conn.execute(sql._KEY_ORDER_PLANS)  # as write_batch sets them for phase 2
+            # As write_batch sets them for phase 2.
+            await conn.execute(f"{sql._KEY_ORDER_PLANS}; {window_setting(3600)}")
             plan = json.loads(
                 await conn.fetchval("EXPLAIN (FORMAT JSON) " + KNOWN_ONE_SIGHTING, rows)
             )

@@ -266,6 +266,7 @@ async def test_history_newest_first(api: Api, pg_pool: asyncpg.Pool) -> None:
         "changedFields": ["applicationVersion"],
         "previous": first,
         "current": second,
+        "conflict": False,
     }
     assert records[1]["previous"] is None and records[1]["current"] == first
     page = await api.call("GET", api.device_path("hist", "/history") + "?limit=1")

@@ -154,3 +154,38 @@ def test_chart_is_a_valid_png(value: float | None) -> None:
     length = struct.unpack(">I", png[start - 8 : start - 4])[0]
     raw = zlib.decompress(png[start : start + length])
     assert len(raw) == height * (1 + 3 * width)
+
+
+def test_flushevents_compares_both_variants_in_one_run(tmp_path: Path) -> None:
+    """``python -m benchmarks flushevents`` at a tiny flood: both variants measured, alternating,
+    the outbox checked (it exits non-zero when a round leaves the wrong number of events)."""
+    out = tmp_path / "flushevents.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            "flushevents",
+            "--devices",
+            "600",
+            "--batch",
+            "300",
+            "--rounds",
+            "2",
+            "--quiet",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert set(result["rounds"]) == {"with events", "without"}
+    assert all(len(times) == 2 and min(times) > 0 for times in result["rounds"].values())
+    assert result["ratio"] == result["median_s"]["with events"] / result["median_s"]["without"]
+    assert "with/without, flush time:" in done.stdout
+    assert set(result["postgres_cpu_s"]) == {"with events", "without"}

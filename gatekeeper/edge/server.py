@@ -161,7 +161,7 @@ class EdgeServer:
         stack.push_async_callback(_close_pool, pool)
         # This process is its own recorder: the gauge that watches the hand-over says so.
         metrics.RECORDER_UP.set(1)
-        return PostgresWriter(pool)
+        return PostgresWriter(pool, clone_window=self.settings.clone_window_seconds)
 
     def reload_tls(self) -> None:
         """Load the certificate chain again (SIGHUP): new handshakes present it, open

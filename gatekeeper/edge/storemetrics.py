@@ -17,7 +17,13 @@ from prometheus_client import (
     disable_created_metrics,
 )
 
-__all__ = ["ACTIVITY_FLUSHED", "ACTIVITY_FLUSH_DURATION", "REGISTRY", "STORE_UP"]
+__all__ = [
+    "ACTIVITY_FLUSHED",
+    "ACTIVITY_FLUSH_DURATION",
+    "DEVICE_CONFLICTS",
+    "REGISTRY",
+    "STORE_UP",
+]
 
 # No `*_created` series: a timestamp per counter and histogram that Prometheus stores as one
 # more series and no dashboard or alert of ours reads (issue 11).
@@ -34,6 +40,12 @@ ACTIVITY_FLUSH_DURATION = Histogram(
     "gatekeeper_activity_flush_duration_seconds",
     "Duration of one successful activity flush.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+    registry=REGISTRY,
+)
+DEVICE_CONFLICTS = Counter(
+    "gatekeeper_device_conflicts",
+    "History records flagged as conflicts: a device back on the hardware it had just left "
+    "(clone detection).",
     registry=REGISTRY,
 )
 STORE_UP = Gauge(

@@ -183,6 +183,7 @@ _CARD: Final = (
     ("lastActiveAt", "Last active"),
     ("lastDataUploadAt", "Last data upload"),
     ("lastActivityAt", "Last activity"),
+    ("conflictAt", "Clone conflict"),
     ("createdAt", "Created"),
     ("updatedAt", "Updated"),
 )

@@ -49,7 +49,10 @@ async def _serve(settings: Settings, path: str) -> None:
         # A socket left by a predecessor that was killed: nothing listens on it any more.
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-        service = RecorderService(PostgresWriter(pool, connections=_WRITE_CONNECTIONS), path)
+        writer = PostgresWriter(
+            pool, connections=_WRITE_CONNECTIONS, clone_window=settings.clone_window_seconds
+        )
+        service = RecorderService(writer, path)
         await service.start()
         watch = asyncio.create_task(_orphaned(os.getppid()))
         signalled = asyncio.create_task(stop.wait())

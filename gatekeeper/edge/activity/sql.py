@@ -48,6 +48,7 @@ from collections.abc import Container, Mapping, Sequence
 import asyncpg
 
 from gatekeeper.domain.identity import Attributes
+from gatekeeper.edge.activity.conflicts import MARK_CONFLICTS, window_setting
 from gatekeeper.edge.activity.pending import PendingDevice, merge_attributes
 from gatekeeper.edge.activity.statements import (
     HISTORY,
@@ -59,12 +60,15 @@ from gatekeeper.edge.activity.statements import (
 )
 from gatekeeper.types import DeviceKey
 
-__all__ = ["write_batch"]
+__all__ = ["DEFAULT_CLONE_WINDOW_SECONDS", "write_batch"]
 
 _Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
 
 _NO_ATTRIBUTES: Attributes = (None, None, None, None, None, None)
+
+# The clone detection's window when the caller names none (``clone_window_seconds``).
+DEFAULT_CLONE_WINDOW_SECONDS = 3600.0
 
 
 class _History:
@@ -151,9 +155,13 @@ def _json(rows: list[list[object]]) -> str:
 
 
 async def _insert_new(
-    conn: _Connection, keys: list[DeviceKey], batch: Mapping[DeviceKey, PendingDevice]
+    conn: _Connection,
+    keys: list[DeviceKey],
+    batch: Mapping[DeviceKey, PendingDevice],
+    conflicts: list[int],
 ) -> list[DeviceKey]:
-    """Phase 1; returns the keys that already existed (in key order)."""
+    """Phase 1; returns the keys that already existed (in key order), and adds the history ids
+    of the records it flagged as conflicts to ``conflicts``."""
     history = _History()
     finals: list[tuple[Attributes | None, float | None]] = []
     for key in keys:
@@ -164,17 +172,23 @@ async def _insert_new(
         else:
             finals.append(history.add_from(key, entry, None, None))
     rows = await conn.fetch(INSERT_NEW, _device_rows(keys, batch, finals), _json(history.rows))
-    return [keys[row[0]] for row in rows]
+    conflicts.extend(row[1] for row in rows if row[1] is not None)
+    return [keys[row[0]] for row in rows if row[0] is not None]
 
 
 async def _update_known(
-    conn: _Connection, keys: list[DeviceKey], batch: Mapping[DeviceKey, PendingDevice]
+    conn: _Connection,
+    keys: list[DeviceKey],
+    batch: Mapping[DeviceKey, PendingDevice],
+    conflicts: list[int],
 ) -> None:
-    """Phase 2: lock, compare with what is stored, upsert, and write the changes."""
+    """Phase 2: lock, compare with what is stored, upsert, and write the changes (adding the
+    history ids of the conflicts among them to ``conflicts``)."""
     # All or none: both forms take their locks in one key-ordered pass, and a piece split between
     # them would take two, which could deadlock with another worker's piece split differently.
     if all(len(batch[key].changes) == 1 for key in keys):
-        await conn.execute(KNOWN_ONE_SIGHTING, _one_sighting_rows(keys, batch))
+        rows = await conn.fetch(KNOWN_ONE_SIGHTING, _one_sighting_rows(keys, batch))
+        conflicts.extend(row[0] for row in rows)
         return
     locked = await conn.fetch(LOCK_CURRENT, _json([[k[0], k[1]] for k in keys]))
     current = {(r[0], r[1]): r for r in locked}
@@ -191,7 +205,8 @@ async def _update_known(
         finals.append(history.add_from(key, batch[key], state, stored_seen))
     await conn.execute(UPSERT, _device_rows(keys, batch, finals))
     if history.rows:
-        await conn.execute(HISTORY, _json(history.rows))
+        rows = await conn.fetch(HISTORY, _json(history.rows))
+        conflicts.extend(row[0] for row in rows)
 
 
 # Phase 2 locks rows in the order its statements visit them. With these, the only join left to
@@ -211,15 +226,17 @@ async def _write(
     batch: Mapping[DeviceKey, PendingDevice],
     key_uses: Mapping[str, float],
     known: Container[DeviceKey] | None,
-) -> None:
+) -> int:
     """``begin``, then both phases; the plan settings travel with the last statement before
-    phase 2 (``begin`` itself in steady state, when phase 1 has nothing to insert)."""
+    phase 2 (``begin`` itself in steady state, when phase 1 has nothing to insert). Returns the
+    conflicts found (clone detection)."""
     keys = sorted(batch)
     new = keys if known is None else [k for k in keys if k not in known]
     settings = _KEY_ORDER_PLANS
+    conflicts: list[int] = []
     if new:
         await conn.execute(begin)
-        existing = await _insert_new(conn, new, batch)
+        existing = await _insert_new(conn, new, batch, conflicts)
     else:
         existing, settings = [], f"{begin}; {settings}"
     if known is not None and len(existing) + len(new) != len(keys):
@@ -227,9 +244,13 @@ async def _write(
     if existing or not new:
         await conn.execute(settings)
     if existing:
-        await _update_known(conn, existing, batch)
+        await _update_known(conn, existing, batch, conflicts)
+    if conflicts:
+        # Rare (a clone at work): one more statement, for the devices' ``conflict_at``.
+        await conn.execute(MARK_CONFLICTS, conflicts)
     if key_uses:
         await conn.execute(KEY_USES, [bytes.fromhex(d) for d in key_uses], list(key_uses.values()))
+    return len(conflicts)
 
 
 async def write_batch(
@@ -239,9 +260,12 @@ async def write_batch(
     known: Container[DeviceKey] | None = None,
     *,
     timeout: float,
-) -> None:
+    clone_window: float = DEFAULT_CLONE_WINDOW_SECONDS,
+) -> int:
     """Write ``batch`` in one transaction, within ``timeout`` seconds from acquiring a
     connection to the commit; devices in ``known`` are already in Postgres (phase 1 skips them).
+    Returns the number of history records flagged as conflicts (clone detection, within
+    ``clone_window`` seconds).
 
     Returns only once the commit is acknowledged. On any failure (the deadline included) the
     connection is dropped, not rolled back: a hung server would never answer the ROLLBACK (nor
@@ -260,9 +284,10 @@ async def write_batch(
             begin = (
                 f"BEGIN; SET LOCAL statement_timeout = {ms};"
                 f" SET LOCAL idle_in_transaction_session_timeout = {ms};"
-                " SET LOCAL gatekeeper.flush = 'on'"
+                " SET LOCAL gatekeeper.flush = 'on';"
+                f" {window_setting(clone_window)}"
             )
-            await _write(conn, begin, batch, key_uses, known)
+            conflicts = await _write(conn, begin, batch, key_uses, known)
             await conn.execute("COMMIT")
     except BaseException:
         if conn is not None:
@@ -273,3 +298,4 @@ async def write_batch(
             # Committed (or terminated) by now; a reset that hangs only costs the connection.
             with contextlib.suppress(Exception):
                 await pool.release(conn, timeout=timeout)
+    return conflicts

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from gatekeeper.edge.activity.conflicts import CONFLICTS
+
 __all__ = [
     "HISTORY",
     "INSERT_NEW",
+    "INSERT_NEW_NO_EVENTS",
     "KEY_USES",
     "KNOWN_ONE_SIGHTING",
     "LOCK_CURRENT",
@@ -49,6 +52,8 @@ _HISTORY_INPUT = "SELECT {cols} FROM jsonb_array_elements(${n}::jsonb) AS x(e)".
     ),
 )
 
+# The rows of a history insert, from the ``records`` CTE (see ``_records``) and the conflicts
+# found among them (``conflicts.CONFLICTS``: ``conflict_map``).
 _HISTORY_ROWS = """
 SELECT h.t, h.d, h.r,
        array_remove(ARRAY[
@@ -63,40 +68,65 @@ SELECT h.t, h.d, h.r,
            'manufacturer', h.pm, 'model', h.pmo) END,
        jsonb_build_object(
            'application', h.ca, 'applicationVersion', h.cv, 'os', h.co, 'osVersion', h.cov,
-           'manufacturer', h.cm, 'model', h.cmo)
-FROM ({rows}) AS h
+           'manufacturer', h.cm, 'model', h.cmo),
+       (conflict_map.m ->> h.k::text)::timestamptz
+FROM records AS h CROSS JOIN conflict_map
+ORDER BY h.k
 """
 
-_HISTORY_RETURNING = (
-    "RETURNING id, tenant_id, device_id, recorded_at, changed_fields, previous, current"
+_HISTORY_COLUMNS = (
+    "tenant_id, device_id, recorded_at, changed_fields, previous, current, conflict_since"
 )
+_HISTORY_RETURNING = f"RETURNING id, {_HISTORY_COLUMNS}"
+
+
+def _records(rows: str) -> str:
+    """The CTEs that lead to a history insert: ``records`` (``rows`` numbered), and the clone
+    detection's ``changes`` and ``conflicts`` over them."""
+    return f"""records AS (
+    SELECT rows.*, row_number() OVER () AS k FROM ({rows}) AS rows
+), {CONFLICTS}"""
+
 
 # The outbox events of the history records ``history`` returned (issue 14), in the flush's
 # transaction so that a rolled-back flush leaves none: a first sighting (``previous`` NULL) is
 # ``device.registered``, any later record ``device.changed``. Ordered by the history id, so a
-# device's events get ascending outbox ids in the order its records were written.
+# device's events get ascending outbox ids in the order its records were written. A record
+# flagged as a conflict (clone detection) has a ``device.conflict`` right after its own event.
 _EVENTS = """
 INSERT INTO event_outbox (tenant_id, device_id, type, data)
-SELECT tenant_id, device_id,
-       CASE WHEN previous IS NULL THEN 'device.registered' ELSE 'device.changed' END,
-       CASE WHEN previous IS NULL
-            THEN jsonb_build_object('deviceId', device_id, 'recordedAt', recorded_at,
-                                    'attributes', current)
-            ELSE jsonb_build_object('deviceId', device_id, 'recordedAt', recorded_at,
-                                    'changedFields', to_jsonb(changed_fields),
-                                    'previous', previous, 'current', current) END
-FROM history ORDER BY id
+SELECT tenant_id, device_id, type, data FROM (
+    SELECT id, false AS second, tenant_id, device_id,
+           CASE WHEN previous IS NULL THEN 'device.registered' ELSE 'device.changed' END AS type,
+           CASE WHEN previous IS NULL
+                THEN jsonb_build_object('deviceId', device_id, 'recordedAt', recorded_at,
+                                        'attributes', current)
+                ELSE jsonb_build_object('deviceId', device_id, 'recordedAt', recorded_at,
+                                        'changedFields', to_jsonb(changed_fields),
+                                        'previous', previous, 'current', current) END AS data
+    FROM history
+    UNION ALL
+    SELECT id, true, tenant_id, device_id, 'device.conflict',
+           jsonb_build_object(
+               'deviceId', device_id,
+               'hardware', jsonb_build_object('manufacturer', current->'manufacturer',
+                                              'model', current->'model'),
+               'otherHardware', jsonb_build_object('manufacturer', previous->'manufacturer',
+                                                   'model', previous->'model'),
+               'otherSeenAt', conflict_since, 'recordedAt', recorded_at)
+    FROM history WHERE conflict_since IS NOT NULL
+) AS e ORDER BY id, second
 """
+
+# What a history statement returns: the ids of its records flagged as conflicts.
+_CONFLICT_IDS = "SELECT id FROM history WHERE conflict_since IS NOT NULL"
 
 _ACTIVITY_COLUMNS = """tenant_id, device_id, application, application_version, os, os_version,
     manufacturer, model, attributes_seen_at, first_seen_at, last_active_at, last_data_upload_at"""
 
-# Phase 1. The keys come sorted; ORDER BY ordinality keeps the insert (and its locks) in that order.
-# A device seen once in the batch (nearly every one) has one history record, its first sighting,
-# made here from its device row; ``$2`` holds the records of the devices seen more than once.
-# The activity rows are written here, with their times; the trigger that adds them for other
-# writers of ``devices`` skips the flush's transactions (``gatekeeper.flush``, migration 0004).
-INSERT_NEW = f"""
+
+def _insert_new(events: bool) -> str:
+    return f"""
 WITH input AS (
     SELECT rows.*, row_number() OVER () AS i FROM ({_DEVICE_ROWS.format(n=1)}) AS rows
 ), inserted AS (
@@ -112,25 +142,38 @@ WITH input AS (
     ORDER BY i
 ), more AS (
     {_HISTORY_INPUT.format(n=2)}
-), history AS (
-    INSERT INTO device_history (tenant_id, device_id, recorded_at, changed_fields, previous,
-                                current)
-    SELECT rows.* FROM ({
-    _HISTORY_ROWS.format(
-        rows="SELECT * FROM more UNION ALL"
-        " SELECT t, d, seen, true, NULL, NULL, NULL, NULL, NULL, NULL, a, v, o, ov, m, mo"
-        " FROM input WHERE NOT EXISTS (SELECT FROM more WHERE more.t = input.t"
-        " AND more.d = input.d)"
-    )
-}) AS rows
-    JOIN inserted ON inserted.tenant_id = rows.t AND inserted.device_id = rows.d
+), {
+        _records(
+            "SELECT rows.* FROM (SELECT * FROM more UNION ALL"
+            " SELECT t, d, seen, true, NULL, NULL, NULL, NULL, NULL, NULL, a, v, o, ov, m, mo"
+            " FROM input WHERE NOT EXISTS (SELECT FROM more WHERE more.t = input.t"
+            " AND more.d = input.d)) AS rows"
+            " JOIN inserted ON inserted.tenant_id = rows.t AND inserted.device_id = rows.d"
+        )
+    }, history AS (
+    INSERT INTO device_history ({_HISTORY_COLUMNS})
+    {_HISTORY_ROWS}
     {_HISTORY_RETURNING}
-), events AS ({_EVENTS})
-SELECT i - 1 FROM input
-WHERE NOT EXISTS (SELECT FROM inserted WHERE inserted.tenant_id = input.t
-                                         AND inserted.device_id = input.d)
-ORDER BY i
+){f", events AS ({_EVENTS})" if events else ""}
+(SELECT i - 1, NULL::bigint FROM input
+ WHERE NOT EXISTS (SELECT FROM inserted WHERE inserted.tenant_id = input.t
+                                          AND inserted.device_id = input.d)
+ ORDER BY i)
+UNION ALL ({_CONFLICT_IDS.replace("SELECT id", "SELECT NULL, id")})
 """
+
+
+# Phase 1. The keys come sorted; ORDER BY ordinality keeps the insert (and its locks) in that order.
+# A device seen once in the batch (nearly every one) has one history record, its first sighting,
+# made here from its device row; ``$2`` holds the records of the devices seen more than once.
+# The activity rows are written here, with their times; the trigger that adds them for other
+# writers of ``devices`` skips the flush's transactions (``gatekeeper.flush``, migration 0004).
+# Returns a row (index in the input, NULL) per device that already existed, in input order, and
+# a row (NULL, history id) per record flagged as a conflict.
+INSERT_NEW = _insert_new(events=True)
+# The same without the outbox writes: for ``python -m benchmarks flushevents``, which measures
+# what the events cost the flush.
+INSERT_NEW_NO_EVENTS = _insert_new(events=False)
 
 LOCK_CURRENT = """
 SELECT a.tenant_id, a.device_id, a.application, a.application_version, a.os, a.os_version,
@@ -250,11 +293,9 @@ WITH input AS (
       AND NOT EXISTS (SELECT FROM updated u WHERE u.t = input.t AND u.d = input.d)
 ), {_REVIVE.format(rows="missing", missing="true")}, revived_activity AS (
     {_ACTIVITY_UPSERT.format(source="missing")}
-), history AS (
-INSERT INTO device_history (tenant_id, device_id, recorded_at, changed_fields, previous, current)
-{
-    _HISTORY_ROWS.format(
-        rows="SELECT t, d, r, replaced = 'null'::jsonb AS first, "
+), {
+    _records(
+        "SELECT t, d, r, replaced = 'null'::jsonb AS first, "
         + ", ".join(f"replaced->>'{c}' AS p{i}" for i, c in _ATTRS)
         + ", "
         + ", ".join(f"c{i}" for i, _ in _ATTRS)
@@ -262,18 +303,20 @@ INSERT INTO device_history (tenant_id, device_id, recorded_at, changed_fields, p
         " UNION ALL SELECT t, d, seen, true, NULL, NULL, NULL, NULL, NULL, NULL, a, v, o, ov, m, mo"
         " FROM missing"
     )
-}
+}, history AS (
+INSERT INTO device_history ({_HISTORY_COLUMNS})
+{_HISTORY_ROWS}
 {_HISTORY_RETURNING}
-)
-{_EVENTS}"""
+), events AS ({_EVENTS})
+{_CONFLICT_IDS}"""
 
 HISTORY = f"""
-WITH history AS (
-INSERT INTO device_history (tenant_id, device_id, recorded_at, changed_fields, previous, current)
-{_HISTORY_ROWS.format(rows=_HISTORY_INPUT.format(n=1))}
+WITH {_records(_HISTORY_INPUT.format(n=1))}, history AS (
+INSERT INTO device_history ({_HISTORY_COLUMNS})
+{_HISTORY_ROWS}
 {_HISTORY_RETURNING}
-)
-{_EVENTS}"""
+), events AS ({_EVENTS})
+{_CONFLICT_IDS}"""
 
 KEY_USES = """
 UPDATE api_keys SET last_used_at = GREATEST(api_keys.last_used_at, to_timestamp(x.used))

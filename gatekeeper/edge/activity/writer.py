@@ -15,7 +15,7 @@ import asyncpg
 
 from gatekeeper.edge import storemetrics as metrics
 from gatekeeper.edge.activity.pending import PendingDevice
-from gatekeeper.edge.activity.sql import write_batch
+from gatekeeper.edge.activity.sql import DEFAULT_CLONE_WINDOW_SECONDS, write_batch
 from gatekeeper.types import DeviceKey
 
 __all__ = ["FLUSH_TIMEOUT_SECONDS", "PostgresWriter"]
@@ -35,7 +35,7 @@ FLUSH_TIMEOUT_SECONDS = 5.0
 class PostgresWriter:
     """``write(batch, key_uses)`` returns once all of it is committed, or raises."""
 
-    __slots__ = ("_known", "_max_known", "_parallel", "_pool", "_timeout")
+    __slots__ = ("_clone_window", "_known", "_max_known", "_parallel", "_pool", "_timeout")
 
     def __init__(
         self,
@@ -44,8 +44,11 @@ class PostgresWriter:
         connections: int = 2,
         timeout: float = FLUSH_TIMEOUT_SECONDS,
         max_known: int = 1_000_000,
+        clone_window: float = DEFAULT_CLONE_WINDOW_SECONDS,
     ) -> None:
         self._pool = pool
+        # Clone detection's window (``clone_window_seconds``), passed to every transaction.
+        self._clone_window = clone_window
         # Concurrent transactions per batch; keep it within the pool's size.
         self._parallel = max(1, connections)
         self._timeout = timeout
@@ -83,16 +86,19 @@ class PostgresWriter:
                 await asyncio.sleep(0)  # let other work in before preparing this piece
                 part = parts[index]
                 try:
-                    await write_batch(
+                    conflicts = await write_batch(
                         self._pool,
                         part,
                         key_uses if index == 0 else {},
                         self._known,
                         timeout=self._timeout,
+                        clone_window=self._clone_window,
                     )
                 except Exception as exc:
                     failures.append(exc)
                     return
+                if conflicts:
+                    metrics.DEVICE_CONFLICTS.inc(conflicts)  # committed: counted once
                 self._known.update(part)
                 committed += len(part)
 
