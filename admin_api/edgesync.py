@@ -15,10 +15,10 @@ from collections.abc import Awaitable
 from typing import Final, TypeVar
 
 import asyncpg
-import redis.asyncio as aioredis
 from aiohttp import web
 
 from admin_api.metrics import AdminMetrics
+from gatekeeper.store.clients import RedisClient
 from gatekeeper.store.edge_writes import EdgeSyncError, reconcile
 
 __all__ = ["EDGE_SYNC", "EdgeSync"]
@@ -36,7 +36,7 @@ class EdgeSync:
     def __init__(
         self,
         pool: asyncpg.Pool,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         metrics: AdminMetrics,
         *,
         retry_first: float = _RETRY_FIRST_SECONDS,
