@@ -65,6 +65,7 @@ async def subscribe(redis: RedisClient) -> Subscription:
 
 
 async def _subscribe_sharded(cluster: RedisCluster) -> Subscription:
+    await cluster.initialize()  # the first time only: the client's own set-up
     # Read the slot map again: the owner it held before a failover may be dead or a replica.
     await cluster.nodes_manager.initialize()
     node = cluster.get_node_from_key(edgeview.CHANNEL)
