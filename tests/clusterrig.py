@@ -209,6 +209,31 @@ class ValkeyCluster:
                     return next(n for n in self.nodes if n.port == port)
         raise EmbeddedServerError(f"no primary serves slot {slot}")
 
+    def replica_of(self, primary: ValkeyNode) -> ValkeyNode:
+        """The live replica of ``primary``."""
+        primary_id = primary.cli("CLUSTER", "MYID").strip()
+        for line in primary.cli("CLUSTER", "NODES").splitlines():
+            fields = line.split()
+            if fields[3] == primary_id and "fail" not in fields[2]:
+                port = int(fields[1].split("@")[0].rsplit(":", 1)[1])
+                return next(n for n in self.nodes if n.port == port)
+        raise EmbeddedServerError(f"{primary.address} has no live replica")
+
+    def planned_failover(self, primary: ValkeyNode, timeout: float = _START_TIMEOUT) -> ValkeyNode:
+        """``CLUSTER FAILOVER`` on ``primary``'s replica (the old primary stays up, demoted);
+        returns the new primary once both agree on their roles."""
+        replica = self.replica_of(primary)
+        replica.cli("CLUSTER", "FAILOVER")
+        _poll(
+            "planned failover",
+            lambda: (
+                replica.cli("ROLE").split()[0] == "master"
+                and primary.cli("ROLE").split()[0] == "slave"
+            ),
+            timeout,
+        )
+        return replica
+
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()

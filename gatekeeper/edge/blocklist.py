@@ -339,11 +339,10 @@ class BlocklistMirror:
                 next_resync = clock.monotonic() + self._resync_seconds
                 ping_sent = None  # sent on the connection that went away
                 next_ping = clock.monotonic() + self._ping_interval
-            if not pubsub.subscribed:
-                # The server ended the subscription (a cluster does when the channel's slot
-                # moves away from the node): subscribe again where the slot is now.
-                raise SubscriptionLost("the server ended the subscription")
             kind = message.get("type") if message is not None else None
+            if kind in changefeed.ENDED_TYPES:
+                # Subscribe again where the channel's slot is now, and reload.
+                raise SubscriptionLost("the server ended the subscription (slot moved)")
             if kind is None:
                 # Silence past the deadline. (Only silence: while messages are still arriving
                 # the PONG may be queued behind them, and the connection is plainly alive.)

@@ -26,10 +26,15 @@ from redis.exceptions import SlotNotCoveredError
 from gatekeeper.domain import edgeview
 from gatekeeper.store.clients import RedisClient
 
-__all__ = ["MESSAGE_TYPES", "Subscription", "subscribe"]
+__all__ = ["ENDED_TYPES", "MESSAGE_TYPES", "Subscription", "subscribe"]
 
 # A published message, as redis-py types it: plain (PUBLISH) or sharded (SPUBLISH).
 MESSAGE_TYPES = frozenset({"message", "smessage"})
+# The server ended the subscription: a cluster node sends ``sunsubscribe`` when the channel's
+# slot leaves it (a planned failover demotes it, a resharding moves the slot), and keeps the
+# connection open and answering PINGs. redis-py hands these on only when subscribe messages are
+# not ignored, so they are not: the confirmations of our own subscribe are skipped by type.
+ENDED_TYPES = frozenset({"unsubscribe", "sunsubscribe"})
 
 
 class Subscription:
@@ -55,7 +60,7 @@ async def subscribe(redis: RedisClient) -> Subscription:
     when that server cannot be reached (the caller backs off and calls again)."""
     if isinstance(redis, RedisCluster):
         return await _subscribe_sharded(redis)
-    pubsub = redis.pubsub(ignore_subscribe_messages=True)
+    pubsub = redis.pubsub()
     try:
         await pubsub.subscribe(edgeview.CHANNEL)
     except BaseException:
@@ -73,7 +78,7 @@ async def _subscribe_sharded(cluster: RedisCluster) -> Subscription:
         raise SlotNotCoveredError(f"no node serves the slot of {edgeview.CHANNEL}")
     pool = ConnectionPool(connection_class=node.connection_class, **node.connection_kwargs)
     client = aioredis.Redis.from_pool(pool)
-    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub = client.pubsub()
     subscription = Subscription(pubsub, client, node.name)
     try:
         await pubsub.ssubscribe(edgeview.CHANNEL)
