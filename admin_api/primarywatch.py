@@ -48,6 +48,15 @@ async def edge_primary_id(redis: RedisClient) -> str:
     return str(info["run_id"])
 
 
+def _raise_lost_cancellation() -> None:
+    """On Python 3.11 redis-py's ``asyncio.wait_for`` can return a command's result and drop a
+    cancellation that landed meanwhile (CPython gh-86296; gatekeeper.edge.blocklist has the
+    story): the request is still counted on the task, so raise it."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class PrimaryWatch:
     """Calls ``on_change`` when the edge view's primary is another process than at the last
     look. Start with :meth:`start`, stop with :meth:`close`."""
@@ -71,7 +80,9 @@ class PrimaryWatch:
                 current = await edge_primary_id(self._redis)
             except (RedisError, RedisClusterException, OSError, KeyError) as exc:
                 _log.debug("edge primary not known now: %s", exc)  # an outage says so elsewhere
+                _raise_lost_cancellation()
             else:
+                _raise_lost_cancellation()
                 if self.known is not None and current != self.known:
                     self._on_change(self.known, current)
                 self.known = current
@@ -81,8 +92,12 @@ class PrimaryWatch:
         self._task = asyncio.create_task(self._run(), name="admin-edge-primary-watch")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        if task is None:
+            return
+        # Cancelled again until it ends: one cancellation can be lost (see above).
+        while not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.5)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
