@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 from typing import Final
 
 import asyncpg
-import redis.asyncio as aioredis
 from aiohttp import web
 
 from admin_api import (
@@ -32,6 +31,7 @@ from admin_api.readreplica import READ_POOL, ReadPool
 from admin_api.server import MAX_FIELD_BYTES
 from gatekeeper.domain.identity import TENANT_ID_RULE, valid_tenant_id
 from gatekeeper.settings import Settings
+from gatekeeper.store.clients import RedisClient
 from gatekeeper.types import SYSTEM_CLOCK, Clock
 
 __all__ = ["MAX_BODY_BYTES", "create_app", "tenant_middleware"]
@@ -103,7 +103,7 @@ async def _edge_sync_ctx(app: web.Application) -> AsyncIterator[None]:
 def create_app(
     settings: Settings,
     pool: asyncpg.Pool,
-    redis: aioredis.Redis,
+    redis: RedisClient,
     *,
     read_pool: asyncpg.Pool | None = None,
     verifier: TokenVerifier | None = None,

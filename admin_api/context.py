@@ -7,17 +7,17 @@ sync) live next to those objects, so this module imports nothing from ``admin_ap
 from __future__ import annotations
 
 import asyncpg
-import redis.asyncio as aioredis
 from aiohttp import web
 
 from gatekeeper.settings import Settings
+from gatekeeper.store.clients import RedisClient
 from gatekeeper.types import Clock
 
 __all__ = ["CLOCK", "PG_POOL", "REDIS", "SETTINGS"]
 
 SETTINGS = web.AppKey("settings", Settings)
 PG_POOL = web.AppKey("pg_pool", asyncpg.Pool)
-REDIS = web.AppKey("redis", aioredis.Redis)
+REDIS: web.AppKey[RedisClient] = web.AppKey("redis")
 # Where "now" comes from for time-based decisions (the stale-device report and job); tests
 # pass a gatekeeper.types.ManualClock to create_app.
 CLOCK = web.AppKey[Clock]("clock")

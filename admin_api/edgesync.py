@@ -5,6 +5,9 @@ Decision: the change stands (Postgres is the truth and already holds it), the re
 edge view with :func:`gatekeeper.store.edge_writes.reconcile`, retrying with backoff until it
 succeeds.
 Until then the edge keeps its previous view of that one change.
+
+The same repair follows a change of the Redis primary (a failover, a restart), which may have
+lost changes it had acknowledged: :mod:`admin_api.primarywatch`.
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ from collections.abc import Awaitable
 from typing import Final, TypeVar
 
 import asyncpg
-import redis.asyncio as aioredis
 from aiohttp import web
 
 from admin_api.metrics import AdminMetrics
+from admin_api.primarywatch import WATCH_SECONDS, PrimaryWatch
+from gatekeeper.store.clients import RedisClient
 from gatekeeper.store.edge_writes import EdgeSyncError, reconcile
 
 __all__ = ["EDGE_SYNC", "EdgeSync"]
@@ -36,11 +40,12 @@ class EdgeSync:
     def __init__(
         self,
         pool: asyncpg.Pool,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         metrics: AdminMetrics,
         *,
         retry_first: float = _RETRY_FIRST_SECONDS,
         retry_max: float = _RETRY_MAX_SECONDS,
+        watch_seconds: float = WATCH_SECONDS,
     ) -> None:
         self._pool = pool
         self._redis = redis
@@ -49,6 +54,7 @@ class EdgeSync:
         self._retry_max = retry_max
         self._wanted = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._watch = PrimaryWatch(redis, self._primary_changed, interval=watch_seconds)
         self.in_sync = True
 
     async def call(self, change: Awaitable[T]) -> tuple[T | None, bool]:
@@ -64,6 +70,16 @@ class EdgeSync:
         self._metrics.edge_sync_errors.inc()
         _log.warning("edge view not updated (%s); reconcile scheduled", exc)
         self.in_sync = False
+        self._wanted.set()
+
+    def _primary_changed(self, before: str, now: str) -> None:
+        """Writes the old primary acknowledged may be missing on the new one: reconcile."""
+        self._metrics.primary_changes.inc()
+        _log.warning(
+            "the Redis primary of the edge view changed (run id %s… → %s…); reconcile scheduled",
+            before[:8],
+            now[:8],
+        )
         self._wanted.set()
 
     async def reconcile_now(self) -> bool:
@@ -92,8 +108,10 @@ class EdgeSync:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="admin-edge-reconcile")
+        self._watch.start()
 
     async def close(self) -> None:
+        await self._watch.close()
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)

@@ -13,6 +13,7 @@ from typing import Any, Final, TypedDict
 
 import asyncpg
 from aiohttp import web
+from redis.exceptions import ClusterDownError, MasterDownError, RedisClusterException
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -65,6 +66,10 @@ STORE_UNAVAILABLE: Final = (
     asyncpg.exceptions.InsufficientResourcesError,
     RedisConnectionError,
     RedisTimeoutError,
+    # A cluster with a slot uncovered or none of its nodes answering; a primary failing over.
+    ClusterDownError,
+    MasterDownError,
+    RedisClusterException,
 )
 # Long enough for a restarting Postgres, short enough that a script retrying is not idle long.
 _RETRY_AFTER_SECONDS: Final = 5

@@ -62,6 +62,12 @@ class AdminMetrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.primary_changes = Counter(
+            "gatekeeper_admin_redis_primary_changes_total",
+            "Times the Redis server holding the edge view became another process (a failover,"
+            " a restart); each one triggers a reconcile.",
+            registry=self.registry,
+        )
         self.audit_errors = Counter(
             "gatekeeper_admin_audit_errors_total",
             "Audit records that could not be written after a change.",

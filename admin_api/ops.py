@@ -11,7 +11,7 @@ from typing import Final
 
 import asyncpg
 from aiohttp import web
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from admin_api.context import PG_POOL, REDIS
 from admin_api.readreplica import READ_POOL
@@ -39,7 +39,7 @@ async def _redis_ok(request: web.Request) -> bool:
     try:
         async with asyncio.timeout(_PROBE_TIMEOUT):
             return bool(await request.app[REDIS].ping())
-    except (TimeoutError, RedisError, OSError):
+    except (TimeoutError, RedisError, RedisClusterException, OSError):
         return False
 
 

@@ -16,7 +16,6 @@ from collections.abc import Callable
 from typing import Final
 
 import asyncpg
-import redis.asyncio as aioredis
 from aiohttp import web
 
 from admin_api.app import create_app
@@ -27,7 +26,7 @@ from admin_api.stalejob import stale_job_ctx
 from gatekeeper.hangup import on_hangup
 from gatekeeper.listening import listen_error
 from gatekeeper.settings import Settings, SettingsError, check_jwt_secret, mask_url
-from gatekeeper.store.clients import CONNECT_ERRORS, StoreUnavailable, open_redis
+from gatekeeper.store.clients import CONNECT_ERRORS, RedisClient, StoreUnavailable, open_redis
 from gatekeeper.tls import load_chain, server_context
 
 __all__ = ["AdminService"]
@@ -47,7 +46,7 @@ class AdminService:
         self._settings = settings
         self._pool: asyncpg.Pool | None = None
         self._read_pool: asyncpg.Pool | None = None
-        self._redis: aioredis.Redis | None = None
+        self._redis: RedisClient | None = None
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
         self._tls: ssl.SSLContext | None = None

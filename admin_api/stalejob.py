@@ -19,12 +19,12 @@ from datetime import UTC, datetime
 from typing import Final
 
 import asyncpg
-import redis.asyncio as aioredis
 from aiohttp import web
 
 from admin_api.context import CLOCK, PG_POOL, REDIS
 from admin_api.edgesync import EDGE_SYNC, EdgeSync
 from admin_api.tenant_settings import stale_cutoff
+from gatekeeper.store.clients import RedisClient
 from gatekeeper.store.stale_devices import delete_stale_batch, stale_candidates
 from gatekeeper.types import SYSTEM_CLOCK, Clock
 
@@ -50,7 +50,7 @@ class StaleDeviceJob:
     def __init__(
         self,
         pool: asyncpg.Pool,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         edge: EdgeSync,
         *,
         clock: Clock = SYSTEM_CLOCK,

@@ -16,6 +16,7 @@ from typing import Any, Literal, get_args
 from urllib.parse import urlsplit, urlunsplit
 
 from gatekeeper.domain.ids import TENANT_ID_RULE, valid_tenant_id
+from gatekeeper.redis_url import parse_redis_url
 from gatekeeper.settings_sources import SettingsError, coerce, read_toml
 
 __all__ = [
@@ -198,6 +199,8 @@ class Settings:
     access_log_sample: int = 100
 
     def __post_init__(self) -> None:
+        if self.redis_url is not None:
+            parse_redis_url(self.redis_url)  # a malformed one is a SettingsError now, not later
         for port_name in ("proxy_port", "admin_port", "metrics_port"):
             port = getattr(self, port_name)
             if not 0 <= port <= 65535:

@@ -19,6 +19,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
+from clusterrig import SentinelSet, ValkeyCluster
 from console_rig import Console
 from test_admin_helpers import Api, admin_settings, running_api
 
@@ -94,6 +95,24 @@ def durable_stores(tmp_path: Path) -> Iterator[Stores]:
 
 
 @pytest.fixture
+def valkey_cluster(tmp_path: Path) -> Iterator[ValkeyCluster]:
+    """A 6-node Valkey Cluster of this test's own (it may kill its nodes)."""
+    cluster = ValkeyCluster(tmp_path / "cluster")
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def sentinel_set(tmp_path: Path) -> Iterator[SentinelSet]:
+    """A primary, a replica and three sentinels of this test's own."""
+    sentinels = SentinelSet(tmp_path / "sentinel")
+    sentinels.start()
+    yield sentinels
+    sentinels.stop()
+
+
+@pytest.fixture
 def tenant() -> str:
     """A tenant id no other test uses."""
     return f"t{uuid.uuid4().hex[:12]}"
@@ -109,6 +128,7 @@ async def pg_pool(stores: Stores) -> AsyncIterator[asyncpg.Pool]:
 @pytest.fixture
 async def redis_client(stores: Stores) -> AsyncIterator[aioredis.Redis]:
     client = open_redis(stores.redis_url)
+    assert isinstance(client, aioredis.Redis)  # a redis:// URL: one server
     yield client
     await client.aclose()
 

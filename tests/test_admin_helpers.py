@@ -14,7 +14,6 @@ from urllib.parse import quote
 
 import aiohttp
 import asyncpg
-import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -23,6 +22,7 @@ from admin_api.auth import SCOPES
 from admin_api.server import AdminRunner
 from gatekeeper.runtime.admin_tokens import mint_token
 from gatekeeper.settings import Settings
+from gatekeeper.store.clients import RedisClient
 
 __all__ = ["ALL_SCOPES", "LOGO", "SECRET", "Api", "admin_settings", "running_api"]
 
@@ -110,7 +110,7 @@ class AdminTestServer(TestServer):
 
 @asynccontextmanager
 async def running_api(
-    settings: Settings, pool: asyncpg.Pool, redis: aioredis.Redis, tenant: str, **options: Any
+    settings: Settings, pool: asyncpg.Pool, redis: RedisClient, tenant: str, **options: Any
 ) -> AsyncIterator[Api]:
     app = create_app(settings, pool, redis, **options)
     async with TestClient(AdminTestServer(app)) as client:

@@ -1,5 +1,5 @@
 """The blocklist mirror's lifecycle: one cancellation ends it (Python 3.11's wait_for can drop
-one), and its resync period is read from the Clock seam."""
+one), its resync period is read from the Clock seam, and every full reload is counted."""
 
 from __future__ import annotations
 
@@ -10,8 +10,11 @@ from conftest import Stores
 from edgerig import eventually
 
 from gatekeeper.domain import edgeview
+from gatekeeper.domain.edgeview import EdgeEvent
+from gatekeeper.edge import metrics
 from gatekeeper.edge.blocklist import BlocklistMirror
 from gatekeeper.store.clients import open_redis
+from gatekeeper.store.edge_writes import publish
 from gatekeeper.types import ManualClock
 
 
@@ -67,4 +70,39 @@ async def test_the_mirror_resyncs_on_its_clock(stores: Stores, tenant: str) -> N
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await redis.srem(edgeview.BLOCKED_SET, edgeview.member(tenant, "quiet"))
+        await redis.aclose()
+
+
+def _reloads() -> dict[str, float]:
+    return {
+        reason: metrics.REGISTRY.get_sample_value(
+            "gatekeeper_mirror_resyncs_total", {"reason": reason}
+        )
+        or 0.0
+        for reason in ("start", "announced", "periodic")
+    }
+
+
+async def test_every_full_reload_is_counted_by_reason(stores: Stores) -> None:
+    """gatekeeper_mirror_resyncs_total{reason}: the first load, a reconcile's announcement and
+    the periodic reload (a reconnect's is counted in test_mirror_cluster/test_redis_failover)."""
+    clock = ManualClock()
+    redis = open_redis(stores.redis_url)
+    mirror = BlocklistMirror(redis, resync_seconds=60.0, ping_interval=0.05, clock=clock)
+    before = _reloads()
+
+    async def counted(reason: str) -> bool:
+        return _reloads()[reason] == before[reason] + 1
+
+    task = asyncio.create_task(mirror.run())
+    try:
+        assert await eventually(lambda: counted("start"))
+        await publish(redis, [EdgeEvent("resync")])
+        assert await eventually(lambda: counted("announced"))
+        clock.advance(61.0)
+        assert await eventually(lambda: counted("periodic"))
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
         await redis.aclose()

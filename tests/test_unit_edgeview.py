@@ -55,6 +55,17 @@ def test_a_grant_of_an_unknown_shape_is_none(value: str) -> None:
     assert KeyGrant.decode(value) is None
 
 
-def test_the_layout_names_are_distinct_and_under_gk() -> None:
-    names = [edgeview.BLOCKED_SET, edgeview.DISABLED_SET, edgeview.KEYS_HASH, edgeview.CHANNEL]
-    assert len(set(names)) == 4 and all(name.startswith("gk:") for name in names)
+def test_the_layout_names_are_distinct_and_share_one_hash_tag() -> None:
+    """One tag, so one cluster slot: a transaction may span every name (issue 15)."""
+    names = [
+        edgeview.BLOCKED_SET,
+        edgeview.DISABLED_SET,
+        edgeview.SHADOW_SET,
+        edgeview.KEYS_HASH,
+        edgeview.CHANNEL,
+        edgeview.BATCH_PREFIX + "x",
+    ]
+    assert len(set(names)) == 6
+    # The cluster hashes the text between the first "{" and the next "}" when that is not empty.
+    assert {name[name.index("{") + 1 : name.index("}")] for name in names} == {"gk"}
+    assert all(name.index("{") == 0 for name in names)

@@ -22,7 +22,6 @@ from urllib.parse import quote_plus
 
 import aiohttp
 import jwt
-import redis.asyncio as aioredis
 from aiohttp import web
 from yarl import URL
 
@@ -32,6 +31,7 @@ from admin_api.console.render import console_path, render
 from admin_api.console.session import same_origin, set_cookie
 from admin_api.errors import Problem
 from gatekeeper.settings import Settings
+from gatekeeper.store.clients import RedisClient
 
 __all__ = ["OIDC", "OidcClient", "oidc_callback", "oidc_start"]
 
@@ -60,7 +60,7 @@ class SignOnError(Exception):
 class OidcClient:
     """The console's OIDC relying party; the discovery document is fetched once, lazily."""
 
-    def __init__(self, settings: Settings, redis: aioredis.Redis) -> None:
+    def __init__(self, settings: Settings, redis: RedisClient) -> None:
         assert settings.oidc_issuer is not None and settings.oidc_client_id is not None
         self._issuer = settings.oidc_issuer.rstrip("/")
         self._client_id = settings.oidc_client_id

@@ -17,8 +17,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Final
 
-import redis.asyncio as aioredis
 from aiohttp import web
+
+from gatekeeper.store.clients import RedisClient
 
 __all__ = [
     "COOKIE",
@@ -61,7 +62,7 @@ def _key(session_id: str) -> str:
 class SessionStore:
     """Sessions in Redis, expiring with the token they hold."""
 
-    def __init__(self, redis: aioredis.Redis) -> None:
+    def __init__(self, redis: RedisClient) -> None:
         self._redis = redis
 
     async def create(self, token: str, tenant: str, subject: str, expires_at: int) -> Session:

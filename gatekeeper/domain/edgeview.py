@@ -1,18 +1,19 @@
 """The edge's view in Redis: which devices are denied, which keys are valid, and the channel that
 announces every change.
 
-Layout (all keys under ``gk:``):
+Layout (all keys under ``{gk}:``, a hash tag: one Redis Cluster slot holds them all):
 
-- ``gk:blocked`` / ``gk:disabled``: sets of ``"<tenant> <device>"`` members (neither a tenant nor a
-  device id may contain a space, so the member splits unambiguously);
-- ``gk:shadow``: the same, for devices blocked in shadow mode (forwarded, counted
-  ``shadow_blocked``); a device is in at most one of ``gk:blocked`` and ``gk:shadow``. A proxy
+- ``{gk}:blocked`` / ``{gk}:disabled``: sets of ``"<tenant> <device>"`` members (neither a tenant
+  nor a device id may contain a space, so the member splits unambiguously);
+- ``{gk}:shadow``: the same, for devices blocked in shadow mode (forwarded, counted
+  ``shadow_blocked``); a device is in at most one of ``{gk}:blocked`` and ``{gk}:shadow``. A proxy
   older than shadow blocks never reads this set and ignores the ``shadow`` event: it forwards a
   shadow-blocked device uncounted, which is what a shadow block does to traffic;
-- ``gk:keys``: hash from a key's hex digest to
+- ``{gk}:keys``: hash from a key's hex digest to
   ``"<tenant> <kind> <device or -> <expires epoch or ->"``;
-- ``gk:events``: pub/sub channel; each message is one :class:`EdgeEvent` encoded by :func:`encode`;
-- ``gk:batch:<id>``: a list of encoded events announced together by one ``batch <key>`` event (a
+- ``{gk}:events``: pub/sub channel (sharded, SPUBLISH/SSUBSCRIBE, on a cluster); each message is
+  one :class:`EdgeEvent` encoded by :func:`encode`;
+- ``{gk}:batch:<id>``: a list of encoded events announced together by one ``batch <key>`` event (a
   bulk change: one message on the channel however many devices it touches); it expires after
   :data:`BATCH_TTL_SECONDS`, and a reader that finds it gone reloads in full.
 
@@ -37,7 +38,9 @@ __all__ = [
     "BLOCKED_SET",
     "CHANNEL",
     "DISABLED_SET",
+    "HASH_TAG",
     "KEYS_HASH",
+    "LEGACY_KEYS",
     "SHADOW_SET",
     "EdgeEvent",
     "KeyGrant",
@@ -47,12 +50,20 @@ __all__ = [
     "split_member",
 ]
 
-BLOCKED_SET = "gk:blocked"
-DISABLED_SET = "gk:disabled"
-SHADOW_SET = "gk:shadow"
-KEYS_HASH = "gk:keys"
-CHANNEL = "gk:events"
-BATCH_PREFIX = "gk:batch:"
+# Every name starts with the hash tag ``{gk}``: on a Redis Cluster they all hash to one slot, so
+# a MULTI/EXEC may change several sets and announce the change (SPUBLISH on the channel, which
+# hashes like a key) atomically, and a reconcile may RENAME a staging copy over a set.
+HASH_TAG = "{gk}"
+BLOCKED_SET = f"{HASH_TAG}:blocked"
+DISABLED_SET = f"{HASH_TAG}:disabled"
+SHADOW_SET = f"{HASH_TAG}:shadow"
+KEYS_HASH = f"{HASH_TAG}:keys"
+CHANNEL = f"{HASH_TAG}:events"
+BATCH_PREFIX = f"{HASH_TAG}:batch:"
+# The names before issue 15 (no hash tag). Nothing reads them; they are left in place on an
+# upgrade so that a proxy of the old version keeps denying from them until it is replaced
+# (docs/decisions.md, "Redis Cluster and Sentinel").
+LEGACY_KEYS = ("gk:blocked", "gk:disabled", "gk:shadow", "gk:keys")
 # Far longer than any subscriber takes to read a batch it was told of; a subscriber that missed
 # the announcement reloads in full on reconnect anyway.
 BATCH_TTL_SECONDS = 600

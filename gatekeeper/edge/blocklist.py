@@ -10,6 +10,11 @@ last loaded sets keep serving and the mirror reports itself stale. A ``batch`` e
 change, :mod:`gatekeeper.store.edge_batch`) names a Redis list of events: the task reads and
 applies it in chunks before it reads the next message, so the order of changes is kept.
 
+On a Redis Cluster the subscription is sharded (SSUBSCRIBE on the shard that owns the channel,
+:mod:`gatekeeper.edge.changefeed`); a failover of that shard's primary drops it like any lost
+connection: the mirror serves its last sets meanwhile, then subscribes where the slot now lives
+and reloads. Every full reload is counted by reason (``gatekeeper_mirror_resyncs_total``).
+
 A quiet subscription proves nothing: a hung Redis (or a partition) keeps the socket open and
 simply says nothing. So the task PINGs on the subscription connection every ``ping_interval``
 seconds; the PONG comes back behind every message published before it, so it is what marks the
@@ -26,18 +31,18 @@ gh-86296, fixed in 3.12). The request stays counted on the task, so the mirror c
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
-import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from gatekeeper.domain import edgeview
 from gatekeeper.domain.edgeview import EdgeEvent
-from gatekeeper.edge import metrics
+from gatekeeper.edge import changefeed, metrics
 from gatekeeper.logs import Throttled
+from gatekeeper.store.clients import RedisClient
 from gatekeeper.types import SYSTEM_CLOCK, Clock, DeviceKey
 
 __all__ = [
@@ -109,7 +114,7 @@ class BlocklistMirror:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         *,
         resync_seconds: float,
         on_key_event: Callable[[EdgeEvent], None] | None = None,
@@ -151,7 +156,8 @@ class BlocklistMirror:
         denial = self.denial(key)
         return denial is not None and denial is not SHADOW
 
-    async def _load(self) -> None:
+    async def _load(self, reason: str) -> None:
+        """Read the whole view and swap it in; ``reason`` labels the resync counter."""
         blocked = {
             _key(m): SHADOW async for m in self._redis.sscan_iter(edgeview.SHADOW_SET, count=5000)
         }
@@ -166,6 +172,7 @@ class BlocklistMirror:
         self._blocked, self._disabled = blocked, disabled
         first = not self.loaded
         self.loaded = True
+        metrics.MIRROR_RESYNCS.labels(reason).inc()
         self._mark_synced()
         if self._on_resync is not None:
             self._on_resync()
@@ -220,7 +227,7 @@ class BlocklistMirror:
             chunk = await self._redis.lrange(key, start, start + _BATCH_CHUNK - 1)
             _raise_lost_cancellation()
             if not chunk and start == 0:
-                await self._load()
+                await self._load("batch_expired")
                 return
             for raw in chunk:
                 event = edgeview.decode(raw if isinstance(raw, str) else raw.decode())
@@ -252,7 +259,7 @@ class BlocklistMirror:
                 await self._follow()
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError) as exc:
+            except (RedisError, RedisClusterException, OSError) as exc:
                 if not self.stale:
                     backoff = 0.1  # a new outage after a healthy spell starts from the bottom
                 if self.loaded and not self.stale:
@@ -276,10 +283,10 @@ class BlocklistMirror:
         self._reconnected = True
 
     async def _follow(self) -> None:
-        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        feed = await changefeed.subscribe(self._redis)
+        pubsub = feed.pubsub
         connection = None
         try:
-            await pubsub.subscribe(edgeview.CHANNEL)
             _raise_lost_cancellation()
             # A client with retries reconnects and resubscribes by itself, without a word:
             # whatever was published while the connection was down is lost, so hear of it.
@@ -287,15 +294,27 @@ class BlocklistMirror:
             if connection is not None:
                 connection.register_connect_callback(self._on_reconnect)
             self._reconnected = False
-            await self._load()
+            if self.loaded:
+                _log.info("blocklist: subscribed again (%s); reloading", feed.where)
+            await self._load("reconnect" if self.loaded else "start")
             await self._listen(pubsub)
         finally:
             if connection is not None:
                 connection.deregister_connect_callback(self._on_reconnect)
-            with contextlib.suppress(Exception):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await feed.aclose()
 
-    async def _listen(self, pubsub: aioredis.client.PubSub) -> None:
+    async def _on_message(self, data: str) -> None:
+        event = edgeview.decode(data)
+        if event is None:
+            return
+        if event.kind == "resync":
+            await self._load("announced")
+        elif event.kind == "batch":
+            await self._apply_batch(event.subject)
+        else:
+            self.apply(event)
+
+    async def _listen(self, pubsub: PubSub) -> None:
         """Apply messages as they come; PING to prove the subscription is alive; reload when due.
         Returns only by raising (a lost connection, or cancellation)."""
         clock = self._clock
@@ -316,11 +335,14 @@ class BlocklistMirror:
             if self._reconnected:
                 self._reconnected = False
                 _log.info("blocklist: subscription re-established; reloading")
-                await self._load()
+                await self._load("reconnect")
                 next_resync = clock.monotonic() + self._resync_seconds
                 ping_sent = None  # sent on the connection that went away
                 next_ping = clock.monotonic() + self._ping_interval
             kind = message.get("type") if message is not None else None
+            if kind in changefeed.ENDED_TYPES:
+                # Subscribe again where the channel's slot is now, and reload.
+                raise SubscriptionLost("the server ended the subscription (slot moved)")
             if kind is None:
                 # Silence past the deadline. (Only silence: while messages are still arriving
                 # the PONG may be queued behind them, and the connection is plainly alive.)
@@ -334,14 +356,8 @@ class BlocklistMirror:
                     self._mark_synced(ping_wall)
                 ping_sent = None
                 next_ping = clock.monotonic() + self._ping_interval
-            elif kind == "message" and message is not None:
-                event = edgeview.decode(message["data"])
-                if event is not None and event.kind == "resync":
-                    await self._load()
-                elif event is not None and event.kind == "batch":
-                    await self._apply_batch(event.subject)
-                elif event is not None:
-                    self.apply(event)
+            elif kind in changefeed.MESSAGE_TYPES and message is not None:
+                await self._on_message(message["data"])
             if clock.monotonic() >= next_resync:
-                await self._load()
+                await self._load("periodic")
                 next_resync = clock.monotonic() + self._resync_seconds

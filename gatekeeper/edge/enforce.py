@@ -4,7 +4,7 @@ the device. One Redis read the first time a key is seen, then the in-process key
 
 from __future__ import annotations
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from gatekeeper.domain.edgeview import KeyGrant
 from gatekeeper.domain.identity import Identity
@@ -47,7 +47,7 @@ class KeyCheck:
         digest = self._keys.digest(secret.decode("latin-1"))
         try:
             grant = await self._keys.grant(digest)
-        except (RedisError, OSError):
+        except (RedisError, RedisClusterException, OSError):
             unavailable(conn, request, "Keys cannot be checked right now.")
             return None
         device_id = identity.device_id

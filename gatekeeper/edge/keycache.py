@@ -1,6 +1,6 @@
 """Enforce mode: which presented secrets are valid, cached in-process by digest.
 
-A hit costs one SHA-256 and one dict look-up. A miss asks Redis (``HGET gk:keys <digest>``) once;
+A hit costs one SHA-256 and one dict look-up. A miss asks Redis (``HGET {gk}:keys <digest>``) once;
 the answer, positive or negative, is cached. Revocations arrive on the blocklist channel and evict
 the entry; a full resync clears the cache, so nothing missed while Redis was away survives it.
 Negative entries expire after a few seconds: keys are random, so only a guess is ever negative.
@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-import redis.asyncio as aioredis
-
 from gatekeeper.domain import edgeview
 from gatekeeper.domain.credentials import digest_secret
 from gatekeeper.domain.edgeview import EdgeEvent, KeyGrant
+from gatekeeper.store.clients import RedisClient
 from gatekeeper.types import SYSTEM_CLOCK, Clock
 
 __all__ = ["KeyCache"]
@@ -27,7 +26,7 @@ class KeyCache:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         *,
         max_entries: int,
         pepper: str | None,

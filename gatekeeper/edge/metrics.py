@@ -47,6 +47,7 @@ __all__ = [
     "BUILD_INFO",
     "CLIENT_CONNECTIONS",
     "CODE_CLASSES",
+    "MIRROR_RESYNCS",
     "OUTCOMES",
     "READY",
     "RECORDER_UP",
@@ -165,6 +166,13 @@ BLOCKLIST_STALE = Gauge(
     "1 while Redis is unreachable and the proxy serves from its last mirror.",
     registry=REGISTRY,
     multiprocess_mode="livemax",
+)
+MIRROR_RESYNCS = Counter(
+    "gatekeeper_mirror_resyncs_total",
+    "Full reloads of the blocklist mirror, by reason: start, reconnect (after a lost"
+    " subscription, e.g. a Redis failover), periodic, announced (a reconcile), batch_expired.",
+    ["reason"],
+    registry=REGISTRY,
 )
 ACTIVITY_PENDING = Gauge(
     "gatekeeper_activity_pending",

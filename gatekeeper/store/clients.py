@@ -1,26 +1,41 @@
-"""Opening the two stores the same way everywhere: an asyncpg pool and a redis-py client; and
-the one-line error a command stops with when a store it needs cannot be reached at start."""
+"""Opening the two stores the same way everywhere: an asyncpg pool and a redis-py client (one
+server, a cluster or a Sentinel-watched primary, as ``redis_url`` says:
+:mod:`gatekeeper.redis_url`); and the one-line error a command stops with when a store it needs
+cannot be reached at start."""
 
 from __future__ import annotations
 
 import socket
+from typing import Any, TypeAlias
 
 import asyncpg
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
+from gatekeeper.redis_url import RedisTarget, parse_redis_url
 from gatekeeper.settings import mask_url
 
 __all__ = [
     "CONNECT_ERRORS",
+    "RedisClient",
+    "RedisPipeline",
     "StoreUnavailable",
     "describe_failure",
+    "is_cluster",
     "open_pg_pool",
     "open_redis",
 ]
+
+# What open_redis returns. A Sentinel-watched primary is a plain client whose pool asks the
+# sentinels where the primary is; a cluster is a client of its own kind, routing by key slot.
+RedisClient: TypeAlias = aioredis.Redis | RedisCluster
+RedisPipeline: TypeAlias = Pipeline | ClusterPipeline
 
 # What connecting to a store raises when the address, the credentials or the server is wrong
 # (asyncpg raises ValueError for a malformed URL, redis-py for an unknown scheme).
@@ -32,6 +47,8 @@ CONNECT_ERRORS = (
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
     RedisError,
+    # A cluster none of whose seed nodes answers (redis-py's cluster errors are not RedisErrors).
+    RedisClusterException,
 )
 
 
@@ -79,22 +96,89 @@ async def open_pg_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> as
     return pool
 
 
-def open_redis(url: str) -> aioredis.Redis:
-    """A client with short timeouts: the edge must notice an outage quickly, not hang on it.
+def is_cluster(redis: RedisClient) -> bool:
+    """Whether ``redis`` routes by key slot: its writers publish with SPUBLISH and its readers
+    subscribe with SSUBSCRIBE (sharded pub/sub, docs/decisions.md "Redis Cluster and
+    Sentinel")."""
+    return isinstance(redis, RedisCluster)
 
-    One immediate retry on a broken connection: after a Redis restart or a dropped idle
-    connection, a pooled connection fails once and is replaced instead of failing the command.
-    Timeouts are not retried (they would double)."""
-    client: aioredis.Redis = aioredis.from_url(
-        url,
-        decode_responses=True,
-        socket_connect_timeout=2.0,
-        socket_timeout=5.0,
-        health_check_interval=10,
+
+def _options() -> dict[str, Any]:
+    return {
+        "decode_responses": True,
+        "socket_connect_timeout": 2.0,
+        "socket_timeout": 5.0,
+        "health_check_interval": 10,
         # RESP2, whatever the library's default (redis-py 8 moved to RESP3): in RESP3 a PING on
         # a subscribed connection is answered as a plain string, which redis-py's pub/sub
         # parser drops, so the mirror would never see the PONG that proves it is alive.
-        protocol=2,
-        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        "protocol": 2,
+        # One immediate retry on a broken connection: after a restart or a dropped idle
+        # connection, a pooled connection fails once and is replaced instead of failing the
+        # command. Timeouts are not retried (they would double).
+        "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+    }
+
+
+class _SentinelManaged(aioredis.Redis):
+    """The primary's client, which also closes the sentinels' connections when closed."""
+
+    sentinel_manager: Sentinel | None = None
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        if self.sentinel_manager is not None:
+            for client in self.sentinel_manager.sentinels:
+                await client.aclose()
+
+
+def _open_sentinel(target: RedisTarget) -> aioredis.Redis:
+    options = _options()
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        list(target.nodes),
+        # The sentinels are asked without the servers' credentials (gatekeeper.redis_url).
+        sentinel_kwargs={
+            "socket_connect_timeout": options["socket_connect_timeout"],
+            "socket_timeout": options["socket_timeout"],
+            "ssl": target.tls,
+            "protocol": 2,
+        },
     )
+    client: _SentinelManaged = sentinel.master_for(
+        target.service,
+        redis_class=_SentinelManaged,
+        username=target.username,
+        password=target.password,
+        ssl=target.tls,
+        **options,
+    )
+    client.sentinel_manager = sentinel
+    return client
+
+
+def _open_cluster(target: RedisTarget) -> RedisCluster:
+    options = _options()
+    # The cluster client retries by itself, refreshing its slot map on a MOVED or a dead node
+    # (redis-py's default: three attempts with a jittered backoff), which is what carries a
+    # write through a failover; the single server's one-retry policy would stop it early.
+    del options["retry"]
+    return RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
+        username=target.username,
+        password=target.password,
+        ssl=target.tls,
+        **options,
+    )
+
+
+def open_redis(url: str) -> RedisClient:
+    """A client with short timeouts: the edge must notice an outage quickly, not hang on it.
+    ``url`` has been checked by the settings; a malformed one raises
+    :class:`~gatekeeper.settings.SettingsError` here too."""
+    target = parse_redis_url(url)
+    if target.topology == "cluster":
+        return _open_cluster(target)
+    if target.topology == "sentinel":
+        return _open_sentinel(target)
+    client: aioredis.Redis = aioredis.from_url(url, **_options())
     return client

@@ -3,7 +3,7 @@
 A single block is one ``SADD`` and one ``PUBLISH`` (:mod:`gatekeeper.store.edge_writes`); a bulk
 block of 100,000 devices done that way is 100,000 messages to every subscriber. Here the changes
 are written in pipelined chunks, each chunk a MULTI/EXEC that changes the view *and* appends the
-chunk's events to a batch list (``gk:batch:<id>``); then one ``batch <key>`` event is published,
+chunk's events to a batch list (``{gk}:batch:<id>``); then one ``batch <key>`` event is published,
 and every mirror reads the list and applies it (:mod:`gatekeeper.edge.blocklist`). The chunks
 keep each Redis command small, so Redis never stalls its other clients on one huge command.
 
@@ -17,12 +17,12 @@ import uuid
 from collections.abc import Sequence
 from typing import Final
 
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from gatekeeper.domain import edgeview
 from gatekeeper.domain.edgeview import EdgeEvent
-from gatekeeper.store.edge_writes import EdgeSyncError
+from gatekeeper.store.clients import RedisClient, RedisPipeline
+from gatekeeper.store.edge_writes import EdgeSyncError, publish
 
 __all__ = ["CHUNK", "write_batch"]
 
@@ -41,7 +41,7 @@ _SET_CHANGES: Final[dict[str, tuple[tuple[str, bool], ...]]] = {
 }
 
 
-def _stage(pipe: aioredis.client.Pipeline, events: Sequence[EdgeEvent]) -> None:
+def _stage(pipe: RedisPipeline, events: Sequence[EdgeEvent]) -> None:
     """The view changes of ``events``, grouped per command (a batch never holds two events for
     one subject, so the grouping cannot reorder anything that matters)."""
     sets: dict[tuple[str, bool], list[str]] = {}
@@ -61,7 +61,7 @@ def _stage(pipe: aioredis.client.Pipeline, events: Sequence[EdgeEvent]) -> None:
         pipe.hdel(edgeview.KEYS_HASH, *revoked)
 
 
-async def write_batch(redis: aioredis.Redis, events: Sequence[EdgeEvent]) -> int:
+async def write_batch(redis: RedisClient, events: Sequence[EdgeEvent]) -> int:
     """Apply ``events`` to the edge view and announce them with one message; the number of
     chunks written. Nothing is published for no events."""
     if not events:
@@ -79,7 +79,7 @@ async def write_batch(redis: aioredis.Redis, events: Sequence[EdgeEvent]) -> int
                 await pipe.execute()
             chunks += 1
         # Only now: a mirror that reads the batch finds it whole.
-        await redis.publish(edgeview.CHANNEL, edgeview.encode(EdgeEvent("batch", key)))
-    except (RedisError, OSError) as exc:
+        await publish(redis, [EdgeEvent("batch", key)])
+    except (RedisError, RedisClusterException, OSError) as exc:
         raise EdgeSyncError(str(exc)) from exc
     return chunks

@@ -14,13 +14,12 @@ from datetime import datetime
 from typing import Literal
 
 import asyncpg
-import redis.asyncio as aioredis
-from redis.asyncio.client import Pipeline
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from gatekeeper.domain import edgeview
 from gatekeeper.domain.credentials import digest_secret, display_prefix, new_secret
 from gatekeeper.domain.edgeview import EdgeEvent, KeyGrant
+from gatekeeper.store.clients import RedisClient, RedisPipeline, is_cluster
 from gatekeeper.store.outbox import Conn, emit
 
 __all__ = [
@@ -39,7 +38,7 @@ __all__ = [
 
 Pool = asyncpg.Pool
 BlockMode = Literal["enforce", "shadow"]
-Redis = aioredis.Redis
+Redis = RedisClient
 
 # A device as the admin API shows it: ``devices`` (what admins set) joined with
 # ``device_activity`` (what the edge saw); migration 0004.
@@ -52,20 +51,25 @@ class EdgeSyncError(RuntimeError):
 
 
 async def publish(redis: Redis, events: Iterable[EdgeEvent]) -> None:
+    # Sharded on a cluster: only the channel's shard carries it, where the mirrors SSUBSCRIBE.
+    send = redis.spublish if is_cluster(redis) else redis.publish
     for event in events:
-        await redis.publish(edgeview.CHANNEL, edgeview.encode(event))
+        await send(edgeview.CHANNEL, edgeview.encode(event))
 
 
-async def _sync(redis: Redis, stage: Callable[[Pipeline], object], events: list[EdgeEvent]) -> None:
+async def _sync(
+    redis: Redis, stage: Callable[[RedisPipeline], object], events: list[EdgeEvent]
+) -> None:
     """Apply ``stage``'s commands and publish ``events`` in one atomic round trip (MULTI/EXEC):
     a subscriber never sees the announcement before the change, and the change costs one hop."""
     try:
         async with redis.pipeline(transaction=True) as pipe:
             stage(pipe)
+            send = pipe.spublish if is_cluster(redis) else pipe.publish
             for event in events:
-                pipe.publish(edgeview.CHANNEL, edgeview.encode(event))
+                send(edgeview.CHANNEL, edgeview.encode(event))
             await pipe.execute()
-    except (RedisError, OSError) as exc:
+    except (RedisError, RedisClusterException, OSError) as exc:
         raise EdgeSyncError(str(exc)) from exc
 
 
@@ -133,7 +137,7 @@ async def set_blocked(
     return row
 
 
-def _stage_block(pipe: Pipeline, key: str, blocked: bool, mode: BlockMode) -> None:
+def _stage_block(pipe: RedisPipeline, key: str, blocked: bool, mode: BlockMode) -> None:
     """A device is in at most one of the blocked and shadow sets (neither when unblocked)."""
     shadow = blocked and mode == "shadow"
     (pipe.sadd if blocked and not shadow else pipe.srem)(edgeview.BLOCKED_SET, key)
@@ -386,7 +390,7 @@ async def reconcile(pool: Pool, redis: Redis) -> dict[str, int]:
                 pipe.delete(edgeview.KEYS_HASH)
             await pipe.execute()
         await publish(redis, [EdgeEvent("resync")])
-    except (RedisError, OSError) as exc:
+    except (RedisError, RedisClusterException, OSError) as exc:
         raise EdgeSyncError(str(exc)) from exc
     return {
         "blocked": len(blocked),

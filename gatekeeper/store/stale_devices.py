@@ -17,10 +17,10 @@ from __future__ import annotations
 from datetime import datetime
 
 import asyncpg
-import redis.asyncio as aioredis
 
 from gatekeeper.domain import edgeview
 from gatekeeper.domain.edgeview import EdgeEvent
+from gatekeeper.store.clients import RedisClient, RedisPipeline
 from gatekeeper.store.edge_writes import EdgeSyncError, _sync
 from gatekeeper.store.outbox import emit_many
 
@@ -66,7 +66,7 @@ async def count_stale(
 
 async def delete_stale_batch(
     pool: asyncpg.Pool,
-    redis: aioredis.Redis,
+    redis: RedisClient,
     tenant_id: str,
     device_ids: list[str],
     cutoff: datetime,
@@ -105,7 +105,7 @@ async def delete_stale_batch(
     disabled = [edgeview.member(tenant_id, r["device_id"]) for r in gone if not r["is_enabled"]]
     if hexes or disabled:
 
-        def stage(pipe: aioredis.client.Pipeline) -> None:
+        def stage(pipe: RedisPipeline) -> None:
             if hexes:
                 pipe.hdel(edgeview.KEYS_HASH, *hexes)
             if disabled:
