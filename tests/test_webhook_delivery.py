@@ -111,11 +111,11 @@ async def test_a_receiver_failing_three_times_gets_each_event_again_in_order(
         assert [h.status for h in got.hits if h.event_id == event_id] == [500, 200]
     # Per device, the requests (failed ones included) follow the order the events were made:
     # no later event went out while an earlier one of its device was undelivered.
-    for device, ids in _per_device(got, sent).items():
-        if device is None:
+    for owner, ids in _per_device(got, sent).items():
+        if owner is None:
             continue
         order = [e for e in sent if e in set(ids)]
-        assert [k for k, _ in groupby(ids)] == order, device
+        assert [k for k, _ in groupby(ids)] == order, owner
     attempts = await pg_pool.fetchval(
         "SELECT count(*) FROM webhook_attempts WHERE webhook_id = $1", hook
     )
