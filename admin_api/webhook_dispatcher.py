@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -28,17 +29,30 @@ from uuid import UUID
 import aiohttp
 import asyncpg
 from aiohttp import web
+from aiohttp.abc import AbstractResolver, ResolveResult
 
 from admin_api.context import CLOCK, PG_POOL, SETTINGS
 from admin_api.metrics import METRICS, AdminMetrics
-from admin_api.webhook_security import SIGNATURE_HEADER, TargetRefused, check_target, sign
+from admin_api.webhook_security import (
+    SIGNATURE_HEADER,
+    TargetRefused,
+    check_target,
+    is_public_address,
+    sign,
+)
 from gatekeeper import __version__
 from gatekeeper.settings import Settings
 from gatekeeper.store import webhook_queue as queue
 from gatekeeper.store.webhook_queue import Claimed
 from gatekeeper.types import SYSTEM_CLOCK, Clock
 
-__all__ = ["MAX_RETRY_DELAY", "RETENTION", "WebhookDispatcher", "webhook_dispatcher_ctx"]
+__all__ = [
+    "MAX_RETRY_DELAY",
+    "RETENTION",
+    "PublicOnlyResolver",
+    "WebhookDispatcher",
+    "webhook_dispatcher_ctx",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -262,13 +276,34 @@ class WebhookDispatcher:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
+            resolver = None if self._allow_private else PublicOnlyResolver()
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._max_in_flight),
+                connector=aiohttp.TCPConnector(limit=self._max_in_flight, resolver=resolver),
                 # No cookies kept between receivers, no proxy from the environment.
                 cookie_jar=aiohttp.DummyCookieJar(),
                 trust_env=False,
             )
         return self._session
+
+
+class PublicOnlyResolver(AbstractResolver):
+    """The system's resolver, refusing a name that resolves to any non-public address: the
+    check before each attempt, applied again at connect time, so a name cannot rebind to a
+    private address between the two."""
+
+    def __init__(self) -> None:
+        self._inner = aiohttp.ThreadedResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        found = await self._inner.resolve(host, port, family)
+        if not found or not all(is_public_address(r["host"]) for r in found):
+            raise OSError(0, "the host resolves to a private, loopback or link-local address")
+        return found
+
+    async def close(self) -> None:
+        await self._inner.close()
 
 
 async def webhook_dispatcher_ctx(app: web.Application) -> AsyncIterator[None]:

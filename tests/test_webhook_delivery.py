@@ -26,7 +26,7 @@ from webhook_rig import (
 )
 
 from admin_api.metrics import AdminMetrics
-from admin_api.webhook_dispatcher import USER_AGENT, WebhookDispatcher
+from admin_api.webhook_dispatcher import USER_AGENT, PublicOnlyResolver, WebhookDispatcher
 from gatekeeper.store.clients import open_pg_pool
 
 
@@ -232,3 +232,14 @@ async def test_the_target_is_checked_again_at_each_attempt(
         "SELECT state, attempts FROM webhook_deliveries WHERE webhook_id = $1", hook
     )
     assert delivery is not None and (delivery["state"], delivery["attempts"]) == ("pending", 1)
+
+
+async def test_the_connection_resolves_names_to_public_addresses_only() -> None:
+    """The check before the attempt and the connection resolve the name separately; the
+    connection's resolver refuses private answers too, so a name cannot rebind in between."""
+    resolver = PublicOnlyResolver()
+    try:
+        with pytest.raises(OSError, match="private, loopback or link-local"):
+            await resolver.resolve("localhost", 80)
+    finally:
+        await resolver.close()
