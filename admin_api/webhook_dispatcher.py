@@ -80,8 +80,8 @@ class WebhookDispatcher:
         *,
         clock: Clock = SYSTEM_CLOCK,
         poll_seconds: float = 1.0,
-        max_in_flight: int = 32,
-        per_webhook: int = 4,
+        max_in_flight: int = 64,
+        per_webhook: int = 8,
         fan_out_batch: int = 500,
         jitter: Callable[[], float] = random.random,
     ) -> None:
