@@ -117,6 +117,10 @@ class WebhookDispatcher:
                 except _STORE_ERRORS as exc:
                     _log.warning("webhook dispatcher: round failed (%s); trying again", exc)
                     busy = False
+                except Exception:
+                    # A bug must not end deliveries for the life of the process.
+                    _log.exception("webhook dispatcher: round failed; trying again")
+                    busy = False
                 if not busy:
                     try:
                         await asyncio.wait_for(self._wake.wait(), self._poll)
@@ -231,6 +235,8 @@ class WebhookDispatcher:
         except _STORE_ERRORS as exc:
             # The result is lost, not the delivery: its lease ends and it is tried again.
             _log.warning("webhook %s: result not recorded (%s)", delivery.webhook_id, exc)
+        except Exception:
+            _log.exception("webhook %s: attempt failed unexpectedly", delivery.webhook_id)
         finally:
             self._busy[delivery.webhook_id] -= 1
             if self._busy[delivery.webhook_id] <= 0:
