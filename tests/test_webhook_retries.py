@@ -142,6 +142,7 @@ async def test_a_day_of_failures_disables_the_webhook_and_fails_what_is_pending(
         webhook = await pool.fetchrow("SELECT * FROM webhooks WHERE webhook_id = $1", hook)
         assert webhook is not None
         assert webhook["is_enabled"] is False and webhook["disabled_at"] == _now(clock)
+        assert webhook["failing_since"] is None  # enabled again, it gets a day of its own
         for event in (first, *later):
             assert (await _delivery(pool, event))["state"] == "failed"
         assert [(await _delivery(pool, e))["attempts"] for e in later] == [0, 0]

@@ -273,8 +273,10 @@ async def record_failure(
             )
         if not disable:
             return gave_up, None
+        # failing_since cleared: a webhook enabled again gets a day of its own.
         await conn.execute(
-            "UPDATE webhooks SET is_enabled = false, disabled_at = $2 WHERE webhook_id = $1",
+            "UPDATE webhooks SET is_enabled = false, disabled_at = $2, failing_since = NULL"
+            " WHERE webhook_id = $1",
             claimed.webhook_id,
             now,
         )
