@@ -104,6 +104,7 @@ class WebhookDispatcher:
         self._session: aiohttp.ClientSession | None = None
         self._metrics_at = float("-inf")
         self._pruned_at = float("-inf")
+        self.failed_rounds = 0  # rounds that failed on the database or a bug (tests read it)
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -116,10 +117,12 @@ class WebhookDispatcher:
                     busy = await self.run_once()
                 except _STORE_ERRORS as exc:
                     _log.warning("webhook dispatcher: round failed (%s); trying again", exc)
+                    self.failed_rounds += 1
                     busy = False
                 except Exception:
                     # A bug must not end deliveries for the life of the process.
                     _log.exception("webhook dispatcher: round failed; trying again")
+                    self.failed_rounds += 1
                     busy = False
                 if not busy:
                     try:

@@ -17,7 +17,16 @@ import asyncpg
 import pytest
 from conftest import Stores
 from test_admin_helpers import SECRET
-from webhook_rig import create_webhook, drop_webhooks, emit, receiver
+from webhook_rig import (
+    create_webhook,
+    dispatcher_settings,
+    drop_webhooks,
+    emit,
+    receiver,
+    running_dispatcher,
+)
+
+from gatekeeper.store.clients import open_pg_pool
 
 TIMEOUT = 2.0  # webhook_timeout_seconds: the lease is 2 x 2 + 10 = 14 s
 
@@ -98,3 +107,36 @@ async def test_a_delivery_cut_by_sigkill_is_delivered_after_the_restart(
         "SELECT state, attempts FROM webhook_deliveries WHERE webhook_id = $1", hook
     )
     assert row is not None and (row["state"], row["attempts"]) == ("delivered", 2), log.read_text()
+
+
+async def test_the_dispatcher_outlives_a_database_outage(private_stores: Stores) -> None:
+    """Rounds fail while PostgreSQL is down (logged, retried); once it is back, the loop that
+    never stopped delivers what was queued before and what comes after."""
+    pool = await open_pg_pool(private_stores.pg_url, min_size=1, max_size=5)
+    try:
+        async with receiver() as got:
+            await create_webhook(pool, "acme", got.url, got.secret)
+            before = await emit(pool, "acme", "device.blocked", {"deviceId": "a"}, device_id="a")
+            settings = dispatcher_settings(private_stores.pg_url)
+            async with running_dispatcher(pool, settings, poll_seconds=0.05) as dispatcher:
+                await got.until(lambda r: before in r.delivered(), "the first event")
+                async with asyncio.timeout(30):  # and its result recorded
+                    while (
+                        await pool.fetchval(
+                            "SELECT state FROM webhook_deliveries WHERE event_id = $1", before
+                        )
+                        != "delivered"
+                    ):
+                        await asyncio.sleep(0.02)
+                await asyncio.to_thread(private_stores.postgres.stop)
+                # Rounds fail now; wait for one to have tried (its warning is logged).
+                failed = dispatcher.failed_rounds
+                async with asyncio.timeout(30):
+                    while dispatcher.failed_rounds == failed:
+                        await asyncio.sleep(0.02)
+                await asyncio.to_thread(private_stores.postgres.start)
+                after = await emit(pool, "acme", "device.blocked", {"deviceId": "a"}, device_id="a")
+                await got.until(lambda r: after in r.delivered(), "the event after the outage")
+    finally:
+        await pool.close()
+    assert got.delivered() == [before, after]
