@@ -25,8 +25,14 @@ from webhook_rig import (
     running_dispatcher,
 )
 
+from admin_api.app import create_app
 from admin_api.metrics import AdminMetrics
-from admin_api.webhook_dispatcher import USER_AGENT, PublicOnlyResolver, WebhookDispatcher
+from admin_api.webhook_dispatcher import (
+    USER_AGENT,
+    PublicOnlyResolver,
+    WebhookDispatcher,
+    webhook_dispatcher_ctx,
+)
 from gatekeeper.store.clients import open_pg_pool
 
 
@@ -243,3 +249,19 @@ async def test_the_connection_resolves_names_to_public_addresses_only() -> None:
             await resolver.resolve("localhost", 80)
     finally:
         await resolver.close()
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+async def test_the_admin_service_runs_the_dispatcher_unless_turned_off(
+    stores: Stores, pg_pool: asyncpg.Pool, redis_client: aioredis.Redis, enabled: bool
+) -> None:
+    settings = admin_settings(stores.pg_url, stores.redis_url, webhook_dispatcher=enabled)
+    app = create_app(settings, pg_pool, redis_client)
+    running = webhook_dispatcher_ctx(app)
+    await anext(running)
+    names = {task.get_name() for task in asyncio.all_tasks() if not task.done()}
+    assert ("admin-webhook-dispatcher" in names) is enabled
+    with pytest.raises(StopAsyncIteration):
+        await anext(running)  # stops it
+    names = {task.get_name() for task in asyncio.all_tasks() if not task.done()}
+    assert "admin-webhook-dispatcher" not in names
