@@ -14,6 +14,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     ProcessCollector,
     disable_created_metrics,
@@ -73,6 +74,31 @@ class AdminMetrics:
             "Audit records that could not be written after a change.",
             registry=self.registry,
         )
+
+        # The webhook dispatcher (admin_api/webhook_dispatcher.py). The queue is the database's,
+        # so every replica reports the same depth and age: aggregate them with max, not sum.
+        self.webhook_deliveries = Counter(
+            "gatekeeper_webhook_deliveries_total",
+            "Webhook delivery attempts by result: delivered, retry (failed, tried again later),"
+            " failed (given up, or its webhook was disabled).",
+            ["result"],
+            registry=self.registry,
+        )
+        self.webhook_queue_depth = Gauge(
+            "gatekeeper_webhook_queue_depth",
+            "Webhook work waiting: events not yet fanned out, deliveries pending.",
+            ["queue"],
+            registry=self.registry,
+        )
+        self.webhook_oldest_seconds = Gauge(
+            "gatekeeper_webhook_oldest_undelivered_seconds",
+            "Age of the oldest event not yet fanned out or delivered (0 when none).",
+            registry=self.registry,
+        )
+        for queue in ("events", "deliveries"):
+            self.webhook_queue_depth.labels(queue)
+        for result in ("delivered", "retry", "failed"):
+            self.webhook_deliveries.labels(result)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

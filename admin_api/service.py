@@ -23,6 +23,7 @@ from admin_api.database import open_admin_pool
 from admin_api.edgesync import EDGE_SYNC
 from admin_api.server import AdminRunner
 from admin_api.stalejob import stale_job_ctx
+from admin_api.webhook_dispatcher import webhook_dispatcher_ctx
 from gatekeeper.hangup import on_hangup
 from gatekeeper.listening import listen_error
 from gatekeeper.settings import Settings, SettingsError, check_jwt_secret, mask_url
@@ -79,6 +80,7 @@ class AdminService:
             self._redis = open_redis(settings.redis_url)
             app = create_app(settings, self._pool, self._redis, read_pool=self._read_pool)
             app.cleanup_ctx.append(stale_job_ctx)  # the daily stale-device deletion
+            app.cleanup_ctx.append(webhook_dispatcher_ctx)  # webhook deliveries (issue 14)
             self._runner = AdminRunner(
                 app, shutdown_timeout=_SHUTDOWN_TIMEOUT, access_log=_log.getChild("access")
             )

@@ -22,6 +22,7 @@ __all__ = [
     "SIGNATURE_HEADER",
     "TargetRefused",
     "check_target",
+    "is_public_address",
     "new_secret",
     "sign",
     "verify",
@@ -81,3 +82,9 @@ async def check_target(url: str, *, allow_private: bool) -> None:
     addresses = {str(info[4][0]) for info in infos}
     if not addresses or not all(_public(a) for a in addresses):
         raise TargetRefused("the host resolves to a private, loopback or link-local address")
+
+
+def is_public_address(address: str) -> bool:
+    """Whether a resolved address may be delivered to when private targets are not allowed
+    (the dispatcher's resolver applies it at connect time too)."""
+    return _public(address)

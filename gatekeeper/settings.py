@@ -174,6 +174,8 @@ class Settings:
     webhook_allow_private_targets: bool = False
     webhook_timeout_seconds: float = 10.0
     webhook_retry_base_seconds: float = 5.0
+    # Run the webhook dispatcher in this admin process (every replica may: they share the work).
+    webhook_dispatcher: bool = True
     environment_url: str = "http://127.0.0.1:8080"
     key_pepper: str | None = None
     # The console's single sign-on (authorization code + PKCE): the provider's issuer URL (its
