@@ -18,10 +18,11 @@ from uuid import UUID
 
 import asyncpg
 
+from gatekeeper.store.outbox import TEST_EVENT
+
 __all__ = [
     "DISABLE_AFTER",
     "RETRY_WINDOW",
-    "TEST_EVENT",
     "Claimed",
     "QueueState",
     "claim",
@@ -38,8 +39,6 @@ DISABLE_AFTER: Final = timedelta(days=1)
 # "The webhook fan-out" among advisory locks (migrations hold 0x6A7E_4B3D, the stale job
 # 0x6A7E_57A1).
 _FAN_OUT_LOCK: Final = 0x6A7E_3E7B
-
-TEST_EVENT: Final = "webhook.test"
 
 # One statement: the claimed events become deliveries (the envelope stored as it will be sent,
 # keys in the contract's order), and are marked fanned out.
