@@ -194,7 +194,7 @@ class NetnsRig:
         for where, device in self._redis_ends():
             done = _run(
                 *("tc", *where, "qdisc", "add", "dev", device, "root"),
-                *("netem", "delay", f"{delay_ms}ms"),
+                *("netem", "delay", f"{delay_ms:g}ms"),
                 check=False,
             )
             if done.returncode != 0:

@@ -4,13 +4,17 @@ Issue 15, "network-level": two ``gatekeeper proxy`` processes, each started with
 exec`` in a namespace of its own (tests/netnsrig.py), reach a Valkey of this test's in the root
 namespace over a veth link delayed 5 ms each way: by ``tc netem`` where the kernel has it, by a
 userspace delay line (tests/delayline.py) where it has not; the test prints which. PostgreSQL
-(through an unshaped relay) and the upstreams are in the root namespace too. The admin API
-blocks and unblocks a device; for each node, the time from the admin request to the first
-answer of the node that shows it (403, then forwarded again) is measured over the node's own
-veth address, 20 times. ``pytest -s`` prints the figures and the hop's measured round trip (a
-Redis PING from inside each node). The assertions are about behaviour: both nodes deny after
-every block and forward after every unblock, within a deadline (not a timing claim), and
-neither can see a change before it crossed the hop once.
+(through an unshaped relay) and the upstreams are in the root namespace too; a third proxy on
+loopback in the root namespace, with no hop, is the reference the hop is compared with.
+
+The admin API (in this process) blocks and unblocks a device 20 times; for each node, the time
+from the admin request to the node's first answer that shows it (403, then forwarded again) is
+measured by a client polling the node's own address (the namespaced ones over their veth).
+``pytest -s`` prints the figures and the hop's measured round trip (a Redis PING from inside
+each node). The assertions are about behaviour: every node denies after every block and
+forwards after every unblock, within a deadline (not a timing claim); every request a client
+saw forwarded reached the upstream; and the hop is real (no namespaced node sees a change
+before it crossed the hop once, no PING returns before crossing it twice).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ DELAY_MS = 5.0  # each way, as `tc qdisc add … netem delay 5ms` on both ends o
 TRIALS = 20
 DEADLINE = 5.0  # a bound on the behaviour, generous; the figures are printed, not asserted
 PINGS = 20
+DEVICE = "across-the-hop"
 
 # Run inside a node: the round trip of a Redis PING over its link, in seconds, PINGS times.
 _PING = """
@@ -82,10 +87,14 @@ def relays() -> Iterator[DelayRelays]:
 
 
 class _Node:
-    """One namespaced proxy, its upstream, and what its client saw."""
+    """One proxy (in a namespace, or the loopback reference: ``net`` None), its upstream, and
+    what its client saw."""
 
-    def __init__(self, net: NetNode, proxy: ProxyProcess, upstream: CountingUpstream) -> None:
+    def __init__(
+        self, net: NetNode | None, proxy: ProxyProcess, upstream: CountingUpstream
+    ) -> None:
         self.net = net
+        self.name = "loopback" if net is None else net.namespace
         self.proxy = proxy
         self.upstream = upstream
         self.forwarded = 0  # 200s its client got: each must have reached the upstream
@@ -110,7 +119,7 @@ class _Node:
             if status == want:
                 return now - since
             assert status in (200, 403), status
-            assert now - since < DEADLINE, f"{self.net.namespace}: no {want} in {DEADLINE} s"
+            assert now - since < DEADLINE, f"{self.name}: no {want} in {DEADLINE} s"
 
 
 async def _hop_rtts(net: NetNode, redis_port: int) -> list[float]:
@@ -162,6 +171,17 @@ async def _nodes(
             stack.push_async_callback(proxy.stop)
             proxy.start()
             nodes.append(_Node(net, proxy, upstream))
+        # The reference: a node in the root namespace on loopback, no hop (what the hop adds).
+        upstream = await stack.enter_async_context(CountingUpstream())
+        proxy = ProxyProcess(
+            database_url=stores.pg_url,
+            redis_url=f"redis://127.0.0.1:{valkey.port}/0",
+            upstream=upstream.url,
+            log_dir=folder,
+        )
+        stack.push_async_callback(proxy.stop)
+        proxy.start()
+        nodes.append(_Node(None, proxy, upstream))
         async with aiohttp.ClientSession() as session:
             for node in nodes:
                 await node.proxy.wait_ready(session)
@@ -187,8 +207,8 @@ async def _trials(
     api: Api, nodes: list[_Node], device: str
 ) -> tuple[dict[str, list[float]], dict[str, list[float]], list[float]]:
     """TRIALS blocks and unblocks; per node the seconds to deny and to forward; admin answers."""
-    denied: dict[str, list[float]] = {n.net.namespace: [] for n in nodes}
-    forwarded: dict[str, list[float]] = {n.net.namespace: [] for n in nodes}
+    denied: dict[str, list[float]] = {n.name: [] for n in nodes}
+    forwarded: dict[str, list[float]] = {n.name: [] for n in nodes}
     answers: list[float] = []
     connector = aiohttp.TCPConnector(force_close=True)
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -204,7 +224,7 @@ async def _trials(
                 if (answered := await change) and action == "/block":
                     answers.append(answered)
                 for node, seconds in zip(nodes, took, strict=True):
-                    into[node.net.namespace].append(seconds)
+                    into[node.name].append(seconds)
                     # It holds: the next request on a new connection answers the same.
                     assert await node.status(session, api.tenant, device) == want
     return denied, forwarded, answers
@@ -219,36 +239,33 @@ async def test_blocks_cross_a_shaped_hop_to_two_namespaced_nodes(
     tmp_path: Path,
 ) -> None:
     async with _nodes(netns, relays, stores, tmp_path) as (nodes, valkey, redis_ports, shaping):
-        rtts = {
-            n.net.namespace: await _hop_rtts(n.net, redis_ports[n.net.namespace]) for n in nodes
-        }
+        hops = [n for n in nodes if n.net is not None]
+        rtts = {n.name: await _hop_rtts(n.net, redis_ports[n.name]) for n in hops if n.net}
         redis = open_redis(f"redis://127.0.0.1:{valkey.port}/0")
         try:
             settings = admin_settings(stores.pg_url, f"redis://127.0.0.1:{valkey.port}/0")
             async with running_api(settings, pg_pool, redis, tenant) as api:
-                device = "across-the-hop"
-                await api.create_device(device)
-                denied, forwarded, answers = await _trials(api, nodes, device)
+                await api.create_device(DEVICE)
+                denied, forwarded, answers = await _trials(api, nodes, DEVICE)
         finally:
             await redis.aclose()
 
     print(f"\n[netns] shaping: {shaping}")
     for node in nodes:
-        ns = node.net.namespace
+        where = "no hop" if node.net is None else f"hop RTT {_figures(rtts[node.name])}"
         print(
-            f"[netns] node {ns} ({node.net.address}): hop RTT (Redis PING from inside,"
-            f" {PINGS} pings) {_figures(rtts[ns])}; block→denied {_figures(denied[ns])};"
-            f" unblock→forwarded {_figures(forwarded[ns])}"
+            f"[netns] {node.name} ({node.proxy.host}; {where}): block->denied"
+            f" {_figures(denied[node.name])}; unblock->forwarded {_figures(forwarded[node.name])}"
         )
-    every = [s for seconds in (*denied.values(), *forwarded.values()) for s in seconds]
+    across = [s for n in hops for s in (*denied[n.name], *forwarded[n.name])]
     print(
-        f"[netns] {TRIALS} blocks and {TRIALS} unblocks, both nodes, from the admin request:"
-        f" {_figures(every)}; the admin answered a block in {_figures(answers)}"
+        f"[netns] {TRIALS} blocks and {TRIALS} unblocks, from the admin request: across the hop"
+        f" {_figures(across)}; the admin answered a block in {_figures(answers)}"
     )
     for node in nodes:
-        ns = node.net.namespace
-        # The hop is real: a round trip crosses it twice, a change at least once.
-        assert min(rtts[ns]) >= 2 * DELAY_MS / 1e3 * 0.95, rtts[ns]
-        assert min(denied[ns] + forwarded[ns]) >= DELAY_MS / 1e3 * 0.95
         # Every request the client saw forwarded reached the upstream; no denied one did.
-        assert node.upstream.by_device["across-the-hop"] == node.forwarded
+        assert node.upstream.by_device[DEVICE] == node.forwarded, node.name
+    for node in hops:
+        # The hop is real: a round trip crosses it twice, a change at least once.
+        assert min(rtts[node.name]) >= 2 * DELAY_MS / 1e3 * 0.95, rtts[node.name]
+        assert min(denied[node.name] + forwarded[node.name]) >= DELAY_MS / 1e3 * 0.95
