@@ -103,7 +103,9 @@ class DelayRelays:
 
     def __init__(self) -> None:
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="delay-relays")
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="delay-relays", daemon=True
+        )
         self._thread.start()
         self._relays: list[_Relay] = []
 
