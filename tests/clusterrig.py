@@ -70,10 +70,15 @@ def _poll(what: str, check: Callable[[], bool], timeout: float) -> None:
 class ValkeyNode:
     """One ``valkey-server`` process: a cluster node, a plain server or a sentinel."""
 
-    def __init__(self, folder: Path, port: int, extra: list[str]) -> None:
+    def __init__(
+        self, folder: Path, port: int, extra: list[str], *, bind: tuple[str, ...] = (HOST,)
+    ) -> None:
         self.folder = folder
         self.port = port
         self._extra = extra
+        # Loopback always comes first (the rig's own checks and valkey-cli use it); more
+        # addresses (a veth's, tests/netnsrig.py) for clients in other network namespaces.
+        self._bind = (HOST, *(a for a in bind if a != HOST))
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -96,7 +101,7 @@ class ValkeyNode:
             args += [str(conf), "--sentinel"]
         else:
             args += self._extra
-        args += ["--bind", HOST, "--port", str(self.port), "--dir", str(self.folder)]
+        args += ["--bind", *self._bind, "--port", str(self.port), "--dir", str(self.folder)]
         args += ["--logfile", str(log), "--save", "", "--protected-mode", "no"]
         self._proc = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True

@@ -40,8 +40,9 @@ class CountingUpstream:
 
     ``delay`` makes every answer slow (for in-flight requests during a shutdown)."""
 
-    def __init__(self, delay: float = 0.0) -> None:
+    def __init__(self, delay: float = 0.0, host: str = "127.0.0.1") -> None:
         self.delay = delay
+        self.host = host
         self.requests = 0  # heads that arrived
         self.completed = 0  # requests whose body arrived whole
         self.in_flight = 0
@@ -72,8 +73,8 @@ class CountingUpstream:
         app.router.add_route("*", "/{tail:.*}", self._answer)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        await web.TCPSite(self._runner, self.host, 0).start()
+        self.url = f"http://{self.host}:{self._runner.addresses[0][1]}"
         return self
 
     async def __aexit__(self, *_exc: object) -> None:
@@ -159,7 +160,9 @@ class ProxyProcess:
     """``python -m gatekeeper proxy`` in a child process, as production runs it.
 
     Settings not given as flags come from ``GATEKEEPER_*`` variables in ``env``. The child's
-    output goes to a log file in ``log_dir`` (shown when a test fails to start it)."""
+    output goes to a log file in ``log_dir`` (shown when a test fails to start it). ``host`` is
+    the address both ports listen on; ``launcher`` goes before the command (``ip netns exec
+    NAME`` runs the node in a network namespace: it execs, so signals reach the proxy itself)."""
 
     def __init__(
         self,
@@ -170,10 +173,14 @@ class ProxyProcess:
         log_dir: Path,
         workers: int = 1,
         env: dict[str, str] | None = None,
+        host: str = "127.0.0.1",
+        launcher: tuple[str, ...] = (),
     ) -> None:
+        self.host = host
         self.proxy_port = free_port()
         self.metrics_port = free_port()
         self._args = [
+            *launcher,
             sys.executable,
             "-m",
             "gatekeeper",
@@ -192,6 +199,8 @@ class ProxyProcess:
             redis_url,
             "--log-level",
             "WARNING",
+            "--host",
+            host,
         ]
         self._env = {
             k: v
@@ -210,7 +219,7 @@ class ProxyProcess:
 
     @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.proxy_port}"
+        return f"http://{self.host}:{self.proxy_port}"
 
     def start(self) -> None:
         with self.log.open("wb") as log:
@@ -224,7 +233,9 @@ class ProxyProcess:
             if self.proc.poll() is not None:
                 raise AssertionError(f"proxy exited with {self.proc.returncode}:\n{self.tail()}")
             with contextlib.suppress(aiohttp.ClientError):
-                async with session.get(f"http://127.0.0.1:{self.metrics_port}/readyz") as response:
+                async with session.get(
+                    f"http://{self.host}:{self.metrics_port}/readyz"
+                ) as response:
                     return response.status == 200
             return False
 
