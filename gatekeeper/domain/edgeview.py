@@ -36,6 +36,7 @@ __all__ = [
     "BATCH_PREFIX",
     "BATCH_TTL_SECONDS",
     "BLOCKED_SET",
+    "BUILT_KEY",
     "CHANNEL",
     "DISABLED_SET",
     "HASH_TAG",
@@ -64,6 +65,11 @@ BATCH_PREFIX = f"{HASH_TAG}:batch:"
 # upgrade so that a proxy of the old version keeps denying from them until it is replaced
 # (docs/decisions.md, "Redis Cluster and Sentinel").
 LEGACY_KEYS = ("gk:blocked", "gk:disabled", "gk:shadow", "gk:keys")
+# Set by every full rebuild of the view (the admin's reconcile) and never removed: while it is
+# missing and the previous version's keys are present, the view under ``{gk}`` has not been
+# built yet (proxies upgraded before the admin API), and a mirror that loaded it would forward
+# every device the old keys deny. The mirror refuses to load then: not ready, fail closed.
+BUILT_KEY = HASH_TAG + ":built"
 # Far longer than any subscriber takes to read a batch it was told of; a subscriber that missed
 # the announcement reloads in full on reconnect anyway.
 BATCH_TTL_SECONDS = 600

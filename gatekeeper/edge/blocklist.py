@@ -76,6 +76,11 @@ class SubscriptionLost(RedisConnectionError):
     """The subscription connection stopped answering: treated as a dropped connection."""
 
 
+class ViewNotBuilt(RedisError):
+    """The previous version's keys are in Redis and this version's view has not been built from
+    Postgres yet: treated as Redis unavailable (no mirror yet: not ready; else the last copy)."""
+
+
 def _key(member: str) -> DeviceKey:
     return edgeview.split_member(member)
 
@@ -158,6 +163,15 @@ class BlocklistMirror:
 
     async def _load(self, reason: str) -> None:
         """Read the whole view and swap it in; ``reason`` labels the resync counter."""
+        if not await self._redis.exists(edgeview.BUILT_KEY):
+            # One key a call: on a cluster the old keys live in other slots.
+            for legacy in edgeview.LEGACY_KEYS:
+                if await self._redis.exists(legacy):
+                    raise ViewNotBuilt(
+                        "the edge view of this version is not built yet (found the previous"
+                        f" version's {legacy}): start this version's admin API, or run"
+                        " `gatekeeper reconcile`"
+                    )
         blocked = {
             _key(m): SHADOW async for m in self._redis.sscan_iter(edgeview.SHADOW_SET, count=5000)
         }

@@ -8,6 +8,7 @@ and periodically) brings Redis back in line. The admin API calls these; so do th
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import datetime
@@ -388,6 +389,7 @@ async def reconcile(pool: Pool, redis: Redis) -> dict[str, int]:
                 pipe.rename(staging, edgeview.KEYS_HASH)
             else:
                 pipe.delete(edgeview.KEYS_HASH)
+            pipe.set(edgeview.BUILT_KEY, str(int(time.time())))  # when: for an operator
             await pipe.execute()
         await publish(redis, [EdgeEvent("resync")])
     except (RedisError, RedisClusterException, OSError) as exc:
