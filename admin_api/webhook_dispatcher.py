@@ -6,11 +6,13 @@ the due deliveries there is room for and start each as a task of its own, then r
 metrics and, now and then, prune. A round with work is followed at once by another; an idle
 one waits for a delivery to finish or for the poll interval.
 
-Attempts run in parallel, at most ``max_in_flight`` in all and ``per_webhook`` per webhook, so
-a slow receiver holds only its own share and never the loop: the admin API's requests and
-other webhooks' deliveries go on around it. A lease (``2 * timeout + 10 s``) outlasts any
-attempt, so a dispatcher killed mid-delivery leaves the delivery to be tried again once the
-lease ends: at least once. Backoff, give-up and the disable rule are decided with ``clock``.
+Attempts run in parallel, at most ``max_in_flight`` in all, ``per_webhook`` per webhook and
+``per_tenant`` per tenant, so a slow receiver holds only its own share and never the loop: the
+admin API's requests and other webhooks' deliveries go on around it, and a tenant pointing many
+webhooks at a tarpit holds at most half the slots, never the other tenants' deliveries. A
+lease (``2 * timeout + 10 s``) outlasts any attempt, so a dispatcher killed mid-delivery leaves
+the delivery to be tried again once the lease ends: at least once. Backoff, give-up and the
+disable rule are decided with ``clock``.
 """
 
 from __future__ import annotations
@@ -20,11 +22,9 @@ import logging
 import random
 import socket
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Final
-from uuid import UUID
 
 import aiohttp
 import asyncpg
@@ -82,6 +82,7 @@ class WebhookDispatcher:
         poll_seconds: float = 1.0,
         max_in_flight: int = 64,
         per_webhook: int = 8,
+        per_tenant: int = 32,
         fan_out_batch: int = 500,
         jitter: Callable[[], float] = random.random,
     ) -> None:
@@ -90,7 +91,6 @@ class WebhookDispatcher:
         self._clock = clock
         self._poll = poll_seconds
         self._max_in_flight = max_in_flight
-        self._per_webhook = per_webhook
         self._batch = fan_out_batch
         self._jitter = jitter
         self._timeout = settings.webhook_timeout_seconds
@@ -98,7 +98,7 @@ class WebhookDispatcher:
         self._allow_private = settings.webhook_allow_private_targets
         self.lease = timedelta(seconds=2 * self._timeout + 10)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._busy: Counter[UUID] = Counter()
+        self._shares = queue.Shares(per_webhook, per_tenant)
         self._wake = asyncio.Event()
         self._recording = asyncio.Semaphore(_RECORDING_CONNECTIONS)
         self._session: aiohttp.ClientSession | None = None
@@ -171,11 +171,10 @@ class WebhookDispatcher:
             now,
             now + self.lease,
             room,
-            per_webhook=self._per_webhook,
-            busy=self._busy,
+            self._shares,
         )
         for delivery in claimed:
-            self._busy[delivery.webhook_id] += 1
+            self._shares.take(delivery.webhook_id, delivery.tenant_id)
             task = asyncio.create_task(self._deliver(delivery), name="webhook-delivery")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -241,9 +240,7 @@ class WebhookDispatcher:
         except Exception:
             _log.exception("webhook %s: attempt failed unexpectedly", delivery.webhook_id)
         finally:
-            self._busy[delivery.webhook_id] -= 1
-            if self._busy[delivery.webhook_id] <= 0:
-                del self._busy[delivery.webhook_id]
+            self._shares.give_back(delivery.webhook_id, delivery.tenant_id)
             self._wake.set()
 
     async def _post(self, delivery: Claimed) -> tuple[int | None, str | None, float]:

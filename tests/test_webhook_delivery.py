@@ -208,6 +208,38 @@ async def test_a_slow_receiver_holds_neither_the_api_nor_other_webhooks(
     assert sorted(slow.delivered()) == sorted(sent)
 
 
+async def test_a_tenant_of_slow_receivers_holds_only_its_share(
+    stores: Stores, pg_pool: asyncpg.Pool, tenant: str
+) -> None:
+    """One tenant's two webhooks hang; another tenant's webhook still gets every event: the
+    hanging tenant holds its share of the slots (4 of 8 here), not all of them."""
+    other = tenant + "b"
+    async with receiver() as hang1, receiver() as hang2, receiver() as fast:
+        hang1.gate, hang2.gate = asyncio.Event(), asyncio.Event()
+        await create_webhook(pg_pool, tenant, hang1.url, hang1.secret)
+        await create_webhook(pg_pool, tenant, hang2.url, hang2.secret)
+        await create_webhook(pg_pool, other, fast.url, fast.secret)
+        for i in range(12):
+            await emit(pg_pool, tenant, "device.changed", {"deviceId": f"d{i}"}, device_id=f"d{i}")
+        sent = [
+            await emit(pg_pool, other, "device.changed", {"deviceId": f"o{i}"}, device_id=f"o{i}")
+            for i in range(6)
+        ]
+        settings = dispatcher_settings(stores.pg_url)
+        try:
+            async with running_dispatcher(
+                pg_pool, settings, max_in_flight=8, per_webhook=4, per_tenant=4
+            ):
+                await fast.until(lambda r: len(r.delivered()) == len(sent), "the other tenant")
+                assert hang1.waiting + hang2.waiting == 4
+                assert hang1.hits == [] and hang2.hits == []
+                hang1.gate.set()
+                hang2.gate.set()
+        finally:
+            await drop_webhooks(pg_pool, other)
+    assert sorted(fast.delivered()) == sorted(sent)
+
+
 async def test_the_target_is_checked_again_at_each_attempt(
     stores: Stores, pg_pool: asyncpg.Pool, tenant: str
 ) -> None:

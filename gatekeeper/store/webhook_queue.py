@@ -11,7 +11,8 @@ a test's clock decides backoff, give-up and the disable rule.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Final
 from uuid import UUID
@@ -25,6 +26,7 @@ __all__ = [
     "RETRY_WINDOW",
     "Claimed",
     "QueueState",
+    "Shares",
     "claim",
     "fan_out",
     "prune",
@@ -78,14 +80,14 @@ SELECT (SELECT count(*) FROM marked) AS events, (SELECT count(*) FROM made) AS d
 )
 
 # Due deliveries of enabled webhooks whose device has no earlier one pending, oldest first;
-# webhooks in $3 (those already at their share of in-flight attempts here) are left out. The
-# ordering subquery reads locked rows too: a delivery another dispatcher holds still blocks the
-# later ones of its device.
+# webhooks in $3 and tenants in $4 (those already at their share of in-flight attempts here)
+# are left out. The ordering subquery reads locked rows too: a delivery another dispatcher holds
+# still blocks the later ones of its device.
 _CANDIDATES: Final = """
-SELECT d.id, d.webhook_id
+SELECT d.id, d.webhook_id, d.tenant_id
 FROM webhook_deliveries d
 WHERE d.state = 'pending' AND d.next_attempt_at <= $1
-    AND d.webhook_id <> ALL ($3::uuid[])
+    AND d.webhook_id <> ALL ($3::uuid[]) AND d.tenant_id <> ALL ($4::text[])
     AND (d.device_id IS NULL OR NOT EXISTS (
         SELECT 1 FROM webhook_deliveries e
         WHERE e.webhook_id = d.webhook_id AND e.device_id = d.device_id
@@ -146,30 +148,57 @@ async def fan_out(pool: asyncpg.Pool, now: datetime, batch: int) -> tuple[int, i
         return int(row["events"]), int(row["deliveries"])
 
 
+@dataclass(slots=True)
+class Shares:
+    """How many attempts one dispatcher runs at once per webhook and per tenant, and how many it
+    has in flight: a slow receiver holds only its webhook's share, and a tenant with many slow
+    webhooks only its tenant's, never every slot of every tenant."""
+
+    per_webhook: int
+    per_tenant: int
+    webhooks: Counter[UUID] = field(default_factory=Counter)
+    tenants: Counter[str] = field(default_factory=Counter)
+
+    def take(self, webhook: UUID, tenant: str) -> bool:
+        """Count one more attempt if both shares have room."""
+        if self.webhooks[webhook] >= self.per_webhook or self.tenants[tenant] >= self.per_tenant:
+            return False
+        self.webhooks[webhook] += 1
+        self.tenants[tenant] += 1
+        return True
+
+    def give_back(self, webhook: UUID, tenant: str) -> None:
+        self.webhooks[webhook] -= 1
+        if self.webhooks[webhook] <= 0:
+            del self.webhooks[webhook]
+        self.tenants[tenant] -= 1
+        if self.tenants[tenant] <= 0:
+            del self.tenants[tenant]
+
+    def copy(self) -> Shares:
+        return Shares(
+            self.per_webhook, self.per_tenant, Counter(self.webhooks), Counter(self.tenants)
+        )
+
+
 async def claim(
     pool: asyncpg.Pool,
     now: datetime,
     lease_until: datetime,
     limit: int,
-    *,
-    per_webhook: int,
-    busy: dict[UUID, int],
+    shares: Shares,
 ) -> list[Claimed]:
-    """Lease up to ``limit`` due deliveries, at most ``per_webhook`` per webhook counting the
-    ``busy`` attempts this dispatcher already has in flight."""
-    full = [webhook for webhook, n in busy.items() if n >= per_webhook]
+    """Lease up to ``limit`` due deliveries within ``shares``, counting the attempts this
+    dispatcher already has in flight; the caller takes the shares of what it is given."""
+    full_webhooks = [w for w, n in shares.webhooks.items() if n >= shares.per_webhook]
+    full_tenants = [t for t, n in shares.tenants.items() if n >= shares.per_tenant]
     async with pool.acquire() as conn, conn.transaction():
-        # More candidates than wanted: the per-webhook share is applied here, the rest stay.
-        candidates = await conn.fetch(_CANDIDATES, now, limit * 4, full)
-        taken: dict[UUID, int] = dict(busy)
-        chosen: list[int] = []
-        for row in candidates:
-            webhook = row["webhook_id"]
-            if taken.get(webhook, 0) < per_webhook:
-                taken[webhook] = taken.get(webhook, 0) + 1
-                chosen.append(row["id"])
-                if len(chosen) == limit:
-                    break
+        # More candidates than wanted: the shares are applied here, the rest stay.
+        candidates = await conn.fetch(_CANDIDATES, now, limit * 4, full_webhooks, full_tenants)
+        trial = shares.copy()
+        chosen = [
+            row["id"] for row in candidates if trial.take(row["webhook_id"], row["tenant_id"])
+        ][:limit]
         if not chosen:
             return []
         rows = await conn.fetch(_LEASE, chosen, lease_until)
