@@ -8,7 +8,6 @@ and periodically) brings Redis back in line. The admin API calls these; so do th
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import datetime
@@ -41,8 +40,7 @@ Pool = asyncpg.Pool
 BlockMode = Literal["enforce", "shadow"]
 Redis = RedisClient
 
-# A device as the admin API shows it: ``devices`` (what admins set) joined with
-# ``device_activity`` (what the edge saw); migration 0004.
+# A device as the admin API shows it: ``devices`` joined with ``device_activity`` (migration 0004).
 DEVICE_VIEW = "devices_with_activity"
 _DEVICE_ROW = f"SELECT * FROM {DEVICE_VIEW} WHERE tenant_id = $1 AND device_id = $2"
 
@@ -389,7 +387,7 @@ async def reconcile(pool: Pool, redis: Redis) -> dict[str, int]:
                 pipe.rename(staging, edgeview.KEYS_HASH)
             else:
                 pipe.delete(edgeview.KEYS_HASH)
-            pipe.set(edgeview.BUILT_KEY, str(int(time.time())))  # when: for an operator
+            pipe.set(edgeview.BUILT_KEY, datetime.now().isoformat())  # when: for an operator
             await pipe.execute()
         await publish(redis, [EdgeEvent("resync")])
     except (RedisError, RedisClusterException, OSError) as exc:
