@@ -11,11 +11,11 @@ from typing import Final
 
 import asyncpg
 from aiohttp import web
-from redis.exceptions import RedisClusterException, RedisError
 
 from admin_api.context import PG_POOL, REDIS
 from admin_api.readreplica import READ_POOL
 from gatekeeper.readiness import readiness_answer
+from gatekeeper.store.clients import REDIS_FAILURES
 
 __all__ = ["healthz", "readyz"]
 
@@ -39,7 +39,7 @@ async def _redis_ok(request: web.Request) -> bool:
     try:
         async with asyncio.timeout(_PROBE_TIMEOUT):
             return bool(await request.app[REDIS].ping())
-    except (TimeoutError, RedisError, RedisClusterException, OSError):
+    except REDIS_FAILURES:
         return False
 
 

@@ -21,10 +21,9 @@ from collections.abc import Callable
 from typing import Final
 
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisClusterException, RedisError
 
 from gatekeeper.domain import edgeview
-from gatekeeper.store.clients import RedisClient
+from gatekeeper.store.clients import REDIS_FAILURES, RedisClient
 
 __all__ = ["WATCH_SECONDS", "PrimaryWatch", "edge_primary_id"]
 
@@ -78,7 +77,7 @@ class PrimaryWatch:
         while True:
             try:
                 current = await edge_primary_id(self._redis)
-            except (RedisError, RedisClusterException, OSError, KeyError) as exc:
+            except (*REDIS_FAILURES, KeyError) as exc:
                 _log.debug("edge primary not known now: %s", exc)  # an outage says so elsewhere
                 _raise_lost_cancellation()
             else:

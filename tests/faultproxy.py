@@ -6,7 +6,8 @@ in one of three ways, as a network or a restarted server would:
 - :meth:`cut` closes every open connection and refuses new ones (server down, port closed);
 - :meth:`blackhole` keeps the connections open but silently drops every byte (a partition);
 - :meth:`reset` closes every open connection but keeps accepting new ones (a blip: a load
-  balancer's idle kill, a fail-over, ``CLIENT KILL``).
+  balancer's idle kill, a fail-over, ``CLIENT KILL``); ``reset(hard=True)`` sends the client a
+  TCP reset rather than a FIN, as a server's kernel does when the process dies with data unread.
 
 :meth:`restore` undoes :meth:`cut` and :meth:`blackhole`. :meth:`hold` delays every answer from
 the server until :meth:`release` (for races between a request in flight and something else).
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import struct
 
 __all__ = ["FaultProxy"]
 
@@ -59,6 +62,13 @@ class _Link:
             pass
         finally:
             self.abort()
+
+    def linger_zero(self) -> None:
+        """Make the coming close a reset (RST) instead of a FIN."""
+        for writer in self.writers:
+            sock = writer.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
     def abort(self) -> None:
         for writer in self.writers:
@@ -130,9 +140,13 @@ class FaultProxy:
         """Keep connections open, deliver nothing in either direction."""
         self.dropping = True
 
-    async def reset(self) -> None:
-        """Close every connection now; new ones are accepted and forwarded normally."""
+    async def reset(self, *, hard: bool = False) -> None:
+        """Close every connection now (with a TCP reset if ``hard``); new ones are accepted and
+        forwarded normally."""
         self.dropping = False
+        if hard:
+            for link in self._links:
+                link.linger_zero()
         await self._close_links()
 
     def hold(self) -> None:

@@ -36,13 +36,13 @@ from collections.abc import Callable
 
 from redis.asyncio.client import PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import RedisError
 
 from gatekeeper.domain import edgeview
 from gatekeeper.domain.edgeview import EdgeEvent
 from gatekeeper.edge import changefeed, metrics
 from gatekeeper.logs import Throttled
-from gatekeeper.store.clients import RedisClient
+from gatekeeper.store.clients import REDIS_FAILURES, RedisClient
 from gatekeeper.types import SYSTEM_CLOCK, Clock, DeviceKey
 
 __all__ = [
@@ -265,7 +265,12 @@ class BlocklistMirror:
             callback()
 
     async def run(self) -> None:
-        """Keep the mirror fresh until cancelled; reconnect with backoff on any Redis failure."""
+        """Keep the mirror fresh until cancelled; reconnect with backoff on any failure.
+
+        Nothing but a cancellation ends it: a mirror that stopped would go on serving its last
+        sets, and every block made after that would be forwarded until the process restarted.
+        An error that is not a Redis failure (a bug, a library's surprise) is logged with its
+        traceback and handled as a lost connection: subscribe again, reload in full."""
         backoff = 0.1
         while True:
             _raise_lost_cancellation()  # lost while closing the subscription of a failed follow
@@ -273,10 +278,12 @@ class BlocklistMirror:
                 await self._follow()
             except asyncio.CancelledError:
                 raise
-            except (RedisError, RedisClusterException, OSError) as exc:
+            except Exception as exc:
                 if not self.stale:
                     backoff = 0.1  # a new outage after a healthy spell starts from the bottom
-                if self.loaded and not self.stale:
+                if not isinstance(exc, REDIS_FAILURES):
+                    _log.exception("blocklist: following the change feed failed; resubscribing")
+                elif self.loaded and not self.stale:
                     _log.warning("blocklist: Redis unreachable (%s); serving the last mirror", exc)
                 elif not self.loaded:
                     self._unloaded.warning(

@@ -4,8 +4,6 @@ the device. One Redis read the first time a key is seen, then the in-process key
 
 from __future__ import annotations
 
-from redis.exceptions import RedisClusterException, RedisError
-
 from gatekeeper.domain.edgeview import KeyGrant
 from gatekeeper.domain.identity import Identity
 from gatekeeper.edge.activity.recorder import ActivityRecorder
@@ -13,6 +11,7 @@ from gatekeeper.edge.answers import unauthorized, unavailable
 from gatekeeper.edge.http.request import Request
 from gatekeeper.edge.http.server import ClientConnection
 from gatekeeper.edge.keycache import KeyCache
+from gatekeeper.store.clients import REDIS_FAILURES
 
 __all__ = ["CREDENTIAL_HEADERS", "KeyCheck"]
 
@@ -47,7 +46,7 @@ class KeyCheck:
         digest = self._keys.digest(secret.decode("latin-1"))
         try:
             grant = await self._keys.grant(digest)
-        except (RedisError, RedisClusterException, OSError):
+        except REDIS_FAILURES:
             unavailable(conn, request, "Keys cannot be checked right now.")
             return None
         device_id = identity.device_id

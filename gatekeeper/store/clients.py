@@ -23,6 +23,7 @@ from gatekeeper.settings import mask_url
 
 __all__ = [
     "CONNECT_ERRORS",
+    "REDIS_FAILURES",
     "RedisClient",
     "RedisPipeline",
     "StoreUnavailable",
@@ -50,6 +51,15 @@ CONNECT_ERRORS = (
     # A cluster none of whose seed nodes answers (redis-py's cluster errors are not RedisErrors).
     RedisClusterException,
 )
+
+
+# What a Redis command raises when the server cannot be reached or the connection breaks: the
+# one place where "Redis is down" is defined for every caller. RuntimeError is in it because
+# uvloop raises "unable to perform operation on <TCPTransport closed=True>; the handler is
+# closed" when a command is written to a connection the server has reset (asyncio's own loop
+# drops the write silently); redis-py turns only OSError into ConnectionError and lets the
+# RuntimeError through, after dropping the connection, so the next command reconnects.
+REDIS_FAILURES = (RedisError, RedisClusterException, OSError, RuntimeError)
 
 
 class StoreUnavailable(Exception):

@@ -17,11 +17,9 @@ import uuid
 from collections.abc import Sequence
 from typing import Final
 
-from redis.exceptions import RedisClusterException, RedisError
-
 from gatekeeper.domain import edgeview
 from gatekeeper.domain.edgeview import EdgeEvent
-from gatekeeper.store.clients import RedisClient, RedisPipeline
+from gatekeeper.store.clients import REDIS_FAILURES, RedisClient, RedisPipeline
 from gatekeeper.store.edge_writes import EdgeSyncError, publish
 
 __all__ = ["CHUNK", "write_batch"]
@@ -80,6 +78,6 @@ async def write_batch(redis: RedisClient, events: Sequence[EdgeEvent]) -> int:
             chunks += 1
         # Only now: a mirror that reads the batch finds it whole.
         await publish(redis, [EdgeEvent("batch", key)])
-    except (RedisError, RedisClusterException, OSError) as exc:
+    except REDIS_FAILURES as exc:
         raise EdgeSyncError(str(exc)) from exc
     return chunks

@@ -14,12 +14,11 @@ from datetime import datetime
 from typing import Literal
 
 import asyncpg
-from redis.exceptions import RedisClusterException, RedisError
 
 from gatekeeper.domain import edgeview
 from gatekeeper.domain.credentials import digest_secret, display_prefix, new_secret
 from gatekeeper.domain.edgeview import EdgeEvent, KeyGrant
-from gatekeeper.store.clients import RedisClient, RedisPipeline, is_cluster
+from gatekeeper.store.clients import REDIS_FAILURES, RedisClient, RedisPipeline, is_cluster
 from gatekeeper.store.outbox import Conn, emit
 
 __all__ = [
@@ -68,7 +67,7 @@ async def _sync(
             for event in events:
                 send(edgeview.CHANNEL, edgeview.encode(event))
             await pipe.execute()
-    except (RedisError, RedisClusterException, OSError) as exc:
+    except REDIS_FAILURES as exc:
         raise EdgeSyncError(str(exc)) from exc
 
 
@@ -390,7 +389,7 @@ async def reconcile(pool: Pool, redis: Redis) -> dict[str, int]:
             pipe.set(edgeview.BUILT_KEY, datetime.now().isoformat())  # when: for an operator
             await pipe.execute()
         await publish(redis, [EdgeEvent("resync")])
-    except (RedisError, RedisClusterException, OSError) as exc:
+    except REDIS_FAILURES as exc:
         raise EdgeSyncError(str(exc)) from exc
     return {
         "blocked": len(blocked),
