@@ -57,14 +57,17 @@ def _cluster_port() -> int:
     raise EmbeddedServerError("no free port pair for a cluster node")
 
 
-def _poll(what: str, check: Callable[[], bool], timeout: float) -> None:
+def _poll(
+    what: str, check: Callable[[], bool], timeout: float, diagnose: Callable[[], str] | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError, subprocess.SubprocessError):
             if check():
                 return
         time.sleep(0.05)
-    raise EmbeddedServerError(f"{what} not reached within {timeout}s")
+    detail = f"\n{diagnose()}" if diagnose is not None else ""
+    raise EmbeddedServerError(f"{what} not reached within {timeout}s{detail}")
 
 
 class ValkeyNode:
@@ -139,6 +142,24 @@ def _info(node: ValkeyNode, *command: str) -> dict[str, str]:
     return dict(line.strip().split(":", 1) for line in lines if ":" in line)
 
 
+def _topology(node: ValkeyNode) -> frozenset[tuple[str, str, str, str, str]]:
+    """``node``'s view of the cluster's live members: (id, role, primary, config epoch, slots).
+
+    Nodes it flags as failing (``fail`` or ``fail?``) are left out; a primary's epoch and slots
+    are what a replica's election is judged by.
+    """
+    members = set()
+    for line in node.cli("CLUSTER", "NODES").splitlines():
+        fields = line.split()
+        flags = set(fields[2].split(","))
+        if flags & {"fail", "fail?", "handshake", "noaddr"}:
+            continue
+        role = "master" if "master" in flags else "replica"
+        epoch, slots = (fields[6], " ".join(fields[8:])) if role == "master" else ("", "")
+        members.add((fields[0], role, fields[3], epoch, slots))
+    return frozenset(members)
+
+
 class ValkeyCluster:
     """Six cluster nodes on loopback: three primaries with a replica each."""
 
@@ -159,6 +180,10 @@ class ValkeyCluster:
                     "0",
                     "--appendonly",
                     "no",
+                    # A replica syncs at once rather than after the default 5 s wait for others,
+                    # so that the primary the tests kill has a replica holding its data.
+                    "--repl-diskless-sync-delay",
+                    "0",
                 ],
             )
             for i in range(6)
@@ -188,16 +213,55 @@ class ValkeyCluster:
         return self.url
 
     def wait_healthy(self, timeout: float = _START_TIMEOUT) -> None:
-        """Every live node says the cluster is ok, and every slot has a live primary."""
+        """Every live node says the cluster is ok and sees the same three primaries, with the same
+        config epochs and slots, and every replica of them; every replica is in sync.
+
+        Agreement matters before a primary is killed: a replica that has not yet heard its
+        primary's latest config epoch (say, from a failover a moment before) asks for votes with
+        the old one, and Valkey 8.1's primaries refuse it for good (valkey-io/valkey#2169, fixed
+        in #2178), so the cluster would never fail over. On a loaded machine a node that stalls
+        past the 1 s node timeout is failed over for real; waiting for agreement lets that settle.
+        """
 
         def ok() -> bool:
             live = [n for n in self.nodes if n.running]
             if any(_info(n, "CLUSTER", "INFO").get("cluster_state") != "ok" for n in live):
                 return False
-            primaries = [n for n in live if _info(n, "INFO", "replication").get("role") == "master"]
-            return len(primaries) == 3
+            views = {_topology(n) for n in live}
+            if len(views) != 1:
+                return False
+            (view,) = views
+            primaries = [entry for entry in view if entry[1] == "master"]
+            if len(primaries) != 3 or len(view) != len(live):
+                return False
+            replicas = [n for n in live if _info(n, "INFO", "replication").get("role") == "slave"]
+            return all(
+                _info(n, "INFO", "replication").get("master_link_status") == "up" for n in replicas
+            )
 
-        _poll("cluster_state:ok", ok, timeout)
+        _poll("cluster_state:ok, all nodes agreeing", ok, timeout, diagnose=self.diagnosis)
+
+    def diagnosis(self) -> str:
+        """What each live node thinks, and what its log says about elections: for a failure
+        message, so that a failover that did not happen in CI can be explained afterwards."""
+        parts = []
+        for node in self.nodes:
+            if not node.running:
+                parts.append(f"{node.address}: killed")
+                continue
+            try:
+                nodes = node.cli("CLUSTER", "NODES", timeout=2)
+            except (OSError, subprocess.SubprocessError) as exc:
+                nodes = f"(no answer: {exc})"
+            log = node.folder / "valkey.log"
+            lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+            election = [
+                line
+                for line in lines
+                if any(word in line for word in ("ailover", "lection", "epoch", "FAIL"))
+            ]
+            parts.append(f"{node.address} CLUSTER NODES:\n{nodes}" + "\n".join(election[-15:]))
+        return "\n".join(parts)
 
     def owner(self, key: str) -> ValkeyNode:
         """The live primary that serves ``key``'s slot now."""
