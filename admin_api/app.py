@@ -79,6 +79,7 @@ def _routes() -> list[web.RouteDef]:
         web.delete(_HOOK, webhooks.delete_webhook),
         web.get(_HOOK + "/deliveries", webhooks.list_deliveries),
         web.post(_HOOK + "/test", webhooks.send_test_event),
+        web.post(_HOOK + "/secret/reset", webhooks.reset_secret),
         web.get("/api/{tenantId}/audit", list_audit),
         web.get("/api/{tenantId}/settings", tenant_settings.get_settings),
         web.put("/api/{tenantId}/settings", tenant_settings.put_settings),

@@ -256,7 +256,12 @@ class WebhookDispatcher:
                     await check_target(delivery.url, allow_private=False)
                 body = delivery.body.encode()
                 headers = {
-                    SIGNATURE_HEADER: sign(delivery.secret, body, int(self._clock.wall())),
+                    SIGNATURE_HEADER: sign(
+                        delivery.secret,
+                        body,
+                        int(self._clock.wall()),
+                        delivery.previous_secret,
+                    ),
                     "Content-Type": "application/json",
                     "User-Agent": USER_AGENT,
                 }

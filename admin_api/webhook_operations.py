@@ -98,6 +98,20 @@ WEBHOOK_OPERATIONS: Final[tuple[Operation, ...]] = (
         result="WebhookTestEvent",
         errors=(404, 409),
     ),
+    Operation(
+        "post",
+        _ONE + "/secret/reset",
+        "Issue a new signing secret, shown in this answer only. With `graceSeconds` the replaced "
+        "secret keeps signing that long: deliveries carry two `v1` signatures, the new one "
+        "first, so the receiver can switch without refusing any; without, only the new one",
+        "webhooks",
+        WEBHOOK_WRITE,
+        _ID,
+        body="ResetRequest",
+        body_required=False,
+        result="WebhookSecret",
+        errors=(*_BODY_ERRORS, 404),
+    ),
 )
 
 WEBHOOK_PARAMETERS: Final[dict[str, dict[str, Any]]] = {

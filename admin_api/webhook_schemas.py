@@ -153,6 +153,21 @@ WEBHOOK_RESPONSE_SCHEMAS: Final[dict[str, Schema]] = {
     "DeliveryAttempt": _ATTEMPT,
     "Delivery": _DELIVERY,
     "DeliveryList": {"type": "array", "items": {"$ref": "#/components/schemas/Delivery"}},
+    "WebhookSecret": {
+        "type": "object",
+        "properties": {
+            "webhookId": {"type": "string", "format": "uuid"},
+            "secret": {
+                "type": "string",
+                "description": "The new signing secret: shown in this answer only",
+            },
+            "previousSecretExpiresAt": {
+                **_NULLABLE_TIMESTAMP,
+                "description": "Until when the replaced secret signs too (null: it stopped now)",
+            },
+        },
+        "required": ["webhookId", "secret", "previousSecretExpiresAt"],
+    },
     "WebhookTestEvent": {
         "type": "object",
         "properties": {"eventId": {"type": "string", "format": "uuid"}},

@@ -40,21 +40,35 @@ def new_secret() -> str:
     return _SECRET_PREFIX + secrets.token_urlsafe(32)
 
 
-def sign(secret: str, body: bytes, timestamp: int) -> str:
-    """The header's value for ``body`` sent at ``timestamp``."""
-    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
-    return f"t={timestamp},v1={mac.hexdigest()}"
+def _mac(secret: str, body: bytes, timestamp: int) -> str:
+    return hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+
+
+def sign(secret: str, body: bytes, timestamp: int, previous: str | None = None) -> str:
+    """The header's value for ``body`` sent at ``timestamp``. While a reset secret's grace
+    period runs, ``previous`` signs too: a second ``v1``, after the new one, so a receiver that
+    reads the last ``v1`` still verifies with the old secret until it switches."""
+    header = f"t={timestamp},v1={_mac(secret, body, timestamp)}"
+    if previous is not None:
+        header += f",v1={_mac(previous, body, timestamp)}"
+    return header
 
 
 def verify(secret: str, body: bytes, header: str) -> bool:
-    """What a receiver does: recompute, compare in constant time."""
-    parts = dict(p.split("=", 1) for p in header.split(",") if "=" in p)
+    """What a receiver does: recompute, compare in constant time with every ``v1`` given."""
+    timestamp: str | None = None
+    signatures: list[str] = []
+    for part in header.split(","):
+        key, _, value = part.strip().partition("=")
+        if key == "t":
+            timestamp = value
+        elif key == "v1":
+            signatures.append(value)
     try:
-        timestamp = int(parts["t"])
-    except (KeyError, ValueError):
+        expected = _mac(secret, body, int(timestamp or "")).encode()
+    except ValueError:
         return False
-    expected = sign(secret, body, timestamp).encode()
-    return hmac.compare_digest(expected, header.encode())
+    return any(hmac.compare_digest(expected, s.encode()) for s in signatures)
 
 
 def _public(address: str) -> bool:

@@ -15,7 +15,7 @@ from urllib.parse import quote, urlsplit
 
 from aiohttp import web
 
-from admin_api import audit, webhook_schemas
+from admin_api import audit, schemas, webhook_schemas
 from admin_api.auth import WEBHOOK_READ, WEBHOOK_WRITE, authorize
 from admin_api.context import PG_POOL, SETTINGS
 from admin_api.errors import FieldError, Problem, bad_request, conflict, not_found, unprocessable
@@ -31,12 +31,14 @@ __all__ = [
     "get_webhook",
     "list_deliveries",
     "list_webhooks",
+    "reset_secret",
     "send_test_event",
     "update_webhook",
 ]
 
 _CREATE = validator(webhook_schemas.CREATE_WEBHOOK)
 _UPDATE = validator(webhook_schemas.UPDATE_WEBHOOK)
+_RESET = validator(schemas.RESET_REQUEST)
 
 
 def webhook_json(row: Row) -> dict[str, Any]:
@@ -154,6 +156,38 @@ async def create_webhook(request: web.Request) -> web.Response:
         {**created, "secret": secret},
         status=201,
         headers={"Location": location, "Cache-Control": "no-store"},
+    )
+
+
+async def reset_secret(request: web.Request) -> web.Response:
+    """A new signing secret, shown in this answer only. With ``graceSeconds`` the replaced one
+    keeps signing beside it that long (a second ``v1``), so the receiver can switch without
+    refusing a delivery; without, deliveries carry only the new one from now on."""
+    principal = await authorize(request, WEBHOOK_WRITE)
+    webhook_id = _webhook_id(request)
+    body = await read_json(request, _RESET, optional=True)
+    grace = float(body.get("graceSeconds", 0))
+    secret = new_secret()
+    found, previous_until = await store.reset_secret(
+        request.app[PG_POOL], principal.tenant_id, webhook_id, secret, grace
+    )
+    if not found:
+        raise not_found("No such webhook")
+    await audit.record(
+        request,
+        principal,
+        "webhook.secret_reset",
+        "webhook",
+        str(webhook_id),
+        details={"graceSeconds": grace},
+    )
+    return web.json_response(
+        {
+            "webhookId": str(webhook_id),
+            "secret": secret,
+            "previousSecretExpiresAt": rfc3339(previous_until),
+        },
+        headers={"Cache-Control": "no-store"},
     )
 
 

@@ -178,6 +178,7 @@ ROUTES: list[tuple[str, str, str, Any]] = [
     ("PATCH", "/{id}", WEBHOOK_WRITE, {"enabled": False}),
     ("GET", "/{id}/deliveries", WEBHOOK_READ, None),
     ("POST", "/{id}/test", WEBHOOK_WRITE, None),
+    ("POST", "/{id}/secret/reset", WEBHOOK_WRITE, {"graceSeconds": 60}),
     ("DELETE", "/{id}", WEBHOOK_WRITE, None),
 ]
 
@@ -215,3 +216,7 @@ def test_the_documented_receiver_check_verifies_what_the_dispatcher_signs() -> N
     assert not verify("whsec_doc", body, sign("whsec_doc", body, now - 3600))  # a replay
     assert not verify("whsec_doc", body, "t=x,v1=00")
     assert not verify("whsec_doc", body, f"t={now},v1=\u00e9")
+    # During a secret's grace period: two signatures, either secret verifies, no other does.
+    both = sign("whsec_new", body, now, previous="whsec_doc")
+    assert verify("whsec_new", body, both) and verify("whsec_doc", body, both)
+    assert not verify("whsec_other", body, both)

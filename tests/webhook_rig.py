@@ -47,6 +47,7 @@ class Hit:
     status: int
     body: dict[str, Any]
     headers: dict[str, str]
+    raw: bytes  # the body as received: what a signature covers
 
 
 @dataclass
@@ -82,6 +83,7 @@ class Receiver:
             status,
             envelope,
             dict(request.headers),
+            raw,
         )
         self.hits.append(hit)
         await self._note()

@@ -102,7 +102,8 @@ _LEASE: Final = """
 UPDATE webhook_deliveries d SET next_attempt_at = $2, attempts = d.attempts + 1
 FROM webhooks w
 WHERE d.id = ANY ($1::bigint[]) AND w.webhook_id = d.webhook_id
-RETURNING d.id, d.webhook_id, d.tenant_id, d.body, d.attempts, d.created_at, w.url, w.secret
+RETURNING d.id, d.webhook_id, d.tenant_id, d.body, d.attempts, d.created_at, w.url, w.secret,
+    CASE WHEN w.previous_secret_until > $3 THEN w.previous_secret END AS previous_secret
 """
 
 _ATTEMPT: Final = """
@@ -125,8 +126,9 @@ class Claimed:
     event_at: datetime
     url: str
     secret: str
+    previous_secret: str | None  # the replaced secret, while it still signs too
 
-    def __repr__(self) -> str:  # never the secret
+    def __repr__(self) -> str:  # never a secret
         return f"Claimed(delivery_id={self.delivery_id}, webhook_id={self.webhook_id})"
 
 
@@ -201,7 +203,7 @@ async def claim(
         ][:limit]
         if not chosen:
             return []
-        rows = await conn.fetch(_LEASE, chosen, lease_until)
+        rows = await conn.fetch(_LEASE, chosen, lease_until, now)
     return [
         Claimed(
             r["id"],
@@ -212,6 +214,7 @@ async def claim(
             r["created_at"],
             r["url"],
             r["secret"],
+            r["previous_secret"],
         )
         for r in rows
     ]

@@ -2,8 +2,9 @@
 tables of migration 0008). The dispatcher writes deliveries and attempts; this module only
 reads them.
 
-No query here selects ``webhooks.secret``: the secret leaves the database only for signing, so
-no row handed to the admin API (nor its repr, nor a log line about it) can carry it.
+No query here selects ``webhooks.secret`` (nor ``previous_secret``): a secret leaves the database
+only for signing, so no row handed to the admin API (nor its repr, nor a log line about it) can
+carry it. :func:`reset_secret` writes a new one, which the route shows once.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ __all__ = [
     "get_webhook",
     "list_deliveries",
     "list_webhooks",
+    "reset_secret",
     "update_webhook",
 ]
 
@@ -151,6 +153,32 @@ async def update_webhook(
         None if description is UNCHANGED else description,
     )
     return row
+
+
+async def reset_secret(
+    pool: _Pool, tenant_id: str, webhook_id: uuid.UUID, secret: str, grace_seconds: float
+) -> tuple[bool, datetime | None]:
+    """Make ``secret`` the signing secret. With a grace period the one it replaces signs beside
+    it until then (any earlier previous secret is dropped); without, it stops at once.
+    (found, when the previous secret stops signing)."""
+    row = await pool.fetchrow(
+        """
+        UPDATE webhooks SET
+            previous_secret = CASE WHEN $4 > 0 THEN secret END,
+            previous_secret_until = CASE WHEN $4 > 0 THEN now() + make_interval(secs => $4) END,
+            secret = $3
+        WHERE tenant_id = $1 AND webhook_id = $2
+        RETURNING previous_secret_until
+        """,
+        tenant_id,
+        webhook_id,
+        secret,
+        float(grace_seconds),
+    )
+    if row is None:
+        return False, None
+    until: datetime | None = row["previous_secret_until"]
+    return True, until
 
 
 async def list_deliveries(
