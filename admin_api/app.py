@@ -66,6 +66,7 @@ def _routes() -> list[web.RouteDef]:
         web.delete(_DEV, devices.delete_device),
         web.post(_DEV + "/block", devices.block_device),
         web.post(_DEV + "/unblock", devices.unblock_device),
+        web.post(_DEV + "/conflict/clear", devices.clear_conflict),
         web.get(_DEV + "/history", devices.device_history),
         web.post(_DEV + "/connect", connections.connect_device),
         web.post(_DEV + "/connections/reset", connections.reset_connection),

@@ -29,6 +29,7 @@ from admin_api.serialize import (
     from_micros,
     history_json,
     micros,
+    rfc3339,
 )
 from admin_api.validation import (
     check_query,
@@ -240,6 +241,41 @@ async def block_device(request: web.Request) -> web.Response:
 
 async def unblock_device(request: web.Request) -> web.Response:
     return await _set_blocked(request, False)
+
+
+async def clear_conflict(request: web.Request) -> web.Response:
+    """Acknowledge the device's clone conflict: ``conflictAt`` back to null, the history's flagged
+    records kept. Idempotent; the Device. A later flip back to the hardware it left flags it
+    again."""
+    principal = await authorize(request, DEVICE_WRITE)
+    device_id = device_id_param(request)
+    await read_json(request, _EMPTY, optional=True)
+    pool = request.app[PG_POOL]
+    # One statement on the recorder's own row: it locks nothing a flush does not already wait on.
+    was = await pool.fetchval(
+        """
+        WITH old AS (
+            SELECT conflict_at FROM device_activity
+            WHERE tenant_id = $1 AND device_id = $2 AND conflict_at IS NOT NULL
+            FOR UPDATE
+        )
+        UPDATE device_activity SET conflict_at = NULL FROM old
+        WHERE tenant_id = $1 AND device_id = $2
+        RETURNING old.conflict_at
+        """,
+        principal.tenant_id,
+        device_id,
+    )
+    row = await fetch_device(pool, principal.tenant_id, device_id)
+    await audit.record(
+        request,
+        principal,
+        "device.conflict_clear",
+        "device",
+        device_id,
+        details={"conflictAt": rfc3339(was)},
+    )
+    return web.json_response(device_json(row))
 
 
 async def device_history(request: web.Request) -> web.Response:

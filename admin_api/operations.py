@@ -146,6 +146,17 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
         errors=(*_BODY_ERRORS, 404),
     ),
     Operation(
+        "post",
+        _DEV + "/conflict/clear",
+        "Acknowledge a clone conflict: `conflictAt` back to null (the history keeps its flagged "
+        "records; a later flip back sets it again). Idempotent",
+        "devices",
+        DEVICE_WRITE,
+        ("tenantId", "deviceId"),
+        result="Device",
+        errors=(*_BODY_ERRORS, 404),
+    ),
+    Operation(
         "get",
         _DEV + "/history",
         "Attribute changes, newest first",

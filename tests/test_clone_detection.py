@@ -114,7 +114,12 @@ async def test_a_b_a_within_the_window_is_one_conflict(
     assert device["conflictAt"] is not None
     records = await (await api.call("GET", api.device_path("twin", "/history"))).json()
     assert [r["conflict"] for r in records] == [True, False, False, False]
-    assert "Clone conflict" in await console.text(console.url("/devices/twin"))
+    page = await console.text(console.url("/devices/twin"))
+    assert "Clone conflict" in page and "Clear conflict" in page
+    # The console's button clears it (through the API: audited like every console action).
+    after = await console.submit(console.url("/devices/twin/clear-conflict"))
+    assert "Clone conflict" not in after and "Clear conflict" not in after
+    assert await _conflict_at(pg_pool, tenant, "twin") is None
     # A device without a conflict shows none.
     await fleet.see((tenant, "single"), _A)
     assert "Clone conflict" not in await console.text(console.url("/devices/single"))
@@ -171,6 +176,38 @@ async def test_a_conflict_stays_in_its_tenant(pg_pool: asyncpg.Pool, tenant: str
     assert len(await _conflict_events(pg_pool, tenant, "shared")) == 1
     assert await _conflict_at(pg_pool, tenant, "shared") is not None
     await _assert_no_conflict(pg_pool, other, "shared")
+
+
+async def test_an_admin_clears_a_conflict_and_the_next_flip_back_sets_it_again(
+    pg_pool: asyncpg.Pool, tenant: str, api: Api
+) -> None:
+    fleet, key = _Fleet(pg_pool), (tenant, "ack")
+    for attributes in (_A, _B, _A):
+        await fleet.see(key, attributes)
+    flagged = await _conflict_at(pg_pool, tenant, "ack")
+    assert flagged is not None
+    # Another tenant's device of the same id, in conflict too, is out of reach.
+    other = (f"{tenant}-other", "ack")
+    for attributes in (_A, _B, _A):
+        await fleet.see(other, attributes)
+    path = api.device_path("ack", "/conflict/clear")
+    read_only = await api.call("POST", path, scopes=["Device.Read"])
+    assert read_only.status == 403
+    for _ in range(2):  # idempotent
+        cleared = await api.call("POST", path)
+        assert cleared.status == 200, await cleared.text()
+        assert (await cleared.json())["conflictAt"] is None
+    assert await _conflict_at(pg_pool, tenant, "ack") is None
+    assert await _conflict_at(pg_pool, *other) is not None
+    # The history keeps its flagged record; the audit says what was cleared, and when not.
+    records = await (await api.call("GET", api.device_path("ack", "/history"))).json()
+    assert [r["conflict"] for r in records] == [True, False, False]
+    audit = await (await api.call("GET", api.path("/audit?action=device.conflict_clear"))).json()
+    assert [e["details"]["conflictAt"] is None for e in audit] == [True, False]  # newest first
+    assert (await api.call("POST", api.device_path("missing", "/conflict/clear"))).status == 404
+    # The next flip back is a new conflict.
+    await fleet.see(key, _B)
+    assert await _conflict_at(pg_pool, tenant, "ack") is not None
 
 
 async def test_conflicts_within_one_batch_on_every_flush_path(

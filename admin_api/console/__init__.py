@@ -41,6 +41,7 @@ def _routes() -> list[web.AbstractRouteDef]:
         web.post(_DEVICE + "/enable", device_pages.enable),
         web.post(_DEVICE + "/disable", device_pages.disable),
         web.post(_DEVICE + "/reset-key", device_pages.reset_key),
+        web.post(_DEVICE + "/clear-conflict", device_pages.clear_conflict),
         web.get(_TENANT + "/tokens", admin_pages.tokens_page),
         web.post(_TENANT + "/tokens", admin_pages.create_token),
         web.post(_TENANT + "/tokens/{tokenId}/revoke", admin_pages.revoke_token),

@@ -18,6 +18,7 @@ from admin_api.console.session import Session
 
 __all__ = [
     "block",
+    "clear_conflict",
     "device_page",
     "devices_csv",
     "devices_page",
@@ -159,6 +160,12 @@ async def block(request: web.Request, session: Session, form: Form) -> Outcome:
 @action("unblock", _device_page_url)
 async def unblock(request: web.Request, session: Session, form: Form) -> Outcome:
     return await _device_call(request, session, "POST", "/unblock", None)
+
+
+@action("conflict", _device_page_url)
+async def clear_conflict(request: web.Request, session: Session, form: Form) -> Outcome:
+    """The clone conflict acknowledged: ``conflictAt`` back to null."""
+    return await _device_call(request, session, "POST", "/conflict/clear", None)
 
 
 @action("enabled", _device_page_url)
