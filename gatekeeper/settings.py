@@ -8,6 +8,7 @@ code base reads ``os.environ`` for configuration.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -110,6 +111,10 @@ class Settings:
     max_body_bytes: int = 100 * 1024 * 1024
     # Longest pause between two pieces of a request body before 408 (nginx client_body_timeout).
     client_body_timeout: float = 60.0
+    # A client connection older than this (seconds, less up to 10 % of jitter) answers its next
+    # request with Connection: close (nginx keepalive_time, Envoy max_connection_duration), so
+    # long-lived clients spread over nodes added since they connected. 0: no limit.
+    client_keepalive_time: float = 3600.0
     # An https:// upstream: the CAs to trust (a PEM bundle; None: the system's), the name sent
     # as SNI and checked in its certificate (None: the URL's host), and a client certificate
     # for mutual TLS (PEM; both or neither). Verification is turned off only explicitly, for
@@ -201,6 +206,7 @@ class Settings:
     access_log_sample: int = 100
 
     def __post_init__(self) -> None:
+        self._check_numbers()
         if self.redis_url is not None:
             parse_redis_url(self.redis_url)  # a malformed one is a SettingsError now, not later
         for port_name in ("proxy_port", "admin_port", "metrics_port"):
@@ -248,6 +254,19 @@ class Settings:
         self._check_rate_limit()
         if self.activity_buffer_max_devices < self.flush_max_devices:
             raise SettingsError("activity_buffer_max_devices must be >= flush_max_devices")
+
+    def _check_numbers(self) -> None:
+        for item in fields(self):
+            value = getattr(self, item.name)
+            # "nan" and "inf" parse as floats, and nan compares false with everything: a nan
+            # timeout would never fire and would pass every range check.
+            if isinstance(value, float) and not math.isfinite(value):
+                raise SettingsError(f"{item.name} must be a finite number, got {value}")
+        if self.client_keepalive_time < 0:
+            raise SettingsError(
+                "client_keepalive_time must be >= 0 (0: no limit), "
+                f"got {self.client_keepalive_time}"
+            )
 
     def _check_rate_limit(self) -> None:
         for name in ("device_rate_limit_per_second", "device_rate_limit_burst"):

@@ -113,7 +113,10 @@ class EdgeServer:
             ]
             stack.push_async_callback(self._stop_tasks)
             server = self._server = HttpServer(
-                self.handler, on_rejected=_REJECTED.inc, body_idle_seconds=s.client_body_timeout
+                self.handler,
+                on_rejected=_REJECTED.inc,
+                body_idle_seconds=s.client_body_timeout,
+                max_connection_seconds=s.client_keepalive_time,
             )
             server.start()
             if self.access_log is not None:

@@ -1,7 +1,6 @@
 """One client connection of the proxy's HTTP server: parsing (httptools), pipelining in order,
 limits, body back-pressure, answers written back, and an upgraded connection handed over as a raw
-byte stream. :class:`gatekeeper.edge.http.server.HttpServer` owns the connections: their timeouts
-and their shutdown.
+byte stream. Timeouts, age and shutdown are its owner's: :mod:`gatekeeper.edge.http.server`.
 """
 
 from __future__ import annotations
@@ -9,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import random
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, cast
@@ -29,9 +29,8 @@ __all__ = [
     "Handler",
 ]
 
-# An unread request body this small is read and dropped rather than closing the connection.
 _NONE_REPEATED: frozenset[bytes] = frozenset()
-DISCARD_LIMIT = 64 * 1024
+DISCARD_LIMIT = 64 * 1024  # an unread body this small is read and dropped, the connection kept
 
 _log = logging.getLogger(__name__)
 
@@ -78,11 +77,14 @@ class ClientConnection(asyncio.Protocol):
         "_underscored",
         "_upgrade_buffer",
         "_url",
+        "age_draw",
         "busy_since",
         "bytes_sent",
         "client_ip",
         "closed",
         "idle_since",
+        "opened_at",
+        "retiring",
         "transport",
     )
 
@@ -107,11 +109,12 @@ class ClientConnection(asyncio.Protocol):
         self._paused = False
         self._flow = FlowControl()
         self._tunnel: Callable[[bytes | None], None] | None = None
-        # Bytes past an upgrade request's head, held until the handler decides: a tunnel (after
-        # the upstream's 101) or HTTP again (anything else). None: not upgrading.
+        # Bytes past an upgrade request's head, held until the handler decides (None: no upgrade).
         self._upgrade_buffer: bytes | None = None
-        self.idle_since = time.monotonic()
+        self.idle_since = self.opened_at = time.monotonic()
         self.busy_since = 0.0  # when the current request head began (0: none in progress)
+        self.retiring = False  # past its maximum age (the server's sweep): last request next
+        self.age_draw = random.random()  # where its age limit falls in the server's jitter
 
     # --- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -207,7 +210,7 @@ class ClientConnection(asyncio.Protocol):
             parser.get_http_version(),
             self._headers,
             self._lookup,
-            parser.should_keep_alive() and not self._server.draining,
+            parser.should_keep_alive() and not (self._server.draining or self.retiring),
             parser.should_upgrade(),
             self._repeated,
             self._underscored,
@@ -269,7 +272,7 @@ class ClientConnection(asyncio.Protocol):
             return
         body = request.body
         if not request.keep_alive or (body is not None and not self._discard_rest(request)):
-            # The client asked to close, or too much of its body was never read to wait for it.
+            # Answered with Connection: close, or too much of its body was left unread to wait.
             self.close()
             return
         self.idle_since = time.monotonic()

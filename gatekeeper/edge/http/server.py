@@ -26,6 +26,11 @@ __all__ = ["ClientConnection", "ClientDisconnected", "Handler", "HttpServer"]
 _log = logging.getLogger(__name__)
 
 KEEPALIVE_SECONDS = 75.0  # nginx's keepalive_timeout
+# A connection's age at which its next request is answered with Connection: close (nginx's
+# keepalive_time). Each connection draws its own limit up to 10 % below, so the clients of a
+# node that restarted do not all reconnect in the same second an hour later.
+MAX_CONNECTION_SECONDS = 3600.0
+AGE_JITTER = 0.1
 HEADER_SECONDS = 30.0  # time allowed to send a whole request head (slowloris guard)
 BODY_IDLE_SECONDS = 60.0  # longest pause between two pieces of a request body (nginx's default)
 # How long the hard phase waits for cancelled handler tasks. They end at their next await; the
@@ -45,6 +50,7 @@ class HttpServer:
         keepalive_seconds: float = KEEPALIVE_SECONDS,
         header_seconds: float = HEADER_SECONDS,
         body_idle_seconds: float = BODY_IDLE_SECONDS,
+        max_connection_seconds: float = MAX_CONNECTION_SECONDS,
     ) -> None:
         self.handler = handler
         self.on_rejected = on_rejected
@@ -55,6 +61,7 @@ class HttpServer:
         self._keepalive = keepalive_seconds
         self._header_timeout = header_seconds
         self.body_idle_seconds = body_idle_seconds
+        self._max_age = max_connection_seconds  # 0: no limit
         self._sweeper: asyncio.Task[None] | None = None
         self._refresh_date()
 
@@ -73,6 +80,11 @@ class HttpServer:
             self._refresh_date()
             now = time.monotonic()
             for conn in list(self.connections):
+                if self._max_age and not conn.retiring:
+                    # Checked here, once a second, not per request: a limit in hours needs no
+                    # finer grain, and the request path reads one flag.
+                    age_limit = self._max_age * (1.0 - AGE_JITTER * conn.age_draw)
+                    conn.retiring = now - conn.opened_at > age_limit
                 if conn._busy:
                     continue
                 if conn.busy_since and now - conn.busy_since > self._header_timeout:
