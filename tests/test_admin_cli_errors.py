@@ -193,6 +193,11 @@ def test_every_flag_says_its_default_and_variable() -> None:
         ["devices", "history"],
         ["tokens", "create"],
         ["audit"],
+        ["webhooks", "list"],
+        ["webhooks", "create"],
+        ["webhooks", "deliveries"],
+        ["webhooks", "reset-secret"],
+        ["devices", "clear-conflict"],
     ):
         ran = _main_help([*command, "--help"])
         text = " ".join(ran.split())
@@ -225,6 +230,16 @@ def test_bash_completion_knows_the_commands_and_flags(tmp_path: Path) -> None:
         "complete_words gatekeeper devices bl\n"
         "complete_words gatekeeper tokens c\n"
         "complete_words gatekeeper devices list --te\n"
+        "complete_words gatekeeper webhooks res\n"
+        "complete_words gatekeeper webhooks create --ev\n"
+        "complete_words gatekeeper devices cl\n"
     )
     done = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, check=True)
-    assert done.stdout.splitlines() == ["block", "create", "--tenant"]
+    assert done.stdout.splitlines() == [
+        "block",
+        "create",
+        "--tenant",
+        "reset-secret",
+        "--event",
+        "clear-conflict",
+    ]

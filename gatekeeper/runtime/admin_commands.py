@@ -1,4 +1,5 @@
-"""The admin CLI: ``gatekeeper devices …``, ``gatekeeper tokens …`` and ``gatekeeper audit``.
+"""The admin CLI: ``gatekeeper devices …``, ``gatekeeper tokens …`` and ``gatekeeper audit``
+(``gatekeeper webhooks …`` is in :mod:`admin_webhooks`, built from the pieces exported here).
 
 Each command is one or a few HTTP calls to a running admin API (:mod:`admin_client`), printed
 as a table for people or, with ``--json``, as the API's JSON. :func:`add_parsers` puts the
@@ -32,13 +33,25 @@ from gatekeeper.runtime.admin_tables import (
 )
 from gatekeeper.runtime.loop import run as run_loop
 
-__all__ = ["COMMANDS", "EXIT_API", "EXIT_USAGE", "add_parsers", "run"]
+__all__ = [
+    "COMMANDS",
+    "EPILOG",
+    "EXIT_API",
+    "EXIT_USAGE",
+    "Handler",
+    "Streams",
+    "add_parsers",
+    "leaf",
+    "paging_flags",
+    "run",
+    "show_list",
+]
 
 COMMANDS: Final = frozenset({"devices", "tokens", "audit"})
 EXIT_API: Final = 1
 EXIT_USAGE: Final = 2
 _DEFAULT_LIMIT: Final = 100
-_EPILOG: Final = (
+EPILOG: Final = (
     "exit status: 0 done; 1 the admin API answered with an error (its title and detail are"
     " printed) or could not be reached; 2 a usage or configuration error (no tenant or token, a"
     " bad flag or config file)"
@@ -67,7 +80,7 @@ def _positive(raw: str) -> int:
     return value
 
 
-def _paging_flags(parser: argparse.ArgumentParser, what: str) -> None:
+def paging_flags(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument(
         "--limit",
         type=_positive,
@@ -80,7 +93,7 @@ def _paging_flags(parser: argparse.ArgumentParser, what: str) -> None:
     )
 
 
-def _leaf(
+def leaf(
     actions: argparse._SubParsersAction[argparse.ArgumentParser],
     name: str,
     text: str,
@@ -88,7 +101,7 @@ def _leaf(
     parent: argparse.ArgumentParser,
 ) -> argparse.ArgumentParser:
     parser = actions.add_parser(
-        name, help=text, description=text + ".", epilog=_EPILOG, parents=[parent]
+        name, help=text, description=text + ".", epilog=EPILOG, parents=[parent]
     )
     parser.set_defaults(handler=handler)
     return parser
@@ -102,10 +115,12 @@ def _add_devices(
     sub: argparse._SubParsersAction[argparse.ArgumentParser], parent: argparse.ArgumentParser
 ) -> None:
     devices = sub.add_parser(
-        "devices", help="list, show, block, unblock, rename devices; their history", epilog=_EPILOG
+        "devices",
+        help="list, show, block, unblock, rename devices; their history; clear a clone conflict",
+        epilog=EPILOG,
     )
     actions = devices.add_subparsers(dest="action", required=True, metavar="ACTION")
-    listing = _leaf(actions, "list", "list devices, most recently active first", _list, parent)
+    listing = leaf(actions, "list", "list devices, most recently active first", _list, parent)
     listing.add_argument(
         "-q",
         "--search",
@@ -117,12 +132,12 @@ def _add_devices(
         default="all",
         help="all devices, hide blocked ones, or only blocked ones (default all)",
     )
-    _paging_flags(listing, "devices")
+    paging_flags(listing, "devices")
     listing.add_argument(
         "--cursor", help="start after this position, as printed when more remain (default: none)"
     )
-    _device_id(_leaf(actions, "show", "show one device's details", _show, parent))
-    block = _leaf(actions, "block", "block a device: every request gets 403", _block, parent)
+    _device_id(leaf(actions, "show", "show one device's details", _show, parent))
+    block = leaf(actions, "block", "block a device: every request gets 403", _block, parent)
     _device_id(block)
     block.add_argument("--reason", help="why, kept in the audit log (default: none)")
     block.add_argument(
@@ -132,13 +147,13 @@ def _add_devices(
         help="shadow: forward the device's requests, counted as shadow_blocked; blocking again"
         " with the other mode switches it (default: enforce)",
     )
-    _device_id(_leaf(actions, "unblock", "unblock a device", _unblock, parent))
-    rename = _leaf(actions, "rename", "set or clear a device's custom name", _rename, parent)
+    _device_id(leaf(actions, "unblock", "unblock a device", _unblock, parent))
+    rename = leaf(actions, "rename", "set or clear a device's custom name", _rename, parent)
     _device_id(rename)
     names = rename.add_mutually_exclusive_group(required=True)
     names.add_argument("name", nargs="?", metavar="NAME", help="the new name")
     names.add_argument("--clear", action="store_true", help="remove the custom name (default: off)")
-    history = _leaf(
+    history = leaf(
         actions,
         "history",
         "a device's app, OS and hardware changes, newest first",
@@ -146,17 +161,19 @@ def _add_devices(
         parent,
     )
     _device_id(history)
-    _paging_flags(history, "records")
+    paging_flags(history, "records")
+    clear = "acknowledge a device's clone conflict: conflictAt back to none, its history kept"
+    _device_id(leaf(actions, "clear-conflict", clear, _clear_conflict, parent))
 
 
 def _add_tokens(
     sub: argparse._SubParsersAction[argparse.ArgumentParser], parent: argparse.ArgumentParser
 ) -> None:
     tokens = sub.add_parser(
-        "tokens", help="create, list and revoke personal access tokens", epilog=_EPILOG
+        "tokens", help="create, list and revoke personal access tokens", epilog=EPILOG
     )
     actions = tokens.add_subparsers(dest="action", required=True, metavar="ACTION")
-    create = _leaf(
+    create = leaf(
         actions, "create", "create a token; its secret is printed only this once", _create, parent
     )
     create.add_argument("name", metavar="NAME", help="what the token is for")
@@ -165,8 +182,8 @@ def _add_tokens(
         metavar="RFC3339",
         help="expiry, e.g. 2030-01-01T00:00:00Z (default: never)",
     )
-    _leaf(actions, "list", "list tokens, newest first, revoked ones included", _tokens, parent)
-    revoke = _leaf(actions, "revoke", "revoke a token", _revoke, parent)
+    leaf(actions, "list", "list tokens, newest first, revoked ones included", _tokens, parent)
+    revoke = leaf(actions, "revoke", "revoke a token", _revoke, parent)
     revoke.add_argument("token_id", metavar="TOKEN_ID", help="the token's id (tokens list)")
 
 
@@ -185,18 +202,18 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     parent = connection_flags()
     _add_devices(sub, parent)
     _add_tokens(sub, parent)
-    audit = _leaf(
+    audit = leaf(
         sub, "audit", "who did what to which device or token, newest first", _audit, parent
     )
     for flag, param, text in _AUDIT_FILTERS:
         audit.add_argument(flag, dest=param, help=f"{text} (default: any)")
-    _paging_flags(audit, "entries")
+    paging_flags(audit, "entries")
 
 
 # --- the commands ------------------------------------------------------------------------------
 
 
-async def _show_list(
+async def show_list(
     client: AdminClient,
     args: argparse.Namespace,
     io: Streams,
@@ -229,7 +246,7 @@ async def _list(client: AdminClient, args: argparse.Namespace, io: Streams) -> N
         params["q"] = args.search
     if args.cursor:
         params["cursor"] = args.cursor
-    await _show_list(client, args, io, ["devices"], params, DEVICE_COLUMNS, "devices")
+    await show_list(client, args, io, ["devices"], params, DEVICE_COLUMNS, "devices")
 
 
 async def _show(client: AdminClient, args: argparse.Namespace, io: Streams) -> None:
@@ -277,9 +294,14 @@ async def _rename(client: AdminClient, args: argparse.Namespace, io: Streams) ->
     await _device_change(client, args, io, "PUT", [], {"name": name}, said)
 
 
+async def _clear_conflict(client: AdminClient, args: argparse.Namespace, io: Streams) -> None:
+    said = f"cleared {args.device_id}'s clone conflict"
+    await _device_change(client, args, io, "POST", ["conflict", "clear"], None, said)
+
+
 async def _history(client: AdminClient, args: argparse.Namespace, io: Streams) -> None:
     segments = ["devices", args.device_id, "history"]
-    await _show_list(client, args, io, segments, {}, HISTORY_COLUMNS, "history records")
+    await show_list(client, args, io, segments, {}, HISTORY_COLUMNS, "history records")
 
 
 async def _create(client: AdminClient, args: argparse.Namespace, io: Streams) -> None:
@@ -313,7 +335,7 @@ async def _revoke(client: AdminClient, args: argparse.Namespace, io: Streams) ->
 
 async def _audit(client: AdminClient, args: argparse.Namespace, io: Streams) -> None:
     params = {p: getattr(args, p) for _, p, _ in _AUDIT_FILTERS if getattr(args, p)}
-    await _show_list(client, args, io, ["audit"], params, AUDIT_COLUMNS, "audit entries")
+    await show_list(client, args, io, ["audit"], params, AUDIT_COLUMNS, "audit entries")
 
 
 # --- running one -------------------------------------------------------------------------------

@@ -15,9 +15,11 @@ from typing import Any, Final, TextIO
 
 __all__ = [
     "AUDIT_COLUMNS",
+    "DELIVERY_COLUMNS",
     "DEVICE_COLUMNS",
     "HISTORY_COLUMNS",
     "TOKEN_COLUMNS",
+    "WEBHOOK_COLUMNS",
     "Column",
     "cell",
     "print_card",
@@ -25,6 +27,7 @@ __all__ = [
     "print_json",
     "print_rows",
     "print_table",
+    "print_webhook",
     "when",
 ]
 
@@ -122,6 +125,52 @@ AUDIT_COLUMNS: Final[Sequence[Column]] = (
 )
 
 
+def _webhook_status(hook: dict[str, Any]) -> str:
+    if not hook.get("enabled"):
+        return "disabled"
+    return "failing" if hook.get("failingSince") else "enabled"
+
+
+def _events(hook: dict[str, Any]) -> str:
+    return cell(",".join(str(e) for e in hook.get("events") or []), None)
+
+
+# A receiver's URL is what the API answers to Webhook.Read; the secret is never on a row.
+WEBHOOK_COLUMNS: Final[Sequence[Column]] = (
+    ("WEBHOOK ID", lambda h: cell(h.get("webhookId"), None)),
+    ("URL", _field("url")),
+    ("STATUS", _webhook_status),
+    ("CREATED", lambda h: when(h.get("createdAt"))),
+    ("EVENTS", _events),
+)
+
+
+def _last_attempt(delivery: dict[str, Any]) -> str:
+    """The latest attempt (the log is in the order they were made): its status, or why none."""
+    log = delivery.get("attemptLog") or []
+    if not log or not isinstance(log[-1], dict):
+        return _NONE
+    last = log[-1]
+    answer = f"HTTP {last['status']}" if last.get("status") is not None else "no answer"
+    if last.get("durationMs") is not None:
+        answer += f" in {last['durationMs']} ms"
+    if last.get("error"):
+        answer += f": {last['error']}"
+    return cell(answer, None)
+
+
+DELIVERY_COLUMNS: Final[Sequence[Column]] = (
+    ("CREATED", lambda d: when(d.get("createdAt"))),
+    ("EVENT ID", lambda d: cell(d.get("eventId"), None)),
+    ("TYPE", _field("type")),
+    ("DEVICE", _field("deviceId")),
+    ("STATE", _field("state")),
+    ("ATTEMPTS", _field("attempts")),
+    ("NEXT ATTEMPT", lambda d: when(d.get("nextAttemptAt"))),
+    ("LAST ATTEMPT", _last_attempt),
+)
+
+
 def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[Column], out: TextIO) -> None:
     """Left-aligned columns two spaces apart under an upper-case header, like ``kubectl get``;
     the last column is not padded."""
@@ -198,4 +247,27 @@ def print_device(device: dict[str, Any], out: TextIO) -> None:
     pairs += [(key, value) for key, value in device.items() if key not in known]
     if device.get("settings"):
         pairs.append(("Settings", json.dumps(device["settings"], separators=(",", ":"))))
+    print_card(pairs, out)
+
+
+_WEBHOOK_CARD: Final = (
+    ("webhookId", "Webhook ID"),
+    ("url", "URL"),
+    ("description", "Description"),
+    ("enabled", "Enabled"),
+    ("disabledAt", "Disabled at"),
+    ("failingSince", "Failing since"),
+    ("createdAt", "Created"),
+)
+# Never printed from a card, whatever a server sends: the signing secret is shown once, by the
+# commands that make one (``webhooks create``, ``webhooks reset-secret``).
+_NEVER_ON_CARD: Final = frozenset({"events", "secret", "previousSecret"})
+
+
+def print_webhook(hook: dict[str, Any], out: TextIO) -> None:
+    """A Webhook as a card: the contract's fields in a fixed order, then any others."""
+    pairs: list[tuple[str, Any]] = [(label, hook.get(key)) for key, label in _WEBHOOK_CARD]
+    known = {key for key, _ in _WEBHOOK_CARD} | _NEVER_ON_CARD
+    pairs += [(key, value) for key, value in hook.items() if key not in known]
+    pairs.insert(2, ("Events", ", ".join(str(e) for e in hook.get("events") or [])))
     print_card(pairs, out)

@@ -1,5 +1,5 @@
 """The ``gatekeeper`` command: up, proxy, admin, migrate, reconcile, token, demo-upstream, and
-the admin CLI (devices, tokens, audit: clients of a running admin API), completion."""
+the admin CLI (devices, tokens, webhooks, audit: clients of a running admin API), completion."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from gatekeeper.build_info import describe as describe_build
 from gatekeeper.domain.scopes import ADMIN_SCOPES
 from gatekeeper.listening import ListenError
 from gatekeeper.logs import configure_logging
-from gatekeeper.runtime import admin_commands
+from gatekeeper.runtime import admin_commands, admin_webhooks
 from gatekeeper.runtime.alert_rules import render as render_alert_rules
 from gatekeeper.runtime.alert_rules import runbook_base_error
 from gatekeeper.runtime.loop import run
@@ -163,8 +163,10 @@ def _parser() -> argparse.ArgumentParser:
         "#anchor there (env GATEKEEPER_RUNBOOK_BASE; no default)",
     )
 
-    # devices, tokens, audit: HTTP clients of a running admin API (gatekeeper/runtime/admin_*).
+    # devices, tokens, audit, webhooks: HTTP clients of a running admin API
+    # (gatekeeper/runtime/admin_*).
     admin_commands.add_parsers(sub)
+    admin_webhooks.add_parsers(sub)
 
     completion = sub.add_parser(
         "completion",
@@ -334,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
 
         print(shtab.complete(_parser(), shell=args.shell))
         return 0
-    if args.command in admin_commands.COMMANDS:
+    if args.command in admin_commands.COMMANDS | admin_webhooks.COMMANDS:
         # A client of the admin API: none of the server settings, its own flags and variables.
         try:
             return admin_commands.run(args, os.environ, sys.stdout, sys.stderr)
