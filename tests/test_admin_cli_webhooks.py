@@ -6,7 +6,9 @@ printed.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -17,7 +19,14 @@ import redis.asyncio as aioredis
 from admincli_rig import Ran, _api_json, _clean_env, _table, cli
 from conftest import Stores
 from test_admin_helpers import Api, admin_settings, running_api
-from webhook_rig import Receiver, dispatcher_settings, drop_webhooks, receiver, running_dispatcher
+from webhook_rig import (
+    DEADLINE,
+    Receiver,
+    dispatcher_settings,
+    drop_webhooks,
+    receiver,
+    running_dispatcher,
+)
 
 __all__ = ["_clean_env"]  # fixture: the private environment
 
@@ -102,8 +111,17 @@ async def test_create_list_show_pause_enable_delete(local_api: Api) -> None:
     assert json.loads(gone.out) == {"webhookId": body["webhookId"], "deleted": True}
 
 
-async def _delivered(got: Receiver, event_id: str) -> None:
+async def _delivered(api: Api, hook: str, got: Receiver, event_id: str) -> None:
+    """Until the receiver answered 2xx to the event and the dispatcher recorded it delivered
+    (it commits after the answer): a poll with a deadline."""
     await got.until(lambda r: event_id in r.delivered(), f"test event {event_id}")
+    path = api.path(f"/webhooks/{hook}/deliveries")
+    async with asyncio.timeout(DEADLINE):
+        while True:
+            states = {d["eventId"]: d["state"] for d in await _api_json(api, path)}
+            if states.get(event_id) == "delivered":
+                return
+            await asyncio.sleep(0.02)
 
 
 async def test_test_events_are_signed_with_the_secret_printed(
@@ -117,7 +135,7 @@ async def test_test_events_are_signed_with_the_secret_printed(
         assert queued.code == 0 and queued.out.startswith("queued test event ")
         assert f"gatekeeper webhooks deliveries {hook}" in queued.err
         first = queued.out.split()[3]
-        await _delivered(got, first)
+        await _delivered(api, hook, got, first)
 
         deliveries = await cli(api, "webhooks", "deliveries", hook)
         assert deliveries.code == 0 and deliveries.err == ""
@@ -127,7 +145,7 @@ async def test_test_events_are_signed_with_the_secret_printed(
             "LAST ATTEMPT",
         ]  # fmt: skip
         assert row[1:7] == [first, "webhook.test", "-", "delivered", "1", "-"]
-        assert row[7].startswith("HTTP 200 in ") and row[7].endswith(" ms")
+        assert re.fullmatch(r"HTTP 200 in [0-9]+ ms", row[7]), row[7]
         as_json = await cli(api, "webhooks", "deliveries", hook, "--json")
         path = api.path(f"/webhooks/{hook}/deliveries")
         assert json.loads(as_json.out) == await _api_json(api, path)
@@ -139,17 +157,17 @@ async def test_test_events_are_signed_with_the_secret_printed(
         got.secret = reset.out.strip()
         assert reset.out == got.secret + "\n" and got.secret.startswith("whsec_")
         assert got.secret != old and got.secret not in reset.err
-        assert "the old one signs too until 20" in reset.err
+        assert "(the old one signs too until 20" in reset.err and "Z); it is shown" in reset.err
         assert reset.err.endswith("shown only this once:\n")
         second = json.loads((await cli(api, "webhooks", "test", hook, "--json")).out)["eventId"]
-        await _delivered(got, second)
+        await _delivered(api, hook, got, second)
 
         # Without one: the new secret alone signs.
         reset = await cli(api, "webhooks", "reset-secret", hook)
         got.secret = reset.out.strip()
         assert reset.code == 0 and "the old one signs no more" in reset.err
         third = (await cli(api, "webhooks", "test", hook)).out.split()[3]
-        await _delivered(got, third)
+        await _delivered(api, hook, got, third)
         assert got.bad_signatures == 0
         rows = json.loads((await cli(api, "webhooks", "deliveries", hook, "--json")).out)
         assert [d["eventId"] for d in rows] == [third, second, first]
@@ -280,3 +298,36 @@ async def test_show_prints_the_conflict_and_clear_conflict_clears_it(
 
     missing = await cli(api, "devices", "clear-conflict", "ghost")
     assert missing.code == 1 and missing.err == "gatekeeper: Not found (404): No such device\n"
+
+
+async def test_a_failing_webhook_and_an_attempt_without_answer(
+    local_api: Api, pg_pool: asyncpg.Pool
+) -> None:
+    """What the dispatcher writes for a receiver that does not answer: rows put in with SQL."""
+    api = local_api
+    hook, _, _ = await _create(api, _SINK, "--event", "device.blocked")
+    await pg_pool.execute(
+        "UPDATE webhooks SET failing_since = now() WHERE webhook_id = $1", uuid.UUID(hook)
+    )
+    delivery: int = await pg_pool.fetchval(
+        "INSERT INTO webhook_deliveries (webhook_id, tenant_id, outbox_id, event_id, device_id,"
+        " body, state, attempts, next_attempt_at)"
+        " VALUES ($1, $2, 1, $3, 'dev-1', $4, 'pending', 1, '2099-01-01T00:00:00Z') RETURNING id",
+        uuid.UUID(hook),
+        api.tenant,
+        uuid.uuid4(),
+        json.dumps({"type": "device.blocked"}),
+    )
+    await pg_pool.execute(
+        "INSERT INTO webhook_attempts (delivery_id, webhook_id, tenant_id, attempted_at, status,"
+        " duration_ms, error) VALUES ($1, $2, $3, now(), NULL, 10000.4, 'timed out\x1b[2J')",
+        delivery,
+        uuid.UUID(hook),
+        api.tenant,
+    )
+    assert _table((await cli(api, "webhooks", "list")).out)[1][2] == "failing"
+    _, row = _table((await cli(api, "webhooks", "deliveries", hook)).out)
+    assert row[2:] == [
+        "device.blocked", "dev-1", "pending", "1", "2099-01-01 00:00:00Z",
+        "no answer in 10000 ms: timed out?[2J",
+    ]  # fmt: skip

@@ -152,8 +152,8 @@ def _last_attempt(delivery: dict[str, Any]) -> str:
         return _NONE
     last = log[-1]
     answer = f"HTTP {last['status']}" if last.get("status") is not None else "no answer"
-    if last.get("durationMs") is not None:
-        answer += f" in {last['durationMs']} ms"
+    if isinstance(last.get("durationMs"), int | float):
+        answer += f" in {last['durationMs']:.0f} ms"
     if last.get("error"):
         answer += f": {last['error']}"
     return cell(answer, None)

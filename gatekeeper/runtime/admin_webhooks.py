@@ -27,6 +27,7 @@ from gatekeeper.runtime.admin_tables import (
     WEBHOOK_COLUMNS,
     print_json,
     print_webhook,
+    when,
 )
 from gatekeeper.store.outbox import EVENT_TYPES
 
@@ -217,5 +218,7 @@ async def _reset_secret(client: AdminClient, args: argparse.Namespace, io: Strea
         return
     until = answer.get("previousSecretExpiresAt")
     said = f"new signing secret for {args.webhook_id}"
-    said += f" (the old one signs too until {until})" if until else " (the old one signs no more)"
+    said += (
+        f" (the old one signs too until {when(until)})" if until else " (the old one signs no more)"
+    )
     _print_secret(answer["secret"], said, io)
