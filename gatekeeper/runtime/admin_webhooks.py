@@ -1,5 +1,6 @@
 """``gatekeeper webhooks …``: manage a tenant's webhooks through a running admin API (the routes
-of docs/webhooks.md), in the manner of ``devices`` and ``tokens`` (:mod:`admin_commands`).
+of docs/webhooks.md), in the manner of ``devices`` and ``tokens`` (:mod:`admin_commands`), run by
+:mod:`admin_runner`.
 
 ``create`` takes the receiver's URL as an argument: ``--url`` is the admin API's, as for every
 admin command. The signing secret is printed by ``create`` and ``reset-secret`` only, alone on
@@ -14,14 +15,14 @@ import math
 from typing import Any, Final
 
 from gatekeeper.runtime.admin_client import AdminClient
-from gatekeeper.runtime.admin_commands import (
+from gatekeeper.runtime.admin_config import connection_flags
+from gatekeeper.runtime.admin_runner import (
     EPILOG,
     Streams,
     leaf,
     paging_flags,
     show_list,
 )
-from gatekeeper.runtime.admin_config import connection_flags
 from gatekeeper.runtime.admin_tables import (
     DELIVERY_COLUMNS,
     WEBHOOK_COLUMNS,

@@ -23,7 +23,7 @@ from gatekeeper.build_info import describe as describe_build
 from gatekeeper.domain.scopes import ADMIN_SCOPES
 from gatekeeper.listening import ListenError
 from gatekeeper.logs import configure_logging
-from gatekeeper.runtime import admin_commands, admin_webhooks
+from gatekeeper.runtime import admin_commands, admin_runner, admin_webhooks
 from gatekeeper.runtime.alert_rules import render as render_alert_rules
 from gatekeeper.runtime.alert_rules import runbook_base_error
 from gatekeeper.runtime.loop import run
@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in admin_commands.COMMANDS | admin_webhooks.COMMANDS:
         # A client of the admin API: none of the server settings, its own flags and variables.
         try:
-            return admin_commands.run(args, os.environ, sys.stdout, sys.stderr)
+            return admin_runner.run(args, os.environ, sys.stdout, sys.stderr)
         except KeyboardInterrupt:
             return 130
     try:
