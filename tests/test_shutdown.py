@@ -345,3 +345,25 @@ async def test_the_hard_phase_counts_requests_without_tasks(
         "http shutdown: 2 request(s) still in flight after the 0.1 s drain were cut "
         "(0 handler task(s) cancelled)"
     ]
+
+
+async def test_a_background_task_that_ends_fails_the_server(
+    edge_factory: EdgeFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A background task that ends while the server serves (here the gauges task, whose
+    upstream read raises) sets ``failed`` at once, with the task named and the error's
+    traceback: the worker process waits on it, stops, and exits 1 for its supervisor to start
+    another (gatekeeper/runtime/worker.py). A normal stop sets nothing."""
+    edge = await edge_factory()
+    calm = await edge_factory()
+
+    def broken() -> tuple[int, int, int]:
+        raise RuntimeError("a surprise")
+
+    caplog.set_level(logging.ERROR)
+    edge.upstream.occupancy = broken  # type: ignore[method-assign]
+    await asyncio.wait_for(edge.failed.wait(), 5.0)
+    (line,) = [r for r in caplog.records if "ended while serving" in r.getMessage()]
+    assert "gauges" in line.getMessage() and line.exc_info is not None
+    await calm.stop()
+    assert not calm.failed.is_set()

@@ -83,6 +83,8 @@ class EdgeServer:
         self.proxy_port = settings.proxy_port
         self.metrics_port = settings.metrics_port
         self.draining = False
+        # Set when a background task ends while serving: the worker stops and is replaced.
+        self.failed = asyncio.Event()
 
     async def start(self) -> None:
         """Open the stores, start the background tasks, listen; raises ``ListenError`` if a port
@@ -111,6 +113,8 @@ class EdgeServer:
                 asyncio.create_task(self.recorder.run(), name="activity-recorder"),
                 asyncio.create_task(self._update_gauges(), name="gauges"),
             ]
+            for task in self._tasks:
+                task.add_done_callback(self._task_ended)
             stack.push_async_callback(self._stop_tasks)
             server = self._server = HttpServer(
                 self.handler,
@@ -240,6 +244,20 @@ class EdgeServer:
         if self._listener is not None:
             with contextlib.suppress(Exception):
                 await self._listener.wait_closed()
+
+    def _task_ended(self, task: asyncio.Task[None]) -> None:
+        """Each background task runs for as long as the server does. One that ends before the
+        stop (a bug, a library's surprise) leaves a worker that looks healthy and no longer
+        keeps its promises (a mirror that stopped forwards every device blocked after it), so
+        the worker stops and its supervisor starts another."""
+        if task.cancelled() or self.draining:
+            return
+        _log.error(
+            "task %s ended while serving: this worker stops and is replaced",
+            task.get_name(),
+            exc_info=task.exception(),
+        )
+        self.failed.set()
 
     async def _stop_tasks(self) -> None:
         """Cancel the background tasks and wait for them, within a deadline.

@@ -31,7 +31,8 @@ async def _orphaned(parent: int) -> None:
         await asyncio.sleep(1.0)
 
 
-async def _serve(settings: Settings, recorder_socket: str) -> None:
+async def _serve(settings: Settings, recorder_socket: str) -> int:
+    """Serve until signalled (0), orphaned (0) or failed (1: the supervisor starts another)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -42,24 +43,28 @@ async def _serve(settings: Settings, recorder_socket: str) -> None:
     tune_gc_after_start()
     watch = asyncio.create_task(_orphaned(os.getppid()))
     signalled = asyncio.create_task(stop.wait())
-    await asyncio.wait([watch, signalled], return_when=asyncio.FIRST_COMPLETED)
-    watch.cancel()
-    signalled.cancel()
-    await asyncio.wait([watch, signalled])  # ended, not left for the loop's shutdown to find
+    failed = asyncio.create_task(edge.failed.wait())
+    waits = [watch, signalled, failed]
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for wait in waits:
+        wait.cancel()
+    await asyncio.wait(waits)  # ended, not left for the loop's shutdown to find
     stop_reloading()
     await edge.stop()
+    return 1 if edge.failed.is_set() else 0
 
 
 def main() -> None:
     settings = Settings.from_mapping(json.loads(Path(sys.argv[1]).read_text()))
     configure_logging(settings.log_level, settings.log_format, "worker")
     try:
-        run(_serve(settings, sys.argv[2]))
+        code = run(_serve(settings, sys.argv[2]))
     except ListenError as exc:
         # The supervisor checks the port before forking; it can still be taken in between.
         # This exit code tells the supervisor not to start another worker on it.
         print(f"gatekeeper worker: {exc}", file=sys.stderr, flush=True)
         sys.exit(CANNOT_LISTEN)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
