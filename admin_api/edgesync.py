@@ -22,7 +22,7 @@ from aiohttp import web
 
 from admin_api.metrics import AdminMetrics
 from admin_api.primarywatch import WATCH_SECONDS, PrimaryWatch
-from gatekeeper.store.clients import RedisClient
+from gatekeeper.store.clients import POSTGRES_FAILURES, RedisClient
 from gatekeeper.store.edge_writes import EdgeSyncError, reconcile
 
 __all__ = ["EDGE_SYNC", "EdgeSync"]
@@ -85,9 +85,14 @@ class EdgeSync:
     async def reconcile_now(self) -> bool:
         try:
             counts = await reconcile(self._pool, self._redis)
-        except (EdgeSyncError, asyncpg.PostgresError, OSError) as exc:
+        except Exception as exc:
+            # Whatever it was, the loop retries: a reconcile that stopped for good would leave
+            # acknowledged blocks missing from the edge for the life of the process.
             self._metrics.reconciles.labels("error").inc()
-            _log.warning("reconcile failed: %s", exc)
+            if isinstance(exc, (EdgeSyncError, *POSTGRES_FAILURES)):
+                _log.warning("reconcile failed: %s", exc)
+            else:
+                _log.exception("reconcile failed")
             return False
         self._metrics.reconciles.labels("ok").inc()
         self.in_sync = True

@@ -80,6 +80,10 @@ class PrimaryWatch:
             except (*REDIS_FAILURES, KeyError) as exc:
                 _log.debug("edge primary not known now: %s", exc)  # an outage says so elsewhere
                 _raise_lost_cancellation()
+            except Exception:
+                # The watch must outlive a surprise: without it a failover's lost writes stay lost.
+                _log.exception("edge primary watch: check failed; trying again")
+                _raise_lost_cancellation()
             else:
                 _raise_lost_cancellation()
                 if self.known is not None and current != self.known:

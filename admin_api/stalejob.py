@@ -24,7 +24,7 @@ from aiohttp import web
 from admin_api.context import CLOCK, PG_POOL, REDIS
 from admin_api.edgesync import EDGE_SYNC, EdgeSync
 from admin_api.tenant_settings import stale_cutoff
-from gatekeeper.store.clients import RedisClient
+from gatekeeper.store.clients import POSTGRES_FAILURES, RedisClient
 from gatekeeper.store.stale_devices import delete_stale_batch, stale_candidates
 from gatekeeper.types import SYSTEM_CLOCK, Clock
 
@@ -126,8 +126,11 @@ class StaleDeviceJob:
         while True:
             try:
                 await self.run_once()
-            except (asyncpg.PostgresError, OSError) as exc:
+            except POSTGRES_FAILURES as exc:
                 _log.warning("stale devices: run failed (%s); trying again later", exc)
+            except Exception:
+                # A bug must not end the retention for the life of the process.
+                _log.exception("stale devices: run failed; trying again later")
             await asyncio.sleep(self._check_seconds)
 
 

@@ -43,6 +43,7 @@ from admin_api.webhook_security import (
 from gatekeeper import __version__
 from gatekeeper.settings import Settings
 from gatekeeper.store import webhook_queue as queue
+from gatekeeper.store.clients import POSTGRES_FAILURES
 from gatekeeper.store.webhook_queue import Claimed
 from gatekeeper.types import SYSTEM_CLOCK, Clock
 
@@ -63,7 +64,7 @@ MAX_RETRY_DELAY: Final = timedelta(hours=1)
 RETENTION: Final = timedelta(days=7)
 _PRUNE_EVERY_SECONDS: Final = 300.0
 _METRICS_EVERY_SECONDS: Final = 1.0
-_STORE_ERRORS: Final = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+_STORE_ERRORS: Final = POSTGRES_FAILURES
 # Results recorded at once, at most: the pool is the admin API's too (10 connections), and a
 # burst of finished attempts must not take all of it from the requests.
 _RECORDING_CONNECTIONS: Final = 3

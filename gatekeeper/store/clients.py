@@ -23,6 +23,7 @@ from gatekeeper.settings import mask_url
 
 __all__ = [
     "CONNECT_ERRORS",
+    "POSTGRES_FAILURES",
     "REDIS_FAILURES",
     "RedisClient",
     "RedisPipeline",
@@ -60,6 +61,9 @@ CONNECT_ERRORS = (
 # drops the write silently); redis-py turns only OSError into ConnectionError and lets the
 # RuntimeError through, after dropping the connection, so the next command reconnects.
 REDIS_FAILURES = (RedisError, RedisClusterException, OSError, RuntimeError)
+# Likewise for Postgres: a server error, a connection that closed under a statement or a pool
+# closed under a caller (asyncpg's InterfaceError, not a PostgresError), or the network.
+POSTGRES_FAILURES = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
 
 
 class StoreUnavailable(Exception):
