@@ -23,6 +23,7 @@ from conftest import Stores
 from oidc_provider import CLIENT_ID, CLIENT_SECRET, OidcProvider
 from playwright.async_api import Browser, Page, async_playwright, expect
 from test_admin_helpers import SECRET, Api, admin_settings, running_api
+from webhook_rig import create_webhook, drop_webhooks
 
 from admin_api.service import AdminService
 from gatekeeper.edge.server import EdgeServer
@@ -183,7 +184,7 @@ async def test_an_admin_blocks_a_device_the_proxy_then_denies(
 # A readable tenant in the screenshots; no other test uses it.
 @pytest.mark.parametrize("tenant", ["acme-corp"])
 async def test_pages_pass_axe_and_fit_375_px(
-    page: Page, api: Api, edge_factory: EdgeFactory
+    page: Page, api: Api, edge_factory: EdgeFactory, pg_pool: asyncpg.Pool
 ) -> None:
     edge = await edge_factory()
     for n, device_id in enumerate(("gate-north-entrance-0001", "gate-south", "handheld-12")):
@@ -217,6 +218,22 @@ async def test_pages_pass_axe_and_fit_375_px(
     await _check_layouts(page, "tokens")
     await page.get_by_role("button", name="Revoke deploy pipeline").click()
     await expect(page.get_by_role("cell", name="Revoked")).to_be_visible()
+    # Webhooks: one made with SQL (its host need not resolve here), its secret reset in the page.
+    hook = "https://hooks.acme-corp.example/gatekeeper"
+    await create_webhook(pg_pool, api.tenant, hook, "whsec_unused", ("device.blocked", "key.reset"))
+    try:
+        await page.get_by_role("link", name="Webhooks").click()
+        await expect(page.get_by_role("link", name=hook)).to_be_visible()
+        await _check_layouts(page, "webhooks")
+        await page.get_by_role("link", name=hook).click()
+        await page.get_by_label("Keep the old secret signing").select_option(label="1 hour")
+        await page.get_by_role("button", name="Reset secret").click()
+        await expect(page.get_by_label(re.compile("shown once"))).to_have_value(
+            re.compile("^whsec_")
+        )
+        await _check_layouts(page, "webhook")
+    finally:
+        await drop_webhooks(pg_pool, api.tenant)
     await page.get_by_role("link", name="Audit").click()
     await expect(page.get_by_role("cell", name="token.revoke")).to_be_visible()
     await _check_layouts(page, "audit")

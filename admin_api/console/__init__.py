@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from admin_api.console import admin_pages, bulk_pages, device_pages, oidc, signin
+from admin_api.console import admin_pages, bulk_pages, device_pages, oidc, signin, webhook_pages
 from admin_api.console.access import SESSIONS, SSO
 from admin_api.console.apicall import API_CLIENT, ApiClient
 from admin_api.console.render import STATIC_DIR, TEMPLATES, console_headers, create_environment
@@ -18,6 +18,7 @@ __all__ = ["setup_console"]
 
 _TENANT = "/console/{tenant}"
 _DEVICE = _TENANT + "/devices/{deviceId}"
+_HOOK = _TENANT + "/webhooks/{webhookId}"
 
 
 async def _redirect_to_console(_request: web.Request) -> web.Response:
@@ -46,6 +47,14 @@ def _routes() -> list[web.AbstractRouteDef]:
         web.post(_TENANT + "/tokens", admin_pages.create_token),
         web.post(_TENANT + "/tokens/{tokenId}/revoke", admin_pages.revoke_token),
         web.get(_TENANT + "/audit", admin_pages.audit_page),
+        web.get(_TENANT + "/webhooks", webhook_pages.webhooks_page),
+        web.post(_TENANT + "/webhooks", webhook_pages.create_webhook),
+        web.get(_HOOK, webhook_pages.webhook_page),
+        web.post(_HOOK + "/pause", webhook_pages.pause_webhook),
+        web.post(_HOOK + "/enable", webhook_pages.enable_webhook),
+        web.post(_HOOK + "/test", webhook_pages.test_webhook),
+        web.post(_HOOK + "/reset-secret", webhook_pages.reset_secret),
+        web.post(_HOOK + "/delete", webhook_pages.delete_webhook),
         web.static("/console/static", STATIC_DIR, append_version=False),
     ]
 
