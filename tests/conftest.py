@@ -22,6 +22,7 @@ from aiohttp import web
 from clusterrig import SentinelSet, ValkeyCluster
 from console_rig import Console
 from test_admin_helpers import Api, admin_settings, running_api
+from webhook_rig import drop_webhooks
 
 from gatekeeper.edge.server import EdgeServer
 from gatekeeper.runtime.demo_upstream import create_demo_upstream
@@ -246,6 +247,18 @@ async def api(
     settings = admin_settings(stores.pg_url, stores.redis_url)
     async with running_api(settings, pg_pool, redis_client, tenant) as client:
         yield client
+
+
+@pytest.fixture
+async def local_api(
+    stores: Stores, pg_pool: asyncpg.Pool, redis_client: aioredis.Redis, tenant: str
+) -> AsyncIterator[Api]:
+    """As ``api``, with ``webhook_allow_private_targets`` on (as ``gatekeeper up`` runs it), so
+    webhooks may point at loopback; the tenant's webhooks are dropped after."""
+    settings = admin_settings(stores.pg_url, stores.redis_url, webhook_allow_private_targets=True)
+    async with running_api(settings, pg_pool, redis_client, tenant) as client:
+        yield client
+    await drop_webhooks(pg_pool, tenant)
 
 
 @pytest.fixture

@@ -7,15 +7,13 @@ import json
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
-import redis.asyncio as aioredis
-from conftest import Stores
-from test_admin_helpers import ALL_SCOPES, Api, admin_settings, problem, running_api
+from test_admin_helpers import ALL_SCOPES, Api, problem
 
 from admin_api.auth import WEBHOOK_READ, WEBHOOK_WRITE
 from admin_api.webhook_security import sign
@@ -23,15 +21,6 @@ from gatekeeper.store.webhooks import ATTEMPT_LOG_MAX
 
 ROOT = Path(__file__).resolve().parent.parent
 HOOK = {"url": "http://127.0.0.1:9/hook", "events": ["device.blocked"]}
-
-
-@pytest.fixture
-async def local_api(
-    stores: Stores, pg_pool: asyncpg.Pool, redis_client: aioredis.Redis, tenant: str
-) -> AsyncIterator[Api]:
-    settings = admin_settings(stores.pg_url, stores.redis_url, webhook_allow_private_targets=True)
-    async with running_api(settings, pg_pool, redis_client, tenant) as client:
-        yield client
 
 
 async def _create(api: Api) -> str:

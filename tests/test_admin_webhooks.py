@@ -7,28 +7,15 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 import pytest
-import redis.asyncio as aioredis
-from conftest import Stores
-from test_admin_helpers import Api, admin_settings, fields_of, problem, running_api
+from test_admin_helpers import Api, fields_of, problem
 
 from gatekeeper.store import webhooks as store
 
 HOOK = {"url": "http://127.0.0.1:9/hook", "events": ["device.blocked", "device.unblocked"]}
-
-
-@pytest.fixture
-async def local_api(
-    stores: Stores, pg_pool: asyncpg.Pool, redis_client: aioredis.Redis, tenant: str
-) -> AsyncIterator[Api]:
-    """The admin app with ``webhook_allow_private_targets`` on (as ``gatekeeper up`` runs it)."""
-    settings = admin_settings(stores.pg_url, stores.redis_url, webhook_allow_private_targets=True)
-    async with running_api(settings, pg_pool, redis_client, tenant) as client:
-        yield client
 
 
 async def create(api: Api, body: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -6,30 +6,17 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
-import redis.asyncio as aioredis
-from conftest import Stores
 from console_rig import Console
-from test_admin_helpers import Api, admin_settings, running_api
+from test_admin_helpers import Api
 from webhook_rig import create_webhook, drop_webhooks
 
 from admin_api.auth import WEBHOOK_READ
 
 _SECRET = re.compile(r'id="new-secret" readonly value="(whsec_[^"]+)"')
 TARGET = "http://127.0.0.1:9/hook"  # nothing listens: deliveries fail, which these tests ignore
-
-
-@pytest.fixture
-async def local_api(
-    stores: Stores, pg_pool: asyncpg.Pool, redis_client: aioredis.Redis, tenant: str
-) -> AsyncIterator[Api]:
-    settings = admin_settings(stores.pg_url, stores.redis_url, webhook_allow_private_targets=True)
-    async with running_api(settings, pg_pool, redis_client, tenant) as client:
-        yield client
-    await drop_webhooks(pg_pool, tenant)
 
 
 @pytest.fixture

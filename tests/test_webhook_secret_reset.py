@@ -11,14 +11,12 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
-import redis.asyncio as aioredis
 from conftest import Stores
-from test_admin_helpers import Api, admin_settings, problem, running_api
+from test_admin_helpers import Api, problem
 from webhook_rig import (
     Hit,
     Receiver,
@@ -32,16 +30,6 @@ from webhook_rig import (
 
 from admin_api.webhook_security import SIGNATURE_HEADER, verify
 from gatekeeper.store import webhooks as store
-
-
-@pytest.fixture
-async def local_api(
-    stores: Stores, pg_pool: asyncpg.Pool, redis_client: aioredis.Redis, tenant: str
-) -> AsyncIterator[Api]:
-    settings = admin_settings(stores.pg_url, stores.redis_url, webhook_allow_private_targets=True)
-    async with running_api(settings, pg_pool, redis_client, tenant) as client:
-        yield client
-    await drop_webhooks(pg_pool, tenant)
 
 
 async def _reset(api: Api, hook: uuid.UUID, body: object = None) -> dict[str, str | None]:
