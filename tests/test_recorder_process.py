@@ -162,6 +162,32 @@ async def test_a_recorder_killed_mid_traffic_is_restarted_and_loses_nothing(
     assert supervisor.recorder.restarts == 1
 
 
+async def test_a_recorder_that_cannot_be_started_at_once_is_started_later(
+    supervisor: Supervisor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first restart fails as a fork does when the system is out of processes; the watch
+    tries again rather than ending (before, it ended, and no recorder ran again)."""
+    recorder = supervisor.recorder
+    assert recorder is not None and recorder.pid is not None
+    first_pid, spawn = recorder.pid, recorder._spawn
+    failures: list[int] = []
+
+    def fails_once() -> None:
+        if not failures:
+            failures.append(1)
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        spawn()
+
+    monkeypatch.setattr(recorder, "_spawn", fails_once)
+    os.kill(first_pid, signal.SIGKILL)
+
+    async def restarted() -> bool:
+        return recorder.pid != first_pid and supervisor.readiness()["recorder_alive"]
+
+    assert await eventually(restarted, 10.0)
+    assert failures == [1] and recorder.restarts == 1
+
+
 async def test_postgres_unreachable_under_traffic_loses_nothing_through_the_recorder(
     stores: Stores,
     echo_upstream: str,

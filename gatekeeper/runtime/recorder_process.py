@@ -102,9 +102,15 @@ class RecorderProcess:
             await asyncio.sleep(backoff)
             if self._stopping:
                 return
-            self._spawn()
-            self.restarts += 1
             backoff = min(backoff * 2, _MAX_BACKOFF_SECONDS)
+            try:
+                self._spawn()
+            except OSError as exc:
+                # Out of processes or memory for a moment: the watch must go on trying, or the
+                # workers would hold activity until their buffers overflow, with no recorder ever.
+                _log.error("recorder process could not be started (%s); trying again", exc)
+                continue
+            self.restarts += 1
 
     async def stop(self, drain_seconds: float) -> None:
         """SIGTERM, so it answers what it holds; SIGKILL past ``drain_seconds`` + 5."""
