@@ -357,11 +357,15 @@ async def test_a_background_task_that_ends_fails_the_server(
     edge = await edge_factory()
     calm = await edge_factory()
 
-    def broken() -> tuple[int, int, int]:
-        raise RuntimeError("a surprise")
+    class BrokenPool:
+        """Stands in for the pool the gauges read (the compiled pool's methods cannot be
+        replaced; its own close() is already on the server's stop stack)."""
+
+        def occupancy(self) -> tuple[int, int, int]:
+            raise RuntimeError("a surprise")
 
     caplog.set_level(logging.ERROR)
-    edge.upstream.occupancy = broken  # type: ignore[method-assign]
+    edge.upstream = BrokenPool()  # type: ignore[assignment]
     await asyncio.wait_for(edge.failed.wait(), 5.0)
     (line,) = [r for r in caplog.records if "ended while serving" in r.getMessage()]
     assert "gauges" in line.getMessage() and line.exc_info is not None
