@@ -218,9 +218,10 @@ class ValkeyCluster:
 
         Agreement matters before a primary is killed: a replica that has not yet heard its
         primary's latest config epoch (say, from a failover a moment before) asks for votes with
-        the old one, and Valkey 8.1's primaries refuse it for good (valkey-io/valkey#2169, fixed
-        in #2178), so the cluster would never fail over. On a loaded machine a node that stalls
-        past the 1 s node timeout is failed over for real; waiting for agreement lets that settle.
+        the old one, and the other primaries refuse it, every time, in Valkey releases without
+        valkey-io/valkey#2178 (issue #2169), so the cluster may never fail over. On a loaded
+        machine a node that stalls past the 1 s node timeout is failed over for real; waiting
+        for agreement lets that settle.
         """
 
         def ok() -> bool:
